@@ -1,0 +1,153 @@
+"""The ``capcli`` command line: a Click group of thin commands.
+
+Each command parses its options, builds a config, calls one service and renders the result.
+Heavy imports (torch, h5py, textual) happen inside the commands so ``capcli --help`` is instant.
+:class:`~capcli.errors.CapcliError` from a service becomes a one-line error with exit code 1.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from capcli import __version__
+from capcli.config import DATASETS
+from capcli.errors import CapcliError
+
+
+class CapcliGroup(click.Group):
+    """Turns service errors into Click errors: one line, exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CapcliError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@click.group(cls=CapcliGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                                "max_content_width": 100})
+@click.version_option(__version__, prog_name="capcli")
+def cli() -> None:
+    """Train, evaluate, fine-tune and run Show, Attend and Tell captioning models.
+
+    \b
+    Example:
+      capcli prep                      # build the shapes dataset into data_output/
+      capcli prep --json dataset_flickr8k.json --image-folder Flicker8k_Dataset
+    """
+
+
+@cli.command("prep")
+@click.option("--dataset", type=click.Choice(DATASETS), default=None,
+              help="Dataset name [default: shapes; the JSON's own name with --json; flickr30k with --csv].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Karpathy split file (dataset_*.json) of a real dataset.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
+              help="Flickr30k Kaggle results.csv (image_name| comment_number| comment), split by image.")
+@click.option("--image-folder", type=click.Path(file_okay=False),
+              help="Folder holding the dataset's images (with --json or --csv).")
+@click.option("--output-folder", default="data_output", show_default=True, type=click.Path(file_okay=False),
+              help="Where the prepared files are written.")
+@click.option("--captions-per-image", default=5, show_default=True, type=click.IntRange(1, 100),
+              help="Captions stored per image (sampled, or repeated when an image has fewer).")
+@click.option("--min-word-freq", default=5, show_default=True, type=click.IntRange(1),
+              help="Words seen fewer times in training captions become <unk>.")
+@click.option("--max-len", default=50, show_default=True, type=click.IntRange(1, 1000),
+              help="Longest caption kept, in words; longer captions are dropped.")
+@click.option("--image-size", default=256, show_default=True, type=click.IntRange(16, 2048),
+              help="Side of the square RGB images stored in HDF5.")
+@click.option("--workers", default=_default_workers, show_default="CPU cores, at most 8",
+              type=click.IntRange(1, 256), help="Image decoding processes.")
+@click.option("--seed", default=42, show_default=True, type=int,
+              help="Seed for caption sampling, the CSV split and the shapes generator.")
+@click.option("--num-images", default=2000, show_default=True, type=click.IntRange(10),
+              help="shapes only: images in total, split 80/10/10 into train/val/test.")
+@click.option("--val-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 0.5),
+              help="--csv only: share of images put in the validation split.")
+@click.option("--test-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 0.5),
+              help="--csv only: share of images put in the test split.")
+@click.option("--force", is_flag=True, help="Rebuild even when the output is up to date.")
+def prep_command(dataset: str | None, json_path: str | None, csv_path: str | None, **options) -> None:
+    """Prepare a dataset: word map, HDF5 images, encoded captions and a manifest.
+
+    \b
+    Example:
+      capcli prep                                  # synthetic shapes, no download
+      capcli prep --json data/dataset_flickr8k.json --image-folder data/Flicker8k_Dataset
+      capcli prep --csv flickr30k/results.csv --image-folder flickr30k/flickr30k_images
+    """
+    from capcli.config import PrepConfig
+    from capcli.prep import run_prep
+    from capcli.progress import TerminalProgress
+
+    if dataset is None:
+        dataset = _infer_dataset(json_path, csv_path)
+    config = PrepConfig(dataset=dataset, json_path=json_path, csv_path=csv_path, **options)
+    result = run_prep(config, TerminalProgress())
+    _print_prep_result(result)
+
+
+def _infer_dataset(json_path: str | None, csv_path: str | None) -> str:
+    """The dataset a caption file holds, when --dataset was not given."""
+    if csv_path:
+        return "flickr30k"
+    if not json_path:
+        return "shapes"
+    from capcli.data.karpathy import dataset_name_of
+
+    name = dataset_name_of(json_path)
+    if name not in DATASETS or name == "shapes":
+        raise click.UsageError(f"cannot tell which dataset {json_path} holds; add --dataset "
+                               f"({'|'.join(d for d in DATASETS if d != 'shapes')})")
+    return name
+
+
+def _print_prep_result(result) -> None:
+    counts = ", ".join(f"{split} {n}" for split, n in result.counts.items())
+    if result.up_to_date:
+        click.echo(f"{result.output_folder}: {result.name} is up to date ({counts} images); "
+                   "use --force to rebuild.")
+        return
+    for skip in result.skipped[:10]:
+        click.echo(f"skipped {skip['split']} {skip['source']}: {skip['reason']}", err=True)
+    if len(result.skipped) > 10:
+        click.echo(f"... and {len(result.skipped) - 10} more (see the manifest)", err=True)
+    click.echo(f"Prepared {result.name} in {result.output_folder}/ in {result.seconds:.1f} s: "
+               f"{counts} images, vocabulary {result.vocab_size} tokens, "
+               f"{len(result.skipped)} image(s) skipped, peak memory {result.peak_rss_mb:.0f} MB.")
+    click.echo(f"Next: capcli train --data-folder {result.output_folder} --name {result.name}")
+
+
+@cli.command("demo")
+@click.option("--data-folder", default="data_output", show_default=True, type=click.Path(file_okay=False),
+              help="Where the shapes dataset is generated and prepared.")
+@click.option("--num-images", default=2000, show_default=True, type=click.IntRange(10),
+              help="Size of the generated shapes dataset.")
+@click.option("--workers", default=_default_workers, show_default="CPU cores, at most 8",
+              type=click.IntRange(1, 256), help="Image decoding processes.")
+def demo_command(data_folder: str, num_images: int, workers: int) -> None:
+    """Run the embedded demo on the synthetic shapes dataset (no download needed).
+
+    \b
+    Example:
+      capcli demo
+    """
+    from capcli.demo import run_demo
+    from capcli.progress import TerminalProgress
+
+    result = run_demo(data_folder, num_images, workers, TerminalProgress())
+    _print_prep_result(result.prep)
+
+
+def main() -> None:
+    cli(prog_name="capcli")
+
+
+if __name__ == "__main__":
+    main()

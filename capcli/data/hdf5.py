@@ -1,0 +1,128 @@
+"""The prepared-data file set, written and read side by side.
+
+Per split: ``{SPLIT}_IMAGES_{name}.hdf5`` (dataset ``images``, uint8, (N, 3, S, S), RGB, root
+attribute ``captions_per_image``), ``{SPLIT}_CAPTIONS_{name}.json`` (N × captions_per_image
+encoded rows; row j belongs to image j // captions_per_image) and ``{SPLIT}_CAPLENS_{name}.json``
+(true length + 2). One ``WORDMAP_{name}.json`` and, from capcli, ``MANIFEST_{name}.json``.
+
+Readers also accept the a-PyTorch-Tutorial-to-Image-Captioning naming
+(``{dataset}_{cpi}_cap_per_img_{mwf}_min_word_freq``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from capcli.data.karpathy import SPLITS
+from capcli.errors import DataError
+
+
+def output_files(name: str) -> dict[str, str]:
+    """Every file name prep writes for ``name``, keyed by role (``WORDMAP``, ``TRAIN_IMAGES``...)."""
+    files = {"WORDMAP": f"WORDMAP_{name}.json"}
+    for split in SPLITS:
+        files[f"{split}_IMAGES"] = f"{split}_IMAGES_{name}.hdf5"
+        files[f"{split}_CAPTIONS"] = f"{split}_CAPTIONS_{name}.json"
+        files[f"{split}_CAPLENS"] = f"{split}_CAPLENS_{name}.json"
+    files["MANIFEST"] = f"MANIFEST_{name}.json"
+    return files
+
+
+class ImageWriter:
+    """Streams (3, S, S) uint8 images into a growing HDF5 ``images`` dataset."""
+
+    def __init__(self, path: str, image_size: int, captions_per_image: int) -> None:
+        self.file = h5py.File(path, "w")
+        self.file.attrs["captions_per_image"] = captions_per_image
+        shape = (3, image_size, image_size)
+        self.images = self.file.create_dataset(
+            "images", shape=(0, *shape), maxshape=(None, *shape), dtype="uint8", chunks=(1, *shape))
+        self.count = 0
+
+    def append(self, image: np.ndarray) -> None:
+        if self.count == self.images.shape[0]:
+            self.images.resize(max(16, 2 * self.count), axis=0)
+        self.images[self.count] = image
+        self.count += 1
+
+    def close(self) -> None:
+        self.images.resize(self.count, axis=0)
+        self.file.close()
+
+    def __enter__(self) -> ImageWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_json(path: str, data: object) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+
+
+def read_json(path: str) -> object:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}") from None
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Paths of one prepared data set (either naming scheme)."""
+
+    folder: str
+    name: str  # the part after "WORDMAP_", e.g. "shapes_5_5"
+
+    def path(self, kind: str, split: str | None = None) -> str:
+        """``kind`` is IMAGES, CAPTIONS, CAPLENS (with a split), WORDMAP or MANIFEST."""
+        ext = "hdf5" if kind == "IMAGES" else "json"
+        prefix = f"{split}_{kind}" if split else kind
+        return os.path.join(self.folder, f"{prefix}_{self.name}.{ext}")
+
+    def word_map(self) -> dict[str, int]:
+        data = read_json(self.path("WORDMAP"))
+        if not isinstance(data, dict):
+            raise DataError(f"{self.path('WORDMAP')}: expected an object of word → id")
+        return data
+
+    def captions(self, split: str) -> tuple[list[list[int]], list[int]]:
+        """Encoded caption rows and their lengths (true length + 2) for ``split``."""
+        return read_json(self.path("CAPTIONS", split)), read_json(self.path("CAPLENS", split))
+
+
+def find_prepared(folder: str, name: str | None = None) -> PreparedData:
+    """Locate a prepared data set in ``folder``; ``name`` may be omitted when there is only one.
+
+    Raises:
+        DataError: no data set, or several and no name, naming what exists.
+    """
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: no such folder (run `capcli prep` first)")
+    names = sorted(os.path.basename(p)[len("WORDMAP_"):-len(".json")]
+                   for p in glob.glob(os.path.join(folder, "WORDMAP_*.json")))
+    if name is not None:
+        candidates = [name]
+        if name.count("_") >= 2:  # dataset_cpi_mwf → the tutorial's long form
+            dataset, cpi, mwf = name.rsplit("_", 2)
+            candidates.append(f"{dataset}_{cpi}_cap_per_img_{mwf}_min_word_freq")
+        for candidate in candidates:
+            if candidate in names:
+                return PreparedData(folder, candidate)
+        raise DataError(f"no prepared data named {name!r} in {folder} "
+                        f"(found: {', '.join(names) or 'none'})")
+    if len(names) == 1:
+        return PreparedData(folder, names[0])
+    if not names:
+        raise DataError(f"no prepared data in {folder} (run `capcli prep` first)")
+    raise DataError(f"several prepared data sets in {folder}: {', '.join(names)} (choose one with --name)")

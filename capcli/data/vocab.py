@@ -1,0 +1,55 @@
+"""Tokenising captions, building the word map and encoding captions in the seed's layout.
+
+Word map: ``<pad>`` = 0, words 1..V (most frequent first), then ``<unk>``, ``<start>``,
+``<end>``. An encoded caption is ``<start> w… <end> <pad>…`` of length ``max_len + 2``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
+SPECIAL_TOKENS = (PAD, UNK, START, END)
+
+_TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case word tokens of a raw caption, punctuation dropped (needs no NLTK data)."""
+    return [t for t in _TOKEN.findall(text.lower()) if any(ch.isalnum() for ch in t)]
+
+
+def build_word_map(captions: Iterable[Sequence[str]], min_word_freq: int) -> dict[str, int]:
+    """Keep words seen at least ``min_word_freq`` times, most frequent first, ties by spelling."""
+    counts = Counter(word for caption in captions for word in caption)
+    words = sorted((w for w, n in counts.items() if n >= min_word_freq),
+                   key=lambda w: (-counts[w], w))
+    word_map = {PAD: 0}
+    word_map.update({w: i + 1 for i, w in enumerate(words)})
+    for token in (UNK, START, END):
+        word_map[token] = len(word_map)
+    return word_map
+
+
+def encode(caption: Sequence[str], word_map: dict[str, int], max_len: int) -> list[int]:
+    """``<start> w… <end>`` padded with ``<pad>`` to ``max_len + 2`` ids."""
+    if len(caption) > max_len:
+        raise ValueError(f"caption of {len(caption)} words is longer than max_len={max_len}")
+    unk = word_map[UNK]
+    ids = [word_map[START]] + [word_map.get(w, unk) for w in caption] + [word_map[END]]
+    return ids + [word_map[PAD]] * (max_len + 2 - len(ids))
+
+
+def decode(ids: Iterable[int], word_map: dict[str, int], keep_special: bool = False) -> list[str]:
+    """Words of an encoded caption, stopping at ``<end>``; special tokens dropped by default."""
+    rev = {i: w for w, i in word_map.items()}
+    words = []
+    for i in ids:
+        word = rev.get(int(i), UNK)
+        if word == END:
+            break
+        if keep_special or word not in (PAD, START):
+            words.append(word)
+    return words

@@ -1,0 +1,282 @@
+"""``capcli prep``: turn a caption source into the seed's prepared file set.
+
+Sources are the synthetic ``shapes`` set (generated here), a Karpathy split JSON or a Flickr30k
+``results.csv``. Images are decoded in worker processes and streamed into HDF5, so memory does
+not grow with the dataset. Everything is written into a staging folder and renamed into place
+at the end (the manifest last), so an interrupted prep never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+from capcli.config import PrepConfig
+from capcli.data import shapes
+from capcli.data.hdf5 import ImageWriter, output_files, write_json
+from capcli.data.karpathy import SPLITS, SourceImage, read_karpathy_json, read_results_csv
+from capcli.data.transforms import ImageSkipped, load_square
+from capcli.data.vocab import build_word_map, encode
+from capcli.errors import CapcliError, InputError
+from capcli.parallel import ordered_map
+from capcli.progress import SILENT, Progress
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class PrepResult:
+    """What a prep did (or found already done)."""
+
+    name: str
+    output_folder: str
+    up_to_date: bool
+    counts: dict[str, int]
+    skipped: list[dict] = field(default_factory=list)
+    vocab_size: int = 0
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+
+def _check_config(config: PrepConfig) -> None:
+    if config.json_path and config.csv_path:
+        raise InputError("give either --json or --csv, not both")
+    if (config.json_path or config.csv_path) and not config.image_folder:
+        raise InputError("--image-folder is required with --json or --csv")
+    if config.dataset == "shapes" and (config.json_path or config.csv_path):
+        raise InputError("--dataset shapes is generated; drop --json/--csv or name the real dataset")
+    if config.dataset != "shapes" and not (config.json_path or config.csv_path):
+        raise InputError(f"--dataset {config.dataset} needs its caption file: --json FILE (or --csv FILE) "
+                         "and --image-folder DIR")
+    if config.image_folder and not os.path.isdir(config.image_folder):
+        raise InputError(f"{config.image_folder}: no such image folder")
+    if config.dataset == "shapes" and config.num_images < 10:
+        raise InputError("--num-images must be at least 10 (80/10/10 train/val/test)")
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _generate_shapes(config: PrepConfig, workers: int, progress: Progress) -> tuple[str, str]:
+    """Write (or reuse) ``shapes/dataset_shapes.json`` + ``shapes/images/``; return both paths."""
+    folder = os.path.join(config.output_folder, "shapes")
+    image_folder = os.path.join(folder, "images")
+    json_path = os.path.join(folder, "dataset_shapes.json")
+    generator = {"version": shapes.GENERATOR_VERSION, "seed": config.seed, "num_images": config.num_images}
+    if not config.force and os.path.exists(json_path):
+        try:
+            with open(json_path, encoding="utf-8") as f:
+                if json.load(f).get("generator") == generator:
+                    return json_path, image_folder
+        except (OSError, ValueError):
+            pass  # unreadable: generate it again
+    os.makedirs(image_folder, exist_ok=True)
+    total = config.num_images
+    task = progress.task("generating shapes", total, "img")
+    entries = []
+    jobs = ((config.seed, i, image_folder) for i in range(total))
+    for i, entry in enumerate(ordered_map(shapes.generate_one, jobs, workers)):
+        entry["split"] = shapes.split_of(i, total)
+        entries.append(entry)
+        task.advance()
+    task.close()
+    partial = json_path + ".partial"
+    write_json(partial, {"dataset": "shapes", "generator": generator, "images": entries})
+    os.replace(partial, json_path)
+    return json_path, image_folder
+
+
+def _load_source(config: PrepConfig, workers: int, progress: Progress) -> tuple[str, list[SourceImage]]:
+    """The caption file and its images, generating the shapes set first when asked for it."""
+    if config.csv_path:
+        images = read_results_csv(config.csv_path, config.image_folder, config.seed,
+                                  config.val_fraction, config.test_fraction)
+        return config.csv_path, images
+    json_path, image_folder = config.json_path, config.image_folder
+    if config.dataset == "shapes":
+        json_path, image_folder = _generate_shapes(config, workers, progress)
+    _, images = read_karpathy_json(json_path, image_folder)
+    return json_path, images
+
+
+def _fingerprint(config: PrepConfig, source_path: str) -> str:
+    """Identifies the inputs and the options that change the output."""
+    options = asdict(config)
+    for key in ("force", "workers", "output_folder"):
+        options.pop(key)
+    options["image_folder"] = os.path.abspath(config.image_folder) if config.image_folder else None
+    options["source_sha256"] = _file_sha256(source_path)
+    options["manifest_version"] = MANIFEST_VERSION
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
+
+
+def _up_to_date(config: PrepConfig, fingerprint: str) -> dict | None:
+    """The existing manifest when it matches ``fingerprint`` and every file it lists is intact."""
+    path = os.path.join(config.output_folder, output_files(config.name)["MANIFEST"])
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if manifest.get("fingerprint") != fingerprint:
+        return None
+    for name, size in manifest.get("files", {}).items():
+        full = os.path.join(config.output_folder, name)
+        if not os.path.isfile(full) or os.path.getsize(full) != size:
+            return None
+    return manifest
+
+
+def _choose_captions(image: SourceImage, config: PrepConfig) -> list[list[str]] | None:
+    """Exactly ``captions_per_image`` captions that fit ``max_len`` (the tutorial's rule)."""
+    fitting = [c for c in image.captions if 0 < len(c) <= config.max_len]
+    if not fitting:
+        return None
+    rng = random.Random(f"{config.seed}:{image.ref}")
+    if len(fitting) < config.captions_per_image:
+        extra = [rng.choice(fitting) for _ in range(config.captions_per_image - len(fitting))]
+        return fitting + extra
+    return rng.sample(fitting, config.captions_per_image)
+
+
+def _decode(args: tuple[str, int]) -> tuple[bool, object]:
+    path, size = args
+    try:
+        return True, load_square(path, size)
+    except ImageSkipped as exc:
+        return False, str(exc)
+
+
+def _write_split(split: str, images: list[SourceImage], path: str, config: PrepConfig,
+                 workers: int, progress: Progress) -> tuple[list[dict], list[list[list[str]]], list[dict]]:
+    """Stream one split's images into ``path``; return kept entries, their captions and skips."""
+    kept, kept_captions, skipped, candidates = [], [], [], []
+    for image in images:
+        chosen = _choose_captions(image, config)
+        if chosen is None:
+            skipped.append({"split": split, "source": image.ref,
+                            "reason": f"no caption of 1..{config.max_len} words"})
+        else:
+            candidates.append((image, chosen))
+    task = progress.task(f"prep {split}", len(candidates), "img")
+    jobs = ((image.path, config.image_size) for image, _ in candidates)
+    with ImageWriter(path, config.image_size, config.captions_per_image) as writer:
+        for (image, chosen), (ok, value) in zip(candidates, ordered_map(_decode, jobs, workers)):
+            if ok:
+                writer.append(value)
+                kept.append({"source": image.ref, "path": image.path})
+                kept_captions.append(chosen)
+            else:
+                skipped.append({"split": split, "source": image.ref, "reason": value})
+            task.advance()
+    task.close()
+    return kept, kept_captions, skipped
+
+
+def _commit(staging: str, output_folder: str, names: Iterable[str], manifest_name: str) -> None:
+    """Move staged files into place; the old manifest goes first and the new one last."""
+    old_manifest = os.path.join(output_folder, manifest_name)
+    if os.path.exists(old_manifest):
+        os.remove(old_manifest)
+    for name in names:
+        if name != manifest_name:
+            os.replace(os.path.join(staging, name), os.path.join(output_folder, name))
+    os.replace(os.path.join(staging, manifest_name), old_manifest)
+
+
+def _remove_stale_staging(output_folder: str, name: str) -> None:
+    """Delete staging folders left by preps of ``name`` whose process is gone."""
+    prefix = f".prep-{name}-"
+    for entry in os.listdir(output_folder):
+        if not entry.startswith(prefix):
+            continue
+        pid = entry[len(prefix):].split("-", 1)[0]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(os.path.join(output_folder, entry), ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
+
+
+def _peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0
+
+
+def run_prep(config: PrepConfig, progress: Progress = SILENT) -> PrepResult:
+    """Prepare ``config``'s dataset into ``config.output_folder``.
+
+    Raises:
+        InputError: bad options, or a missing or malformed caption file.
+        CapcliError: no training image could be used.
+    """
+    start = time.monotonic()
+    _check_config(config)
+    os.makedirs(config.output_folder, exist_ok=True)
+    workers = max(1, config.workers)
+    source_path, images = _load_source(config, workers, progress)
+    fingerprint = _fingerprint(config, source_path)
+    manifest = _up_to_date(config, fingerprint)
+    if manifest is not None and not config.force:
+        return PrepResult(config.name, config.output_folder, True, manifest["counts"],
+                          manifest["skipped"], manifest["vocab_size"], time.monotonic() - start)
+    _remove_stale_staging(config.output_folder, config.name)
+    staging = tempfile.mkdtemp(prefix=f".prep-{config.name}-{os.getpid()}-", dir=config.output_folder)
+    try:
+        manifest = _prepare(config, images, staging, workers, progress)
+        manifest.update(fingerprint=fingerprint, source=os.path.abspath(source_path),
+                        seconds=round(time.monotonic() - start, 3))
+        files = output_files(config.name)
+        manifest["files"] = {n: os.path.getsize(os.path.join(staging, n))
+                             for key, n in files.items() if key != "MANIFEST"}
+        write_json(os.path.join(staging, files["MANIFEST"]), manifest)
+        _commit(staging, config.output_folder, files.values(), files["MANIFEST"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return PrepResult(config.name, config.output_folder, False, manifest["counts"], manifest["skipped"],
+                      manifest["vocab_size"], time.monotonic() - start, _peak_rss_mb())
+
+
+def _prepare(config: PrepConfig, images: list[SourceImage], staging: str, workers: int,
+             progress: Progress) -> dict:
+    """Write every output file into ``staging`` and return the manifest (without file sizes)."""
+    files = output_files(config.name)
+    by_split: dict[str, list[SourceImage]] = {s: [] for s in SPLITS}
+    for image in images:
+        by_split[image.split].append(image)
+    kept, captions, skipped = {}, {}, []
+    for split in SPLITS:
+        path = os.path.join(staging, files[f"{split}_IMAGES"])
+        kept[split], captions[split], split_skipped = _write_split(
+            split, by_split[split], path, config, workers, progress)
+        skipped.extend(split_skipped)
+    if not kept["TRAIN"]:
+        raise CapcliError(f"no usable training image ({len(skipped)} skipped; first reason: "
+                          f"{skipped[0]['reason'] if skipped else 'the source has no training images'})")
+    word_map = build_word_map((c for caps in captions["TRAIN"] for c in caps), config.min_word_freq)
+    write_json(os.path.join(staging, files["WORDMAP"]), word_map)
+    for split in SPLITS:
+        rows = [encode(c, word_map, config.max_len) for caps in captions[split] for c in caps]
+        write_json(os.path.join(staging, files[f"{split}_CAPTIONS"]), rows)
+        write_json(os.path.join(staging, files[f"{split}_CAPLENS"]),
+                   [len(c) + 2 for caps in captions[split] for c in caps])
+    return {
+        "version": MANIFEST_VERSION, "name": config.name, "options": asdict(config),
+        "counts": {s: len(kept[s]) for s in SPLITS}, "vocab_size": len(word_map),
+        "images": kept, "skipped": skipped,
+    }
