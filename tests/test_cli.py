@@ -1,0 +1,47 @@
+"""Every command has help with its defaults and an example; misuse exits 2 with Click's message."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from capcli.cli import cli
+
+
+def test_top_level_help_lists_commands_and_an_example(run):
+    result = run("--help")
+    assert result.exit_code == 0
+    assert "Example:" in result.output
+    for name in cli.commands:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("name", sorted(cli.commands))
+def test_every_command_has_help_with_example_and_defaults(run, name):
+    result = run(name, "--help")
+    assert result.exit_code == 0
+    assert "Example:" in result.output
+    command = cli.commands[name]
+    ctx = click.Context(command)
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.name == "help":
+            continue
+        assert param.help, f"{name} {param.opts[0]} has no help"
+        assert param.opts[0] in result.output
+        record = param.get_help_record(ctx)[1]
+        default = param.get_default(ctx)
+        if not param.is_flag and default is not None and not repr(default).endswith("UNSET"):
+            assert "default:" in record, f"{name} {param.opts[0]} hides its default"
+
+
+def test_unknown_option_values_exit_2(run):
+    for args in (["prep", "--dataset", "imagenet"], ["prep", "--max-len", "0"], ["prep", "--workers", "x"],
+                 ["prep", "--bogus"]):
+        result = run(*args)
+        assert result.exit_code == 2, args
+        assert "Error:" in result.output
+
+
+def test_version(run):
+    result = run("--version")
+    assert result.exit_code == 0 and "capcli" in result.output
