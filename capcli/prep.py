@@ -16,8 +16,10 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from capcli.config import PrepConfig
 from capcli.data import shapes
@@ -26,7 +28,7 @@ from capcli.data.karpathy import SPLITS, SourceImage, read_karpathy_json, read_r
 from capcli.data.transforms import ImageSkipped, load_square
 from capcli.data.vocab import build_word_map, encode
 from capcli.errors import CapcliError, InputError
-from capcli.parallel import ordered_map
+from capcli.parallel import ordered_map, ordered_map_into
 from capcli.progress import SILENT, Progress
 
 MANIFEST_VERSION = 1
@@ -152,12 +154,25 @@ def _choose_captions(image: SourceImage, config: PrepConfig) -> list[list[str]] 
     return rng.sample(fitting, config.captions_per_image)
 
 
-def _decode(args: tuple[str, int]) -> tuple[bool, object]:
-    path, size = args
-    try:
-        return True, load_square(path, size)
-    except ImageSkipped as exc:
-        return False, str(exc)
+_BATCH = 16  # images per worker task and per HDF5 write: both are much cheaper in slabs
+
+
+def _decode_batch(paths: list[str], out: np.ndarray) -> list[str | None]:
+    """Decode ``paths`` into the first rows of ``out`` (good images only, in order).
+
+    Returns:
+        A reason per path, None for an image that was stored.
+    """
+    size = out.shape[-1]
+    reasons, stored = [], 0
+    for path in paths:
+        try:
+            out[stored] = load_square(path, size)
+            stored += 1
+            reasons.append(None)
+        except ImageSkipped as exc:
+            reasons.append(str(exc))
+    return reasons
 
 
 def _write_split(split: str, images: list[SourceImage], path: str, config: PrepConfig,
@@ -171,17 +186,20 @@ def _write_split(split: str, images: list[SourceImage], path: str, config: PrepC
                             "reason": f"no caption of 1..{config.max_len} words"})
         else:
             candidates.append((image, chosen))
+    batches = [candidates[i:i + _BATCH] for i in range(0, len(candidates), _BATCH)]
+    jobs = ([image.path for image, _ in batch] for batch in batches)
     task = progress.task(f"prep {split}", len(candidates), "img")
-    jobs = ((image.path, config.image_size) for image, _ in candidates)
     with ImageWriter(path, config.image_size, config.captions_per_image) as writer:
-        for (image, chosen), (ok, value) in zip(candidates, ordered_map(_decode, jobs, workers)):
-            if ok:
-                writer.append(value)
-                kept.append({"source": image.ref, "path": image.path})
-                kept_captions.append(chosen)
-            else:
-                skipped.append({"split": split, "source": image.ref, "reason": value})
-            task.advance()
+        slab = (_BATCH, 3, config.image_size, config.image_size)
+        for batch, (reasons, decoded) in zip(batches, ordered_map_into(_decode_batch, jobs, workers, slab)):
+            writer.append(decoded[:reasons.count(None)])
+            for (image, chosen), reason in zip(batch, reasons):
+                if reason is None:
+                    kept.append({"source": image.ref, "path": image.path})
+                    kept_captions.append(chosen)
+                else:
+                    skipped.append({"split": split, "source": image.ref, "reason": reason})
+            task.advance(len(batch))
     task.close()
     return kept, kept_captions, skipped
 

@@ -35,7 +35,7 @@ def output_files(name: str) -> dict[str, str]:
 
 
 class ImageWriter:
-    """Streams (3, S, S) uint8 images into a growing HDF5 ``images`` dataset."""
+    """Streams slabs of (3, S, S) uint8 images into a growing HDF5 ``images`` dataset."""
 
     def __init__(self, path: str, image_size: int, captions_per_image: int) -> None:
         self.file = h5py.File(path, "w")
@@ -45,11 +45,13 @@ class ImageWriter:
             "images", shape=(0, *shape), maxshape=(None, *shape), dtype="uint8", chunks=(1, *shape))
         self.count = 0
 
-    def append(self, image: np.ndarray) -> None:
-        if self.count == self.images.shape[0]:
-            self.images.resize(max(16, 2 * self.count), axis=0)
-        self.images[self.count] = image
-        self.count += 1
+    def append(self, images: np.ndarray) -> None:
+        """Append a (k, 3, S, S) uint8 slab."""
+        end = self.count + len(images)
+        if end > self.images.shape[0]:
+            self.images.resize(max(end, 2 * self.images.shape[0]), axis=0)
+        self.images[self.count:end] = images
+        self.count = end
 
     def close(self) -> None:
         self.images.resize(self.count, axis=0)
@@ -63,8 +65,9 @@ class ImageWriter:
 
 
 def write_json(path: str, data: object) -> None:
+    text = json.dumps(data)  # the C encoder; json.dump() streams through the slow Python one
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f)
+        f.write(text)
 
 
 def read_json(path: str) -> object:
