@@ -124,6 +124,80 @@ def _print_prep_result(result) -> None:
     click.echo(f"Next: capcli train --data-folder {result.output_folder} --name {result.name}")
 
 
+def _option_given(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+@cli.command("train")
+@click.option("--data-folder", default="data_output", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of prepared data (from `capcli prep`).")
+@click.option("--name", default=None, help="Prepared data set name, e.g. flickr8k_5_5 [default: the only one].")
+@click.option("--output-folder", default="model_outputs", show_default=True, type=click.Path(file_okay=False),
+              help="Where checkpoints, metrics and summaries are written.")
+@click.option("--epochs", default=120, show_default=True, type=click.IntRange(0),
+              help="Total epochs (on --resume: the total, not additional ones).")
+@click.option("--batch-size", "--batch_size", default=64, show_default=True, type=click.IntRange(1),
+              help="Captions per training batch.")
+@click.option("--resume", is_flag=True, help="Continue from model_outputs/checkpoint_{name}.pth.tar.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Continue from this checkpoint file.")
+@click.option("--encoder", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]),
+              default="resnet34", show_default=True, help="ResNet encoder.")
+@click.option("--decoder", type=click.Choice(["attention", "plain"]), default="attention", show_default=True,
+              help="LSTM decoder with soft attention, or ImgCap's plain one.")
+@click.option("--pretrained", is_flag=True, help="Start the encoder from torchvision's ImageNet weights.")
+@click.option("--pretrained-weights", type=click.Path(dir_okay=False),
+              help="ImageNet weights file to use instead of the torch hub cache.")
+@click.option("--fine-tune-encoder", "--fine_tune_encoder", is_flag=True,
+              help="Train ResNet stages 2-4 too (no feature cache then).")
+@click.option("--one-hot", "--one_hot", is_flag=True, help="Fixed one-hot word vectors instead of embeddings.")
+@click.option("--teacher-forcing", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Chance of feeding the true previous word (ImgCap used 0.9).")
+@click.option("--embed-dim", default=512, show_default=True, type=click.IntRange(1), help="Word embedding size.")
+@click.option("--attention-dim", default=512, show_default=True, type=click.IntRange(1), help="Attention size.")
+@click.option("--decoder-dim", default=512, show_default=True, type=click.IntRange(1), help="LSTM hidden size.")
+@click.option("--dropout", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Dropout before the output layer.")
+@click.option("--decoder-lr", default=4e-4, show_default=True, type=float, help="Decoder learning rate.")
+@click.option("--encoder-lr", default=1e-4, show_default=True, type=float, help="Encoder learning rate (fine-tuning).")
+@click.option("--grad-clip", default=5.0, show_default=True, type=float, help="Clip gradients to ± this value.")
+@click.option("--alpha-c", default=1.0, show_default=True, type=float, help="Weight of the doubly stochastic attention penalty.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="DataLoader worker processes.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: bf16 on CPUs with native bf16, fp16/bf16 autocast on CUDA, else fp32.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the decoder for training.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", default=42, show_default=True, type=int, help="Random seed (data order, init, dropout).")
+@click.option("--no-feature-cache", is_flag=True, help="Run the frozen encoder on every batch instead of caching.")
+@click.option("--save-every", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Also checkpoint every this many minutes inside an epoch (0: only at epoch ends).")
+@click.option("--max-val-images", default=0, show_default=True, type=click.IntRange(0),
+              help="Validate on at most this many images (0: all).")
+@click.pass_context
+def train_command(ctx: click.Context, encoder: str, decoder: str, one_hot: bool, embed_dim: int,
+                  attention_dim: int, decoder_dim: int, dropout: float, compile_: bool, no_feature_cache: bool,
+                  **options) -> None:
+    """Train a captioning model on prepared data (resumable).
+
+    \b
+    Example:
+      capcli train --epochs 20 --batch-size 32
+      capcli train --resume --epochs 30            # 30 in total
+      torchrun --standalone --nproc_per_node=2 -m capcli.cli train --epochs 10
+    """
+    from capcli.config import ARCHITECTURE_FIELDS, TrainConfig
+    from capcli.progress import TerminalProgress
+    from capcli.train import run_train
+
+    model_options = {"encoder": encoder, "decoder": decoder, "one_hot": one_hot, "embed_dim": embed_dim,
+                     "attention_dim": attention_dim, "decoder_dim": decoder_dim, "dropout": dropout}
+    explicit = frozenset(f for f in ARCHITECTURE_FIELDS if _option_given(ctx, f))
+    config = TrainConfig(compile=compile_, feature_cache=not no_feature_cache, **options)
+    result = run_train(config, model_options, explicit, TerminalProgress())
+    click.echo(f"Trained {result.name}: {result.epochs_done} epoch(s), best validation BLEU-4 "
+               f"{result.best_bleu4:.4f} at epoch {result.best_epoch} ({result.stop_reason}, {result.seconds:.0f} s).")
+    click.echo(f"Checkpoints: {result.checkpoint}, {result.best_checkpoint}")
+
+
 @cli.command("demo")
 @click.option("--data-folder", default="data_output", show_default=True, type=click.Path(file_okay=False),
               help="Where the shapes dataset is generated and prepared.")

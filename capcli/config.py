@@ -39,3 +39,53 @@ class PrepConfig:
     def name(self) -> str:
         """The base name of every output file, e.g. ``flickr8k_5_5``."""
         return f"{self.dataset}_{self.captions_per_image}_{self.min_word_freq}"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture; saved in every checkpoint and used to rebuild the model from it."""
+
+    vocab_size: int
+    encoder: str = "resnet34"
+    decoder: str = "attention"
+    embed_dim: int = 512
+    attention_dim: int = 512
+    decoder_dim: int = 512
+    dropout: float = 0.5
+    one_hot: bool = False
+    encoded_size: int = 14
+
+
+ARCHITECTURE_FIELDS = ("encoder", "decoder", "embed_dim", "attention_dim", "decoder_dim", "one_hot")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``capcli train``."""
+
+    data_folder: str = "data_output"
+    name: str | None = None
+    output_folder: str = "model_outputs"
+    epochs: int = 120
+    batch_size: int = 64
+    decoder_lr: float = 4e-4
+    encoder_lr: float = 1e-4
+    grad_clip: float = 5.0
+    alpha_c: float = 1.0
+    teacher_forcing: float = 1.0
+    fine_tune_encoder: bool = False
+    pretrained: bool = False
+    pretrained_weights: str | None = None
+    resume: bool = False
+    checkpoint: str | None = None
+    workers: int = 0
+    precision: str = "auto"
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 42
+    feature_cache: bool = True
+    save_every: float = 0.0
+    patience_lr: int = 10
+    patience_stop: int = 20
+    lr_decay: float = 0.8
+    max_val_images: int = 0

@@ -129,3 +129,8 @@ def find_prepared(folder: str, name: str | None = None) -> PreparedData:
     if not names:
         raise DataError(f"no prepared data in {folder} (run `capcli prep` first)")
     raise DataError(f"several prepared data sets in {folder}: {', '.join(names)} (choose one with --name)")
+
+
+def captions_per_image(prepared: PreparedData, split: str) -> int:
+    with h5py.File(prepared.path("IMAGES", split), "r") as f:
+        return int(f.attrs["captions_per_image"])

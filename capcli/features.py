@@ -1,0 +1,70 @@
+"""The frozen-encoder feature cache: float16 HDF5 next to the prepared data.
+
+With a frozen encoder the CNN output of an image never changes, so it is computed once per split
+and reused by later epochs and later runs. The file name carries a key made from the encoder's
+name, weights and the image size, so other weights or sizes get a cache of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import h5py
+import torch
+from torch.utils.data import DataLoader
+
+from capcli.data.datasets import Images
+from capcli.data.hdf5 import PreparedData
+from capcli.device import Precision
+from capcli.progress import Progress
+
+
+def cache_key(encoder, image_size: int) -> str:
+    digest = hashlib.sha256(f"{encoder.name}:{image_size}:{encoder.pool.output_size}".encode())
+    for name, tensor in encoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def image_size_of(prepared: PreparedData, split: str) -> int:
+    with h5py.File(prepared.path("IMAGES", split), "r") as f:
+        return int(f["images"].shape[-1])
+
+
+def features_path(prepared: PreparedData, split: str, key: str) -> str:
+    return os.path.join(prepared.folder, f"FEATURES_{split}_{prepared.name}_{key}.hdf5")
+
+
+@torch.no_grad()
+def encode_images(encoder, images: torch.Tensor, device: torch.device, precision: Precision) -> torch.Tensor:
+    """uint8 (batch, 3, S, S) → encoder features (batch, 14, 14, C)."""
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    with precision.autocast():
+        return encoder(x)
+
+
+def ensure_features(encoder, prepared: PreparedData, split: str, device: torch.device, precision: Precision,
+                    progress: Progress, batch_size: int = 32, key: str | None = None) -> str:
+    """Path of the split's cached features, computing them first if needed (atomic write)."""
+    key = key or cache_key(encoder, image_size_of(prepared, split))
+    path = features_path(prepared, split, key)
+    if os.path.exists(path):
+        return path
+    images = Images(prepared.path("IMAGES", split), "images")
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False)
+    partial = path + ".partial"
+    encoder.eval()
+    task = progress.task(f"caching {split} features", len(images), "img")
+    with h5py.File(partial, "w") as f:
+        size, dim = encoder.pool.output_size[0], encoder.dim
+        data = f.create_dataset("features", (len(images), size, size, dim), dtype="float16",
+                                chunks=(1, size, size, dim))
+        for batch, index in loader:
+            out = encode_images(encoder, batch, device, precision)  # (batch, 14, 14, C)
+            data[int(index[0]):int(index[-1]) + 1] = out.float().cpu().numpy().astype("float16")
+            task.advance(len(index))
+    task.close()
+    os.replace(partial, path)
+    return path

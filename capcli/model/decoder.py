@@ -1,0 +1,129 @@
+"""LSTM decoders over one shared step interface.
+
+``AttentionDecoder`` is Show, Attend and Tell: soft attention over the 14 × 14 encoder pixels,
+a sigmoid gate on the context, an LSTMCell fed [word embedding; gated context], h and c
+initialised from the mean encoder feature. ``PlainDecoder`` is ImgCap's model without
+attention: the pooled image feature initialises the LSTM.
+
+Both expose ``init_state(features)`` and ``step(words, state)``; training (``forward``) and every
+decoding strategy in ``decoding.py`` are written over those two functions. A state is a tuple of
+tensors whose first dimension is the batch, so beams can be reordered with one index.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+State = tuple[torch.Tensor, ...]
+
+
+class Attention(nn.Module):
+    """Additive attention: tanh of projected pixels + projected hidden state, a score per pixel."""
+
+    def __init__(self, encoder_dim: int, decoder_dim: int, attention_dim: int) -> None:
+        super().__init__()
+        self.encoder_att = nn.Linear(encoder_dim, attention_dim)
+        self.decoder_att = nn.Linear(decoder_dim, attention_dim)
+        self.full_att = nn.Linear(attention_dim, 1)
+
+    def forward(self, pixels: torch.Tensor, projected: torch.Tensor, h: torch.Tensor):
+        # pixels (batch, num_pixels, encoder_dim); projected (batch, num_pixels, attention_dim)
+        scores = self.full_att(torch.tanh(projected + self.decoder_att(h).unsqueeze(1))).squeeze(2)
+        alpha = torch.softmax(scores, dim=1)  # (batch, num_pixels)
+        context = (pixels * alpha.unsqueeze(2)).sum(dim=1)  # (batch, encoder_dim)
+        return context, alpha
+
+
+class _Decoder(nn.Module):
+    """Embedding, output layer and the teacher-forced training loop shared by both decoders."""
+
+    has_attention = False
+
+    def __init__(self, vocab_size: int, embed_dim: int, decoder_dim: int, dropout: float, one_hot: bool) -> None:
+        super().__init__()
+        self.vocab_size, self.one_hot, self.decoder_dim = vocab_size, one_hot, decoder_dim
+        self.embed_dim = vocab_size if one_hot else embed_dim
+        self.embedding = None if one_hot else nn.Embedding(vocab_size, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(decoder_dim, vocab_size)
+
+    def embed(self, words: torch.Tensor) -> torch.Tensor:
+        if self.one_hot:  # fixed one-hot word vectors (the seed's --one-hot)
+            return F.one_hot(words, self.vocab_size).to(self.fc.weight.dtype)
+        return self.embedding(words)
+
+    def init_state(self, features: torch.Tensor) -> State:
+        raise NotImplementedError
+
+    def step(self, words: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor | None, State]:
+        """One word: returns logits (batch, vocab), attention (batch, num_pixels) or None, new state."""
+        raise NotImplementedError
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
+                teacher_forcing: float = 1.0):
+        """Predict every next word of ``captions`` (batch, max_len + 2) given its prefix.
+
+        Returns:
+            logits (batch, T, vocab) and attention (batch, T, num_pixels) or None, where
+            T = max(lengths) - 1 (positions past a caption's own end are padding).
+        """
+        steps = int(lengths.max()) - 1
+        state = self.init_state(features)
+        words = captions[:, 0]
+        logits, alphas = [], []
+        for t in range(steps):
+            out, alpha, state = self.step(words, state)
+            logits.append(out)
+            if alpha is not None:
+                alphas.append(alpha)
+            words = captions[:, t + 1]
+            if teacher_forcing < 1.0 and t + 1 < steps:
+                use_model = torch.rand(words.shape[0], device=words.device) >= teacher_forcing
+                words = torch.where(use_model, out.argmax(dim=1), words)
+        attention = torch.stack(alphas, dim=1) if alphas else None  # (batch, T, num_pixels)
+        return torch.stack(logits, dim=1), attention  # (batch, T, vocab)
+
+
+class AttentionDecoder(_Decoder):
+    has_attention = True
+
+    def __init__(self, vocab_size: int, encoder_dim: int, embed_dim: int = 512, attention_dim: int = 512,
+                 decoder_dim: int = 512, dropout: float = 0.5, one_hot: bool = False) -> None:
+        super().__init__(vocab_size, embed_dim, decoder_dim, dropout, one_hot)
+        self.attention = Attention(encoder_dim, decoder_dim, attention_dim)
+        self.init_h = nn.Linear(encoder_dim, decoder_dim)
+        self.init_c = nn.Linear(encoder_dim, decoder_dim)
+        self.f_beta = nn.Linear(decoder_dim, encoder_dim)
+        self.lstm = nn.LSTMCell(self.embed_dim + encoder_dim, decoder_dim)
+
+    def init_state(self, features: torch.Tensor) -> State:
+        pixels = features.flatten(1, 2)  # (batch, num_pixels, encoder_dim)
+        mean = pixels.mean(dim=1)  # (batch, encoder_dim)
+        projected = self.attention.encoder_att(pixels)  # (batch, num_pixels, attention_dim), once per caption
+        return self.init_h(mean), self.init_c(mean), pixels, projected
+
+    def step(self, words, state):
+        h, c, pixels, projected = state
+        context, alpha = self.attention(pixels, projected, h)
+        gate = torch.sigmoid(self.f_beta(h))  # (batch, encoder_dim)
+        h, c = self.lstm(torch.cat([self.embed(words), gate * context], dim=1), (h, c))
+        return self.fc(self.dropout(h)), alpha, (h, c, pixels, projected)
+
+
+class PlainDecoder(_Decoder):
+    def __init__(self, vocab_size: int, encoder_dim: int, embed_dim: int = 512, decoder_dim: int = 512,
+                 dropout: float = 0.5, one_hot: bool = False, **_: object) -> None:
+        super().__init__(vocab_size, embed_dim, decoder_dim, dropout, one_hot)
+        self.init_h = nn.Linear(encoder_dim, decoder_dim)
+        self.init_c = nn.Linear(encoder_dim, decoder_dim)
+        self.lstm = nn.LSTMCell(self.embed_dim, decoder_dim)
+
+    def init_state(self, features: torch.Tensor) -> State:
+        pooled = features.flatten(1, 2).mean(dim=1)  # (batch, encoder_dim)
+        return torch.tanh(self.init_h(pooled)), torch.tanh(self.init_c(pooled))
+
+    def step(self, words, state):
+        h, c = self.lstm(self.embed(words), state)
+        return self.fc(self.dropout(h)), None, (h, c)

@@ -1,0 +1,378 @@
+"""``capcli train``: supervised training of the captioner, with resume and a live metrics feed.
+
+Each epoch trains on every caption row, then measures validation loss / top-5 (teacher forced)
+and validation BLEU-4 from real batched greedy decoding, appends JSON lines to the metrics
+feed, writes the seed's JSON summaries and a checkpoint (``BEST_`` too when BLEU-4 improves).
+With a frozen encoder the CNN features are cached on disk and the CNN never runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from capcli.checkpoint import load_checkpoint, save_checkpoint
+from capcli.config import ARCHITECTURE_FIELDS, ModelConfig, TrainConfig
+from capcli.data.datasets import CaptionRows, Images
+from capcli.data.hdf5 import PreparedData, captions_per_image, find_prepared
+from capcli.data.vocab import END, START, decode
+from capcli.device import resolve_device, resolve_precision
+from capcli.distributed import DistInfo, barrier, init_distributed, shutdown, unwrap
+from capcli.errors import CapcliError, CheckpointError
+from capcli.features import encode_images, ensure_features
+from capcli.feed import MetricsFeed
+from capcli.model.captioner import build_model
+from capcli.model.decoding import greedy
+from capcli.model.encoder import load_pretrained
+from capcli.model.loss import caption_loss
+from capcli.progress import SILENT, Progress
+from capcli.scores import corpus_bleu4
+
+
+class TrainingInterrupted(CapcliError):
+    """SIGINT/SIGTERM: a checkpoint was saved; the message says how to resume."""
+
+
+class NonFiniteLoss(CapcliError):
+    """The loss became NaN or infinite; nothing was saved."""
+
+
+@dataclass
+class TrainResult:
+    name: str
+    epochs_done: int
+    best_bleu4: float
+    best_epoch: int
+    checkpoint: str
+    best_checkpoint: str
+    stop_reason: str
+    seconds: float
+
+
+def output_paths(output_folder: str, name: str) -> dict[str, str]:
+    files = {"checkpoint": f"checkpoint_{name}.pth.tar", "best": f"BEST_{name}.pth.tar",
+             "feed": f"metrics_{name}.jsonl", "bleu": f"bleu_scores_{name}.json",
+             "metrics": f"training_metrics_{name}.json"}
+    return {k: os.path.join(output_folder, v) for k, v in files.items()}
+
+
+def _model_config(ckpt: dict | None, options: dict, explicit: frozenset, vocab_size: int) -> ModelConfig:
+    """The checkpoint's architecture on resume (an explicitly conflicting flag is an error)."""
+    if ckpt is None:
+        return ModelConfig(vocab_size=vocab_size, **options)
+    saved = ModelConfig(**ckpt["model_config"])
+    for field in ARCHITECTURE_FIELDS:
+        if field in explicit and options.get(field) != getattr(saved, field):
+            flag = "--" + field.replace("_", "-")
+            raise CheckpointError(f"{flag} {options.get(field)} conflicts with the checkpoint being resumed "
+                                  f"({field} = {getattr(saved, field)}); drop {flag} or start a new run")
+    if saved.vocab_size != vocab_size:
+        raise CheckpointError(f"the checkpoint's vocabulary ({saved.vocab_size}) differs from the data's "
+                              f"({vocab_size}); resume on the data it was trained on")
+    return saved
+
+
+def _resume_source(config: TrainConfig, paths: dict) -> dict | None:
+    if config.checkpoint:
+        return load_checkpoint(config.checkpoint)
+    if config.resume:
+        if not os.path.exists(paths["checkpoint"]):
+            raise CheckpointError(f"--resume: no checkpoint at {paths['checkpoint']} (train without --resume first)")
+        return load_checkpoint(paths["checkpoint"])
+    return None
+
+
+def run_train(config: TrainConfig, model_options: dict | None = None, explicit: frozenset = frozenset(),
+              progress: Progress = SILENT) -> TrainResult:
+    """Train (or resume) as ``config`` says.
+
+    Args:
+        model_options: architecture fields for a new run (see :class:`ModelConfig`).
+        explicit: the names of architecture options the user gave (checked against a resumed checkpoint).
+    """
+    device = resolve_device(config.device)
+    dist_info = init_distributed(device)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        prepared = find_prepared(config.data_folder, config.name)
+        paths = output_paths(config.output_folder, prepared.name)
+        ckpt = _resume_source(config, paths)
+        word_map = prepared.word_map()
+        model_config = _model_config(ckpt, model_options or {}, explicit, len(word_map))
+        trainer = Trainer(config, model_config, prepared, word_map, paths, device, dist_info, progress, ckpt)
+        return trainer.fit()
+    finally:
+        shutdown(dist_info)
+
+
+class Trainer:
+    """One training run: model, optimisers, data and bookkeeping."""
+
+    def __init__(self, config: TrainConfig, model_config: ModelConfig, prepared: PreparedData, word_map: dict,
+                 paths: dict, device: torch.device, dist_info: DistInfo, progress: Progress, ckpt: dict | None):
+        self.config, self.model_config, self.prepared, self.word_map = config, model_config, prepared, word_map
+        self.paths, self.device, self.dist, self.progress = paths, device, dist_info, progress
+        self.precision = resolve_precision(config.precision, device)
+        torch.manual_seed(config.seed)
+        self.encoder, self.decoder = build_model(model_config)
+        if ckpt is None and config.pretrained:
+            load_pretrained(self.encoder, config.pretrained_weights)
+        if ckpt is not None:
+            self.encoder.load_state_dict(ckpt["encoder"])
+            self.decoder.load_state_dict(ckpt["decoder"])
+        self.encoder.set_fine_tune(config.fine_tune_encoder)
+        self.encoder.to(device)
+        self.decoder.to(device)
+        self.state = {"epoch": 0, "step": 0, "epoch_step": 0, "best_bleu4": 0.0, "best_epoch": 0,
+                      "since_improvement": 0, "bleu_history": [], "history": {}}
+        self._build_optimizers(ckpt)
+        self.feed = MetricsFeed(paths["feed"], "train") if dist_info.is_main else None
+        if ckpt is not None:
+            self.state.update({k: ckpt[k] for k in self.state})
+            if self.feed:
+                self.feed.truncate_after(self.state["step"])
+        self._build_data()
+        self.stop_signal: int | None = None
+
+    def _build_optimizers(self, ckpt: dict | None) -> None:
+        dec_params = [p for p in self.decoder.parameters() if p.requires_grad]
+        self.decoder_opt = torch.optim.Adam(dec_params, lr=self.config.decoder_lr)
+        enc_params = [p for p in self.encoder.parameters() if p.requires_grad]
+        self.encoder_opt = torch.optim.Adam(enc_params, lr=self.config.encoder_lr) if enc_params else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
+        if ckpt is not None:
+            self.decoder_opt.load_state_dict(ckpt["decoder_optimizer"])
+            if self.encoder_opt is not None and ckpt.get("encoder_optimizer"):
+                self.encoder_opt.load_state_dict(ckpt["encoder_optimizer"])
+            if ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+        self.train_decoder = self.decoder
+        self.train_encoder = self.encoder
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_decoder = DistributedDataParallel(self.decoder, device_ids=ids)
+            if self.encoder_opt is not None:
+                self.train_encoder = DistributedDataParallel(self.encoder, device_ids=ids)
+        if self.config.compile:
+            self.train_decoder = torch.compile(self.train_decoder)
+
+    @property
+    def cached(self) -> bool:
+        return self.config.feature_cache and self.encoder_opt is None
+
+    def _source(self, split: str) -> tuple[str, str]:
+        """(HDF5 path, dataset key) the split's inputs come from: cached features or images."""
+        if not self.cached:
+            return self.prepared.path("IMAGES", split), "images"
+        if self.dist.is_main:
+            ensure_features(self.encoder, self.prepared, split, self.device, self.precision, self.progress)
+        barrier(self.dist)
+        return ensure_features(self.encoder, self.prepared, split, self.device, self.precision, self.progress), \
+            "features"
+
+    def _build_data(self) -> None:
+        captions, caplens = self.prepared.captions("TRAIN")
+        self.cpi = captions_per_image(self.prepared, "TRAIN")
+        self.train_rows = CaptionRows(*self._source("TRAIN"), captions, caplens, self.cpi)
+        if not len(self.train_rows):
+            raise CapcliError(f"no training captions in {self.prepared.folder} for {self.prepared.name}")
+        captions, caplens = self.prepared.captions("VAL")
+        source = self._source("VAL")
+        self.val_images = Images(*source, self.config.max_val_images)
+        limit = len(self.val_images) * self.cpi
+        self.val_rows = CaptionRows(*source, captions[:limit], caplens[:limit], self.cpi)
+        self.max_len = len(captions[0]) - 2 if captions else 50
+        self.val_refs = [[decode(row, self.word_map) for row in captions[i * self.cpi:(i + 1) * self.cpi]]
+                         for i in range(len(self.val_images))]
+
+    def _features(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        if self.cached:
+            return x.to(self.device, non_blocking=True).float()
+        if train and self.encoder_opt is not None:
+            with self.precision.autocast():
+                return self.train_encoder(x.to(self.device).float().div_(255.0))
+        return encode_images(self.encoder, x, self.device, self.precision)
+
+    def _loader(self, dataset, indices: list[int] | None, batch_size: int) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=indices, shuffle=False,
+                          num_workers=self.config.workers, persistent_workers=False,
+                          pin_memory=self.device.type == "cuda")
+
+    def _epoch_indices(self, epoch: int, skip_steps: int) -> list[int]:
+        """This rank's row order for ``epoch``: fixed by (seed, epoch), so resume redoes it exactly."""
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.train_rows), generator=generator)[self.dist.rank::self.dist.world]
+        return order[skip_steps * self.config.batch_size:].tolist()
+
+    def train_step(self, x, captions, lengths) -> tuple[float, float]:
+        """autocast(forward, loss) → scale → backward → unscale → clip → step → update → zero_grad."""
+        captions, lengths = captions.to(self.device), lengths.to(self.device)
+        optimizers = [o for o in (self.decoder_opt, self.encoder_opt) if o is not None]
+        with self.precision.autocast():
+            features = self._features(x, train=True)
+            logits, alphas = self.train_decoder(features, captions, lengths, self.config.teacher_forcing)
+            loss, top5 = caption_loss(logits, alphas, captions, lengths, self.config.alpha_c)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"the training loss became {loss.item()} at epoch {self.state['epoch'] + 1} "
+                                f"step {self.state['step'] + 1}; stopped without saving (the last good checkpoint "
+                                f"is untouched: {self.paths['checkpoint']}); try a lower learning rate or "
+                                f"--precision fp32")
+        self.scaler.scale(loss).backward()
+        params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
+        for o in optimizers:
+            self.scaler.unscale_(o)
+        torch.nn.utils.clip_grad_value_(params, self.config.grad_clip)
+        for o in optimizers:
+            self.scaler.step(o)
+        self.scaler.update()
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
+        return float(loss.item()), float(top5.item())
+
+    def _train_epoch(self, epoch: int) -> tuple[float, float]:
+        """Train one epoch (from ``epoch_step`` when resuming mid-epoch); returns mean loss, top-5."""
+        self.decoder.train()
+        self.encoder.train(self.encoder_opt is not None)
+        torch.manual_seed(self.config.seed * 100_003 + epoch)
+        skip = self.state["epoch_step"]
+        loader = self._loader(self.train_rows, self._epoch_indices(epoch, skip), self.config.batch_size)
+        task = self.progress.task(f"epoch {epoch + 1}/{self.config.epochs}", len(loader), "batch")
+        totals, log_every = [0.0, 0.0, 0], max(1, len(loader) // 20)
+        last_save = time.monotonic()
+        for x, captions, lengths in loader:
+            loss, top5 = self.train_step(x, captions, lengths)
+            self.state["step"] += 1
+            self.state["epoch_step"] += 1
+            totals = [totals[0] + loss, totals[1] + top5, totals[2] + 1]
+            task.advance()
+            if self.feed and self.state["epoch_step"] % log_every == 0:
+                self.feed.write("step", split="train", epoch=epoch + 1, step=self.state["step"], loss=loss,
+                                top5=top5, lr=self.decoder_opt.param_groups[0]["lr"])
+            if self.stop_signal is not None:
+                task.close()
+                self._save(best=False)
+                raise TrainingInterrupted(
+                    f"stopped by {signal.Signals(self.stop_signal).name} at epoch {epoch + 1} step "
+                    f"{self.state['step']}; checkpoint saved to {self.paths['checkpoint']}; continue with "
+                    f"`capcli train --resume --epochs {self.config.epochs}`")
+            if self.config.save_every and time.monotonic() - last_save >= self.config.save_every * 60:
+                self._save(best=False)
+                last_save = time.monotonic()
+        task.close()
+        n = max(totals[2], 1)
+        return totals[0] / n, totals[1] / n
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float, float]:
+        """Validation loss and top-5 (teacher forced), and BLEU-4 from batched greedy decoding."""
+        self.decoder.eval()
+        self.encoder.eval()
+        loss_sum = top5_sum = batches = 0.0
+        for x, captions, lengths in self._loader(self.val_rows, None, self.config.batch_size):
+            captions, lengths = captions.to(self.device), lengths.to(self.device)
+            with self.precision.autocast():
+                logits, alphas = self.decoder(self._features(x, False), captions, lengths)
+                loss, top5 = caption_loss(logits, alphas, captions, lengths, self.config.alpha_c)
+            loss_sum, top5_sum, batches = loss_sum + loss.item(), top5_sum + top5.item(), batches + 1
+        hypotheses = []
+        start, end = self.word_map[START], self.word_map[END]
+        for x, _ in self._loader(self.val_images, None, self.config.batch_size):
+            with self.precision.autocast():
+                ids, _ = greedy(self.decoder, self._features(x, False), start, end, self.max_len)
+            hypotheses.extend(decode(c, self.word_map) for c in ids)
+        bleu4 = corpus_bleu4(self.val_refs[:len(hypotheses)], hypotheses)
+        return loss_sum / max(batches, 1), top5_sum / max(batches, 1), bleu4
+
+    def _payload(self) -> dict:
+        return {
+            "kind": "train", "model_config": asdict(self.model_config), "train_config": asdict(self.config),
+            "word_map": dict(self.word_map), "data": {"folder": self.prepared.folder, "name": self.prepared.name},
+            **{k: v for k, v in self.state.items()},
+            "encoder": unwrap(self.encoder).state_dict(), "decoder": unwrap(self.decoder).state_dict(),
+            "decoder_optimizer": self.decoder_opt.state_dict(),
+            "encoder_optimizer": self.encoder_opt.state_dict() if self.encoder_opt else None,
+            "scaler": self.scaler.state_dict(), "saved_at": time.time(),
+        }
+
+    def _save(self, best: bool) -> None:
+        if not self.dist.is_main:
+            return
+        payload = self._payload()
+        save_checkpoint(self.paths["checkpoint"], payload)
+        if best:
+            save_checkpoint(self.paths["best"], payload)
+
+    def _write_summaries(self) -> None:
+        history = self.state["history"]
+        for key, data in (("bleu", self.state["bleu_history"]), ("metrics", history)):
+            partial = self.paths[key] + ".partial"
+            with open(partial, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1)
+            os.replace(partial, self.paths[key])
+
+    def _end_of_epoch(self, epoch: int, train: tuple, val: tuple) -> str | None:
+        """Record the epoch, adjust the learning rate, save; returns a reason to stop or None."""
+        (train_loss, train_top5), (val_loss, val_top5, bleu4) = train, val
+        st = self.state
+        for key, value in (("train_loss", train_loss), ("train_top5", train_top5), ("val_loss", val_loss),
+                           ("val_top5", val_top5)):
+            st["history"].setdefault(key, []).append(value)
+        st["bleu_history"].append(bleu4)
+        improved = bleu4 > st["best_bleu4"]
+        if improved:
+            st.update(best_bleu4=bleu4, best_epoch=epoch + 1, since_improvement=0)
+        else:
+            st["since_improvement"] += 1
+            if st["since_improvement"] % self.config.patience_lr == 0:
+                for opt in (self.decoder_opt, self.encoder_opt):
+                    for group in (opt.param_groups if opt else []):
+                        group["lr"] *= self.config.lr_decay
+        st.update(epoch=epoch + 1, epoch_step=0)
+        lr = self.decoder_opt.param_groups[0]["lr"]
+        if self.feed:
+            self.feed.write("epoch", split="train", epoch=epoch + 1, step=st["step"], loss=train_loss,
+                            top5=train_top5, lr=lr)
+            self.feed.write("epoch", split="val", epoch=epoch + 1, step=st["step"], loss=val_loss, top5=val_top5,
+                            bleu4=bleu4, lr=lr, best_bleu4=st["best_bleu4"], improved=improved)
+            self._write_summaries()
+        self._save(best=improved)
+        if st["since_improvement"] >= self.config.patience_stop:
+            return f"no BLEU-4 gain for {st['since_improvement']} epochs"
+        return None
+
+    def fit(self) -> TrainResult:
+        start = time.monotonic()
+        reason = "completed"
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
+        previous = {s: signal.signal(s, self._on_signal) for s in signals}
+        try:
+            for epoch in range(self.state["epoch"], self.config.epochs):
+                train = self._train_epoch(epoch)
+                stop = self._end_of_epoch(epoch, train, self.validate())
+                if stop:
+                    reason = stop
+                    break
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if self.feed:
+            self.feed.write("end", epoch=self.state["epoch"], step=self.state["step"], reason=reason,
+                            bleu4=self.state["best_bleu4"])
+        return TrainResult(self.prepared.name, self.state["epoch"], self.state["best_bleu4"], self.state["best_epoch"],
+                           self.paths["checkpoint"], self.paths["best"], reason, time.monotonic() - start)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop_signal = signum
+        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+
