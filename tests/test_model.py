@@ -1,0 +1,83 @@
+"""Output shapes of every module and a tiny model that overfits one batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from capcli.config import ModelConfig
+from capcli.model.captioner import build_model
+from capcli.model.loss import caption_loss
+
+
+@pytest.mark.parametrize("encoder_name,channels", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])
+@pytest.mark.parametrize("decoder_name", ["attention", "plain"])
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_output_shapes(encoder_name, channels, decoder_name, one_hot):
+    vocab = 23
+    config = ModelConfig(vocab_size=vocab, encoder=encoder_name, decoder=decoder_name, one_hot=one_hot,
+                         embed_dim=16, attention_dim=8, decoder_dim=12)
+    encoder, decoder = build_model(config)
+    images = torch.rand(2, 3, 32, 32)
+    features = encoder(images)
+    assert features.shape == (2, 14, 14, channels)
+    captions = torch.tensor([[21, 3, 4, 5, 22, 0, 0], [21, 6, 22, 0, 0, 0, 0]])
+    lengths = torch.tensor([5, 3])
+    logits, alphas = decoder(features, captions, lengths)
+    assert logits.shape == (2, 4, vocab)
+    if decoder_name == "attention":
+        assert alphas.shape == (2, 4, 196)
+        torch.testing.assert_close(alphas.sum(dim=2), torch.ones(2, 4))
+    else:
+        assert alphas is None
+    state = decoder.init_state(features)
+    out, alpha, state = decoder.step(captions[:, 0], state)
+    assert out.shape == (2, vocab) and state[0].shape == (2, 12)
+    assert decoder.embed_dim == (vocab if one_hot else 16)
+    assert (decoder.embedding is None) == one_hot
+
+
+def test_fine_tune_unfreezes_stages_2_to_4_only():
+    encoder, _ = build_model(ModelConfig(vocab_size=5, encoder="resnet18"))
+    assert not any(p.requires_grad for p in encoder.parameters())
+    encoder.set_fine_tune(True)
+    stages = list(encoder.resnet.children())
+    assert not any(p.requires_grad for s in stages[:5] for p in s.parameters())
+    assert all(p.requires_grad for s in stages[5:] for p in s.parameters())
+
+
+@pytest.mark.parametrize("decoder_name", ["attention", "plain"])
+def test_tiny_model_overfits_one_batch(decoder_name):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=12, encoder="resnet18", decoder=decoder_name, embed_dim=32,
+                         attention_dim=32, decoder_dim=64, dropout=0.0)
+    _, decoder = build_model(config)
+    features = torch.randn(4, 14, 14, 512)
+    captions = torch.tensor([[10, 1, 2, 3, 11, 0], [10, 4, 5, 11, 0, 0], [10, 6, 7, 8, 9, 11], [10, 2, 2, 11, 0, 0]])
+    lengths = torch.tensor([5, 4, 6, 4])
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        logits, alphas = decoder(features, captions, lengths)
+        loss, top5 = caption_loss(logits, alphas, captions, lengths, alpha_c=0.0)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert first > 2.0
+    assert loss.item() < 0.05
+    assert top5.item() == 100.0
+
+
+def test_loss_ignores_padding():
+    logits = torch.zeros(1, 3, 5)
+    logits[0, 0, 2] = 10.0  # the two real positions predict 2 then <end> (4) confidently
+    logits[0, 1, 4] = 10.0
+    logits[0, 2, 1] = 10.0  # a wrong guess at the padded position must not count
+    captions = torch.tensor([[3, 2, 4, 0]])
+    loss, top5 = caption_loss(logits, None, captions, torch.tensor([3]), alpha_c=1.0)
+    assert loss.item() < 1e-3
+    assert top5.item() == 100.0
+    alphas = torch.full((1, 3, 2), 0.5)  # Σ over the 2 real steps is 1 per pixel: no penalty
+    with_attention, _ = caption_loss(logits, alphas, captions, torch.tensor([3]), alpha_c=1.0)
+    assert abs(with_attention.item() - loss.item()) < 1e-6
