@@ -141,6 +141,7 @@ def _option_given(ctx: click.Context, name: str) -> bool:
               help="Captions per training batch.")
 @click.option("--resume", is_flag=True, help="Continue from model_outputs/checkpoint_{name}.pth.tar.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Continue from this checkpoint file.")
+@click.option("--overwrite", is_flag=True, help="Start a new run even though this run's checkpoint exists.")
 @click.option("--encoder", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]),
               default="resnet34", show_default=True, help="ResNet encoder.")
 @click.option("--decoder", type=click.Choice(["attention", "plain"]), default="attention", show_default=True,
@@ -156,11 +157,13 @@ def _option_given(ctx: click.Context, name: str) -> bool:
 @click.option("--embed-dim", default=512, show_default=True, type=click.IntRange(1), help="Word embedding size.")
 @click.option("--attention-dim", default=512, show_default=True, type=click.IntRange(1), help="Attention size.")
 @click.option("--decoder-dim", default=512, show_default=True, type=click.IntRange(1), help="LSTM hidden size.")
-@click.option("--dropout", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Dropout before the output layer.")
+@click.option("--dropout", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Dropout before the output layer.")
 @click.option("--decoder-lr", default=4e-4, show_default=True, type=float, help="Decoder learning rate.")
 @click.option("--encoder-lr", default=1e-4, show_default=True, type=float, help="Encoder learning rate (fine-tuning).")
 @click.option("--grad-clip", default=5.0, show_default=True, type=float, help="Clip gradients to ± this value.")
-@click.option("--alpha-c", default=1.0, show_default=True, type=float, help="Weight of the doubly stochastic attention penalty.")
+@click.option("--alpha-c", default=1.0, show_default=True, type=float,
+              help="Weight of the doubly stochastic attention penalty.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="DataLoader worker processes.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto: bf16 on CPUs with native bf16, fp16/bf16 autocast on CUDA, else fp32.")

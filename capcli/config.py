@@ -78,6 +78,7 @@ class TrainConfig:
     pretrained_weights: str | None = None
     resume: bool = False
     checkpoint: str | None = None
+    overwrite: bool = False
     workers: int = 0
     precision: str = "auto"
     compile: bool = False

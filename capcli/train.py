@@ -27,7 +27,7 @@ from capcli.data.vocab import END, START, decode
 from capcli.device import resolve_device, resolve_precision
 from capcli.distributed import DistInfo, barrier, init_distributed, shutdown, unwrap
 from capcli.errors import CapcliError, CheckpointError
-from capcli.features import encode_images, ensure_features
+from capcli.features import cache_key, encode_images, ensure_features, features_path, image_size_of
 from capcli.feed import MetricsFeed
 from capcli.model.captioner import build_model
 from capcli.model.decoding import greedy
@@ -87,6 +87,9 @@ def _resume_source(config: TrainConfig, paths: dict) -> dict | None:
         if not os.path.exists(paths["checkpoint"]):
             raise CheckpointError(f"--resume: no checkpoint at {paths['checkpoint']} (train without --resume first)")
         return load_checkpoint(paths["checkpoint"])
+    if os.path.exists(paths["checkpoint"]) and not config.overwrite:
+        raise CheckpointError(f"{paths['checkpoint']} exists: continue it with --resume, or start over with "
+                              "--overwrite (which replaces its checkpoints and metrics)")
     return None
 
 
@@ -139,8 +142,8 @@ class Trainer:
         self.feed = MetricsFeed(paths["feed"], "train") if dist_info.is_main else None
         if ckpt is not None:
             self.state.update({k: ckpt[k] for k in self.state})
-            if self.feed:
-                self.feed.truncate_after(self.state["step"])
+        if self.feed:  # drop lines of work about to be redone (all of them for a new run)
+            self.feed.truncate_after(self.state["step"] if ckpt is not None else -1)
         self._build_data()
         self.stop_signal: int | None = None
 
@@ -174,11 +177,11 @@ class Trainer:
         """(HDF5 path, dataset key) the split's inputs come from: cached features or images."""
         if not self.cached:
             return self.prepared.path("IMAGES", split), "images"
-        if self.dist.is_main:
-            ensure_features(self.encoder, self.prepared, split, self.device, self.precision, self.progress)
+        key = cache_key(self.encoder, image_size_of(self.prepared, split))
+        if self.dist.is_main:  # rank 0 computes; the others wait and then read the finished file
+            ensure_features(self.encoder, self.prepared, split, self.device, self.precision, self.progress, key=key)
         barrier(self.dist)
-        return ensure_features(self.encoder, self.prepared, split, self.device, self.precision, self.progress), \
-            "features"
+        return features_path(self.prepared, split, key), "features"
 
     def _build_data(self) -> None:
         captions, caplens = self.prepared.captions("TRAIN")

@@ -98,6 +98,18 @@ def test_sigkill_then_resume_has_each_epoch_once(data, tmp_path, run):
     assert best["best_bleu4"] == max(ckpt["bleu_history"])
 
 
+def test_a_new_run_never_overwrites_an_existing_one(data, tmp_path, run):
+    out = tmp_path / "out"
+    assert run(*train_args(data, out, "--epochs", 1)).exit_code == 0
+    before = open(out / "checkpoint_shapes_5_1.pth.tar", "rb").read()
+    result = run(*train_args(data, out, "--epochs", 1))
+    assert result.exit_code == 1 and "--resume" in result.output and "--overwrite" in result.output
+    assert open(out / "checkpoint_shapes_5_1.pth.tar", "rb").read() == before
+    assert run(*train_args(data, out, "--epochs", 1, "--overwrite")).exit_code == 0
+    lines = read_feed(str(out / "metrics_shapes_5_1.jsonl"))
+    assert [line["epoch"] for line in lines if line["event"] == "epoch" and line["split"] == "val"] == [1]
+
+
 def test_conflicting_architecture_flag_on_resume(data, tmp_path, run):
     out = tmp_path / "out"
     assert run(*train_args(data, out, "--epochs", 1)).exit_code == 0
