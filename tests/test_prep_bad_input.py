@@ -87,44 +87,36 @@ def test_bad_images_are_skipped_and_odd_ones_converted(tmp_path, run):
         assert captions[5 * k][3] == word_map[name.split(".")[0]]
 
 
-def _listing(folder):
-    return sorted(p for p in os.listdir(folder)) if os.path.isdir(folder) else []
+def _prep_fails_cleanly(run, tmp_path, flag, path, *fragments):
+    """prep with a bad caption file: exit 1, one line naming the place, no output file."""
+    out = tmp_path / "out"
+    result = run("prep", flag, path, "--image-folder", tmp_path / "images", "--output-folder", out)
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.output
+    assert not os.path.isdir(out) or [p for p in os.listdir(out) if not p.startswith(".")] == []
 
 
 def test_malformed_json_is_one_line_error_and_writes_nothing(tmp_path, run):
     write_image(tmp_path / "images" / "a.jpg")
     path = tmp_path / "dataset_flickr8k.json"
     path.write_text('{"images": [\n  {"filename": "a.jpg", "split": "train",\n   "sentences": [}\n]}\n')
-    out = tmp_path / "out"
-    result = run("prep", "--json", path, "--image-folder", tmp_path / "images", "--output-folder", out)
-    assert result.exit_code == 1
-    message = result.output.strip()
-    assert len(message.splitlines()) == 1
-    assert str(path) in message and "line 3" in message
-    assert "Traceback" not in result.output
-    assert [p for p in _listing(out) if not p.startswith(".")] == []
+    _prep_fails_cleanly(run, tmp_path, "--json", path, str(path), "line 3")
 
 
 def test_structurally_wrong_json_names_the_entry(tmp_path, run):
     write_image(tmp_path / "images" / "a.jpg")
     path = write_karpathy(tmp_path / "dataset_flickr8k.json", "flickr8k",
                           [karpathy_entry("a.jpg", "train", [["x"]]), {"filename": "b.jpg", "split": "banana"}])
-    result = run("prep", "--json", path, "--image-folder", tmp_path / "images", "--output-folder", tmp_path / "o")
-    assert result.exit_code == 1
-    assert "images[1]" in result.output and "banana" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    _prep_fails_cleanly(run, tmp_path, "--json", path, "images[1]", "banana")
 
 
 def test_malformed_csv_names_the_line(tmp_path, run):
     write_image(tmp_path / "images" / "1.jpg")
     path = tmp_path / "results.csv"
     path.write_text("image_name| comment_number| comment\n1.jpg| 0| a dog\n1.jpg| 1| a cat\n1.jpg\n")
-    out = tmp_path / "out"
-    result = run("prep", "--csv", path, "--image-folder", tmp_path / "images", "--output-folder", out)
-    assert result.exit_code == 1
-    assert f"{path}: line 4" in result.output
-    assert len(result.output.strip().splitlines()) == 1
-    assert [p for p in _listing(out) if not p.startswith(".")] == []
+    _prep_fails_cleanly(run, tmp_path, "--csv", path, f"{path}: line 4")
 
 
 def test_missing_inputs_are_one_line_errors(tmp_path, run):
