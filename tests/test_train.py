@@ -213,3 +213,14 @@ def test_nan_loss_stops_and_keeps_checkpoint(data, tmp_path, run, monkeypatch):
     assert result.exit_code == 1
     assert "became nan" in result.output and len(result.output.strip().splitlines()) == 1
     assert open(out / "checkpoint_shapes_5_1.pth.tar", "rb").read() == before
+
+
+def test_workers_teacher_forcing_plain_one_hot_and_save_every(data, tmp_path, run):
+    out = tmp_path / "out"
+    result = run(*train_args(data, out, "--epochs", 1, "--workers", 2, "--teacher-forcing", 0.5,
+                             "--decoder", "plain", "--one-hot", "--save-every", 0.0001, "--no-feature-cache"))
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(str(out / "checkpoint_shapes_5_1.pth.tar"))
+    assert ckpt["model_config"]["decoder"] == "plain" and ckpt["model_config"]["one_hot"]
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 10  # 160 rows / batch 16
+    assert not [f for f in os.listdir(data) if f.startswith("FEATURES_") and "partial" in f]
