@@ -30,6 +30,13 @@ def _default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+# options shared by `prep` and `demo`
+prep_workers_option = click.option("--workers", default=_default_workers, show_default="CPU cores, at most 8",
+                                   type=click.IntRange(1, 256), help="Image decoding processes.")
+num_images_option = click.option("--num-images", default=2000, show_default=True, type=click.IntRange(10),
+                                 help="shapes only: images in total, split 80/10/10 into train/val/test.")
+
+
 @click.group(cls=CapcliGroup, context_settings={"help_option_names": ["-h", "--help"],
                                                 "max_content_width": 100})
 @click.version_option(__version__, prog_name="capcli")
@@ -62,12 +69,10 @@ def cli() -> None:
               help="Longest caption kept, in words; longer captions are dropped.")
 @click.option("--image-size", default=256, show_default=True, type=click.IntRange(16, 2048),
               help="Side of the square RGB images stored in HDF5.")
-@click.option("--workers", default=_default_workers, show_default="CPU cores, at most 8",
-              type=click.IntRange(1, 256), help="Image decoding processes.")
+@prep_workers_option
 @click.option("--seed", default=42, show_default=True, type=int,
               help="Seed for caption sampling, the CSV split and the shapes generator.")
-@click.option("--num-images", default=2000, show_default=True, type=click.IntRange(10),
-              help="shapes only: images in total, split 80/10/10 into train/val/test.")
+@num_images_option
 @click.option("--val-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 0.5),
               help="--csv only: share of images put in the validation split.")
 @click.option("--test-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 0.5),
@@ -204,10 +209,8 @@ def train_command(ctx: click.Context, encoder: str, decoder: str, one_hot: bool,
 @cli.command("demo")
 @click.option("--data-folder", default="data_output", show_default=True, type=click.Path(file_okay=False),
               help="Where the shapes dataset is generated and prepared.")
-@click.option("--num-images", default=2000, show_default=True, type=click.IntRange(10),
-              help="Size of the generated shapes dataset.")
-@click.option("--workers", default=_default_workers, show_default="CPU cores, at most 8",
-              type=click.IntRange(1, 256), help="Image decoding processes.")
+@num_images_option
+@prep_workers_option
 def demo_command(data_folder: str, num_images: int, workers: int) -> None:
     """Run the embedded demo on the synthetic shapes dataset (no download needed).
 

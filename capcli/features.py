@@ -20,17 +20,18 @@ from capcli.device import Precision
 from capcli.progress import Progress
 
 
-def cache_key(encoder, image_size: int) -> str:
-    digest = hashlib.sha256(f"{encoder.name}:{image_size}:{encoder.pool.output_size}".encode())
+def encoder_fingerprint(encoder) -> str:
+    """A digest of the encoder's architecture and weights (hash once per run: it reads every weight)."""
+    digest = hashlib.sha256(f"{encoder.name}:{encoder.pool.output_size}".encode())
     for name, tensor in encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
-def image_size_of(prepared: PreparedData, split: str) -> int:
-    with h5py.File(prepared.path("IMAGES", split), "r") as f:
-        return int(f["images"].shape[-1])
+def cache_key(fingerprint: str, image_size: int) -> str:
+    """The cache file key: encoder weights + the image size features are computed from."""
+    return hashlib.sha256(f"{fingerprint}:{image_size}".encode()).hexdigest()[:16]
 
 
 def features_path(prepared: PreparedData, split: str, key: str) -> str:
@@ -45,10 +46,9 @@ def encode_images(encoder, images: torch.Tensor, device: torch.device, precision
         return encoder(x)
 
 
-def ensure_features(encoder, prepared: PreparedData, split: str, device: torch.device, precision: Precision,
-                    progress: Progress, batch_size: int = 32, key: str | None = None) -> str:
-    """Path of the split's cached features, computing them first if needed (atomic write)."""
-    key = key or cache_key(encoder, image_size_of(prepared, split))
+def ensure_features(encoder, prepared: PreparedData, split: str, key: str, device: torch.device,
+                    precision: Precision, progress: Progress, batch_size: int = 32) -> str:
+    """Path of the split's cached features under ``key``, computing them first if needed (atomic write)."""
     path = features_path(prepared, split, key)
     if os.path.exists(path):
         return path

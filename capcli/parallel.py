@@ -18,7 +18,23 @@ import numpy as np
 T = TypeVar("T")
 R = TypeVar("R")
 
-_worker_slots: np.ndarray | None = None  # set in each worker by _attach_slots
+_worker_slots: np.ndarray | None = None  # each worker's view of the shared slots (set by _attach_slots)
+_worker_memory: shared_memory.SharedMemory | None = None  # keeps that mapping alive
+
+
+def _in_order(submit: Callable[[T], object], items: Iterable[T], window: int) -> Iterator:
+    """Submit items, yielding their handles in order with at most ``window`` outstanding.
+
+    A handle is yielded before the next item is submitted, so whatever the consumer frees
+    while holding it (a slot) is free again for that submission.
+    """
+    pending: deque = deque()
+    for item in items:
+        pending.append(submit(item))
+        if len(pending) >= window:
+            yield pending.popleft()
+    while pending:
+        yield pending.popleft()
 
 
 def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int,
@@ -32,20 +48,14 @@ def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int,
         yield from map(func, items)
         return
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.apply_async(func, (item,)))
-            if len(pending) >= workers * window_per_worker:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        for handle in _in_order(lambda item: pool.apply_async(func, (item,)), items, workers * window_per_worker):
+            yield handle.get()
 
 
 def _attach_slots(name: str, shape: tuple[int, ...], dtype: str) -> None:
-    global _worker_slots
-    memory = shared_memory.SharedMemory(name=name)
-    _worker_slots = np.ndarray(shape, dtype=dtype, buffer=memory.buf)
-    _attach_slots.memory = memory  # keep the mapping alive as long as the worker
+    global _worker_slots, _worker_memory
+    _worker_memory = shared_memory.SharedMemory(name=name)
+    _worker_slots = np.ndarray(shape, dtype=dtype, buffer=_worker_memory.buf)
 
 
 def _call_in_slot(func: Callable, slot: int, item: object) -> object:
@@ -70,20 +80,15 @@ def ordered_map_into(func: Callable[[T, np.ndarray], R], items: Iterable[T], wor
     memory = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
     try:
         slots = np.ndarray(shape, dtype=dtype, buffer=memory.buf)
-        context = multiprocessing.get_context("fork")
-        with context.Pool(workers, _attach_slots, (memory.name, shape, dtype)) as pool:
-            pending: deque = deque()
-            free = deque(range(n_slots))
-            for item in items:
+        free = deque(range(n_slots))
+        with multiprocessing.get_context("fork").Pool(workers, _attach_slots, (memory.name, shape, dtype)) as pool:
+            def submit(item):
                 slot = free.popleft()
-                pending.append((slot, pool.apply_async(_call_in_slot, (func, slot, item))))
-                if not free:
-                    slot, result = pending.popleft()
-                    yield result.get(), slots[slot]
-                    free.append(slot)
-            while pending:
-                slot, result = pending.popleft()
+                return slot, pool.apply_async(_call_in_slot, (func, slot, item))
+
+            for slot, result in _in_order(submit, items, n_slots):
                 yield result.get(), slots[slot]
+                free.append(slot)
         del slots
     finally:
         memory.close()

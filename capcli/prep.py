@@ -23,7 +23,8 @@ import numpy as np
 
 from capcli.config import PrepConfig
 from capcli.data import shapes
-from capcli.data.hdf5 import ImageWriter, output_files, write_json
+from capcli.data.hdf5 import ImageWriter, output_files
+from capcli.data.jsonfiles import write_json
 from capcli.data.karpathy import SPLITS, SourceImage, read_karpathy_json, read_results_csv
 from capcli.data.transforms import ImageSkipped, load_square
 from capcli.data.vocab import build_word_map, encode
@@ -72,19 +73,14 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def _shapes_generator(config: PrepConfig) -> dict:
+    return {"version": shapes.GENERATOR_VERSION, "seed": config.seed, "num_images": config.num_images}
+
+
 def _generate_shapes(config: PrepConfig, workers: int, progress: Progress) -> tuple[str, str]:
-    """Write (or reuse) ``shapes/dataset_shapes.json`` + ``shapes/images/``; return both paths."""
+    """Write ``shapes/dataset_shapes.json`` + ``shapes/images/``; return both paths."""
     folder = os.path.join(config.output_folder, "shapes")
     image_folder = os.path.join(folder, "images")
-    json_path = os.path.join(folder, "dataset_shapes.json")
-    generator = {"version": shapes.GENERATOR_VERSION, "seed": config.seed, "num_images": config.num_images}
-    if not config.force and os.path.exists(json_path):
-        try:
-            with open(json_path, encoding="utf-8") as f:
-                if json.load(f).get("generator") == generator:
-                    return json_path, image_folder
-        except (OSError, ValueError):
-            pass  # unreadable: generate it again
     os.makedirs(image_folder, exist_ok=True)
     total = config.num_images
     task = progress.task("generating shapes", total, "img")
@@ -95,23 +91,35 @@ def _generate_shapes(config: PrepConfig, workers: int, progress: Progress) -> tu
         entries.append(entry)
         task.advance()
     task.close()
-    partial = json_path + ".partial"
-    write_json(partial, {"dataset": "shapes", "generator": generator, "images": entries})
-    os.replace(partial, json_path)
+    json_path = os.path.join(folder, "dataset_shapes.json")
+    write_json(json_path, {"dataset": "shapes", "generator": _shapes_generator(config), "images": entries})
     return json_path, image_folder
+
+
+def _shapes_source(config: PrepConfig, workers: int, progress: Progress) -> tuple[str, list[SourceImage]]:
+    """The shapes set as a Karpathy source, reusing the generated one when its parameters match."""
+    json_path = os.path.join(config.output_folder, "shapes", "dataset_shapes.json")
+    image_folder = os.path.join(config.output_folder, "shapes", "images")
+    if not config.force and os.path.exists(json_path):
+        try:
+            header, images = read_karpathy_json(json_path, image_folder)
+            if header.get("generator") == _shapes_generator(config):
+                return json_path, images
+        except InputError:
+            pass  # a damaged file: generate it again
+    json_path, image_folder = _generate_shapes(config, workers, progress)
+    return json_path, read_karpathy_json(json_path, image_folder)[1]
 
 
 def _load_source(config: PrepConfig, workers: int, progress: Progress) -> tuple[str, list[SourceImage]]:
     """The caption file and its images, generating the shapes set first when asked for it."""
+    if config.dataset == "shapes":
+        return _shapes_source(config, workers, progress)
     if config.csv_path:
         images = read_results_csv(config.csv_path, config.image_folder, config.seed,
                                   config.val_fraction, config.test_fraction)
         return config.csv_path, images
-    json_path, image_folder = config.json_path, config.image_folder
-    if config.dataset == "shapes":
-        json_path, image_folder = _generate_shapes(config, workers, progress)
-    _, images = read_karpathy_json(json_path, image_folder)
-    return json_path, images
+    return config.json_path, read_karpathy_json(config.json_path, config.image_folder)[1]
 
 
 def _fingerprint(config: PrepConfig, source_path: str) -> str:
@@ -249,8 +257,8 @@ def run_prep(config: PrepConfig, progress: Progress = SILENT) -> PrepResult:
     workers = max(1, config.workers)
     source_path, images = _load_source(config, workers, progress)
     fingerprint = _fingerprint(config, source_path)
-    manifest = _up_to_date(config, fingerprint)
-    if manifest is not None and not config.force:
+    manifest = None if config.force else _up_to_date(config, fingerprint)
+    if manifest is not None:
         return PrepResult(config.name, config.output_folder, True, manifest["counts"],
                           manifest["skipped"], manifest["vocab_size"], time.monotonic() - start)
     _remove_stale_staging(config.output_folder, config.name)

@@ -8,7 +8,6 @@ With a frozen encoder the CNN features are cached on disk and the CNN never runs
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -22,12 +21,13 @@ from torch.utils.data import DataLoader
 from capcli.checkpoint import load_checkpoint, save_checkpoint
 from capcli.config import ARCHITECTURE_FIELDS, ModelConfig, TrainConfig
 from capcli.data.datasets import CaptionRows, Images
-from capcli.data.hdf5 import PreparedData, captions_per_image, find_prepared
-from capcli.data.vocab import END, START, decode
+from capcli.data.hdf5 import PreparedData, find_prepared
+from capcli.data.jsonfiles import write_json
+from capcli.data.vocab import END, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
 from capcli.distributed import DistInfo, barrier, init_distributed, shutdown, unwrap
 from capcli.errors import CapcliError, CheckpointError
-from capcli.features import cache_key, encode_images, ensure_features, features_path, image_size_of
+from capcli.features import cache_key, encode_images, encoder_fingerprint, ensure_features, features_path
 from capcli.feed import MetricsFeed
 from capcli.model.captioner import build_model
 from capcli.model.decoding import greedy
@@ -152,6 +152,8 @@ class Trainer:
         self.decoder_opt = torch.optim.Adam(dec_params, lr=self.config.decoder_lr)
         enc_params = [p for p in self.encoder.parameters() if p.requires_grad]
         self.encoder_opt = torch.optim.Adam(enc_params, lr=self.config.encoder_lr) if enc_params else None
+        self.optimizers = [o for o in (self.decoder_opt, self.encoder_opt) if o is not None]
+        self.trained_params = dec_params + enc_params
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
         if ckpt is not None:
             self.decoder_opt.load_state_dict(ckpt["decoder_optimizer"])
@@ -173,29 +175,31 @@ class Trainer:
     def cached(self) -> bool:
         return self.config.feature_cache and self.encoder_opt is None
 
-    def _source(self, split: str) -> tuple[str, str]:
+    def _source(self, split: str, fingerprint: str | None) -> tuple[str, str]:
         """(HDF5 path, dataset key) the split's inputs come from: cached features or images."""
-        if not self.cached:
+        if fingerprint is None:
             return self.prepared.path("IMAGES", split), "images"
-        key = cache_key(self.encoder, image_size_of(self.prepared, split))
+        key = cache_key(fingerprint, self.prepared.images_meta(split)[1])
         if self.dist.is_main:  # rank 0 computes; the others wait and then read the finished file
-            ensure_features(self.encoder, self.prepared, split, self.device, self.precision, self.progress, key=key)
+            ensure_features(self.encoder, self.prepared, split, key, self.device, self.precision, self.progress)
         barrier(self.dist)
         return features_path(self.prepared, split, key), "features"
 
     def _build_data(self) -> None:
+        fingerprint = encoder_fingerprint(self.encoder) if self.cached else None
         captions, caplens = self.prepared.captions("TRAIN")
-        self.cpi = captions_per_image(self.prepared, "TRAIN")
-        self.train_rows = CaptionRows(*self._source("TRAIN"), captions, caplens, self.cpi)
+        self.cpi = self.prepared.images_meta("TRAIN")[0]
+        self.train_rows = CaptionRows(*self._source("TRAIN", fingerprint), captions, caplens, self.cpi)
         if not len(self.train_rows):
             raise CapcliError(f"no training captions in {self.prepared.folder} for {self.prepared.name}")
         captions, caplens = self.prepared.captions("VAL")
-        source = self._source("VAL")
+        source = self._source("VAL", fingerprint)
         self.val_images = Images(*source, self.config.max_val_images)
         limit = len(self.val_images) * self.cpi
         self.val_rows = CaptionRows(*source, captions[:limit], caplens[:limit], self.cpi)
         self.max_len = len(captions[0]) - 2 if captions else 50
-        self.val_refs = [[decode(row, self.word_map) for row in captions[i * self.cpi:(i + 1) * self.cpi]]
+        self.to_words = Detokenizer(self.word_map)
+        self.val_refs = [[self.to_words(row) for row in captions[i * self.cpi:(i + 1) * self.cpi]]
                          for i in range(len(self.val_images))]
 
     def _features(self, x: torch.Tensor, train: bool) -> torch.Tensor:
@@ -220,7 +224,7 @@ class Trainer:
     def train_step(self, x, captions, lengths) -> tuple[float, float]:
         """autocast(forward, loss) → scale → backward → unscale → clip → step → update → zero_grad."""
         captions, lengths = captions.to(self.device), lengths.to(self.device)
-        optimizers = [o for o in (self.decoder_opt, self.encoder_opt) if o is not None]
+        optimizers = self.optimizers
         with self.precision.autocast():
             features = self._features(x, train=True)
             logits, alphas = self.train_decoder(features, captions, lengths, self.config.teacher_forcing)
@@ -231,10 +235,9 @@ class Trainer:
                                 f"is untouched: {self.paths['checkpoint']}); try a lower learning rate or "
                                 f"--precision fp32")
         self.scaler.scale(loss).backward()
-        params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
         for o in optimizers:
             self.scaler.unscale_(o)
-        torch.nn.utils.clip_grad_value_(params, self.config.grad_clip)
+        torch.nn.utils.clip_grad_value_(self.trained_params, self.config.grad_clip)
         for o in optimizers:
             self.scaler.step(o)
         self.scaler.update()
@@ -292,7 +295,7 @@ class Trainer:
         for x, _ in self._loader(self.val_images, None, self.config.batch_size):
             with self.precision.autocast():
                 ids, _ = greedy(self.decoder, self._features(x, False), start, end, self.max_len)
-            hypotheses.extend(decode(c, self.word_map) for c in ids)
+            hypotheses.extend(self.to_words(c) for c in ids)
         bleu4 = corpus_bleu4(self.val_refs[:len(hypotheses)], hypotheses)
         return loss_sum / max(batches, 1), top5_sum / max(batches, 1), bleu4
 
@@ -300,7 +303,7 @@ class Trainer:
         return {
             "kind": "train", "model_config": asdict(self.model_config), "train_config": asdict(self.config),
             "word_map": dict(self.word_map), "data": {"folder": self.prepared.folder, "name": self.prepared.name},
-            **{k: v for k, v in self.state.items()},
+            **self.state,
             "encoder": unwrap(self.encoder).state_dict(), "decoder": unwrap(self.decoder).state_dict(),
             "decoder_optimizer": self.decoder_opt.state_dict(),
             "encoder_optimizer": self.encoder_opt.state_dict() if self.encoder_opt else None,
@@ -316,12 +319,8 @@ class Trainer:
             save_checkpoint(self.paths["best"], payload)
 
     def _write_summaries(self) -> None:
-        history = self.state["history"]
-        for key, data in (("bleu", self.state["bleu_history"]), ("metrics", history)):
-            partial = self.paths[key] + ".partial"
-            with open(partial, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1)
-            os.replace(partial, self.paths[key])
+        write_json(self.paths["bleu"], self.state["bleu_history"])
+        write_json(self.paths["metrics"], self.state["history"])
 
     def _end_of_epoch(self, epoch: int, train: tuple, val: tuple) -> str | None:
         """Record the epoch, adjust the learning rate, save; returns a reason to stop or None."""
@@ -337,8 +336,8 @@ class Trainer:
         else:
             st["since_improvement"] += 1
             if st["since_improvement"] % self.config.patience_lr == 0:
-                for opt in (self.decoder_opt, self.encoder_opt):
-                    for group in (opt.param_groups if opt else []):
+                for opt in self.optimizers:
+                    for group in opt.param_groups:
                         group["lr"] *= self.config.lr_decay
         st.update(epoch=epoch + 1, epoch_step=0)
         lr = self.decoder_opt.param_groups[0]["lr"]

@@ -44,8 +44,8 @@ def test_two_epochs_write_every_file_and_feed_line(data, tmp_path, run):
         assert (out / file).exists(), file
     lines = [json.loads(raw) for raw in open(out / f"metrics_{name}.jsonl")]
     assert all(set(FIELDS) <= set(line) for line in lines)
+    assert _val_epochs(lines) == [1, 2]
     val = [line for line in lines if line["event"] == "epoch" and line["split"] == "val"]
-    assert [line["epoch"] for line in val] == [1, 2]
     assert all(0.0 <= line["bleu4"] <= 1.0 and line["loss"] > 0 for line in val)
     assert lines[-1]["event"] == "end"
     assert len(json.load(open(out / f"bleu_scores_{name}.json"))) == 2
@@ -74,24 +74,30 @@ def test_resume_equals_straight_run(data, tmp_path, run):
         torch.testing.assert_close(a[key].float(), b[key].float(), atol=1e-5, rtol=0, msg=key)
 
 
+def _val_epochs(lines):
+    return [line["epoch"] for line in lines if line["event"] == "epoch" and line["split"] == "val"]
+
+
 def test_sigkill_then_resume_has_each_epoch_once(data, tmp_path, run):
     out = tmp_path / "out"
-    assert run(*train_args(data, out, "--epochs", 1)).exit_code == 0
-    feed = out / "metrics_shapes_5_1.jsonl"
-    size = os.path.getsize(feed)
-    proc = run_subprocess(*train_args(data, out, "--epochs", 3, "--resume"))
+    small_batches = ("--batch-size", 4)  # 40 steps an epoch: a wide window to kill in
+    assert run(*train_args(data, out, "--epochs", 1, *small_batches)).exit_code == 0
+    feed = str(out / "metrics_shapes_5_1.jsonl")
+    proc = run_subprocess(*train_args(data, out, "--epochs", 3, "--resume", *small_batches))
     deadline = time.monotonic() + 120
-    while os.path.getsize(feed) <= size + 200 and time.monotonic() < deadline:  # epoch 2 has started
-        time.sleep(0.05)
+    while time.monotonic() < deadline:  # wait for epoch 2's first steps
+        if any(line["event"] == "step" and line["epoch"] == 2 for line in read_feed(feed)):
+            break
+        time.sleep(0.01)
     proc.kill()
     proc.wait()
-    result = run(*train_args(data, out, "--epochs", 3, "--resume"))
+    assert _val_epochs(read_feed(feed)) == [1]  # killed inside epoch 2
+    result = run(*train_args(data, out, "--epochs", 3, "--resume", *small_batches))
     assert result.exit_code == 0, result.output
-    lines = read_feed(str(feed))
-    val_epochs = [line["epoch"] for line in lines if line["event"] == "epoch" and line["split"] == "val"]
-    assert val_epochs == [1, 2, 3]
+    lines = read_feed(feed)
+    assert _val_epochs(lines) == [1, 2, 3]
     steps = [line["step"] for line in lines if line["event"] == "step"]
-    assert steps == sorted(steps) and len(steps) == len(set(steps))
+    assert steps == list(range(2, 121, 2))  # every 2nd step of 3 × 40 logged, none twice
     best = load_checkpoint(str(out / "BEST_shapes_5_1.pth.tar"))
     ckpt = load_checkpoint(str(out / "checkpoint_shapes_5_1.pth.tar"))
     assert len(ckpt["bleu_history"]) == 3 and ckpt["epoch"] == 3
@@ -106,8 +112,7 @@ def test_a_new_run_never_overwrites_an_existing_one(data, tmp_path, run):
     assert result.exit_code == 1 and "--resume" in result.output and "--overwrite" in result.output
     assert open(out / "checkpoint_shapes_5_1.pth.tar", "rb").read() == before
     assert run(*train_args(data, out, "--epochs", 1, "--overwrite")).exit_code == 0
-    lines = read_feed(str(out / "metrics_shapes_5_1.jsonl"))
-    assert [line["epoch"] for line in lines if line["event"] == "epoch" and line["split"] == "val"] == [1]
+    assert _val_epochs(read_feed(str(out / "metrics_shapes_5_1.jsonl"))) == [1]
 
 
 def test_conflicting_architecture_flag_on_resume(data, tmp_path, run):

@@ -12,13 +12,13 @@ Readers also accept the a-PyTorch-Tutorial-to-Image-Captioning naming
 from __future__ import annotations
 
 import glob
-import json
 import os
 from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
+from capcli.data.jsonfiles import read_json
 from capcli.data.karpathy import SPLITS
 from capcli.errors import DataError
 
@@ -64,22 +64,6 @@ class ImageWriter:
         self.close()
 
 
-def write_json(path: str, data: object) -> None:
-    text = json.dumps(data)  # the C encoder; json.dump() streams through the slow Python one
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
-def read_json(path: str) -> object:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}") from None
-
-
 @dataclass(frozen=True)
 class PreparedData:
     """Paths of one prepared data set (either naming scheme)."""
@@ -94,14 +78,20 @@ class PreparedData:
         return os.path.join(self.folder, f"{prefix}_{self.name}.{ext}")
 
     def word_map(self) -> dict[str, int]:
-        data = read_json(self.path("WORDMAP"))
+        data = read_json(self.path("WORDMAP"), DataError)
         if not isinstance(data, dict):
             raise DataError(f"{self.path('WORDMAP')}: expected an object of word → id")
         return data
 
+    def images_meta(self, split: str) -> tuple[int, int]:
+        """(captions per image, image side) of the split's HDF5 images."""
+        with h5py.File(self.path("IMAGES", split), "r") as f:
+            return int(f.attrs["captions_per_image"]), int(f["images"].shape[-1])
+
     def captions(self, split: str) -> tuple[list[list[int]], list[int]]:
         """Encoded caption rows and their lengths (true length + 2) for ``split``."""
-        return read_json(self.path("CAPTIONS", split)), read_json(self.path("CAPLENS", split))
+        return (read_json(self.path("CAPTIONS", split), DataError),
+                read_json(self.path("CAPLENS", split), DataError))
 
 
 def find_prepared(folder: str, name: str | None = None) -> PreparedData:
@@ -130,7 +120,3 @@ def find_prepared(folder: str, name: str | None = None) -> PreparedData:
         raise DataError(f"no prepared data in {folder} (run `capcli prep` first)")
     raise DataError(f"several prepared data sets in {folder}: {', '.join(names)} (choose one with --name)")
 
-
-def captions_per_image(prepared: PreparedData, split: str) -> int:
-    with h5py.File(prepared.path("IMAGES", split), "r") as f:
-        return int(f.attrs["captions_per_image"])

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 
+from capcli.data.jsonfiles import read_json
 from capcli.data.vocab import tokenize
 from capcli.errors import InputError
 
@@ -30,18 +30,6 @@ class SourceImage:
     captions: list[list[str]] = field(default_factory=list)
 
 
-def _load_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-
-
 def _sentence_tokens(sentence: object, where: str) -> list[str]:
     if not isinstance(sentence, dict):
         raise InputError(f"{where}: expected an object with 'tokens'")
@@ -53,16 +41,16 @@ def _sentence_tokens(sentence: object, where: str) -> list[str]:
     return [t.lower() for t in tokens if t.strip()]
 
 
-def read_karpathy_json(path: str, image_folder: str) -> tuple[str | None, list[SourceImage]]:
+def read_karpathy_json(path: str, image_folder: str) -> tuple[dict, list[SourceImage]]:
     """Read a Karpathy ``dataset_*.json``.
 
     Returns:
-        The file's own ``dataset`` name (or None) and its images in file order.
+        The file's other top-level fields (``dataset``, ...) and its images in file order.
 
     Raises:
         InputError: unreadable or malformed file, naming the entry at fault.
     """
-    data = _load_json(path)
+    data = read_json(path)
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
         raise InputError(f"{path}: expected a top-level object with an 'images' list (Karpathy format)")
@@ -81,8 +69,7 @@ def read_karpathy_json(path: str, image_folder: str) -> tuple[str | None, list[S
         ref = os.path.join(entry.get("filepath") or "", entry["filename"])
         captions = [_sentence_tokens(s, f"{where}.sentences[{j}]") for j, s in enumerate(sentences)]
         out.append(SourceImage(ref, os.path.join(image_folder, ref), split, captions))
-    dataset = data.get("dataset")
-    return (dataset if isinstance(dataset, str) else None), out
+    return {k: v for k, v in data.items() if k != "images"}, out
 
 
 def _parse_csv_row(row: list[str], where: str) -> tuple[str, str]:
@@ -143,5 +130,6 @@ def dataset_name_of(path: str) -> str | None:
     base = os.path.basename(path)
     if base.startswith("dataset_") and base.endswith(".json"):
         return base[len("dataset_"):-len(".json")]
-    dataset, _ = read_karpathy_json(path, "")
-    return dataset
+    header, _ = read_karpathy_json(path, "")
+    dataset = header.get("dataset")
+    return dataset if isinstance(dataset, str) else None

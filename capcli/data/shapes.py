@@ -35,7 +35,6 @@ _RELATION_WORDS = {
     "below": ("below", "under", "beneath"),
 }
 _INVERSE = {"left": "right", "right": "left", "above": "below", "below": "above"}
-_COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 _PICTURE_WORDS = ("image", "picture", "photo", "scene")
 _BACKGROUND_WORDS = ("textured", "patterned", "busy")
 
@@ -188,7 +187,7 @@ def _three(a: Shape, b: Shape, c: Shape, rng: random.Random) -> list[str]:
         f"the {pic} shows {na} {nb} and {nc}",
         f"three shapes with {na} {_rel(a, c, rng)} {nc}",
         f"{nc} {_rel(c, b, rng)} {nb} and {na}",
-        f"the {pic} contains {_COUNT_WORDS[3]} shapes the {b.colour} {b.shape} is {_rel(b, c, rng)} "
+        f"the {pic} contains three shapes the {b.colour} {b.shape} is {_rel(b, c, rng)} "
         f"the {c.colour} {c.shape}",
     ]
 

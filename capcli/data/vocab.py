@@ -42,14 +42,25 @@ def encode(caption: Sequence[str], word_map: dict[str, int], max_len: int) -> li
     return ids + [word_map[PAD]] * (max_len + 2 - len(ids))
 
 
+class Detokenizer:
+    """Turns encoded ids back into words; build once per word map (it inverts the map)."""
+
+    def __init__(self, word_map: dict[str, int], keep_special: bool = False) -> None:
+        self.words = {i: w for w, i in word_map.items()}
+        self.keep_special = keep_special
+
+    def __call__(self, ids: Iterable[int]) -> list[str]:
+        """Words up to ``<end>``; ``<start>``/``<pad>`` dropped unless ``keep_special``."""
+        words = []
+        for i in ids:
+            word = self.words.get(int(i), UNK)
+            if word == END:
+                break
+            if self.keep_special or word not in (PAD, START):
+                words.append(word)
+        return words
+
+
 def decode(ids: Iterable[int], word_map: dict[str, int], keep_special: bool = False) -> list[str]:
-    """Words of an encoded caption, stopping at ``<end>``; special tokens dropped by default."""
-    rev = {i: w for w, i in word_map.items()}
-    words = []
-    for i in ids:
-        word = rev.get(int(i), UNK)
-        if word == END:
-            break
-        if keep_special or word not in (PAD, START):
-            words.append(word)
-    return words
+    """Words of one encoded caption (for many captions, build a :class:`Detokenizer` once)."""
+    return Detokenizer(word_map, keep_special)(ids)

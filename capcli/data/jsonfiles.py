@@ -1,0 +1,30 @@
+"""Reading and writing the JSON files capcli uses, with one-line errors and atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from capcli.errors import CapcliError, InputError
+
+
+def read_json(path: str, error: type[CapcliError] = InputError) -> object:
+    """Parse ``path``; a missing, non-UTF-8 or malformed file raises ``error`` naming the place."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def write_json(path: str, data: object) -> None:
+    """Write ``data`` as JSON through a temporary file and a rename: never a half-written file."""
+    text = json.dumps(data)  # the C encoder; json.dump() streams through the slow Python one
+    partial = path + ".partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(partial, path)
