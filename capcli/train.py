@@ -294,8 +294,8 @@ class Trainer:
         start, end = self.word_map[START], self.word_map[END]
         for x, _ in self._loader(self.val_images, None, self.config.batch_size):
             with self.precision.autocast():
-                ids, _ = greedy(self.decoder, self._features(x, False), start, end, self.max_len)
-            hypotheses.extend(self.to_words(c) for c in ids)
+                decoded = greedy(self.decoder, self._features(x, False), start, end, self.max_len)
+            hypotheses.extend(self.to_words(d.tokens) for d in decoded)
         bleu4 = corpus_bleu4(self.val_refs[:len(hypotheses)], hypotheses)
         return loss_sum / max(batches, 1), top5_sum / max(batches, 1), bleu4
 

@@ -22,14 +22,23 @@ def test_output_shapes(encoder_name, channels, decoder_name, one_hot):
     features = encoder(images)
     assert features.shape == (2, 14, 14, channels)
     captions = torch.tensor([[21, 3, 4, 5, 22, 0, 0], [21, 6, 22, 0, 0, 0, 0]])
-    lengths = torch.tensor([5, 3])
+    lengths = torch.tensor([3, 5])  # shortest first: forward sorts, and must restore the order
+    captions = captions.flip(0)
+    decoder.eval()
     logits, alphas = decoder(features, captions, lengths)
     assert logits.shape == (2, 4, vocab)
+    real = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
     if decoder_name == "attention":
         assert alphas.shape == (2, 4, 196)
-        torch.testing.assert_close(alphas.sum(dim=2), torch.ones(2, 4))
+        torch.testing.assert_close(alphas.sum(dim=2), real.float())  # padding positions are not computed
     else:
         assert alphas is None
+    assert (logits[~real] == 0).all()
+    for i in range(2):  # each caption's real positions equal stepping through it alone
+        state = decoder.init_state(features[i:i + 1])
+        for t in range(int(lengths[i]) - 1):
+            out, _, state = decoder.step(captions[i:i + 1, t], state)
+            torch.testing.assert_close(out[0], logits[i, t], atol=1e-5, rtol=1e-4)
     state = decoder.init_state(features)
     out, alpha, state = decoder.step(captions[:, 0], state)
     assert out.shape == (2, vocab) and state[0].shape == (2, 12)

@@ -32,7 +32,7 @@ class Attention(nn.Module):
         # pixels (batch, num_pixels, encoder_dim); projected (batch, num_pixels, attention_dim)
         scores = self.full_att(torch.tanh(projected + self.decoder_att(h).unsqueeze(1))).squeeze(2)
         alpha = torch.softmax(scores, dim=1)  # (batch, num_pixels)
-        context = (pixels * alpha.unsqueeze(2)).sum(dim=1)  # (batch, encoder_dim)
+        context = torch.bmm(alpha.unsqueeze(1).to(pixels.dtype), pixels).squeeze(1)  # (batch, encoder_dim)
         return context, alpha
 
 
@@ -69,21 +69,31 @@ class _Decoder(nn.Module):
             logits (batch, T, vocab) and attention (batch, T, num_pixels) or None, where
             T = max(lengths) - 1 (positions past a caption's own end are padding).
         """
-        steps = int(lengths.max()) - 1
+        # Longest captions first: at step t only the captions still running are computed (the
+        # batch shrinks as captions end), and the outputs are put back in the caller's order.
+        lengths, order = lengths.sort(descending=True, stable=True)
+        features, captions = features[order], captions[order]
+        running = (lengths - 1).tolist()
+        steps = running[0]
         state = self.init_state(features)
         words = captions[:, 0]
-        logits, alphas = [], []
+        logits = alphas = None
         for t in range(steps):
-            out, alpha, state = self.step(words, state)
-            logits.append(out)
+            rows = sum(1 for n in running if n > t)
+            state = tuple(s[:rows] for s in state)
+            out, alpha, state = self.step(words[:rows], state)
+            if logits is None:
+                logits = out.new_zeros(len(order), steps, out.shape[1])
+                alphas = None if alpha is None else alpha.new_zeros(len(order), steps, alpha.shape[1])
+            logits[:rows, t] = out
             if alpha is not None:
-                alphas.append(alpha)
+                alphas[:rows, t] = alpha
             words = captions[:, t + 1]
             if teacher_forcing < 1.0 and t + 1 < steps:
-                use_model = torch.rand(words.shape[0], device=words.device) >= teacher_forcing
-                words = torch.where(use_model, out.argmax(dim=1), words)
-        attention = torch.stack(alphas, dim=1) if alphas else None  # (batch, T, num_pixels)
-        return torch.stack(logits, dim=1), attention  # (batch, T, vocab)
+                use_model = torch.rand(rows, device=words.device) >= teacher_forcing
+                words = torch.cat([torch.where(use_model, out.argmax(dim=1), words[:rows]), words[rows:]])
+        restore = order.argsort()
+        return logits[restore], None if alphas is None else alphas[restore]
 
 
 class AttentionDecoder(_Decoder):

@@ -1,37 +1,151 @@
-"""Decoding strategies written over one decoder step, batched over images."""
+"""Decoding strategies written over one decoder step, batched over images.
+
+``beam_search`` keeps every live beam of every image in one tensor: each step runs the decoder
+once on all rows, picks each image's best continuations, sets finished captions aside (the
+image's beam shrinks by as many) and drops the rows of images that are done, so the work per
+step follows the number of live beams. Results are identical to decoding each image alone.
+Greedy decoding is beam search with one beam. ``sample`` draws captions with a temperature
+(reinforcement learning).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Decoded:
+    """One image's caption: word ids without ``<start>``/``<end>``, the summed log-probability of
+    every generated word (``<end>`` included when reached), whether ``<end>`` was reached, and
+    the attention over the encoder pixels for each word, (len(tokens), num_pixels), or None."""
+
+    tokens: list[int]
+    score: float
+    finished: bool
+    attention: torch.Tensor | None
+
+
+def _reorder(state: tuple, index: torch.Tensor) -> tuple:
+    return tuple(t.index_select(0, index) for t in state)
+
+
+def _penalised(score: float, length: int, length_penalty: float) -> float:
+    return score / (max(length, 1) ** length_penalty) if length_penalty else score
 
 
 @torch.no_grad()
-def greedy(decoder, features: torch.Tensor, start: int, end: int, max_len: int):
-    """Greedy decoding of a batch: returns token lists (without ``<start>``/``<end>``) and attention.
+def beam_search(decoder, features: torch.Tensor, start: int, end: int, max_len: int, beam_size: int = 3,
+                length_penalty: float = 0.0, banned: tuple[int, ...] = ()) -> list[Decoded]:
+    """Beam search over a batch of images (features (batch, 14, 14, C)); one result per image.
+
+    Classic semantics: each image keeps its ``k`` best partial captions; a candidate ending with
+    ``<end>`` is set aside and the image's beam shrinks by one; an image stops with ``k`` finished
+    captions or after ``max_len`` words. The finished caption with the best summed log-probability
+    (divided by length ** ``length_penalty`` when that is not 0) wins; with none finished, the best
+    unfinished one. Word ids in ``banned`` (``<pad>``, ``<start>``) are never generated.
+    """
+    if beam_size < 1:
+        raise ValueError("beam_size must be at least 1")
+    device, batch = features.device, features.shape[0]
+    state = decoder.init_state(features)
+    # one row per image to start: every beam would be the same <start>
+    image_of = torch.arange(batch, device=device)  # the image each live row belongs to (rows grouped by image)
+    scores = torch.zeros(batch, device=device)
+    words = torch.full((batch,), start, dtype=torch.long, device=device)
+    seqs = torch.empty(batch, 0, dtype=torch.long, device=device)
+    alphas: torch.Tensor | None = None
+    room = torch.full((batch,), beam_size, dtype=torch.long, device=device)  # beams still open per image
+    done: list[list[Decoded]] = [[] for _ in range(batch)]
+    best_open: list[Decoded | None] = [None] * batch
+    for step in range(max_len):
+        logits, alpha, state = decoder.step(words, state)
+        logp = F.log_softmax(logits.float(), dim=1) + scores.unsqueeze(1)  # (rows, vocab)
+        if banned:
+            logp[:, list(banned)] = float("-inf")
+        vocab = logp.shape[1]
+        if alpha is not None:
+            alpha = alpha.float().unsqueeze(1)
+            alphas = alpha if alphas is None else torch.cat([alphas, alpha], dim=1)
+        # lay each image's rows side by side: (images, beam_size * vocab), -inf where no row
+        groups, group_of = torch.unique_consecutive(image_of, return_inverse=True)
+        first_row = torch.searchsorted(image_of, groups)
+        slot = torch.arange(len(image_of), device=device) - first_row[group_of]
+        table = logp.new_full((len(groups), beam_size, vocab), float("-inf"))
+        table[group_of, slot] = logp
+        top, index = table.view(len(groups), -1).topk(min(beam_size, beam_size * vocab), dim=1)
+        keep = (torch.arange(top.shape[1], device=device) < room[groups].unsqueeze(1)) & torch.isfinite(top)
+        g, j = keep.nonzero(as_tuple=True)  # chosen candidates, grouped by image, best first
+        row = first_row[g] + index[g, j] // vocab
+        word = index[g, j] % vocab
+        score = top[g, j]
+        seqs = torch.cat([seqs.index_select(0, row), word.unsqueeze(1)], dim=1)
+        if alphas is not None:
+            alphas = alphas.index_select(0, row)
+        image = groups[g]
+        ended = word == end
+        if step == max_len - 1:  # remember each image's best open caption in case none finishes
+            for i in (~ended).nonzero(as_tuple=True)[0].tolist():
+                img = int(image[i])
+                if best_open[img] is None:  # candidates come best first within an image
+                    best_open[img] = Decoded(seqs[i].tolist(), float(score[i]), False,
+                                             alphas[i].cpu() if alphas is not None else None)
+        for i in ended.nonzero(as_tuple=True)[0].tolist():
+            img = int(image[i])
+            done[img].append(Decoded(seqs[i, :-1].tolist(), float(score[i]), True,
+                                     alphas[i, :-1].cpu() if alphas is not None else None))
+        room.index_add_(0, image[ended], torch.full_like(image[ended], -1))
+        live = (~ended) & (room[image] > 0)
+        if not bool(live.any()):
+            break
+        rows = live.nonzero(as_tuple=True)[0]
+        state = _reorder(state, row[rows])
+        image_of, scores, words = image[rows], score[rows], word[rows]
+        seqs = seqs.index_select(0, rows)
+        if alphas is not None:
+            alphas = alphas.index_select(0, rows)
+    results = []
+    for img in range(batch):
+        if done[img]:
+            results.append(max(done[img], key=lambda d: _penalised(d.score, len(d.tokens) + 1, length_penalty)))
+        else:
+            results.append(best_open[img])
+    return results
+
+
+def greedy(decoder, features: torch.Tensor, start: int, end: int, max_len: int,
+           banned: tuple[int, ...] = ()) -> list[Decoded]:
+    """The most likely word at every step: beam search with one beam."""
+    return beam_search(decoder, features, start, end, max_len, beam_size=1, banned=banned)
+
+
+@torch.no_grad()
+def sample(decoder, features: torch.Tensor, start: int, end: int, max_len: int, temperature: float = 1.0,
+           generator: torch.Generator | None = None):
+    """Draw one caption per image from softmax(logits / temperature).
 
     Returns:
-        ``(captions, alphas)``: one list of ids per image; per image a (len, num_pixels) tensor
-        of attention (or None for the plain decoder).
+        ``tokens`` (batch, steps) with ``<end>`` where drawn and ``end`` padding after it, and
+        ``lengths`` (batch,): words up to and including ``<end>`` (``steps`` when never drawn).
     """
     batch = features.shape[0]
     state = decoder.init_state(features)
     words = torch.full((batch,), start, dtype=torch.long, device=features.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=features.device)
-    tokens, alphas = [], []
+    tokens = []
     for _ in range(max_len):
-        logits, alpha, state = decoder.step(words, state)
-        words = logits.argmax(dim=1)
+        logits, _, state = decoder.step(words, state)
+        probs = torch.softmax(logits.float() / temperature, dim=1)
+        words = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        words = torch.where(finished, torch.full_like(words, end), words)
         tokens.append(words)
-        if alpha is not None:
-            alphas.append(alpha.float())
         finished |= words == end
         if bool(finished.all()):
             break
-    tokens_t = torch.stack(tokens, dim=1).tolist()  # (batch, steps)
-    alpha_t = torch.stack(alphas, dim=1) if alphas else None  # (batch, steps, num_pixels)
-    captions, attention = [], []
-    for i, row in enumerate(tokens_t):
-        n = row.index(end) if end in row else len(row)
-        captions.append(row[:n])
-        attention.append(alpha_t[i, :n].cpu() if alpha_t is not None else None)
-    return captions, attention
+    tokens_t = torch.stack(tokens, dim=1)
+    is_end = tokens_t == end
+    lengths = torch.where(is_end.any(dim=1), is_end.int().argmax(dim=1) + 1,
+                          torch.full((batch,), tokens_t.shape[1], device=features.device))
+    return tokens_t, lengths
