@@ -206,6 +206,164 @@ def train_command(ctx: click.Context, encoder: str, decoder: str, one_hot: bool,
     click.echo(f"Checkpoints: {result.checkpoint}, {result.best_checkpoint}")
 
 
+def _parse_beams(value: str) -> list[int]:
+    try:
+        beams = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected beam sizes like 1,3,5") from None
+    if not beams or min(beams) < 1:
+        raise click.BadParameter(f"{value!r}: beam sizes are whole numbers ≥ 1")
+    return list(dict.fromkeys(beams))
+
+
+model_option = click.option("-m", "--model", default=None, type=click.Path(dir_okay=False),
+                            help="Checkpoint [default: the only BEST_*.pth.tar in --output-folder].")
+output_folder_option = click.option("--output-folder", default="model_outputs", show_default=True,
+                                    type=click.Path(file_okay=False),
+                                    help="Where models are found and results are written.")
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+precision_option = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                                show_default=True, help="Autocast precision for inference.")
+length_penalty_option = click.option("--length-penalty", default=0.0, show_default=True, type=click.FloatRange(0),
+                                     help="Rank finished captions by log-probability / length^this (0: the sum).")
+
+
+def _load_model(model: str | None, output_folder: str, device: str, precision: str):
+    from capcli.captioning import find_best_checkpoint, load_captioner
+
+    return load_captioner(model or find_best_checkpoint(output_folder), device, precision)
+
+
+def _picture_path(folder: str, base: str, image: str, several: bool) -> str:
+    stem = os.path.splitext(os.path.basename(image))[0]
+    return os.path.join(folder, f"{base}_{stem}.png" if several else f"{base}.png")
+
+
+@cli.command("caption")
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("-i", "--img", "img", multiple=True, type=click.Path(),
+              help="An image (or folder) to caption; repeatable.")
+@model_option
+@click.option("-wm", "--word-map", "--word_map", "word_map", default=None, type=click.Path(dir_okay=False),
+              help="Word map JSON (optional: the checkpoint holds its own; if given it must match).")
+@click.option("-b", "--beam-size", "--beam", "--beam_size", "beam_size", default=5, show_default=True,
+              type=click.IntRange(1, 100), help="Beam width (1: greedy).")
+@length_penalty_option
+@click.option("-v", "--visualize-attention", "--visualize_attention", "visualize", is_flag=True,
+              help="Also write attention_visualization.png (one panel per word).")
+@click.option("-cj", "--captions-json", "--captions_json", "captions_json", default=None,
+              type=click.Path(dir_okay=False), help="Original captions (Karpathy JSON or results.csv) to compare with.")
+@click.option("--json", "as_json", is_flag=True, help='Print a JSON list of {"image", "caption", "score"}.')
+@click.option("--no-pictures", is_flag=True, help="Do not write caption_result.png.")
+@output_folder_option
+@device_option
+@precision_option
+def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | None, word_map: str | None,
+                    beam_size: int, length_penalty: float, visualize: bool, captions_json: str | None,
+                    as_json: bool, no_pictures: bool, output_folder: str, device: str, precision: str) -> None:
+    """Caption images (files or folders) with beam search.
+
+    Writes caption_result.png (and attention_visualization.png with -v, caption_comparison.png
+    with -cj) into --output-folder; with several images, one file each named after the image.
+
+    \b
+    Example:
+      capcli caption photo.jpg --beam 10
+      capcli caption -i dog.jpg -m model_outputs/BEST_flickr8k_5_5.pth.tar -v
+      capcli caption test_images/ --json
+    """
+    import json
+
+    from capcli import pictures
+    from capcli.captioning import caption_files, expand_inputs, original_captions
+    from capcli.data.jsonfiles import read_json
+    from capcli.errors import InputError
+    from capcli.progress import TerminalProgress
+
+    inputs = list(img) + list(images)
+    if not inputs:
+        raise click.UsageError("give at least one image or folder (e.g. capcli caption photo.jpg)")
+    paths = expand_inputs(inputs)
+    captioner = _load_model(model, output_folder, device, precision)
+    if word_map is not None and read_json(word_map) != captioner.word_map:
+        raise InputError(f"{word_map}: this word map differs from the one in {captioner.path}; "
+                         "leave out --word-map (the checkpoint holds its own)")
+    originals = original_captions(captions_json) if captions_json else {}
+    results = caption_files(captioner, paths, beam_size, length_penalty, progress=TerminalProgress())
+    several = len(paths) > 1
+    if (not no_pictures or visualize or captions_json) and any(r.error is None for r in results):
+        os.makedirs(output_folder, exist_ok=True)
+    written = []
+    for r in results:
+        if r.error:
+            continue
+        if not no_pictures:
+            written.append(pictures.caption_picture(r.pixels, r.caption, _picture_path(
+                output_folder, "caption_result", r.image, several), r.score))
+        if visualize and r.attention is not None:
+            written.append(pictures.attention_picture(r.pixels, r.words, r.attention, _picture_path(
+                output_folder, "attention_visualization", r.image, several)))
+        refs = originals.get(os.path.basename(r.image))
+        if refs:
+            written.append(pictures.comparison_picture(r.pixels, r.caption, refs, _picture_path(
+                output_folder, "caption_comparison", r.image, several)))
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in results], indent=2))
+    else:
+        for r in results:
+            if r.error is None:
+                click.echo(f"{r.image}: {r.caption}" if several else r.caption)
+                for ref in originals.get(os.path.basename(r.image), []):
+                    click.echo(f"    original: {ref}")
+        if visualize and not captioner.decoder.has_attention:
+            click.echo("(the plain decoder has no attention to visualise)", err=True)
+        for path in written:
+            click.echo(f"wrote {path}", err=True)
+    errors = [r.error for r in results if r.error]
+    for message in errors:
+        click.echo(f"Error: {message}", err=True)
+    if errors:
+        raise SystemExit(1)
+
+
+@cli.command("evaluate")
+@model_option
+@click.option("--data-folder", default="data_output", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of prepared data.")
+@click.option("--name", default=None, help="Prepared data set name [default: the one the model was trained on].")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("-b", "--beam", "--beam-size", "beams", default="1,3,5", show_default=True,
+              help="Comma-separated beam sizes.")
+@length_penalty_option
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per batch.")
+@click.option("--max-images", default=0, show_default=True, type=click.IntRange(0),
+              help="Evaluate on at most this many images (0: all).")
+@output_folder_option
+@device_option
+@precision_option
+def evaluate_command(model: str | None, data_folder: str, name: str | None, split: str, beams: str,
+                     length_penalty: float, batch_size: int, max_images: int, output_folder: str, device: str,
+                     precision: str) -> None:
+    """Score a model on a split: BLEU-1..4, CIDEr-D and ROUGE-L per beam size.
+
+    \b
+    Example:
+      capcli evaluate --split test --beam 1,3,5
+      capcli evaluate -m model_outputs/BEST_A2C_shapes_5_5.pth.tar --beam 3
+    """
+    from capcli.evaluate import format_table, run_evaluate
+    from capcli.progress import TerminalProgress
+
+    beam_sizes = _parse_beams(beams)
+    captioner = _load_model(model, output_folder, device, precision)
+    result = run_evaluate(captioner, data_folder, name, split, beam_sizes, output_folder, length_penalty,
+                          batch_size, max_images, TerminalProgress())
+    click.echo(f"{result.name} {result.split}: {result.images} images, one caption each "
+               f"({result.seconds:.0f} s, {captioner.path})")
+    click.echo(format_table(result))
+    click.echo(f"Wrote {result.json_path} and {', '.join(result.results_paths.values())}")
+
+
 @cli.command("demo")
 @click.option("--data-folder", default="data_output", show_default=True, type=click.Path(file_okay=False),
               help="Where the shapes dataset is generated and prepared.")

@@ -136,6 +136,8 @@ class Trainer:
         self.encoder.set_fine_tune(config.fine_tune_encoder)
         self.encoder.to(device)
         self.decoder.to(device)
+        if ckpt is None and not config.pretrained:
+            self._calibrate_encoder()
         self.state = {"epoch": 0, "step": 0, "epoch_step": 0, "best_bleu4": 0.0, "best_epoch": 0,
                       "since_improvement": 0, "bleu_history": [], "history": {}}
         self._build_optimizers(ckpt)
@@ -146,6 +148,13 @@ class Trainer:
             self.feed.truncate_after(self.state["step"] if ckpt is not None else -1)
         self._build_data()
         self.stop_signal: int | None = None
+
+    def _calibrate_encoder(self, images: int = 64, batch_size: int = 32) -> None:
+        """A random encoder gets BatchNorm statistics from the first training images (see
+        :meth:`Encoder.calibrate_batchnorm`); the same on every rank and every run."""
+        loader = DataLoader(Images(self.prepared.path("IMAGES", "TRAIN"), "images", images), batch_size=batch_size)
+        with self.precision.autocast():
+            self.encoder.calibrate_batchnorm(x.to(self.device).float().div_(255.0) for x, _ in loader)
 
     def _build_optimizers(self, ckpt: dict | None) -> None:
         dec_params = [p for p in self.decoder.parameters() if p.requires_grad]
@@ -188,7 +197,7 @@ class Trainer:
     def _build_data(self) -> None:
         fingerprint = encoder_fingerprint(self.encoder) if self.cached else None
         captions, caplens = self.prepared.captions("TRAIN")
-        self.cpi = self.prepared.images_meta("TRAIN")[0]
+        self.cpi, self.image_size = self.prepared.images_meta("TRAIN")
         self.train_rows = CaptionRows(*self._source("TRAIN", fingerprint), captions, caplens, self.cpi)
         if not len(self.train_rows):
             raise CapcliError(f"no training captions in {self.prepared.folder} for {self.prepared.name}")
@@ -303,6 +312,7 @@ class Trainer:
         return {
             "kind": "train", "model_config": asdict(self.model_config), "train_config": asdict(self.config),
             "word_map": dict(self.word_map), "data": {"folder": self.prepared.folder, "name": self.prepared.name},
+            "image_size": self.image_size, "max_len": self.max_len,
             **self.state,
             "encoder": unwrap(self.encoder).state_dict(), "decoder": unwrap(self.decoder).state_dict(),
             "decoder_optimizer": self.decoder_opt.state_dict(),
@@ -330,7 +340,7 @@ class Trainer:
                            ("val_top5", val_top5)):
             st["history"].setdefault(key, []).append(value)
         st["bleu_history"].append(bleu4)
-        improved = bleu4 > st["best_bleu4"]
+        improved = bleu4 > st["best_bleu4"] or st["best_epoch"] == 0  # the first epoch always gives a BEST
         if improved:
             st.update(best_bleu4=bleu4, best_epoch=epoch + 1, since_improvement=0)
         else:

@@ -7,6 +7,7 @@ Output: (batch, 14, 14, encoder_dim), 512 channels for resnet18/34 and 2048 for 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import torch
 import torchvision
@@ -48,6 +49,28 @@ class Encoder(nn.Module):
         x = (images - self.mean) / self.std
         x = self.pool(self.resnet(x))  # (batch, encoder_dim, 14, 14)
         return x.permute(0, 2, 3, 1)  # (batch, 14, 14, encoder_dim)
+
+    @torch.no_grad()
+    def calibrate_batchnorm(self, batches: Iterable[torch.Tensor]) -> None:
+        """Re-estimate every BatchNorm's running mean and variance from ``batches`` of images.
+
+        An untrained ResNet's statistics are the identity (mean 0, variance 1), so in eval mode
+        nothing normalises its activations and a random frozen encoder's features grow to values
+        in the hundreds, which saturates the decoder. Statistics measured on real images give
+        features of unit scale, as a trained network would. Weights are not changed.
+        """
+        norms = [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over all batches
+        was_training = self.training
+        self.train()
+        for images in batches:
+            self.resnet((images - self.mean) / self.std)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        self.train(was_training)
 
 
 def hub_weights_path(name: str) -> str:

@@ -1,0 +1,172 @@
+"""Captioning service: load a checkpoint, caption image files with batched beam search.
+
+Used by ``capcli caption``, ``capcli evaluate``, ``capcli demo`` and the dashboard. A bad image
+file yields a result with an ``error`` and never stops the others.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from capcli.checkpoint import load_checkpoint
+from capcli.config import ModelConfig
+from capcli.data.transforms import ImageSkipped, load_square
+from capcli.data.vocab import END, PAD, START, Detokenizer
+from capcli.device import Precision, resolve_device, resolve_precision
+from capcli.errors import CheckpointError, InputError
+from capcli.features import encode_images
+from capcli.model.captioner import build_model
+from capcli.model.decoding import Decoded, beam_search
+from capcli.progress import SILENT, Progress
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Captioner:
+    """A model ready to caption: encoder and decoder in eval mode on ``device``."""
+
+    encoder: torch.nn.Module
+    decoder: torch.nn.Module
+    word_map: dict[str, int]
+    image_size: int
+    max_len: int
+    device: torch.device
+    precision: Precision
+    path: str
+    checkpoint: dict
+
+    @property
+    def banned(self) -> tuple[int, ...]:
+        return (self.word_map[PAD], self.word_map[START])
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (batch, 3, S, S) → encoder features (batch, 14, 14, C)."""
+        return encode_images(self.encoder, images, self.device, self.precision)
+
+    def decode(self, images: torch.Tensor, beam_size: int, length_penalty: float = 0.0,
+               max_len: int | None = None) -> list[Decoded]:
+        """uint8 images (batch, 3, S, S) → one :class:`Decoded` per image."""
+        return self.decode_features(self.encode(images), beam_size, length_penalty, max_len)
+
+    @torch.no_grad()
+    def decode_features(self, features: torch.Tensor, beam_size: int, length_penalty: float = 0.0,
+                        max_len: int | None = None) -> list[Decoded]:
+        with self.precision.autocast():
+            return beam_search(self.decoder, features.to(self.device), self.word_map[START], self.word_map[END],
+                               max_len or self.max_len, beam_size, length_penalty, self.banned)
+
+
+def load_captioner(path: str, device: str = "auto", precision: str = "auto") -> Captioner:
+    """Rebuild the model saved in a capcli checkpoint (training or A2C).
+
+    Raises:
+        CheckpointError: missing, unsafe, corrupt or foreign file.
+    """
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("model_config", "encoder", "decoder", "word_map") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a captioning model checkpoint (missing {', '.join(missing)})")
+    torch_device = resolve_device(device)
+    try:
+        encoder, decoder = build_model(ModelConfig(**ckpt["model_config"]))
+        encoder.load_state_dict(ckpt["encoder"])
+        decoder.load_state_dict(ckpt["decoder"])
+    except (TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the weights do not fit the saved architecture "
+                              f"({str(exc).strip().splitlines()[0][:160]})") from None
+    encoder.to(torch_device).eval()
+    decoder.to(torch_device).eval()
+    return Captioner(encoder, decoder, dict(ckpt["word_map"]), int(ckpt.get("image_size", 256)),
+                     int(ckpt.get("max_len", 50)), torch_device, resolve_precision(precision, torch_device),
+                     path, ckpt)
+
+
+def find_best_checkpoint(output_folder: str) -> str:
+    """The only ``BEST_*.pth.tar`` in ``output_folder``; an error listing the candidates otherwise."""
+    found = sorted(glob.glob(os.path.join(output_folder, "BEST_*.pth.tar")))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        others = sorted(glob.glob(os.path.join(output_folder, "*.pth.tar")))
+        hint = f" (checkpoints there: {', '.join(os.path.basename(p) for p in others)})" if others else ""
+        raise InputError(f"no BEST_*.pth.tar in {output_folder}{hint}; train first or pass --model FILE")
+    raise InputError(f"several models in {output_folder}: {', '.join(os.path.basename(p) for p in found)}; "
+                     "choose one with --model")
+
+
+def expand_inputs(items: list[str]) -> list[str]:
+    """Image paths from files and folders (a folder gives its image files, sorted by name)."""
+    paths: list[str] = []
+    for item in items:
+        if os.path.isdir(item):
+            inside = sorted(os.path.join(item, f) for f in os.listdir(item)
+                            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(item, f)))
+            if not inside:
+                raise InputError(f"{item}: no image files in this folder")
+            paths.extend(inside)
+        else:
+            paths.append(item)
+    return paths
+
+
+@dataclass
+class CaptionResult:
+    image: str
+    words: list[str] | None = None
+    score: float | None = None
+    attention: torch.Tensor | None = None  # (len(words), 14 * 14) or None
+    pixels: np.ndarray | None = None  # (S, S, 3) uint8, the model's input, for pictures
+    error: str | None = None
+
+    @property
+    def caption(self) -> str | None:
+        return None if self.words is None else " ".join(self.words)
+
+    def as_json(self) -> dict:
+        if self.error:
+            return {"image": self.image, "error": self.error}
+        return {"image": self.image, "caption": self.caption, "score": round(self.score, 6)}
+
+
+def caption_files(captioner: Captioner, paths: list[str], beam_size: int = 5, length_penalty: float = 0.0,
+                  batch_size: int = 16, progress: Progress = SILENT) -> list[CaptionResult]:
+    """Caption every file in ``paths`` (in order); unreadable files get a result with ``error``."""
+    to_words = Detokenizer(captioner.word_map)
+    results = [CaptionResult(p) for p in paths]
+    task = progress.task("captioning", len(paths), "img")
+    for first in range(0, len(paths), batch_size):
+        batch = results[first:first + batch_size]
+        good, arrays = [], []
+        for result in batch:
+            try:
+                arrays.append(load_square(result.image, captioner.image_size))
+                good.append(result)
+            except ImageSkipped as exc:
+                result.error = f"{result.image}: {exc}"
+        if good:
+            images = torch.from_numpy(np.stack(arrays))
+            for result, decoded, array in zip(good, captioner.decode(images, beam_size, length_penalty), arrays):
+                result.words = to_words(decoded.tokens)
+                result.score = decoded.score
+                result.attention = decoded.attention
+                result.pixels = array.transpose(1, 2, 0)
+        task.advance(len(batch))
+    task.close()
+    return results
+
+
+def original_captions(captions_file: str) -> dict[str, list[str]]:
+    """Image file name → its original captions, from a Karpathy JSON or a Flickr30k results.csv."""
+    from capcli.data.karpathy import read_karpathy_json, read_results_csv
+
+    if captions_file.lower().endswith(".csv"):
+        images = read_results_csv(captions_file, "", 0, 0.0, 0.0)
+    else:
+        images = read_karpathy_json(captions_file, "")[1]
+    return {os.path.basename(img.ref): [" ".join(c) for c in img.captions] for img in images}
