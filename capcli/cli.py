@@ -12,7 +12,7 @@ import os
 import click
 
 from capcli import __version__
-from capcli.config import DATASETS
+from capcli.config import DATASETS, SHAPES_IMAGE_SIZE
 from capcli.errors import CapcliError
 
 
@@ -67,8 +67,8 @@ def cli() -> None:
               help="Words seen fewer times in training captions become <unk>.")
 @click.option("--max-len", default=50, show_default=True, type=click.IntRange(1, 1000),
               help="Longest caption kept, in words; longer captions are dropped.")
-@click.option("--image-size", default=256, show_default=True, type=click.IntRange(16, 2048),
-              help="Side of the square RGB images stored in HDF5.")
+@click.option("--image-size", default=None, type=click.IntRange(16, 2048),
+              help="Side of the square RGB images stored in HDF5 [default: 256; 192 for shapes].")
 @prep_workers_option
 @click.option("--seed", default=42, show_default=True, type=int,
               help="Seed for caption sampling, the CSV split and the shapes generator.")
@@ -93,6 +93,8 @@ def prep_command(dataset: str | None, json_path: str | None, csv_path: str | Non
 
     if dataset is None:
         dataset = _infer_dataset(json_path, csv_path)
+    if options["image_size"] is None:
+        options["image_size"] = SHAPES_IMAGE_SIZE if dataset == "shapes" else 256
     config = PrepConfig(dataset=dataset, json_path=json_path, csv_path=csv_path, **options)
     result = run_prep(config, TerminalProgress())
     _print_prep_result(result)
@@ -143,7 +145,8 @@ def _option_given(ctx: click.Context, name: str) -> bool:
 @click.option("--epochs", default=120, show_default=True, type=click.IntRange(0),
               help="Total epochs (on --resume: the total, not additional ones).")
 @click.option("--batch-size", "--batch_size", default=64, show_default=True, type=click.IntRange(1),
-              help="Captions per training batch.")
+              help="Captions per training batch: batch-size ÷ captions-per-image whole images, each with all "
+                   "its captions (so an image is encoded once per step).")
 @click.option("--resume", is_flag=True, help="Continue from model_outputs/checkpoint_{name}.pth.tar.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Continue from this checkpoint file.")
 @click.option("--overwrite", is_flag=True, help="Start a new run even though this run's checkpoint exists.")
@@ -154,8 +157,8 @@ def _option_given(ctx: click.Context, name: str) -> bool:
 @click.option("--pretrained", is_flag=True, help="Start the encoder from torchvision's ImageNet weights.")
 @click.option("--pretrained-weights", type=click.Path(dir_okay=False),
               help="ImageNet weights file to use instead of the torch hub cache.")
-@click.option("--fine-tune-encoder", "--fine_tune_encoder", is_flag=True,
-              help="Train ResNet stages 2-4 too (no feature cache then).")
+@click.option("--fine-tune-encoder/--frozen-encoder", "--fine_tune_encoder", default=False,
+              help="Train ResNet stages 2-4 too (no feature cache then) [default: frozen; trained on shapes].")
 @click.option("--one-hot", "--one_hot", is_flag=True, help="Fixed one-hot word vectors instead of embeddings.")
 @click.option("--teacher-forcing", default=1.0, show_default=True, type=click.FloatRange(0, 1),
               help="Chance of feeding the true previous word (ImgCap used 0.9).")
@@ -180,11 +183,19 @@ def _option_given(ctx: click.Context, name: str) -> bool:
               help="Also checkpoint every this many minutes inside an epoch (0: only at epoch ends).")
 @click.option("--max-val-images", default=0, show_default=True, type=click.IntRange(0),
               help="Validate on at most this many images (0: all).")
+@click.option("--patience-lr", default=10, show_default=True, type=click.IntRange(1),
+              help="Epochs without BLEU-4 gain before the learning rates are multiplied by --lr-decay.")
+@click.option("--lr-decay", default=0.8, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Learning-rate factor applied after --patience-lr epochs without gain.")
+@click.option("--patience-stop", default=20, show_default=True, type=click.IntRange(1),
+              help="Epochs without BLEU-4 gain before training stops.")
 @click.pass_context
-def train_command(ctx: click.Context, encoder: str, decoder: str, one_hot: bool, embed_dim: int,
-                  attention_dim: int, decoder_dim: int, dropout: float, compile_: bool, no_feature_cache: bool,
-                  **options) -> None:
+def train_command(ctx: click.Context, **params) -> None:
     """Train a captioning model on prepared data (resumable).
+
+    On the shapes dataset the defaults are its own (resnet18 trained along with the decoder,
+    256-wide decoder, learning rates 1e-3 / 5e-4 halved after each epoch without gain, batch
+    32, 9 epochs: about 9 minutes on a 2-core CPU); options you give still win.
 
     \b
     Example:
@@ -192,18 +203,29 @@ def train_command(ctx: click.Context, encoder: str, decoder: str, one_hot: bool,
       capcli train --resume --epochs 30            # 30 in total
       torchrun --standalone --nproc_per_node=2 -m capcli.cli train --epochs 10
     """
-    from capcli.config import ARCHITECTURE_FIELDS, TrainConfig
+    from capcli.config import ARCHITECTURE_FIELDS, SHAPES_TRAIN_DEFAULTS, TrainConfig
     from capcli.progress import TerminalProgress
     from capcli.train import run_train
 
-    model_options = {"encoder": encoder, "decoder": decoder, "one_hot": one_hot, "embed_dim": embed_dim,
-                     "attention_dim": attention_dim, "decoder_dim": decoder_dim, "dropout": dropout}
+    if _trains_on_shapes(params["data_folder"], params["name"]):
+        params.update({k: v for k, v in SHAPES_TRAIN_DEFAULTS.items() if not _option_given(ctx, k)})
+    model_options = {k: params.pop(k) for k in ("encoder", "decoder", "one_hot", "embed_dim", "attention_dim",
+                                                "decoder_dim", "dropout")}
     explicit = frozenset(f for f in ARCHITECTURE_FIELDS if _option_given(ctx, f))
-    config = TrainConfig(compile=compile_, feature_cache=not no_feature_cache, **options)
+    config = TrainConfig(compile=params.pop("compile_"), feature_cache=not params.pop("no_feature_cache"), **params)
     result = run_train(config, model_options, explicit, TerminalProgress())
     click.echo(f"Trained {result.name}: {result.epochs_done} epoch(s), best validation BLEU-4 "
                f"{result.best_bleu4:.4f} at epoch {result.best_epoch} ({result.stop_reason}, {result.seconds:.0f} s).")
     click.echo(f"Checkpoints: {result.checkpoint}, {result.best_checkpoint}")
+
+
+def _trains_on_shapes(data_folder: str, name: str | None) -> bool:
+    from capcli.data.hdf5 import find_prepared
+
+    try:
+        return find_prepared(data_folder, name).name.rsplit("_", 2)[0] == "shapes"
+    except CapcliError:
+        return False  # the training service reports the problem
 
 
 def _parse_beams(value: str) -> list[int]:
@@ -367,20 +389,252 @@ def evaluate_command(model: str | None, data_folder: str, name: str | None, spli
 @cli.command("demo")
 @click.option("--data-folder", default="data_output", show_default=True, type=click.Path(file_okay=False),
               help="Where the shapes dataset is generated and prepared.")
+@click.option("--output-folder", default="model_outputs", show_default=True, type=click.Path(file_okay=False),
+              help="Where the model, scores and pictures are written.")
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(1), help="Training epochs.")
 @num_images_option
 @prep_workers_option
-def demo_command(data_folder: str, num_images: int, workers: int) -> None:
-    """Run the embedded demo on the synthetic shapes dataset (no download needed).
+def demo_command(data_folder: str, output_folder: str, epochs: int, num_images: int, workers: int) -> None:
+    """Run the embedded demo end to end on the synthetic shapes dataset (no download needed):
+    prep, a short training run, evaluation, and captions with attention pictures.
 
     \b
     Example:
       capcli demo
+      capcli demo --epochs 10          # better captions, about 8 minutes on 2 cores
     """
     from capcli.demo import run_demo
+    from capcli.evaluate import format_table
     from capcli.progress import TerminalProgress
 
-    result = run_demo(data_folder, num_images, workers, TerminalProgress())
+    result = run_demo(data_folder, output_folder, num_images, workers, epochs, TerminalProgress())
     _print_prep_result(result.prep)
+    train = result.train
+    click.echo(f"\nTrained {train.name}: {train.epochs_done} epoch(s), best validation BLEU-4 {train.best_bleu4:.4f} "
+               f"({train.seconds:.0f} s) → {train.best_checkpoint}")
+    click.echo(f"\nTest split, {result.evaluation.images} images, one caption each:")
+    click.echo(format_table(result.evaluation))
+    for item in result.captions:
+        click.echo(f"\n{item.result.image}")
+        click.echo(f"  generated: {item.result.caption}")
+        for ref in item.references:
+            click.echo(f"  reference: {ref}")
+        click.echo(f"  pictures:  {', '.join(item.pictures)}")
+    image = result.captions[0].result.image if result.captions else "IMAGE.jpg"
+    click.echo("\nNext, try:")
+    for line in (f"capcli caption {image} --beam 10 -v --output-folder {output_folder}",
+                 f"capcli evaluate --data-folder {data_folder} --output-folder {output_folder} --beam 1,3,5",
+                 f"capcli train --data-folder {data_folder} --output-folder {output_folder} --resume --epochs 10",
+                 f"capcli metrics --output-folder {output_folder}",
+                 f"capcli dashboard --output-folder {output_folder}"):
+        click.echo(f"  {line}")
+
+
+@cli.command("a2c")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="The trained model to start from, e.g. model_outputs/BEST_shapes_5_5.pth.tar.")
+@click.option("--data-folder", default="data_output", show_default=True, type=click.Path(file_okay=False))
+@click.option("--name", default=None, help="Prepared data set name [default: the one the model was trained on].")
+@click.option("--output-folder", default="model_outputs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1), help="Total A2C epochs.")
+@click.option("--batch-size", "--batch_size", default=32, show_default=True, type=click.IntRange(1),
+              help="Images per batch (one sampled caption each).")
+@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0.05),
+              help="Sampling temperature (higher: more exploration).")
+@click.option("--entropy-weight", "--entropy_weight", default=0.01, show_default=True, type=click.FloatRange(0),
+              help="Initial weight of the entropy bonus.")
+@click.option("--no-entropy-annealing", "--no_entropy_annealing", is_flag=True,
+              help="Keep the entropy weight constant (default: anneal linearly to a tenth).")
+@click.option("--value-loss-weight", "--value_loss_weight", default=0.5, show_default=True, type=click.FloatRange(0),
+              help="Weight of the critic's squared error.")
+@click.option("--freeze-encoder/--train-encoder", "--freeze_encoder", default=True, show_default=True,
+              help="Keep every encoder weight fixed.")
+@click.option("--gamma", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Discount factor.")
+@click.option("--reward", type=click.Choice(["cider", "bleu4"]), default="cider", show_default=True,
+              help="Caption reward: CIDEr-D (document frequencies from the training references) or BLEU-4.")
+@click.option("--reward-clip", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Clip rewards to ± this (0: no clipping).")
+@click.option("--baseline", type=click.Choice(["critic", "greedy"]), default="critic", show_default=True,
+              help="critic: return − value; greedy: reward of the greedy caption (self-critical training).")
+@click.option("--actor-lr", default=2e-5, show_default=True, type=float, help="Decoder learning rate.")
+@click.option("--critic-lr", default=1e-3, show_default=True, type=float, help="Critic learning rate.")
+@click.option("--encoder-lr", default=1e-5, show_default=True, type=float,
+              help="Encoder learning rate (with --train-encoder).")
+@click.option("--grad-clip", default=5.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Clip the gradient norm to this.")
+@click.option("--max-len", default=0, show_default=True, type=click.IntRange(0),
+              help="Longest sampled caption (0: the data's maximum).")
+@click.option("--max-val-images", default=0, show_default=True, type=click.IntRange(0),
+              help="Validate on at most this many images (0: all).")
+@click.option("--resume", is_flag=True, help="Continue from model_outputs/A2C_{name}.pth.tar.")
+@device_option
+@precision_option
+@click.option("--seed", default=42, show_default=True, type=int)
+def a2c_command(no_entropy_annealing: bool, **options) -> None:
+    """Fine-tune a trained model with Advantage Actor-Critic (or self-critical) reinforcement learning.
+
+    \b
+    Example:
+      capcli a2c --checkpoint model_outputs/BEST_shapes_5_5.pth.tar --epochs 5
+      capcli a2c --checkpoint model_outputs/BEST_shapes_5_5.pth.tar --reward cider --baseline greedy
+      capcli a2c --resume --epochs 10
+    """
+    from capcli.a2c import A2CConfig, run_a2c
+    from capcli.progress import TerminalProgress
+
+    if options["checkpoint"] is None and not options["resume"]:
+        raise click.UsageError("give --checkpoint FILE (a trained model) or --resume")
+    config = A2CConfig(entropy_annealing=not no_entropy_annealing, **options)
+    result = run_a2c(config, TerminalProgress())
+    click.echo(f"A2C on {result.name}: {result.epochs_done} epoch(s), best validation "
+               f"{'CIDEr-D' if config.reward == 'cider' else 'BLEU-4'} {result.best_score:.4f} at epoch "
+               f"{result.best_epoch} ({result.seconds:.0f} s).")
+    click.echo(f"Checkpoints: {result.checkpoint}, {result.best_checkpoint}")
+
+
+@cli.command("metrics")
+@click.option("--output-folder", default="model_outputs", show_default=True, type=click.Path(file_okay=False),
+              help="The run folder (where `capcli train` wrote).")
+@click.option("--name", default=None, help="Run name, e.g. flickr8k_5_5 [default: the only run there].")
+@click.option("--width", default=None, type=click.IntRange(30, 400), help="Chart width [default: the terminal's].")
+@click.option("--height", default=15, show_default=True, type=click.IntRange(8, 200), help="Chart height.")
+@click.option("--no-charts", is_flag=True, help="Only the summary.")
+@click.option("--save-png", is_flag=True,
+              help="Also write loss_plot_, accuracy_plot_, bleu_scores_ and training_visualization_{name}.png "
+                   "(needs matplotlib: pip install 'capcli[plots]').")
+def metrics_command(output_folder: str, name: str | None, width: int | None, height: int, no_charts: bool,
+                    save_png: bool) -> None:
+    """Summarise a run and chart its loss, top-5 accuracy and BLEU-4 (works while it runs).
+
+    \b
+    Example:
+      capcli metrics
+      capcli metrics --name flickr8k_5_5 --save-png
+      capcli metrics | less                        # plain text when piped
+    """
+    import shutil
+    import sys
+
+    from capcli.metrics import save_pngs, summary_text, terminal_charts
+    from capcli.runs import find_feed, read_summary
+
+    path = find_feed(output_folder, name)
+    run_name = os.path.basename(path)[len("metrics_"):-len(".jsonl")]
+    summary = read_summary(path)
+    click.echo(summary_text(run_name, path, summary))
+    if not no_charts:
+        colour = sys.stdout.isatty()
+        chart_width = width or min(shutil.get_terminal_size((100, 24)).columns, 120)
+        for chart in terminal_charts(summary, chart_width, height, colour):
+            click.echo()
+            click.echo(chart, color=colour)
+    if save_png:
+        for written in save_pngs(run_name, summary, output_folder):
+            click.echo(f"wrote {written}")
+
+
+@cli.command("arch")
+@click.option("--checkpoint", "-m", "checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="Describe the model in this checkpoint (else build one from the options below).")
+@click.option("--encoder", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]),
+              default="resnet34", show_default=True)
+@click.option("--decoder", type=click.Choice(["attention", "plain"]), default="attention", show_default=True)
+@click.option("--vocab-size", default=2600, show_default=True, type=click.IntRange(5))
+@click.option("--embed-dim", default=512, show_default=True, type=click.IntRange(1))
+@click.option("--attention-dim", default=512, show_default=True, type=click.IntRange(1))
+@click.option("--decoder-dim", default=512, show_default=True, type=click.IntRange(1))
+@click.option("--one-hot", is_flag=True, help="Fixed one-hot word vectors.")
+@click.option("--fine-tune-encoder", is_flag=True, help="Count ResNet stages 2-4 as trainable.")
+@click.option("--image-size", default=256, show_default=True, type=click.IntRange(32, 2048),
+              help="Side of the sample image (a checkpoint uses its own).")
+@click.option("--graph", default=None, type=click.Path(dir_okay=False),
+              help="Also render a diagram to this PNG, e.g. model_outputs/model_architecture.png "
+                   "(needs torchviz and Graphviz).")
+def arch_command(checkpoint: str | None, graph: str | None, **options) -> None:
+    """Show a model's layers, output shapes and parameter counts (total / trainable / frozen).
+
+    \b
+    Example:
+      capcli arch --encoder resnet50 --decoder attention --vocab-size 2600
+      capcli arch --checkpoint model_outputs/BEST_flickr8k_5_5.pth.tar --graph model_outputs/model_architecture.png
+    """
+    from capcli.arch import describe, load_model, render_graph, report_text
+
+    encoder, decoder, config, fine_tune, image_size, source = load_model(checkpoint, dict(options))
+    report = describe(encoder, decoder, config, fine_tune, image_size, source)
+    click.echo(report_text(report))
+    if graph:
+        click.echo(f"wrote {render_graph(encoder, decoder, report, graph)}")
+
+
+@cli.command("dashboard")
+@click.option("--output-folder", default="model_outputs", show_default=True, type=click.Path(file_okay=False),
+              help="The run folder to follow.")
+@click.option("--name", default=None, help="Run name [default: the only metrics_*.jsonl there].")
+@click.option("--poll", default=0.5, show_default=True, type=click.FloatRange(0.1, 60), help="Seconds between reads.")
+def dashboard_command(output_folder: str, name: str | None, poll: float) -> None:
+    """Follow a live run in the terminal: run panel, charts, checkpoints and caption queries.
+
+    Keyboard only (? shows the keys); readable at 80 × 24 over SSH.
+
+    \b
+    Example:
+      capcli dashboard
+      capcli dashboard --output-folder runs/flickr8k --name flickr8k_5_5
+    """
+    import sys
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise CapcliError("capcli dashboard needs an interactive terminal (use `capcli metrics` in scripts and pipes)")
+    from capcli.dashboard.app import Dashboard
+
+    Dashboard(output_folder, name, poll_seconds=poll).run()
+
+
+@cli.command("bench")
+@click.option("--quick", is_flag=True, help="Fewer repeats and smaller inputs (under 3 minutes on 2 cores).")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write every figure as JSON to this file.")
+@device_option
+@click.option("--prep-workers", default=None, type=click.IntRange(2, 64),
+              help="Worker count compared with 1 for prep [default: CPU cores, 2 to 8].")
+@click.option("--only", multiple=True, help="Run only measurements whose name contains this (repeatable).")
+def bench_command(quick: bool, json_path: str | None, device: str, prep_workers: int | None,
+                  only: tuple[str, ...]) -> None:
+    """Measure encoder, training, captioning and prep speed (medians after warm-up) and peak memory.
+
+    \b
+    Example:
+      capcli bench --quick
+      capcli bench --json bench.json --device cuda
+      capcli bench --quick --only caption --only prep
+    """
+    from capcli.bench import machine_info, run_bench
+    from capcli.data.jsonfiles import write_json
+    from capcli.device import resolve_device
+
+    torch_device = resolve_device(device)
+    machine = machine_info(torch_device)
+    click.echo(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, device {machine['device']}"
+               + (f" ({machine['gpu']})" if "gpu" in machine else "")
+               + f"; CPU bf16: {'yes' if machine['cpu_bf16'] else 'no'}, AMX: {'yes' if machine['cpu_amx'] else 'no'}")
+    click.echo(f"{'measurement':<32} {'value':>10} {'unit':<9} {'median s':>9} {'peak MB':>8}")
+
+    def show(name: str, row: dict) -> None:
+        import statistics
+
+        click.echo(f"{name:<32} {row['value']:>10.1f} {row['unit']:<9} {statistics.median(row['times']):>9.3f} "
+                   f"{row.get('peak_gpu_mb', row['peak_rss_mb']):>8.0f}")
+
+    report = run_bench(torch_device, quick, prep_workers, only, on_row=show)
+    click.echo("ratios: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}×'}"
+                                      for k, v in report["ratios"].items()))
+    if report["beam_same_captions"] is not None:
+        click.echo(f"batched and one-at-a-time beam search give the same captions: "
+                   f"{'yes' if report['beam_same_captions'] else 'NO'}")
+    if json_path:
+        write_json(json_path, report)
+        click.echo(f"wrote {json_path}")
 
 
 def main() -> None:

@@ -10,6 +10,18 @@ from dataclasses import dataclass
 
 DATASETS = ("shapes", "flickr8k", "flickr30k", "coco")
 
+# The shapes dataset's own defaults. Its scenes are simple enough for 192-pixel images, and no
+# pretrained weights can be assumed, so a small encoder is trained along with the decoder — a
+# frozen random ResNet keeps too little colour and shape information (a linear probe on its
+# pooled features finds the colour of a lone shape 31–46 % of the time). Tuned to reach a
+# validation BLEU-4 above 0.5 within 10 minutes on a 2-core CPU; any option given wins.
+SHAPES_IMAGE_SIZE = 192
+SHAPES_TRAIN_DEFAULTS = {
+    "encoder": "resnet18", "fine_tune_encoder": True, "encoder_lr": 5e-4, "decoder_lr": 1e-3,
+    "embed_dim": 256, "attention_dim": 256, "decoder_dim": 256, "batch_size": 32, "epochs": 9,
+    "patience_lr": 1, "lr_decay": 0.5,
+}
+
 
 @dataclass(frozen=True)
 class PrepConfig:

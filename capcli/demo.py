@@ -1,26 +1,72 @@
 """``capcli demo``: the embedded end-to-end run on the synthetic shapes dataset.
 
-For now it prepares the shapes dataset; training, evaluation and captioning join it as those
-services land.
+Prep (2,000 scenes) → a short training run with the shapes defaults → evaluation on the test
+split → captions with attention pictures for three test images next to their reference
+captions. Running it again reuses what exists: prep is skipped when up to date and training
+resumes from the run's checkpoint (nothing to do once the demo's epochs are done).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 
-from capcli.config import PrepConfig
+from capcli import pictures
+from capcli.captioning import CaptionResult, caption_files, load_captioner, original_captions
+from capcli.config import SHAPES_IMAGE_SIZE, SHAPES_TRAIN_DEFAULTS, PrepConfig, TrainConfig
+from capcli.evaluate import EvaluateResult, run_evaluate
 from capcli.prep import PrepResult, run_prep
 from capcli.progress import SILENT, Progress
+from capcli.train import TrainResult, output_paths, run_train
+
+DEMO_EPOCHS = 3
+ARCHITECTURE = ("encoder", "embed_dim", "attention_dim", "decoder_dim")
+
+
+@dataclass(frozen=True)
+class DemoCaption:
+    result: CaptionResult
+    references: list[str]
+    pictures: list[str]
 
 
 @dataclass(frozen=True)
 class DemoResult:
     prep: PrepResult
+    train: TrainResult
+    evaluation: EvaluateResult
+    captions: list[DemoCaption]
+    output_folder: str
 
 
-def run_demo(data_folder: str = "data_output", num_images: int = 2000, workers: int = 1,
-             progress: Progress = SILENT) -> DemoResult:
+def run_demo(data_folder: str = "data_output", output_folder: str = "model_outputs", num_images: int = 2000,
+             workers: int = 1, epochs: int = DEMO_EPOCHS, progress: Progress = SILENT) -> DemoResult:
     """Run every demo stage on the shapes dataset and return what each produced."""
-    prep = run_prep(PrepConfig(output_folder=data_folder, num_images=num_images, workers=workers),
-                    progress)
-    return DemoResult(prep=prep)
+    prep = run_prep(PrepConfig(output_folder=data_folder, num_images=num_images, workers=workers,
+                               image_size=SHAPES_IMAGE_SIZE), progress)
+    train_defaults = {k: v for k, v in SHAPES_TRAIN_DEFAULTS.items() if k not in ARCHITECTURE}
+    config = replace(TrainConfig(data_folder=data_folder, output_folder=output_folder, name=prep.name),
+                     **{**train_defaults, "epochs": epochs})
+    config = replace(config, resume=os.path.exists(output_paths(output_folder, prep.name)["checkpoint"]))
+    model = {k: SHAPES_TRAIN_DEFAULTS[k] for k in ARCHITECTURE}
+    progress.message(f"Training {epochs} epochs on {prep.name} (resnet18 trained with the decoder)…")
+    train = run_train(config, model, progress=progress)
+    captioner = load_captioner(train.best_checkpoint)
+    evaluation = run_evaluate(captioner, data_folder, prep.name, "test", [1, 3, 5], output_folder,
+                              progress=progress)
+    originals = original_captions(os.path.join(data_folder, "shapes", "dataset_shapes.json"))
+    images_folder = os.path.join(data_folder, "shapes", "images")
+    chosen = [os.path.join(images_folder, image_id) for image_id in evaluation.image_ids[:3]]
+    captions = []
+    for result in caption_files(captioner, chosen, beam_size=3):
+        stem = os.path.splitext(os.path.basename(result.image))[0]
+        refs = originals.get(os.path.basename(result.image), [])
+        written = [
+            pictures.attention_picture(result.pixels, result.words, result.attention,
+                                       os.path.join(output_folder, f"attention_visualization_{stem}.png")),
+            pictures.comparison_picture(result.pixels, result.caption, refs,
+                                        os.path.join(output_folder, f"caption_comparison_{stem}.png")),
+        ]
+        captions.append(DemoCaption(result, refs, written))
+    return DemoResult(prep, train, evaluation, captions, output_folder)
+

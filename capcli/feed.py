@@ -35,8 +35,9 @@ class MetricsFeed:
             f.flush()
         return line
 
-    def truncate_after(self, step: int) -> None:
-        """Drop lines of steps after ``step`` (work a resumed run is about to redo); atomic rewrite."""
+    def truncate_after(self, step: int, stage: str | None = None) -> None:
+        """Drop lines of steps after ``step`` (work a resumed run is about to redo), only of
+        ``stage`` when given; atomic rewrite."""
         if not os.path.exists(self.path):
             return
         kept = []
@@ -46,7 +47,7 @@ class MetricsFeed:
                     line = json.loads(raw)
                 except ValueError:
                     continue  # a half-written last line from a killed run
-                if (line.get("step") or 0) <= step:
+                if (line.get("step") or 0) <= step or (stage is not None and line.get("stage") != stage):
                     kept.append(json.dumps(line) + "\n")
         partial = self.path + ".partial"
         with open(partial, "w", encoding="utf-8") as f:

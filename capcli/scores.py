@@ -33,7 +33,7 @@ def corpus_bleu4(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[To
     return corpus_bleu(references, hypotheses, 4)
 
 
-def _ngrams(tokens: Tokens, n_max: int) -> Counter:
+def ngrams(tokens: Tokens, n_max: int) -> Counter:
     counts: Counter = Counter()
     for n in range(1, n_max + 1):
         for i in range(len(tokens) - n + 1):
@@ -42,7 +42,8 @@ def _ngrams(tokens: Tokens, n_max: int) -> Counter:
 
 
 def cider_d(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens], n_max: int = 4,
-            sigma: float = 6.0) -> tuple[float, list[float]]:
+            sigma: float = 6.0, document_frequency: Counter | None = None,
+            log_images: float | None = None) -> tuple[float, list[float]]:
     """CIDEr-D: the corpus score (mean over images) and the score of each image.
 
     As in the COCO caption evaluation code (``ciderD_scorer.py``): tf-idf vectors of 1..4-grams
@@ -51,14 +52,18 @@ def cider_d(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens]
     for each reference, per n the clipped dot product min(hyp, ref) · ref over the two norms, times
     a Gaussian penalty exp(−δ² / 2σ²) on the length difference δ (lengths counted as that code
     does: the number of bigrams); the mean over n, averaged over references, × 10.
+
+    ``document_frequency`` and ``log_images`` can come from another corpus (the RL reward uses
+    the training references); by default they are the evaluated references'.
     """
     if not hypotheses:
         return 0.0, []
-    ref_counts = [[_ngrams(r, n_max) for r in refs] for refs in references]
-    document_frequency: Counter = Counter()
-    for refs in ref_counts:
-        document_frequency.update(set().union(*refs) if refs else set())
-    log_images = math.log(float(len(references)))
+    ref_counts = [[ngrams(r, n_max) for r in refs] for refs in references]
+    if document_frequency is None:
+        document_frequency = Counter()
+        for refs in ref_counts:
+            document_frequency.update(set().union(*refs) if refs else set())
+        log_images = math.log(float(len(references)))
 
     def vector(counts: Counter) -> tuple[list[dict], list[float], int]:
         vec: list[dict] = [{} for _ in range(n_max)]
@@ -75,7 +80,7 @@ def cider_d(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens]
 
     scores = []
     for hyp, refs in zip(hypotheses, ref_counts, strict=True):
-        vec_h, norm_h, len_h = vector(_ngrams(hyp, n_max))
+        vec_h, norm_h, len_h = vector(ngrams(hyp, n_max))
         total = [0.0] * n_max
         for ref in refs:
             vec_r, norm_r, len_r = vector(ref)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from capcli.checkpoint import load_checkpoint, save_checkpoint
 from capcli.config import ARCHITECTURE_FIELDS, ModelConfig, TrainConfig
-from capcli.data.datasets import CaptionRows, Images
+from capcli.data.datasets import ImageCaptions, Images
 from capcli.data.hdf5 import PreparedData, find_prepared
 from capcli.data.jsonfiles import write_json
 from capcli.data.vocab import END, START, Detokenizer
@@ -198,14 +198,15 @@ class Trainer:
         fingerprint = encoder_fingerprint(self.encoder) if self.cached else None
         captions, caplens = self.prepared.captions("TRAIN")
         self.cpi, self.image_size = self.prepared.images_meta("TRAIN")
-        self.train_rows = CaptionRows(*self._source("TRAIN", fingerprint), captions, caplens, self.cpi)
+        self.train_rows = ImageCaptions(*self._source("TRAIN", fingerprint), captions, caplens, self.cpi)
+        self.images_per_batch = max(1, self.config.batch_size // self.cpi)
         if not len(self.train_rows):
             raise CapcliError(f"no training captions in {self.prepared.folder} for {self.prepared.name}")
         captions, caplens = self.prepared.captions("VAL")
         source = self._source("VAL", fingerprint)
         self.val_images = Images(*source, self.config.max_val_images)
         limit = len(self.val_images) * self.cpi
-        self.val_rows = CaptionRows(*source, captions[:limit], caplens[:limit], self.cpi)
+        self.val_rows = ImageCaptions(*source, captions[:limit], caplens[:limit], self.cpi)
         self.max_len = len(captions[0]) - 2 if captions else 50
         self.to_words = Detokenizer(self.word_map)
         self.val_refs = [[self.to_words(row) for row in captions[i * self.cpi:(i + 1) * self.cpi]]
@@ -225,17 +226,21 @@ class Trainer:
                           pin_memory=self.device.type == "cuda")
 
     def _epoch_indices(self, epoch: int, skip_steps: int) -> list[int]:
-        """This rank's row order for ``epoch``: fixed by (seed, epoch), so resume redoes it exactly."""
+        """This rank's image order for ``epoch``: fixed by (seed, epoch), so resume redoes it exactly."""
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         order = torch.randperm(len(self.train_rows), generator=generator)[self.dist.rank::self.dist.world]
-        return order[skip_steps * self.config.batch_size:].tolist()
+        return order[skip_steps * self.images_per_batch:].tolist()
 
     def train_step(self, x, captions, lengths) -> tuple[float, float]:
-        """autocast(forward, loss) → scale → backward → unscale → clip → step → update → zero_grad."""
-        captions, lengths = captions.to(self.device), lengths.to(self.device)
+        """autocast(forward, loss) → scale → backward → unscale → clip → step → update → zero_grad.
+
+        ``x``: a batch of images (or their features), ``captions`` (images, cpi, L) all their captions.
+        """
+        cpi = captions.shape[1]
+        captions, lengths = captions.flatten(0, 1).to(self.device), lengths.flatten().to(self.device)
         optimizers = self.optimizers
         with self.precision.autocast():
-            features = self._features(x, train=True)
+            features = self._features(x, train=True).repeat_interleave(cpi, dim=0)  # once per image
             logits, alphas = self.train_decoder(features, captions, lengths, self.config.teacher_forcing)
             loss, top5 = caption_loss(logits, alphas, captions, lengths, self.config.alpha_c)
         if not torch.isfinite(loss):
@@ -260,7 +265,7 @@ class Trainer:
         self.encoder.train(self.encoder_opt is not None)
         torch.manual_seed(self.config.seed * 100_003 + epoch)
         skip = self.state["epoch_step"]
-        loader = self._loader(self.train_rows, self._epoch_indices(epoch, skip), self.config.batch_size)
+        loader = self._loader(self.train_rows, self._epoch_indices(epoch, skip), self.images_per_batch)
         task = self.progress.task(f"epoch {epoch + 1}/{self.config.epochs}", len(loader), "batch")
         totals, log_every = [0.0, 0.0, 0], max(1, len(loader) // 20)
         last_save = time.monotonic()
@@ -293,10 +298,11 @@ class Trainer:
         self.decoder.eval()
         self.encoder.eval()
         loss_sum = top5_sum = batches = 0.0
-        for x, captions, lengths in self._loader(self.val_rows, None, self.config.batch_size):
-            captions, lengths = captions.to(self.device), lengths.to(self.device)
+        for x, captions, lengths in self._loader(self.val_rows, None, self.images_per_batch):
+            captions, lengths = captions.flatten(0, 1).to(self.device), lengths.flatten().to(self.device)
             with self.precision.autocast():
-                logits, alphas = self.decoder(self._features(x, False), captions, lengths)
+                features = self._features(x, False).repeat_interleave(self.cpi, dim=0)
+                logits, alphas = self.decoder(features, captions, lengths)
                 loss, top5 = caption_loss(logits, alphas, captions, lengths, self.config.alpha_c)
             loss_sum, top5_sum, batches = loss_sum + loss.item(), top5_sum + top5.item(), batches + 1
         hypotheses = []

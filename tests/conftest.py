@@ -57,3 +57,23 @@ def run_subprocess(*args: str, cwd=None, **kwargs) -> subprocess.Popen:
     """Start ``capcli ARGS…`` as a real process (for signals)."""
     return subprocess.Popen([sys.executable, "-m", "capcli.cli", *map(str, args)], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+TINY_TRAIN = ("--encoder", "resnet18", "--embed-dim", 16, "--attention-dim", 16, "--decoder-dim", 32,
+              "--batch-size", 16, "--precision", "fp32", "--seed", 3, "--frozen-encoder")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """(data folder, output folder holding BEST_shapes_5_1.pth.tar) after one epoch on 40 tiny
+    shapes images. Tests must not change these folders (copy them first)."""
+    from capcli.config import PrepConfig
+    from capcli.prep import run_prep
+
+    root = tmp_path_factory.mktemp("trained")
+    data, out = root / "data", root / "out"
+    run_prep(PrepConfig(output_folder=str(data), num_images=40, image_size=32, min_word_freq=1, workers=1))
+    result = CliRunner().invoke(cli, [str(a) for a in ("train", "--data-folder", data, "--output-folder", out,
+                                                         *TINY_TRAIN, "--epochs", 1)])
+    assert result.exit_code == 0, result.output
+    return data, out

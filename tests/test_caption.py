@@ -14,27 +14,12 @@ from capcli.data.hdf5 import find_prepared
 from capcli.data.vocab import Detokenizer
 from capcli.scores import all_scores
 
-TINY = ("--encoder", "resnet18", "--embed-dim", 16, "--attention-dim", 16, "--decoder-dim", 32,
-        "--batch-size", 16, "--precision", "fp32", "--seed", 3)
 NAME = "shapes_5_1"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(data folder, output folder with one BEST checkpoint) after one epoch on 40 images."""
-    from click.testing import CliRunner
-
-    from capcli.cli import cli
-    from capcli.config import PrepConfig
-    from capcli.prep import run_prep
-
-    root = tmp_path_factory.mktemp("captioned")
-    data, out = root / "data", root / "out"
-    run_prep(PrepConfig(output_folder=str(data), num_images=40, image_size=32, min_word_freq=1, workers=1))
-    result = CliRunner().invoke(cli, [str(a) for a in ("train", "--data-folder", data, "--output-folder", out,
-                                                         *TINY, "--epochs", 1)])
-    assert result.exit_code == 0, result.output
-    return data, out
+@pytest.fixture
+def trained(trained_run):
+    return trained_run
 
 
 def _images(data):

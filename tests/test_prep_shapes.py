@@ -54,7 +54,7 @@ def test_default_prep_writes_the_seed_file_set(default_prep):
         with h5py.File(out / f"{split}_IMAGES_shapes_5_5.hdf5") as h:
             images = h["images"]
             assert images.dtype == np.uint8
-            assert images.shape == (manifest["counts"][split], 3, 256, 256)
+            assert images.shape == (manifest["counts"][split], 3, 192, 192)  # the shapes default size
             assert h.attrs["captions_per_image"] == 5
             assert images[0].std() > 5  # a real picture, not a blank
         rows, lens = _load(out, "CAPTIONS", split), _load(out, "CAPLENS", split)

@@ -17,7 +17,7 @@ from capcli.feed import FIELDS, read_feed
 from tests.conftest import run_subprocess
 
 TINY = ("--encoder", "resnet18", "--embed-dim", 16, "--attention-dim", 16, "--decoder-dim", 32,
-        "--batch-size", 16, "--precision", "fp32", "--seed", 3)
+        "--batch-size", 16, "--precision", "fp32", "--seed", 3, "--frozen-encoder")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def _val_epochs(lines):
 
 def test_sigkill_then_resume_has_each_epoch_once(data, tmp_path, run):
     out = tmp_path / "out"
-    small_batches = ("--batch-size", 4)  # 40 steps an epoch: a wide window to kill in
+    small_batches = ("--batch-size", 5)  # one image (its 5 captions) a step: 32 steps an epoch
     assert run(*train_args(data, out, "--epochs", 1, *small_batches)).exit_code == 0
     feed = str(out / "metrics_shapes_5_1.jsonl")
     proc = run_subprocess(*train_args(data, out, "--epochs", 3, "--resume", *small_batches))
@@ -97,7 +97,7 @@ def test_sigkill_then_resume_has_each_epoch_once(data, tmp_path, run):
     lines = read_feed(feed)
     assert _val_epochs(lines) == [1, 2, 3]
     steps = [line["step"] for line in lines if line["event"] == "step"]
-    assert steps == list(range(2, 121, 2))  # every 2nd step of 3 × 40 logged, none twice
+    assert steps == list(range(1, 97))  # every step of 3 × 32 logged (32 // 20 = 1), none twice
     best = load_checkpoint(str(out / "BEST_shapes_5_1.pth.tar"))
     ckpt = load_checkpoint(str(out / "checkpoint_shapes_5_1.pth.tar"))
     assert len(ckpt["bleu_history"]) == 3 and ckpt["epoch"] == 3
@@ -227,5 +227,25 @@ def test_workers_teacher_forcing_plain_one_hot_and_save_every(data, tmp_path, ru
     assert result.exit_code == 0, result.output
     ckpt = load_checkpoint(str(out / "checkpoint_shapes_5_1.pth.tar"))
     assert ckpt["model_config"]["decoder"] == "plain" and ckpt["model_config"]["one_hot"]
-    assert ckpt["epoch"] == 1 and ckpt["step"] == 10  # 160 rows / batch 16
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 11  # 32 images, 3 a step (16 captions // 5 per image)
     assert not [f for f in os.listdir(data) if f.startswith("FEATURES_") and "partial" in f]
+
+
+def test_shapes_defaults_apply_unless_given(data, tmp_path, run):
+    from capcli.config import SHAPES_TRAIN_DEFAULTS
+
+    out = tmp_path / "out"
+    assert run("train", "--data-folder", data, "--output-folder", out, "--epochs", 1,
+               "--precision", "fp32").exit_code == 0
+    ckpt = load_checkpoint(str(out / "checkpoint_shapes_5_1.pth.tar"))
+    for key in ("encoder", "embed_dim", "attention_dim", "decoder_dim"):
+        assert ckpt["model_config"][key] == SHAPES_TRAIN_DEFAULTS[key]
+    for key in ("fine_tune_encoder", "encoder_lr", "decoder_lr", "batch_size"):
+        assert ckpt["train_config"][key] == SHAPES_TRAIN_DEFAULTS[key]
+    assert ckpt["encoder_optimizer"] is not None  # the encoder is trained
+    out2 = tmp_path / "out2"
+    assert run("train", "--data-folder", data, "--output-folder", out2, "--epochs", 1, "--precision", "fp32",
+               "--encoder", "resnet34", "--frozen-encoder", "--decoder-lr", 2e-4).exit_code == 0
+    ckpt = load_checkpoint(str(out2 / "checkpoint_shapes_5_1.pth.tar"))
+    assert ckpt["model_config"]["encoder"] == "resnet34" and ckpt["model_config"]["decoder_dim"] == 256
+    assert not ckpt["train_config"]["fine_tune_encoder"] and ckpt["train_config"]["decoder_lr"] == 2e-4

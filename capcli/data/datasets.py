@@ -1,4 +1,4 @@
-"""Torch datasets over prepared data: caption rows with their image (or cached features).
+"""Torch datasets over prepared data: images (or cached features) with their captions.
 
 HDF5 files are opened lazily on first access inside each process, so DataLoader workers work
 (an h5py handle cannot be pickled into a worker).
@@ -30,27 +30,31 @@ class _LazyH5:
             return f[self.key].shape[0]
 
 
-class CaptionRows(Dataset):
-    """Item i: (image (3, S, S) uint8 or features (14, 14, C) float16, caption row, length).
+class ImageCaptions(Dataset):
+    """Item i: image i (3, S, S) uint8 or its cached features (14, 14, C) float16, with all of its
+    caption rows (captions_per_image, max_len + 2) and their lengths (captions_per_image,).
+
+    Training batches hold whole images with every caption of each, so an image is read (and,
+    when the encoder is fine-tuned, encoded) once per epoch instead of once per caption.
 
     Args:
         source: HDF5 file of images (key ``images``) or cached features (key ``features``).
-        captions, caplens: the split's encoded rows; row i belongs to item i // captions_per_image.
+        captions, caplens: the split's encoded rows; rows ``i * cpi … (i + 1) * cpi - 1`` are image i's.
     """
 
     def __init__(self, source: str, key: str, captions: list[list[int]], caplens: list[int],
                  captions_per_image: int) -> None:
         self.source = _LazyH5(source, key)
-        self.captions = torch.tensor(captions, dtype=torch.long)
-        self.caplens = torch.tensor(caplens, dtype=torch.long)
         self.cpi = captions_per_image
+        n = len(captions) // captions_per_image
+        self.captions = torch.tensor(captions[:n * self.cpi], dtype=torch.long).view(n, self.cpi, -1)
+        self.caplens = torch.tensor(caplens[:n * self.cpi], dtype=torch.long).view(n, self.cpi)
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, i: int):
-        x = torch.from_numpy(self.source.data[i // self.cpi])
-        return x, self.captions[i], self.caplens[i]
+        return torch.from_numpy(self.source.data[i]), self.captions[i], self.caplens[i]
 
 
 class Images(Dataset):

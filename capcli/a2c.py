@@ -1,0 +1,411 @@
+"""``capcli a2c``: Advantage Actor-Critic fine-tuning of a trained captioner (and self-critical
+sequence training with ``--baseline greedy``).
+
+Actor: the captioner, sampling captions word by word from softmax(logits / temperature). The
+reward of a caption (BLEU-4 or CIDEr-D against the image's references, special tokens removed)
+arrives at its last word; the return at word t is γ^(T-1-t) · reward. Critic: an MLP on the
+decoder's hidden state predicting that return. Advantage: return − value (``critic``) or
+reward(sample) − reward(greedy caption) (``greedy``). Loss: −advantage · log-probability, plus
+the critic's squared error × ``value_loss_weight``, minus ``entropy_weight`` × entropy, each a
+mean over real (non-padding) words only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from capcli.checkpoint import load_checkpoint, save_checkpoint
+from capcli.config import ModelConfig
+from capcli.data.datasets import ImageCaptions, Images
+from capcli.data.hdf5 import find_prepared
+from capcli.data.vocab import END, PAD, START, Detokenizer
+from capcli.device import resolve_device, resolve_precision
+from capcli.errors import CapcliError, CheckpointError
+from capcli.feed import MetricsFeed
+from capcli.model.captioner import build_model
+from capcli.model.decoding import greedy
+from capcli.progress import SILENT, Progress
+from capcli.scores import cider_d, corpus_bleu, ngrams
+
+
+@dataclass(frozen=True)
+class A2CConfig:
+    checkpoint: str | None = None
+    data_folder: str = "data_output"
+    name: str | None = None
+    output_folder: str = "model_outputs"
+    epochs: int = 10
+    batch_size: int = 32  # images per batch
+    temperature: float = 1.0
+    entropy_weight: float = 0.01
+    entropy_annealing: bool = True
+    value_loss_weight: float = 0.5
+    freeze_encoder: bool = True
+    gamma: float = 1.0
+    reward: str = "cider"
+    reward_clip: float = 0.0
+    baseline: str = "critic"
+    actor_lr: float = 2e-5
+    critic_lr: float = 1e-3
+    encoder_lr: float = 1e-5
+    grad_clip: float = 5.0
+    max_len: int = 0  # 0: the training data's
+    resume: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 42
+    max_val_images: int = 0
+
+
+class Critic(nn.Module):
+    """Predicts the return from a decoder hidden state."""
+
+    def __init__(self, decoder_dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(decoder_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h).squeeze(-1)
+
+
+# --- the pieces, as plain functions (unit-tested on hand-made tensors) -------------------------
+
+
+def discounted_returns(rewards: torch.Tensor, lengths: torch.Tensor, steps: int, gamma: float) -> torch.Tensor:
+    """Returns (batch, steps): the final reward of each caption discounted back from its last
+    word (index lengths − 1); 0 on padding."""
+    t = torch.arange(steps, device=rewards.device).unsqueeze(0)
+    to_go = (lengths.unsqueeze(1) - 1 - t).clamp(min=0).float()
+    mask = step_mask(lengths, steps)
+    return rewards.unsqueeze(1) * gamma ** to_go * mask
+
+
+def step_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
+    """(batch, steps) 1.0 on real words (up to and including ``<end>``), 0.0 on padding."""
+    return (torch.arange(steps, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)).float()
+
+
+def clip_rewards(rewards: torch.Tensor, clip: float) -> torch.Tensor:
+    return rewards.clamp(-clip, clip) if clip > 0 else rewards
+
+
+def entropy_weight_at(epoch: int, epochs: int, initial: float, annealing: bool) -> float:
+    """Linear annealing from ``initial`` (first epoch) to a tenth of it (last epoch)."""
+    if not annealing or epochs <= 1:
+        return initial
+    return initial * (1.0 - 0.9 * epoch / (epochs - 1))
+
+
+def a2c_losses(logp: torch.Tensor, entropy: torch.Tensor, values: torch.Tensor, returns: torch.Tensor,
+               advantages: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(actor loss, critic loss, mean entropy), each averaged over real words only."""
+    n = mask.sum().clamp(min=1)
+    actor = -(advantages.detach() * logp * mask).sum() / n
+    critic = (((values - returns) ** 2) * mask).sum() / n
+    mean_entropy = (entropy * mask).sum() / n
+    return actor, critic, mean_entropy
+
+
+def strip_special(ids: list[int], word_map: dict[str, int]) -> list[int]:
+    """Word ids up to ``<end>``, without ``<start>``/``<pad>``/``<end>``."""
+    end, drop = word_map[END], {word_map[START], word_map[PAD]}
+    out = []
+    for i in ids:
+        if i == end:
+            break
+        if i not in drop:
+            out.append(i)
+    return out
+
+
+class Rewarder:
+    """Sentence rewards: BLEU-4 (smoothed, per caption) or CIDEr-D with document frequencies
+    from the training references."""
+
+    def __init__(self, kind: str, train_references: list[list[list[str]]]) -> None:
+        self.kind = kind
+        self.df: Counter = Counter()
+        if kind == "cider":
+            for refs in train_references:
+                self.df.update(set().union(*(ngrams(r, 4) for r in refs)))
+            self.log_images = math.log(float(max(len(train_references), 1)))
+
+    def __call__(self, references: list[list[list[str]]], hypotheses: list[list[str]]) -> list[float]:
+        if self.kind == "bleu4":
+            from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+            smooth = SmoothingFunction().method1
+            return [float(sentence_bleu(r, h, smoothing_function=smooth)) if h else 0.0
+                    for r, h in zip(references, hypotheses)]
+        return cider_d(references, hypotheses, document_frequency=self.df, log_images=self.log_images)[1]
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def a2c_paths(output_folder: str, name: str) -> dict[str, str]:
+    return {"checkpoint": os.path.join(output_folder, f"A2C_{name}.pth.tar"),
+            "best": os.path.join(output_folder, f"BEST_A2C_{name}.pth.tar"),
+            "feed": os.path.join(output_folder, f"metrics_{name}.jsonl")}
+
+
+class A2CInterrupted(CapcliError):
+    pass
+
+
+@dataclass
+class A2CResult:
+    name: str
+    epochs_done: int
+    best_score: float
+    best_epoch: int
+    checkpoint: str
+    best_checkpoint: str
+    seconds: float
+
+
+class A2CTrainer:
+    def __init__(self, config: A2CConfig, progress: Progress = SILENT) -> None:
+        self.config, self.progress = config, progress
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        if config.resume:
+            ckpt = self._resume_checkpoint()
+        else:
+            if not config.checkpoint:
+                raise CapcliError("give --checkpoint (a trained model, e.g. model_outputs/BEST_shapes_5_5.pth.tar) "
+                                  "or --resume")
+            ckpt = load_checkpoint(config.checkpoint)
+        if "model_config" not in ckpt or "decoder" not in ckpt:
+            raise CheckpointError(f"{config.checkpoint}: not a captioning model checkpoint")
+        saved = ckpt.get("data") or {}
+        self.prepared = find_prepared(config.data_folder if config.data_folder else saved.get("folder"),
+                                      config.name or saved.get("name"))
+        self.name = self.prepared.name
+        self.paths = a2c_paths(config.output_folder, self.name)
+        self.word_map = dict(ckpt["word_map"])
+        if self.prepared.word_map() != self.word_map:
+            raise CheckpointError(f"the checkpoint's vocabulary differs from {self.prepared.name}'s; fine-tune on the "
+                                  "data the model was trained on")
+        torch.manual_seed(config.seed)
+        self.model_config = ModelConfig(**ckpt["model_config"])
+        self.encoder, self.decoder = build_model(self.model_config)
+        self.encoder.load_state_dict(ckpt["encoder"])
+        self.decoder.load_state_dict(ckpt["decoder"])
+        self.encoder.set_fine_tune(not config.freeze_encoder)
+        self.critic = Critic(self.model_config.decoder_dim)
+        for m in (self.encoder, self.decoder, self.critic):
+            m.to(self.device)
+        self.image_size, self.source_train_config = int(ckpt.get("image_size", 256)), ckpt.get("train_config")
+        actor_params = [p for p in self.decoder.parameters() if p.requires_grad]
+        groups = [{"params": actor_params, "lr": config.actor_lr}]
+        enc_params = [p for p in self.encoder.parameters() if p.requires_grad]
+        if enc_params:
+            groups.append({"params": enc_params, "lr": config.encoder_lr})
+        self.actor_opt = torch.optim.Adam(groups)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0, "history": []}
+        if config.resume:
+            self.critic.load_state_dict(ckpt["critic"])
+            self.actor_opt.load_state_dict(ckpt["actor_optimizer"])
+            self.critic_opt.load_state_dict(ckpt["critic_optimizer"])
+            self.state.update({k: ckpt[k] for k in self.state})
+        self.feed = MetricsFeed(self.paths["feed"], "a2c")
+        # a2c lines share the training run's feed; only this stage's lines of redone work are dropped
+        self.feed.truncate_after(self.state["step"] if config.resume else -1, stage="a2c")
+        self._build_data()
+        self.stop_signal: int | None = None
+
+    def _resume_checkpoint(self) -> dict:
+        # the run's name is only known from the data: find it the way a new run would
+        prepared = find_prepared(self.config.data_folder, self.config.name)
+        path = a2c_paths(self.config.output_folder, prepared.name)["checkpoint"]
+        if not os.path.exists(path):
+            raise CheckpointError(f"--resume: no A2C checkpoint at {path} (start with --checkpoint first)")
+        return load_checkpoint(path)
+
+    def _build_data(self) -> None:
+        words = Detokenizer(self.word_map)
+        train_rows, train_lens = self.prepared.captions("TRAIN")
+        self.cpi, _ = self.prepared.images_meta("TRAIN")
+        self.train = ImageCaptions(self.prepared.path("IMAGES", "TRAIN"), "images", train_rows, train_lens, self.cpi)
+        self.train_refs = [[words(r) for r in train_rows[i * self.cpi:(i + 1) * self.cpi]]
+                           for i in range(len(self.train))]
+        self.rewarder = Rewarder(self.config.reward, self.train_refs)
+        val_rows, _ = self.prepared.captions("VAL")
+        self.val = Images(self.prepared.path("IMAGES", "VAL"), "images", self.config.max_val_images)
+        self.val_refs = [[words(r) for r in val_rows[i * self.cpi:(i + 1) * self.cpi]] for i in range(len(self.val))]
+        self.max_len = self.config.max_len or (len(train_rows[0]) - 2 if train_rows else 50)
+        self.words = words
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device).float().div_(255.0)
+        if self.config.freeze_encoder:
+            with torch.no_grad():
+                return self.encoder(x)
+        return self.encoder(x)
+
+    def rollout(self, features: torch.Tensor):
+        """Sample one caption per image with gradients: tokens, lengths, log-probs, entropies, hidden states."""
+        batch = features.shape[0]
+        start, end = self.word_map[START], self.word_map[END]
+        ban = torch.zeros(len(self.word_map), dtype=torch.bool, device=self.device)
+        ban[[self.word_map[PAD], self.word_map[START]]] = True  # never sampled
+        state = self.decoder.init_state(features)
+        words = torch.full((batch,), start, dtype=torch.long, device=self.device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        tokens, logps, entropies, hiddens = [], [], [], []
+        for _ in range(self.max_len):
+            logits, _, state = self.decoder.step(words, state)
+            logits = (logits.float() / self.config.temperature).masked_fill(ban, -math.inf)
+            dist = torch.distributions.Categorical(logits=logits)
+            words = dist.sample()
+            words = torch.where(finished, torch.full_like(words, end), words)
+            tokens.append(words)
+            logps.append(dist.log_prob(words))
+            entropies.append(dist.entropy())
+            hiddens.append(state[0])
+            finished = finished | (words == end)
+            if bool(finished.all()):
+                break
+        tokens_t = torch.stack(tokens, 1)
+        is_end = tokens_t == end
+        lengths = torch.where(is_end.any(1), is_end.int().argmax(1) + 1,
+                              torch.full((batch,), tokens_t.shape[1], device=self.device))
+        return tokens_t, lengths, torch.stack(logps, 1), torch.stack(entropies, 1), torch.stack(hiddens, 1)
+
+    def step(self, images: torch.Tensor, indices: list[int], entropy_weight: float) -> dict:
+        self.decoder.train()
+        self.decoder.dropout.p = 0.0  # sampling is the exploration; no dropout noise in the policy
+        self.encoder.train(not self.config.freeze_encoder)
+        with self.precision.autocast():
+            features = self._features(images)
+            tokens, lengths, logp, entropy, hidden = self.rollout(features)
+        references = [self.train_refs[i] for i in indices]
+        hyps = [self.words(strip_special(row, self.word_map)) for row in tokens.tolist()]
+        rewards = clip_rewards(torch.tensor(self.rewarder(references, hyps), device=self.device),
+                               self.config.reward_clip)
+        steps = tokens.shape[1]
+        mask = step_mask(lengths, steps)
+        returns = discounted_returns(rewards, lengths, steps, self.config.gamma)
+        values = self.critic(hidden.detach().float())
+        if self.config.baseline == "greedy":
+            self.decoder.eval()
+            with torch.no_grad(), self.precision.autocast():
+                base = greedy(self.decoder, features.detach(), self.word_map[START], self.word_map[END],
+                              self.max_len, (self.word_map[PAD], self.word_map[START]))
+            greedy_rewards = clip_rewards(torch.tensor(self.rewarder(references, [self.words(d.tokens) for d in base]),
+                                                       device=self.device), self.config.reward_clip)
+            advantages = (rewards - greedy_rewards).unsqueeze(1).expand(-1, steps) * mask
+        else:
+            advantages = (returns - values.detach()) * mask
+        actor, critic, mean_entropy = a2c_losses(logp, entropy, values, returns, advantages, mask)
+        loss = actor + self.config.value_loss_weight * critic - entropy_weight * mean_entropy
+        if not torch.isfinite(loss):
+            raise CapcliError(f"the A2C loss became {loss.item()} at step {self.state['step'] + 1}; stopped "
+                              f"without saving ({self.paths['checkpoint']} is untouched); try a lower --actor-lr")
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in self.actor_opt.param_groups for p in g["params"]] + list(self.critic.parameters())
+        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        self.actor_opt.step()
+        self.critic_opt.step()
+        self.state["step"] += 1
+        n = mask.sum().clamp(min=1)
+        return {"reward": float(rewards.mean()), "advantage": float((advantages * mask).sum() / n),
+                "entropy": float(mean_entropy), "actor_loss": float(actor), "critic_loss": float(critic)}
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        """Validation BLEU-4 and CIDEr-D of greedy captions."""
+        self.decoder.eval()
+        self.encoder.eval()
+        hyps = []
+        for x, _ in DataLoader(self.val, batch_size=32):
+            with self.precision.autocast():
+                decoded = greedy(self.decoder, self._features(x), self.word_map[START], self.word_map[END],
+                                 self.max_len, (self.word_map[PAD], self.word_map[START]))
+            hyps.extend(self.words(d.tokens) for d in decoded)
+        return corpus_bleu(self.val_refs, hyps, 4), cider_d(self.val_refs, hyps)[0]
+
+    def _payload(self) -> dict:
+        return {"kind": "a2c", "model_config": asdict(self.model_config), "a2c_config": asdict(self.config),
+                "train_config": self.source_train_config, "word_map": self.word_map,
+                "data": {"folder": self.prepared.folder, "name": self.prepared.name},
+                "image_size": self.image_size, "max_len": self.max_len, **self.state,
+                "encoder": self.encoder.state_dict(), "decoder": self.decoder.state_dict(),
+                "critic": self.critic.state_dict(), "actor_optimizer": self.actor_opt.state_dict(),
+                "critic_optimizer": self.critic_opt.state_dict(), "saved_at": time.time()}
+
+    def fit(self) -> A2CResult:
+        start = time.monotonic()
+        in_main = threading.current_thread() is threading.main_thread()
+        signals = (signal.SIGINT, signal.SIGTERM) if in_main else ()
+        previous = {s: signal.signal(s, self._on_signal) for s in signals}
+        try:
+            for epoch in range(self.state["epoch"], self.config.epochs):
+                self._epoch(epoch)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        self.feed.write("end", epoch=self.state["epoch"], step=self.state["step"], reason="completed")
+        return A2CResult(self.name, self.state["epoch"], self.state["best_score"], self.state["best_epoch"],
+                         self.paths["checkpoint"], self.paths["best"], time.monotonic() - start)
+
+    def _epoch(self, epoch: int) -> None:
+        weight = entropy_weight_at(epoch, self.config.epochs, self.config.entropy_weight,
+                                   self.config.entropy_annealing)
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.train), generator=generator).tolist()
+        batches = [order[i:i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
+        task = self.progress.task(f"a2c epoch {epoch + 1}/{self.config.epochs}", len(batches), "batch")
+        totals: Counter = Counter()
+        for indices in batches:
+            images = torch.stack([self.train[i][0] for i in indices])
+            figures = self.step(images, indices, weight)
+            totals.update(figures)
+            task.advance()
+            if self.stop_signal is not None:
+                task.close()
+                save_checkpoint(self.paths["checkpoint"], self._payload())
+                raise A2CInterrupted(f"stopped by {signal.Signals(self.stop_signal).name} in A2C epoch {epoch + 1}; "
+                                     f"checkpoint saved to {self.paths['checkpoint']}; continue with "
+                                     f"`capcli a2c --resume --epochs {self.config.epochs}`")
+        task.close()
+        means = {k: v / max(len(batches), 1) for k, v in totals.items()}
+        bleu4, cider = self.validate()
+        score = cider if self.config.reward == "cider" else bleu4
+        improved = score > self.state["best_score"]
+        if improved:
+            self.state.update(best_score=score, best_epoch=epoch + 1)
+        self.state["epoch"] = epoch + 1
+        self.state["history"].append({"epoch": epoch + 1, **means, "entropy_weight": weight, "val_bleu4": bleu4,
+                                      "val_cider_d": cider})
+        lr = self.actor_opt.param_groups[0]["lr"]
+        self.feed.write("epoch", split="train", epoch=epoch + 1, step=self.state["step"], lr=lr,
+                        entropy_weight=weight, **means)
+        self.feed.write("epoch", split="val", epoch=epoch + 1, step=self.state["step"], lr=lr, bleu4=bleu4,
+                        cider_d=cider, improved=improved)
+        payload = self._payload()
+        save_checkpoint(self.paths["checkpoint"], payload)
+        if improved:
+            save_checkpoint(self.paths["best"], payload)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop_signal = signum
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def run_a2c(config: A2CConfig, progress: Progress = SILENT) -> A2CResult:
+    return A2CTrainer(config, progress).fit()

@@ -1,0 +1,416 @@
+"""``capcli dashboard``: a Textual app that follows a run's metrics feed, lists its checkpoints
+and answers caption queries with a per-word attention heat map drawn in the terminal.
+
+All file reading and inference happen in thread workers; the UI thread only applies results.
+It calls the same services as the CLI (``runs``, ``captioning``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.suggester import Suggester
+from textual.widgets import Footer, Header, Input, Static
+from textual_plotext import PlotextPlot
+
+from capcli.runs import FeedTail, RunSummary, summarize
+
+BEAMS = (1, 3, 5, 10)
+CHARTS = {  # key: (title, [(series, label)])
+    "1": ("Loss", [("train_loss", "train"), ("val_loss", "val")]),
+    "2": ("Top-5 %", [("train_top5", "train"), ("val_top5", "val")]),
+    "3": ("BLEU-4", [("bleu4", "val BLEU-4"), ("a2c_val_bleu4", "a2c val")]),
+    "4": ("A2C", [("a2c_reward", "reward"), ("a2c_entropy", "entropy")]),
+}
+MAX_POINTS = 400
+
+HELP = """\
+[b]capcli dashboard — keys[/b]
+
+  1 2 3 4      chart: loss, top-5, BLEU-4, A2C reward/entropy
+  i            type an image path (Tab accepts the completion)
+  enter        caption the image (in the path box)
+  escape       leave the path box
+  ← →          previous / next word of the caption (heat map)
+  b            next beam size (1, 3, 5, 10)
+  c            next checkpoint
+  r            re-read checkpoints now
+  ?            this help (escape closes it)
+  q            quit
+"""
+
+
+def downsample(points: list[tuple[float, float]], limit: int = MAX_POINTS) -> list[tuple[float, float]]:
+    if len(points) <= limit:
+        return points
+    step = len(points) / limit
+    picked = [points[int(i * step)] for i in range(limit - 1)]
+    return picked + [points[-1]]
+
+
+def heatmap_text(pixels: np.ndarray, weights, width: int, height: int, strength: float = 0.65) -> Text:
+    """The image downscaled to ``width`` × ``2·height`` with the attention blended over it, drawn
+    with upper half-blocks (foreground = top pixel, background = bottom pixel)."""
+    from PIL import Image
+
+    from capcli.pictures import heat_colours, upsample_attention
+
+    rows = height * 2
+    base = np.asarray(Image.fromarray(pixels).resize((width, rows), Image.BILINEAR), dtype=np.float32)
+    if weights is not None:
+        heat = np.asarray(Image.fromarray(upsample_attention(weights, 64)).resize((width, rows), Image.BILINEAR))
+        base = base * (1 - strength) + heat_colours(heat) * strength
+    rgb = base.clip(0, 255).astype(int)
+    text = Text()
+    for y in range(0, rows, 2):
+        for x in range(width):
+            top, bottom = rgb[y, x], rgb[y + 1, x]
+            text.append("▀", style=f"rgb({top[0]},{top[1]},{top[2]}) on rgb({bottom[0]},{bottom[1]},{bottom[2]})")
+        if y + 2 < rows:
+            text.append("\n")
+    return text
+
+
+class PathSuggester(Suggester):
+    """Completes file system paths (the first match, directories with a trailing slash)."""
+
+    def __init__(self) -> None:
+        super().__init__(use_cache=False, case_sensitive=True)
+
+    async def get_suggestion(self, value: str) -> str | None:
+        if not value:
+            return None
+        matches = sorted(glob.glob(os.path.expanduser(value) + "*"))
+        if not matches:
+            return None
+        match = matches[0] + ("/" if os.path.isdir(matches[0]) else "")
+        return value + match[len(os.path.expanduser(value)):]
+
+
+@dataclass
+class CheckpointInfo:
+    path: str
+    kind: str
+    epoch: int
+    bleu4: float | None
+    total_epochs: int | None
+    mtime: float
+
+
+def read_checkpoint_info(path: str, mtime: float) -> CheckpointInfo:
+    from capcli.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    kind = ckpt.get("kind", "?")
+    epoch = int(ckpt.get("epoch", 0))
+    if kind == "a2c":
+        history = ckpt.get("history") or [{}]
+        bleu = history[-1].get("val_bleu4")
+        total = (ckpt.get("a2c_config") or {}).get("epochs")
+    else:
+        history = ckpt.get("bleu_history") or []
+        bleu = history[epoch - 1] if 0 < epoch <= len(history) else None
+        total = (ckpt.get("train_config") or {}).get("epochs")
+    return CheckpointInfo(path, kind, epoch, bleu, total, mtime)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "Close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    #help { width: 64; height: auto; border: round $accent; background: $panel; padding: 1 2; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(HELP, id="help")
+
+
+class Dashboard(App):
+    TITLE = "capcli dashboard"
+    CSS = """
+    #top { height: 8; }
+    #run, #checkpoints { width: 1fr; border: round $primary; padding: 0 1; }
+    #bottom { height: 1fr; }
+    #chart { width: 1fr; border: round $primary; min-height: 8; }
+    #query { width: 36; border: round $primary; }
+    #path { height: 1; border: none; padding: 0; }
+    #settings, #caption { height: auto; }
+    #heatmap { height: 1fr; }
+    """
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help"),
+        Binding("i", "focus_path", "Image"),
+        Binding("escape", "leave_path", "Leave box", show=False),
+        Binding("left", "word(-1)", "Word ←", show=False),
+        Binding("right", "word(1)", "Word →", show=False),
+        Binding("b", "beam", "Beam"),
+        Binding("c", "checkpoint", "Ckpt"),
+        Binding("r", "refresh_checkpoints", "Reload", show=False),
+        *[Binding(k, f"chart('{k}')", CHARTS[k][0], show=False) for k in CHARTS],
+    ]
+
+    def __init__(self, output_folder: str = "model_outputs", name: str | None = None, poll_seconds: float = 0.5,
+                 stale_seconds: float = 120.0, checkpoint_seconds: float = 5.0) -> None:
+        super().__init__()
+        self.output_folder, self.run_name = output_folder, name
+        self.poll_seconds, self.stale_seconds, self.checkpoint_seconds = poll_seconds, stale_seconds, checkpoint_seconds
+        self.tail: FeedTail | None = None
+        self.lines: list[dict] = []
+        self.summary = RunSummary()
+        self.chart_key = "1"
+        self.checkpoints: dict[str, CheckpointInfo] = {}
+        self.checkpoint_choice = 0
+        self.beam = 3
+        self.caption_result = None
+        self.word_index = 0
+        self.captioners: dict[tuple[str, float], object] = {}
+
+    # --- layout ------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="top"):
+            yield Static("waiting for the metrics feed…", id="run")
+            yield Static("no checkpoints yet", id="checkpoints")
+        with Horizontal(id="bottom"):
+            yield PlotextPlot(id="chart")
+            with Vertical(id="query"):
+                yield Input(placeholder="image path (i)", id="path", suggester=PathSuggester())
+                yield Static("", id="settings")
+                yield Static("type a path and press enter", id="caption")
+                yield Static("", id="heatmap")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#run").border_title = "Run"
+        self.query_one("#checkpoints").border_title = "Checkpoints"
+        self.query_one("#chart").border_title = "Chart (1-4)"
+        self.query_one("#query").border_title = "Caption query"
+        self._show_settings()
+        self._draw_chart()
+        self.poll_feed()
+        self.refresh_checkpoints()
+        self.set_interval(self.poll_seconds, self.poll_feed)
+        self.set_interval(self.checkpoint_seconds, self.refresh_checkpoints)
+        self.set_interval(1.0, self._show_run)  # ages and staleness move with the clock
+
+    # --- the feed (worker thread reads, UI thread applies) ---------------------------------------
+
+    def _feed_path(self) -> str | None:
+        if self.run_name:
+            return os.path.join(self.output_folder, f"metrics_{self.run_name}.jsonl")
+        found = sorted(glob.glob(os.path.join(self.output_folder, "metrics_*.jsonl")))
+        return found[0] if len(found) == 1 else None
+
+    @work(thread=True, exclusive=True, group="feed")
+    def poll_feed(self) -> None:
+        if self.tail is None:
+            path = self._feed_path()
+            if path is None:
+                return
+            self.tail = FeedTail(path)
+        new = self.tail.poll()
+        reset, exists = self.tail.reset, self.tail.exists
+        if new or reset or not exists:
+            self.call_from_thread(self._apply_lines, new, reset, exists)
+
+    def _apply_lines(self, new: list[dict], reset: bool, exists: bool) -> None:
+        if reset:
+            self.lines = []
+            self.notify("the metrics file was truncated or replaced: starting over", severity="warning")
+        self.lines.extend(new)
+        self.summary = summarize(self.lines)
+        self.feed_exists = exists
+        self._show_run()
+        self._draw_chart()
+
+    def _total_epochs(self) -> int | None:
+        stage_kind = "a2c" if self.summary.stage == "a2c" else "train"
+        infos = [c for c in self.checkpoints.values() if c.kind == stage_kind and c.total_epochs]
+        return max(infos, key=lambda c: c.mtime).total_epochs if infos else None
+
+    def _show_run(self) -> None:
+        panel = self.query_one("#run", Static)
+        s = self.summary
+        path = self.tail.path if self.tail else None
+        if path is None or not getattr(self, "feed_exists", False) or not self.lines:
+            where = path or os.path.join(self.output_folder, "metrics_*.jsonl")
+            panel.update(f"waiting for {where}…")
+            return
+        age = time.time() - (s.last_time or time.time())
+        state = f"ended: {s.ended}" if s.ended else ("stale" if age > self.stale_seconds else "live")
+        epoch = s.a2c.get("epoch") if s.stage == "a2c" and s.a2c else s.epochs_done
+        best = f"{s.best_bleu4:.4f} (epoch {s.best_epoch})" if s.best_bleu4 is not None else "–"
+        lr = s.last.get("lr")
+        per_epoch = f"{s.mean_epoch_seconds:.0f}s" if s.mean_epoch_seconds else "–"
+        total = self._total_epochs()
+        eta = "–"
+        if total and s.mean_epoch_seconds and not s.ended:
+            eta = _age(max(total - (epoch or 0), 0) * s.mean_epoch_seconds)
+        lines = [f"{os.path.basename(path)[8:-6]}  [b]{s.stage or '?'}[/b]  {state}",
+                 f"epoch {epoch or 0}{f'/{total}' if total else ''}  step {s.last_step}",
+                 f"best BLEU-4 {best}",
+                 f"lr {'–' if lr is None else f'{lr:.2e}'}  per epoch {per_epoch}",
+                 f"ETA {eta}  last update {_age(age)} ago"]
+        panel.update("\n".join(lines))
+
+    def _draw_chart(self) -> None:
+        chart = self.query_one("#chart", PlotextPlot)
+        title, series = CHARTS[self.chart_key]
+        plt = chart.plt
+        plt.clear_figure()
+        plt.title(title)
+        plt.xlabel("epoch")
+        drawn = False
+        for key, label in series:
+            points = downsample(self.summary.series.get(key, []))
+            if points:
+                xs, ys = zip(*points)
+                plt.plot(list(xs), list(ys), label=label, marker="braille")
+                drawn = True
+        if not drawn:
+            plt.title(f"{title}: no data yet")
+        chart.border_title = f"Chart {self.chart_key}/4: {title}"
+        chart.refresh()
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="checkpoints")
+    def refresh_checkpoints(self) -> None:
+        from capcli.errors import CapcliError
+
+        found = {}
+        for path in sorted(glob.glob(os.path.join(self.output_folder, "*.pth.tar"))):
+            try:
+                mtime = os.path.getmtime(path)
+                known = self.checkpoints.get(path)
+                found[path] = known if known and known.mtime == mtime else read_checkpoint_info(path, mtime)
+            except (CapcliError, OSError) as exc:
+                self.call_from_thread(self.notify, f"{os.path.basename(path)}: {exc}", severity="error")
+        self.call_from_thread(self._apply_checkpoints, found)
+
+    def action_refresh_checkpoints(self) -> None:
+        self.refresh_checkpoints()
+
+    def _apply_checkpoints(self, found: dict[str, CheckpointInfo]) -> None:
+        self.checkpoints = found
+        self.checkpoint_choice = min(self.checkpoint_choice, max(len(found) - 1, 0))
+        if self.checkpoint_choice == 0 and found:  # prefer a BEST model for queries
+            names = list(found)
+            best = [i for i, p in enumerate(names) if os.path.basename(p).startswith("BEST_")]
+            self.checkpoint_choice = best[0] if best else 0
+        now = time.time()
+        rows = [f"{os.path.basename(c.path)[:24]:<24} e{c.epoch:<3} "
+                f"{'–' if c.bleu4 is None else f'{c.bleu4:.3f}':>5} {_age(now - c.mtime):>4}"
+                for c in found.values()]
+        self.query_one("#checkpoints", Static).update("\n".join(rows) or "no checkpoints yet")
+        self._show_settings()
+
+    def _chosen_checkpoint(self) -> str | None:
+        paths = list(self.checkpoints)
+        return paths[self.checkpoint_choice] if paths else None
+
+    def _show_settings(self) -> None:
+        chosen = self._chosen_checkpoint()
+        self.query_one("#settings", Static).update(
+            f"model {os.path.basename(chosen) if chosen else '–'}\nbeam {self.beam} (b)  model (c)")
+
+    def action_checkpoint(self) -> None:
+        if self.checkpoints:
+            self.checkpoint_choice = (self.checkpoint_choice + 1) % len(self.checkpoints)
+            self._show_settings()
+
+    def action_beam(self) -> None:
+        self.beam = BEAMS[(BEAMS.index(self.beam) + 1) % len(BEAMS)] if self.beam in BEAMS else BEAMS[0]
+        self._show_settings()
+
+    # --- caption queries -----------------------------------------------------------------------
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        path = event.value.strip()
+        if not path:
+            return
+        checkpoint = self._chosen_checkpoint()
+        if checkpoint is None:
+            self.notify("no checkpoint in the run folder yet", severity="error")
+            return
+        self.query_one("#caption", Static).update(f"captioning with beam {self.beam}…")
+        self.caption_query(os.path.expanduser(path), checkpoint, self.beam)
+
+    @work(thread=True, exclusive=True, group="caption")
+    def caption_query(self, image: str, checkpoint: str, beam: int) -> None:
+        from capcli.captioning import caption_files, load_captioner
+        from capcli.errors import CapcliError
+
+        try:
+            key = (checkpoint, os.path.getmtime(checkpoint))
+            if key not in self.captioners:
+                self.captioners[key] = load_captioner(checkpoint)
+            result = caption_files(self.captioners[key], [image], beam_size=beam)[0]
+        except (CapcliError, OSError) as exc:
+            self.call_from_thread(self._caption_failed, str(exc))
+            return
+        if result.error:
+            self.call_from_thread(self._caption_failed, result.error)
+        else:
+            self.call_from_thread(self._show_caption, result)
+
+    def _caption_failed(self, message: str) -> None:
+        self.query_one("#caption", Static).update("query failed (see the notification)")
+        self.notify(message, severity="error", timeout=8)
+
+    def _show_caption(self, result) -> None:
+        self.caption_result, self.word_index = result, 0
+        self._draw_word()
+
+    def _draw_word(self) -> None:
+        r = self.caption_result
+        if r is None:
+            return
+        words = r.words or []
+        marked = " ".join(f"[reverse]{w}[/reverse]" if i == self.word_index else w for i, w in enumerate(words))
+        self.query_one("#caption", Static).update(f"{marked}\nscore {r.score:.2f}  word {self.word_index + 1}/"
+                                                  f"{len(words)} (← →)")
+        heat = self.query_one("#heatmap", Static)
+        weights = r.attention[self.word_index] if r.attention is not None and words else None
+        width, height = max(heat.size.width, 8), max(heat.size.height, 4)
+        heat.update(heatmap_text(r.pixels, weights, min(width, 2 * height * 2), height))
+
+    def action_word(self, delta: int) -> None:
+        if self.caption_result is not None and self.caption_result.words:
+            self.word_index = (self.word_index + delta) % len(self.caption_result.words)
+            self._draw_word()
+
+    # --- other keys ----------------------------------------------------------------------------
+
+    def action_chart(self, key: str) -> None:
+        self.chart_key = key
+        self._draw_chart()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_focus_path(self) -> None:
+        self.query_one("#path", Input).focus()
+
+    def action_leave_path(self) -> None:
+        self.set_focus(None)

@@ -1,0 +1,108 @@
+"""``capcli metrics``: a run's summary and its charts, in the terminal (plotext) or as the seed's
+PNG pictures (matplotlib, from the ``plots`` extra)."""
+
+from __future__ import annotations
+
+import os
+
+from capcli.errors import CapcliError
+from capcli.runs import RunSummary
+
+CHARTS = (  # title, y label, [(series, label)]
+    ("Loss", "loss", [("train_loss", "train"), ("val_loss", "val")]),
+    ("Top-5 accuracy", "top-5 %", [("train_top5", "train"), ("val_top5", "val")]),
+    ("Validation BLEU-4", "BLEU-4", [("bleu4", "val BLEU-4")]),
+    ("A2C reward", "reward", [("a2c_reward", "mean reward"), ("a2c_entropy", "entropy")]),
+)
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def summary_text(name: str, path: str, s: RunSummary) -> str:
+    """The summary figures as aligned text lines."""
+    state = f"ended ({s.ended})" if s.ended else "running or stopped"
+    rows = [
+        ("run", f"{name}  ({path}, {s.lines} lines, {state})"),
+        ("epochs done", f"{s.epochs_done}  (last step {s.last_step})"),
+        ("best val BLEU-4", f"{_fmt(s.best_bleu4)} at epoch {s.best_epoch}" if s.best_bleu4 is not None else "–"),
+        ("last train loss / top-5", f"{_fmt(s.last.get('train_loss'))} / {_fmt(s.last.get('train_top5'), '.2f')} %"),
+        ("last val loss / top-5", f"{_fmt(s.last.get('val_loss'))} / {_fmt(s.last.get('val_top5'), '.2f')} %"),
+        ("mean time per epoch", "–" if s.mean_epoch_seconds is None else f"{s.mean_epoch_seconds:.1f} s"),
+        ("learning rate", f"{_fmt(s.last.get('lr'), '.2e')}" + (
+            "; changed at " + ", ".join(f"epoch {e} → {lr:.2e}" for e, lr in s.lr_changes) if s.lr_changes
+            else "; never changed")),
+    ]
+    if s.a2c:
+        a = s.a2c
+        rows.append(("A2C epoch", f"{a.get('epoch')}: reward {_fmt(a.get('reward'))}, advantage "
+                                  f"{_fmt(a.get('advantage'))}, entropy {_fmt(a.get('entropy'))}"))
+        rows.append(("A2C val BLEU-4 / CIDEr-D", f"{_fmt(a.get('val_bleu4'))} / {_fmt(a.get('val_cider_d'))}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def terminal_charts(s: RunSummary, width: int, height: int, colour: bool) -> list[str]:
+    """One plotext chart per series group that has data; plain text unless ``colour``."""
+    import plotext as plt
+
+    charts = []
+    for title, ylabel, series in CHARTS:
+        present = [(key, label) for key, label in series if s.series.get(key)]
+        if not present:
+            continue
+        plt.clear_figure()
+        plt.plotsize(width, height)
+        plt.theme("pro" if colour else "clear")
+        for key, label in present:
+            xs, ys = zip(*s.series[key])
+            plt.plot(list(xs), list(ys), label=label, marker="braille")
+        plt.title(title)
+        plt.xlabel("epoch")
+        plt.ylabel(ylabel)
+        text = plt.build()
+        charts.append(text if colour else plt.uncolorize(text))
+    return charts
+
+
+def save_pngs(name: str, s: RunSummary, folder: str) -> list[str]:
+    """The seed's pictures: loss, accuracy, BLEU-4 and a combined training overview."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CapcliError("--save-png needs matplotlib: pip install 'capcli[plots]'") from None
+
+    def draw(ax, keys: list[tuple[str, str]], title: str, ylabel: str) -> None:
+        for key, label in keys:
+            if s.series.get(key):
+                xs, ys = zip(*s.series[key])
+                ax.plot(xs, ys, marker="o", label=label)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if any(s.series.get(k) for k, _ in keys):
+            ax.legend()
+
+    written = []
+    for file, (title, ylabel, keys) in zip((f"loss_plot_{name}.png", f"accuracy_plot_{name}.png",
+                                            f"bleu_scores_{name}.png"), CHARTS[:3]):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        draw(ax, keys, title, ylabel)
+        path = os.path.join(folder, file)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    for ax, (title, ylabel, keys) in zip(axes.flat, CHARTS):
+        draw(ax, keys, title, ylabel)
+    fig.suptitle(f"Training {name}")
+    path = os.path.join(folder, f"training_visualization_{name}.png")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    written.append(path)
+    return written

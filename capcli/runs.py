@@ -1,0 +1,169 @@
+"""Reading runs: find a run's metrics feed and summarise it (``capcli metrics`` and the dashboard).
+
+A feed may be growing while it is read: only complete lines count, so a half-written last
+line is left for the next read.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from dataclasses import dataclass, field
+
+from capcli.errors import InputError
+from capcli.feed import read_feed
+
+A2C_FIELDS = ("reward", "advantage", "entropy", "actor_loss", "critic_loss", "entropy_weight", "bleu4", "cider_d")
+
+
+def find_feed(output_folder: str, name: str | None = None) -> str:
+    """The path of ``metrics_{name}.jsonl`` in ``output_folder`` (the only one when no name)."""
+    if not os.path.isdir(output_folder):
+        raise InputError(f"{output_folder}: no such run folder (train first, or pass --output-folder)")
+    feeds = sorted(glob.glob(os.path.join(output_folder, "metrics_*.jsonl")))
+    names = [os.path.basename(p)[len("metrics_"):-len(".jsonl")] for p in feeds]
+    if name is not None:
+        if name in names:
+            return feeds[names.index(name)]
+        raise InputError(f"no run named {name!r} in {output_folder} (runs there: {', '.join(names) or 'none'})")
+    if len(feeds) == 1:
+        return feeds[0]
+    if not feeds:
+        raise InputError(f"no metrics_*.jsonl in {output_folder} (no run has written there yet)")
+    raise InputError(f"several runs in {output_folder}: {', '.join(names)} (choose one with --name)")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class RunSummary:
+    """Figures of one run, from its feed lines."""
+
+    lines: int = 0
+    stage: str | None = None  # of the last line: train or a2c
+    epochs_done: int = 0
+    last_step: int = 0
+    best_bleu4: float | None = None
+    best_epoch: int | None = None
+    last: dict = field(default_factory=dict)  # train_loss, val_loss, train_top5, val_top5, lr
+    mean_epoch_seconds: float | None = None
+    lr_changes: list[tuple[int, float]] = field(default_factory=list)  # (epoch, new lr)
+    ended: str | None = None  # the end reason, when the run finished
+    last_time: float | None = None
+    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # name → (epoch or step, value)
+    a2c: dict | None = None  # last a2c epoch's figures and best validation scores
+
+    def add(self, name: str, x, y) -> None:
+        if _finite(x) and _finite(y):
+            self.series.setdefault(name, []).append((x, y))
+
+
+def summarize(lines: list[dict]) -> RunSummary:
+    """Summary statistics and chart series of a feed's lines (non-finite values skipped)."""
+    s = RunSummary(lines=len(lines))
+    epoch_times: list[float] = []
+    previous_end = lines[0]["time"] if lines and _finite(lines[0].get("time")) else None
+    last_lr = None
+    for line in lines:
+        stage, event, split, epoch = line.get("stage"), line.get("event"), line.get("split"), line.get("epoch")
+        s.stage = stage or s.stage
+        s.last_time = line.get("time", s.last_time)
+        if _finite(line.get("step")):
+            s.last_step = max(s.last_step, int(line["step"]))
+        if event == "end":
+            s.ended = line.get("reason") or "ended"
+            continue
+        s.ended = None  # a line after an end: the run was resumed
+        if stage == "a2c":
+            if event == "epoch" and split == "train":
+                s.a2c = {**(s.a2c or {}), **{k: line.get(k) for k in A2C_FIELDS if k in line}, "epoch": epoch}
+                s.add("a2c_reward", epoch, line.get("reward"))
+                s.add("a2c_entropy", epoch, line.get("entropy"))
+            elif event == "epoch" and split == "val":
+                s.a2c = {**(s.a2c or {}), "val_bleu4": line.get("bleu4"), "val_cider_d": line.get("cider_d")}
+                s.add("a2c_val_bleu4", epoch, line.get("bleu4"))
+                s.add("a2c_val_cider_d", epoch, line.get("cider_d"))
+            continue
+        if event == "step":
+            s.add("step_loss", line.get("step"), line.get("loss"))
+            continue
+        if event != "epoch":
+            continue
+        s.add(f"{split}_loss", epoch, line.get("loss"))
+        s.add(f"{split}_top5", epoch, line.get("top5"))
+        for key in ("loss", "top5"):
+            if _finite(line.get(key)):
+                s.last[f"{split}_{key}"] = line[key]
+        if split == "val":
+            s.epochs_done = max(s.epochs_done, epoch or 0)
+            s.add("bleu4", epoch, line.get("bleu4"))
+            bleu = line.get("bleu4")
+            if _finite(bleu) and (s.best_bleu4 is None or bleu > s.best_bleu4):
+                s.best_bleu4, s.best_epoch = bleu, epoch
+            lr = line.get("lr")
+            if _finite(lr):
+                if last_lr is not None and lr != last_lr:
+                    s.lr_changes.append((epoch, lr))
+                last_lr = lr
+                s.last["lr"] = lr
+            if _finite(line.get("time")) and previous_end is not None:
+                epoch_times.append(line["time"] - previous_end)
+            previous_end = line.get("time", previous_end)
+    if epoch_times:
+        s.mean_epoch_seconds = sum(epoch_times) / len(epoch_times)
+    return s
+
+
+def read_summary(path: str) -> RunSummary:
+    return summarize(read_feed(path))
+
+
+class FeedTail:
+    """Follows a feed that another process appends to: each :meth:`poll` returns the complete
+    lines added since the last one. A partial last line is kept until it is completed; a file
+    that shrank or was replaced starts over (``reset`` is set); a missing file just yields nothing."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+        self.identity: tuple[int, int] | None = None
+        self.exists = False
+        self.reset = False
+
+    def poll(self) -> list[dict]:
+        import json
+
+        self.reset = False
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            if self.exists:
+                self._start_over()
+            self.exists = False
+            return []
+        identity = (stat.st_dev, stat.st_ino)
+        if self.exists and (identity != self.identity or stat.st_size < self.offset):
+            self._start_over()
+        self.exists, self.identity = True, identity
+        if stat.st_size == self.offset:
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        self.offset += len(chunk)
+        data = self.partial + chunk
+        *complete, self.partial = data.split(b"\n")
+        lines = []
+        for raw in complete:
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:
+                continue
+        return lines
+
+    def _start_over(self) -> None:
+        self.offset, self.partial, self.reset = 0, b"", True

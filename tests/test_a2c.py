@@ -1,0 +1,156 @@
+"""A2C: the loss pieces on hand-made tensors, encoder freezing, resume, and the feed lines."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from capcli.a2c import (
+    a2c_losses,
+    clip_rewards,
+    discounted_returns,
+    entropy_weight_at,
+    step_mask,
+    strip_special,
+)
+from capcli.checkpoint import load_checkpoint
+from capcli.feed import read_feed
+from capcli.runs import summarize
+
+NAME = "shapes_5_1"
+
+
+def test_discounted_returns_and_mask():
+    # caption 0 ends at its 3rd word (length 3), caption 1 at its 1st; the reward comes at the end
+    returns = discounted_returns(torch.tensor([1.0, 2.0]), torch.tensor([3, 1]), steps=4, gamma=0.5)
+    assert returns.tolist() == [[0.25, 0.5, 1.0, 0.0], [2.0, 0.0, 0.0, 0.0]]
+    assert discounted_returns(torch.tensor([1.0]), torch.tensor([2]), 3, 1.0).tolist() == [[1.0, 1.0, 0.0]]
+    assert step_mask(torch.tensor([3, 1]), 4).tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+
+
+def test_reward_clipping():
+    assert clip_rewards(torch.tensor([-3.0, 0.5, 4.0]), 1.0).tolist() == [-1.0, 0.5, 1.0]
+    assert clip_rewards(torch.tensor([-3.0, 4.0]), 0.0).tolist() == [-3.0, 4.0]  # 0: off
+
+
+def test_padding_is_masked_out_of_every_loss():
+    mask = step_mask(torch.tensor([2, 1]), 3)  # real positions: (0,0), (0,1), (1,0)
+    logp = torch.tensor([[-1.0, -2.0, -50.0], [-3.0, -60.0, -70.0]])
+    entropy = torch.tensor([[0.5, 1.5, 99.0], [1.0, 99.0, 99.0]])
+    values = torch.tensor([[0.2, 0.4, 9.0], [0.0, 9.0, 9.0]])
+    returns = torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.0, 0.0]])
+    advantages = returns - values
+    actor, critic, ent = a2c_losses(logp, entropy, values, returns, advantages, mask)
+    # by hand over the 3 real words: actor −mean(A·logp) = −(0.8·−1 + 0.6·−2 + 2·−3)/3 = 8/3
+    assert actor.item() == pytest.approx((0.8 + 1.2 + 6.0) / 3)
+    assert critic.item() == pytest.approx((0.8 ** 2 + 0.6 ** 2 + 2.0 ** 2) / 3)
+    assert ent.item() == pytest.approx((0.5 + 1.5 + 1.0) / 3)
+    # anything on padding changes nothing
+    noisy = [t.clone() for t in (logp, entropy, values, returns, advantages)]
+    for t in noisy:
+        t[mask == 0] = 1234.5
+    assert [x.item() for x in a2c_losses(*noisy, mask)] == pytest.approx([actor.item(), critic.item(), ent.item()])
+
+
+def test_entropy_annealing_schedule():
+    weights = [entropy_weight_at(e, 5, 0.1, True) for e in range(5)]
+    assert weights == pytest.approx([0.1, 0.0775, 0.055, 0.0325, 0.01])  # linear to a tenth
+    assert [entropy_weight_at(e, 5, 0.1, False) for e in range(5)] == [0.1] * 5
+
+
+def test_special_tokens_removed_before_scoring():
+    word_map = {"<pad>": 0, "a": 1, "red": 2, "<unk>": 3, "<start>": 4, "<end>": 5}
+    assert strip_special([4, 1, 2, 5, 1, 0], word_map) == [1, 2]  # up to <end>, no <start>/<pad>
+    assert strip_special([1, 0, 2], word_map) == [1, 2]
+    from capcli.a2c import Rewarder
+
+    refs = [[["a", "red", "circle", "on", "a", "mat"]]]
+    bleu = Rewarder("bleu4", refs)
+    assert bleu(refs, [["a", "red", "circle", "on", "a", "mat"]]) == pytest.approx([1.0])
+    cider = Rewarder("cider", refs + [[["blue", "square"]]])
+    assert cider(refs, [["a", "red", "circle", "on", "a", "mat"]])[0] > cider(refs, [["blue", "square"]])[0]
+
+
+@pytest.fixture
+def workdir(trained_run, tmp_path):
+    data, out = trained_run
+    shutil.copytree(out, tmp_path / "out")
+    return data, tmp_path / "out"
+
+
+def _a2c(run, data, out, *extra):
+    return run("a2c", "--checkpoint", out / f"BEST_{NAME}.pth.tar", "--data-folder", data, "--output-folder", out,
+               "--batch-size", 8, "--precision", "fp32", "--max-len", 8, *extra)
+
+
+def test_freeze_encoder_keeps_every_encoder_weight(workdir, run):
+    data, out = workdir
+    before = load_checkpoint(str(out / f"BEST_{NAME}.pth.tar"))
+    result = _a2c(run, data, out, "--epochs", 1)
+    assert result.exit_code == 0, result.output
+    after = load_checkpoint(str(out / f"A2C_{NAME}.pth.tar"))
+    for key, value in before["encoder"].items():
+        assert torch.equal(value, after["encoder"][key]), key  # bit-identical, BatchNorm buffers included
+    assert any(not torch.equal(v, after["decoder"][k]) for k, v in before["decoder"].items())
+    result = _a2c(run, data, out, "--epochs", 1, "--train-encoder", "--encoder-lr", 1e-3)
+    assert result.exit_code == 0, result.output
+    trained = load_checkpoint(str(out / f"A2C_{NAME}.pth.tar"))
+    changed = [k for k, v in before["encoder"].items() if not torch.equal(v, trained["encoder"][k])]
+    assert any(k.startswith("resnet.5.") for k in changed)  # stage 2 onwards is trained
+    assert not any(k.startswith(("resnet.0.", "resnet.4.")) and "running" not in k for k in changed)
+
+
+def test_resume_continues_with_critic_and_optimizers(workdir, run, monkeypatch):
+    data, out = workdir
+    assert _a2c(run, data, out, "--epochs", 1).exit_code == 0
+    first = load_checkpoint(str(out / f"A2C_{NAME}.pth.tar"))
+    assert first["epoch"] == 1 and first["actor_optimizer"]["state"]
+    import capcli.a2c
+
+    seen = {}
+    original = capcli.a2c.A2CTrainer._epoch
+
+    def spy(self, epoch):
+        if "critic" not in seen:
+            seen["critic"] = {k: v.clone() for k, v in self.critic.state_dict().items()}
+            seen["actor_step"] = self.actor_opt.state_dict()["state"][0]["step"].item()
+            seen["epoch"] = epoch
+        return original(self, epoch)
+
+    monkeypatch.setattr(capcli.a2c.A2CTrainer, "_epoch", spy)
+    result = run("a2c", "--resume", "--data-folder", data, "--output-folder", out, "--epochs", 2,
+                 "--batch-size", 8, "--precision", "fp32", "--max-len", 8)
+    assert result.exit_code == 0, result.output
+    assert seen["epoch"] == 1  # the next epoch, not the first again
+    for key, value in first["critic"].items():
+        assert torch.equal(seen["critic"][key], value), key
+    assert seen["actor_step"] == first["actor_optimizer"]["state"][0]["step"].item()
+    second = load_checkpoint(str(out / f"A2C_{NAME}.pth.tar"))
+    assert second["epoch"] == 2 and len(second["history"]) == 2
+    # the feed: training lines kept, one a2c train/val pair per epoch, readable by the summary
+    lines = read_feed(str(out / f"metrics_{NAME}.jsonl"))
+    a2c = [x for x in lines if x["stage"] == "a2c" and x["event"] == "epoch"]
+    assert [(x["epoch"], x["split"]) for x in a2c] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
+    assert all({"reward", "advantage", "entropy", "actor_loss", "critic_loss", "entropy_weight"} <= set(x)
+               for x in a2c if x["split"] == "train")
+    assert any(x["stage"] == "train" and x["event"] == "epoch" for x in lines)
+    summary = summarize(lines)
+    assert summary.a2c["epoch"] == 2 and len(summary.series["a2c_reward"]) == 2
+    metrics = run("metrics", "--output-folder", out)
+    assert metrics.exit_code == 0 and "A2C reward" in metrics.stdout and "A2C epoch" in metrics.stdout
+    # an A2C checkpoint captions like any other
+    caption = run("caption", data / "shapes" / "images" / "shapes_000000.jpg", "-m", out / f"BEST_A2C_{NAME}.pth.tar",
+                  "--no-pictures")
+    assert caption.exit_code == 0, caption.output
+
+
+def test_greedy_baseline_and_bad_input(workdir, run):
+    data, out = workdir
+    result = _a2c(run, data, out, "--epochs", 1, "--baseline", "greedy", "--reward", "bleu4", "--gamma", 0.9,
+                  "--reward-clip", 1.0)
+    assert result.exit_code == 0, result.output
+    assert run("a2c", "--data-folder", data, "--output-folder", out).exit_code == 2  # neither checkpoint nor resume
+    result = run("a2c", "--resume", "--data-folder", data, "--output-folder", out / "elsewhere")
+    assert result.exit_code == 1 and "no A2C checkpoint" in result.output

@@ -1,0 +1,53 @@
+"""`capcli demo` end to end on a small set, and `capcli bench` measurements (a subset, --quick)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def test_demo_runs_every_stage_and_can_run_again(tmp_path, run, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ("demo", "--num-images", 40, "--epochs", 1, "--workers", 1)
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Trained shapes_5_5" in out and "Test split, 4 images" in out
+    assert out.count("generated:") == 3 and out.count("reference:") == 15
+    for line in out.splitlines():
+        if line.strip().startswith("pictures:"):
+            assert all(os.path.exists(p.strip()) for p in line.split(":", 1)[1].split(","))
+    assert "capcli caption" in out and "Next, try:" in out
+    assert (tmp_path / "model_outputs" / "evaluation_shapes_5_5_test.json").exists()
+    first = json.load(open(tmp_path / "model_outputs" / "evaluation_shapes_5_5_test.json"))
+    # a second run reuses the prepared data and the trained model
+    again = run(*args)
+    assert again.exit_code == 0, again.output
+    assert "up to date" in again.stdout
+    assert json.load(open(tmp_path / "model_outputs" / "evaluation_shapes_5_5_test.json")) == first
+
+
+def test_bench_prep_and_caption_subset(tmp_path, run):
+    report_path = tmp_path / "bench.json"
+    result = run("bench", "--quick", "--only", "prep", "--only", "caption", "--json", report_path,
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    report = json.load(open(report_path))
+    assert {"cpu", "cores", "torch", "device"} <= set(report["machine"])
+    names = [r["name"] for r in report["results"]]
+    assert names[0] == "caption beam5 batched " + ("bf16" if report["machine"]["cpu_bf16"] else "fp32")
+    assert any(n.startswith("prep 1 worker") for n in names) and len(names) == 4
+    for row in report["results"]:
+        assert row["value"] > 0 and row["peak_rss_mb"] > 50 and len(row["times"]) >= 2
+    assert report["beam_same_captions"] is True
+    ratios = report["ratios"]
+    assert set(ratios) >= {"encoder_bf16_vs_fp32", "train_cached_vs_raw", "beam_batched_vs_single",
+                           "prep_workers_vs_one"}
+    assert ratios["encoder_bf16_vs_fp32"] is None  # not measured in this subset
+    assert ratios["beam_batched_vs_single"] > 1 and ratios["prep_workers_vs_one"] > 0
+    assert "batched and one-at-a-time beam search give the same captions: yes" in result.stdout
+
+
+def test_bench_unknown_subset(run):
+    result = run("bench", "--quick", "--only", "nothing-like-this")
+    assert result.exit_code == 1 and "no measurement matches" in result.output

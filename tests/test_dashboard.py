@@ -1,0 +1,189 @@
+"""The dashboard with App.run_test(): a live feed, truncation, a missing file, caption queries,
+the 80 × 24 layout and every key in the help screen."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+
+import pytest
+
+from capcli.dashboard.app import HELP, Dashboard, downsample
+from capcli.runs import FeedTail
+
+NAME = "shapes_5_1"
+
+
+def _line(epoch, split="val", event="epoch", bleu=0.1, loss=2.0, step=None):
+    return {"time": time.time(), "stage": "train", "event": event, "split": split, "epoch": epoch,
+            "step": step if step is not None else epoch * 10, "loss": loss, "top5": 50.0 + epoch,
+            "bleu4": bleu if split == "val" else None, "lr": 4e-4}
+
+
+def _append(path, *lines, partial: str = ""):
+    with open(path, "a") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+        f.write(partial)
+
+
+async def _until(pilot, condition, seconds=2.0):
+    """Wait (as the user would) until ``condition()`` holds; fails after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await pilot.pause(0.05)
+        if condition():
+            return True
+    return condition()
+
+
+def _text(app, selector):
+    return str(app.query_one(selector).render())
+
+
+def test_feed_tail_partial_truncation_and_missing(tmp_path):
+    path = tmp_path / "metrics_x.jsonl"
+    tail = FeedTail(str(path))
+    assert tail.poll() == [] and not tail.exists
+    second = json.dumps(_line(2))
+    _append(path, _line(1), partial=second[:12])
+    assert [x["epoch"] for x in tail.poll()] == [1]  # the half-written line waits
+    assert tail.poll() == []
+    with open(path, "a") as f:
+        f.write(second[12:] + "\n")
+    assert [x["epoch"] for x in tail.poll()] == [2]
+    path.write_text(json.dumps(_line(7)) + "\n")  # shrank (a new run): start over
+    assert [x["epoch"] for x in tail.poll()] == [7] and tail.reset
+    path.unlink()
+    assert tail.poll() == [] and not tail.exists
+
+
+def test_downsample_keeps_ends():
+    points = [(i, i * 2) for i in range(5000)]
+    small = downsample(points, 100)
+    assert len(small) == 100 and small[0] == points[0] and small[-1] == points[-1]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_live_feed_truncation_and_waiting(tmp_path):
+    async def scenario():
+        app = Dashboard(str(tmp_path), NAME, poll_seconds=0.1, checkpoint_seconds=0.5)
+        feed = tmp_path / f"metrics_{NAME}.jsonl"
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.2)
+            assert "waiting" in _text(app, "#run")  # no file yet
+            _append(feed, _line(1, "train"), _line(1, bleu=0.21))
+            assert await _until(pilot, lambda: "epoch 1" in _text(app, "#run"))
+            assert "0.2100" in _text(app, "#run")
+            started = time.monotonic()
+            _append(feed, _line(2, "train"), _line(2, bleu=0.35), partial=json.dumps(_line(3, bleu=0.9))[:30])
+            assert await _until(pilot, lambda: "epoch 2" in _text(app, "#run"))
+            assert time.monotonic() - started < 2.0
+            assert "0.3500" in _text(app, "#run")  # the half-written epoch 3 is not used
+            assert len(app.summary.series["val_loss"]) == 2
+            await pilot.pause(0.3)
+            assert "epoch 2" in _text(app, "#run")
+            with open(feed, "a") as f:  # the writer completes the line
+                f.write(json.dumps(_line(3, bleu=0.9))[30:] + "\n")
+            assert await _until(pilot, lambda: "epoch 3" in _text(app, "#run"))
+            assert len(app.summary.series["bleu4"]) == 3
+            feed.write_text(json.dumps(_line(1, bleu=0.05)) + "\n")  # truncated by a new run
+            assert await _until(pilot, lambda: "0.0500" in _text(app, "#run"))
+            assert len(app.summary.series["bleu4"]) == 1
+            feed.unlink()
+            assert await _until(pilot, lambda: "waiting" in _text(app, "#run"))
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_caption_query_heat_map_and_errors(trained_run, tmp_path):
+    data, out = trained_run
+    folder = tmp_path / "run"
+    shutil.copytree(out, folder)
+    image = str(data / "shapes" / "images" / "shapes_000000.jpg")
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+
+    async def scenario():
+        app = Dashboard(str(folder), NAME, poll_seconds=0.1, checkpoint_seconds=0.5)
+        async with app.run_test(size=(80, 24)) as pilot:
+            assert await _until(pilot, lambda: bool(app.checkpoints), 10)
+            assert f"BEST_{NAME}" in _text(app, "#settings")
+            await pilot.press("i")
+            app.query_one("#path").value = str(bad)
+            await pilot.press("enter")
+            assert await _until(pilot, lambda: "failed" in _text(app, "#caption"), 20)
+            assert any("bad.jpg" in str(n.message) for n in app._notifications)
+            app.query_one("#path").value = image
+            await pilot.press("enter")
+            assert await _until(pilot, lambda: app.caption_result is not None, 30)
+            words = app.caption_result.words
+            assert words and app.caption_result.caption.split()[0] in _text(app, "#caption")
+            first = app.query_one("#heatmap").render()
+            assert "▀" in str(first)
+            await pilot.press("escape", "right")
+            assert app.word_index == 1 % len(words)
+            if len(words) > 1:
+                assert app.query_one("#heatmap").render() != first  # another word, another map
+            await pilot.press("left")
+            assert app.word_index == 0
+            # a foreign checkpoint: an error notification, the app keeps working
+            (folder / "foreign.pth.tar").write_text("junk")
+            await pilot.press("r")
+            assert await _until(pilot, lambda: any("foreign" in str(n.message) for n in app._notifications), 10)
+            await pilot.press("b")
+            assert app.beam == 5
+            assert app.is_running
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_layout_at_80x24_and_every_help_key(trained_run, tmp_path):
+    data, out = trained_run
+    folder = tmp_path / "run"
+    shutil.copytree(out, folder)
+
+    async def scenario():
+        app = Dashboard(str(folder), NAME, poll_seconds=0.1, checkpoint_seconds=0.5)
+        async with app.run_test(size=(80, 24)) as pilot:
+            assert await _until(pilot, lambda: "epoch 1" in _text(app, "#run"), 5)
+            for selector in ("#run", "#checkpoints", "#chart", "#query", "#path", "#caption", "#heatmap"):
+                region = app.query_one(selector).region
+                assert region.width > 0 and region.height > 0, selector
+                assert region.right <= 80 and region.bottom <= 24, selector
+            screen = app.export_screenshot()
+            for title in ("Run", "Checkpoints", "Caption", "Chart"):
+                assert title in screen
+            # every key the help screen lists
+            for key, expected in (("2", "Top-5"), ("3", "BLEU-4"), ("4", "A2C"), ("1", "Loss")):
+                await pilot.press(key)
+                assert app.chart_key == key and expected in app.query_one("#chart").border_title
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, type(app.screen)) and "HelpScreen" in type(app.screen).__name__
+            await pilot.press("escape")
+            assert "HelpScreen" not in type(app.screen).__name__
+            beam = app.beam
+            await pilot.press("b")
+            assert app.beam != beam
+            choice = app.checkpoint_choice
+            await pilot.press("c")
+            assert app.checkpoint_choice != choice or len(app.checkpoints) == 1
+            await pilot.press("r", "i")
+            assert app.focused is app.query_one("#path")
+            await pilot.press("escape")
+            assert app.focused is None
+            await pilot.press("left", "right", "q")
+        assert not app.is_running
+
+    for key in ("1 2 3 4", "i ", "enter", "escape", "← →", "b ", "c ", "r ", "?", "q "):
+        assert key in HELP
+    asyncio.run(scenario())
+
+
+def test_dashboard_refuses_without_a_terminal(run):
+    result = run("dashboard")
+    assert result.exit_code == 1 and "needs an interactive terminal" in result.output
