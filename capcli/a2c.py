@@ -324,7 +324,8 @@ class A2CTrainer:
         self.state["step"] += 1
         n = mask.sum().clamp(min=1)
         return {"reward": float(rewards.mean()), "advantage": float((advantages * mask).sum() / n),
-                "entropy": float(mean_entropy), "actor_loss": float(actor), "critic_loss": float(critic)}
+                "entropy": float(mean_entropy.detach()), "actor_loss": float(actor.detach()),
+                "critic_loss": float(critic.detach())}
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:

@@ -353,7 +353,8 @@ def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | 
 @click.option("--data-folder", default="data_output", show_default=True, type=click.Path(file_okay=False),
               help="Folder of prepared data.")
 @click.option("--name", default=None, help="Prepared data set name [default: the one the model was trained on].")
-@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True,
+              help="Which split's images to caption and score.")
 @click.option("-b", "--beam", "--beam-size", "beams", default="1,3,5", show_default=True,
               help="Comma-separated beam sizes.")
 @length_penalty_option
@@ -433,9 +434,11 @@ def demo_command(data_folder: str, output_folder: str, epochs: int, num_images: 
 @cli.command("a2c")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
               help="The trained model to start from, e.g. model_outputs/BEST_shapes_5_5.pth.tar.")
-@click.option("--data-folder", default="data_output", show_default=True, type=click.Path(file_okay=False))
+@click.option("--data-folder", default="data_output", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of prepared data.")
 @click.option("--name", default=None, help="Prepared data set name [default: the one the model was trained on].")
-@click.option("--output-folder", default="model_outputs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--output-folder", default="model_outputs", show_default=True, type=click.Path(file_okay=False),
+              help="Where A2C checkpoints are written and the metrics feed is appended.")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(1), help="Total A2C epochs.")
 @click.option("--batch-size", "--batch_size", default=32, show_default=True, type=click.IntRange(1),
               help="Images per batch (one sampled caption each).")
@@ -469,7 +472,7 @@ def demo_command(data_folder: str, output_folder: str, epochs: int, num_images: 
 @click.option("--resume", is_flag=True, help="Continue from model_outputs/A2C_{name}.pth.tar.")
 @device_option
 @precision_option
-@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--seed", default=42, show_default=True, type=int, help="Random seed (data order, critic, sampling).")
 def a2c_command(no_entropy_annealing: bool, **options) -> None:
     """Fine-tune a trained model with Advantage Actor-Critic (or self-critical) reinforcement learning.
 
@@ -537,12 +540,13 @@ def metrics_command(output_folder: str, name: str | None, width: int | None, hei
 @click.option("--checkpoint", "-m", "checkpoint", default=None, type=click.Path(dir_okay=False),
               help="Describe the model in this checkpoint (else build one from the options below).")
 @click.option("--encoder", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]),
-              default="resnet34", show_default=True)
-@click.option("--decoder", type=click.Choice(["attention", "plain"]), default="attention", show_default=True)
-@click.option("--vocab-size", default=2600, show_default=True, type=click.IntRange(5))
-@click.option("--embed-dim", default=512, show_default=True, type=click.IntRange(1))
-@click.option("--attention-dim", default=512, show_default=True, type=click.IntRange(1))
-@click.option("--decoder-dim", default=512, show_default=True, type=click.IntRange(1))
+              default="resnet34", show_default=True, help="ResNet encoder.")
+@click.option("--decoder", type=click.Choice(["attention", "plain"]), default="attention", show_default=True,
+              help="Decoder kind.")
+@click.option("--vocab-size", default=2600, show_default=True, type=click.IntRange(5), help="Vocabulary size.")
+@click.option("--embed-dim", default=512, show_default=True, type=click.IntRange(1), help="Word embedding size.")
+@click.option("--attention-dim", default=512, show_default=True, type=click.IntRange(1), help="Attention size.")
+@click.option("--decoder-dim", default=512, show_default=True, type=click.IntRange(1), help="LSTM hidden size.")
 @click.option("--one-hot", is_flag=True, help="Fixed one-hot word vectors.")
 @click.option("--fine-tune-encoder", is_flag=True, help="Count ResNet stages 2-4 as trainable.")
 @click.option("--image-size", default=256, show_default=True, type=click.IntRange(32, 2048),

@@ -145,6 +145,7 @@ class HelpScreen(ModalScreen):
 
 class Dashboard(App):
     TITLE = "capcli dashboard"
+    AUTO_FOCUS = None  # keys drive the app until the user presses i for the path box
     CSS = """
     #top { height: 8; }
     #run, #checkpoints { width: 1fr; border: round $primary; padding: 0 1; }
