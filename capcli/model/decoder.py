@@ -98,6 +98,7 @@ class _Decoder(nn.Module):
 
 class AttentionDecoder(_Decoder):
     has_attention = True
+    per_image_state = (2, 3)  # pixels and their projection: identical for every beam of an image
 
     def __init__(self, vocab_size: int, encoder_dim: int, embed_dim: int = 512, attention_dim: int = 512,
                  decoder_dim: int = 512, dropout: float = 0.5, one_hot: bool = False) -> None:
@@ -110,7 +111,10 @@ class AttentionDecoder(_Decoder):
 
     def init_state(self, features: torch.Tensor) -> State:
         pixels = features.flatten(1, 2)  # (batch, num_pixels, encoder_dim)
-        mean = pixels.mean(dim=1)  # (batch, encoder_dim)
+        device_type = pixels.device.type
+        if torch.is_autocast_enabled(device_type):  # cast once here, not in every step's attention
+            pixels = pixels.to(torch.get_autocast_dtype(device_type))
+        mean = pixels.float().mean(dim=1)  # (batch, encoder_dim)
         projected = self.attention.encoder_att(pixels)  # (batch, num_pixels, attention_dim), once per caption
         return self.init_h(mean), self.init_c(mean), pixels, projected
 
