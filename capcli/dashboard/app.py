@@ -37,16 +37,16 @@ MAX_POINTS = 400
 HELP = """\
 [b]capcli dashboard — keys[/b]
 
-  1 2 3 4      chart: loss, top-5, BLEU-4, A2C reward/entropy
-  i            type an image path (Tab accepts the completion)
-  enter        caption the image (in the path box)
-  escape       leave the path box
-  ← →          previous / next word of the caption (heat map)
-  b            next beam size (1, 3, 5, 10)
-  c            next checkpoint
-  r            re-read checkpoints now
-  ?            this help (escape closes it)
-  q            quit
+  1 2 3 4   chart: loss, top-5, BLEU-4, A2C
+  i         type an image path (Tab completes)
+  enter     caption it (in the path box)
+  escape    leave the path box
+  ← →       previous / next word (heat map)
+  b         next beam size (1, 3, 5, 10)
+  c         next checkpoint
+  r         re-read checkpoints now
+  ?         this help (escape closes it)
+  q         quit
 """
 
 
@@ -97,6 +97,17 @@ class PathSuggester(Suggester):
         return value + match[len(os.path.expanduser(value)):]
 
 
+class PathInput(Input):
+    """The image path box: Tab accepts the completion shown after the cursor."""
+
+    BINDINGS = [Binding("tab", "complete", "Complete", show=False)]
+
+    def action_complete(self) -> None:
+        if self._suggestion and len(self._suggestion) > len(self.value):
+            self.value = self._suggestion
+            self.cursor_position = len(self.value)
+
+
 @dataclass
 class CheckpointInfo:
     path: str
@@ -136,7 +147,7 @@ class HelpScreen(ModalScreen):
     BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "Close")]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    #help { width: 64; height: auto; border: round $accent; background: $panel; padding: 1 2; }
+    #help { width: 52; height: auto; border: round $accent; background: $panel; padding: 1 2; }
     """
 
     def compose(self) -> ComposeResult:
@@ -195,7 +206,7 @@ class Dashboard(App):
         with Horizontal(id="bottom"):
             yield PlotextPlot(id="chart")
             with Vertical(id="query"):
-                yield Input(placeholder="image path (i)", id="path", suggester=PathSuggester())
+                yield PathInput(placeholder="image path (i)", id="path", suggester=PathSuggester())
                 yield Static("", id="settings")
                 yield Static("type a path and press enter", id="caption")
                 yield Static("", id="heatmap")
@@ -282,6 +293,9 @@ class Dashboard(App):
         plt.title(title)
         plt.xlabel("epoch")
         drawn = False
+        if self.chart_key == "1" and len(self.summary.series.get("train_loss", [])) < 2:
+            series = [("step_loss", "train, per step")]  # until there are two epochs to draw
+            plt.xlabel("step")
         for key, label in series:
             points = downsample(self.summary.series.get(key, []))
             if points:
@@ -320,7 +334,7 @@ class Dashboard(App):
             best = [i for i, p in enumerate(names) if os.path.basename(p).startswith("BEST_")]
             self.checkpoint_choice = best[0] if best else 0
         now = time.time()
-        rows = [f"{os.path.basename(c.path)[:24]:<24} e{c.epoch:<3} "
+        rows = [f"{os.path.basename(c.path).removesuffix('.pth.tar')[:19]:<19} e{c.epoch:<3}"
                 f"{'–' if c.bleu4 is None else f'{c.bleu4:.3f}':>5} {_age(now - c.mtime):>4}"
                 for c in found.values()]
         self.query_one("#checkpoints", Static).update("\n".join(rows) or "no checkpoints yet")
@@ -393,8 +407,10 @@ class Dashboard(App):
                                                   f"{len(words)} (← →)")
         heat = self.query_one("#heatmap", Static)
         weights = r.attention[self.word_index] if r.attention is not None and words else None
-        width, height = max(heat.size.width, 8), max(heat.size.height, 4)
-        heat.update(heatmap_text(r.pixels, weights, min(width, 2 * height * 2), height))
+        rows = max(heat.size.height, 4)
+        columns = max(self.query_one("#query").content_size.width, 8)
+        # a cell holds two pixels stacked and is about twice as tall as wide: 2 columns per row is square
+        heat.update(heatmap_text(r.pixels, weights, min(columns, 2 * rows), rows))
 
     def action_word(self, delta: int) -> None:
         if self.caption_result is not None and self.caption_result.words:
