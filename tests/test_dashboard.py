@@ -98,11 +98,17 @@ def test_live_feed_truncation_and_waiting(tmp_path):
     asyncio.run(scenario())
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_caption_query_heat_map_and_errors(trained_run, tmp_path):
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """(data folder, a copy of the trained run's folder the test may change)."""
     data, out = trained_run
-    folder = tmp_path / "run"
-    shutil.copytree(out, folder)
+    shutil.copytree(out, tmp_path / "run")
+    return data, tmp_path / "run"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_caption_query_heat_map_and_errors(run_copy, tmp_path):
+    data, folder = run_copy
     image = str(data / "shapes" / "images" / "shapes_000000.jpg")
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
@@ -146,10 +152,8 @@ def test_caption_query_heat_map_and_errors(trained_run, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_layout_at_80x24_and_every_help_key(trained_run, tmp_path):
-    data, out = trained_run
-    folder = tmp_path / "run"
-    shutil.copytree(out, folder)
+def test_layout_at_80x24_and_every_help_key(run_copy):
+    data, folder = run_copy
 
     async def scenario():
         app = Dashboard(str(folder), NAME, poll_seconds=0.1, checkpoint_seconds=0.5)
