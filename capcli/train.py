@@ -178,7 +178,9 @@ class Trainer:
             if self.encoder_opt is not None:
                 self.train_encoder = DistributedDataParallel(self.encoder, device_ids=ids)
         if self.config.compile:
-            self.train_decoder = torch.compile(self.train_decoder)
+            # Compile the one-word step, not the caption loop: the loop's length and shrinking batch
+            # change with every batch and would recompile the whole graph each time.
+            self.decoder.step = torch.compile(self.decoder.step, dynamic=True)
 
     @property
     def cached(self) -> bool:

@@ -249,3 +249,12 @@ def test_shapes_defaults_apply_unless_given(data, tmp_path, run):
     ckpt = load_checkpoint(str(out2 / "checkpoint_shapes_5_1.pth.tar"))
     assert ckpt["model_config"]["encoder"] == "resnet34" and ckpt["model_config"]["decoder_dim"] == 256
     assert not ckpt["train_config"]["fine_tune_encoder"] and ckpt["train_config"]["decoder_lr"] == 2e-4
+
+
+def test_compile_trains(data, tmp_path, run):
+    out = tmp_path / "out"
+    result = run(*train_args(data, out, "--epochs", 1, "--compile"))
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(str(out / "checkpoint_shapes_5_1.pth.tar"))
+    assert ckpt["epoch"] == 1 and ckpt["train_config"]["compile"]
+    assert not any(key.startswith("_orig_mod") for key in ckpt["decoder"])  # plain weights, loadable anywhere
