@@ -101,6 +101,7 @@ def save_pngs(name: str, s: RunSummary, folder: str) -> list[str]:
     for ax, (title, ylabel, keys) in zip(axes.flat, CHARTS):
         draw(ax, keys, title, ylabel)
     fig.suptitle(f"Training {name}")
+    fig.tight_layout()
     path = os.path.join(folder, f"training_visualization_{name}.png")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

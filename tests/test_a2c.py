@@ -155,3 +155,26 @@ def test_greedy_baseline_and_bad_input(workdir, run):
     assert run("a2c", "--data-folder", data, "--output-folder", out).exit_code == 2  # neither checkpoint nor resume
     result = run("a2c", "--resume", "--data-folder", data, "--output-folder", out / "elsewhere")
     assert result.exit_code == 1 and "no A2C checkpoint" in result.output
+
+
+def test_sigterm_saves_and_names_resume(workdir):
+    import os
+    import signal
+    import time
+
+    from tests.conftest import run_subprocess
+
+    data, out = workdir
+    proc = run_subprocess("a2c", "--checkpoint", out / f"BEST_{NAME}.pth.tar", "--data-folder", data,
+                          "--output-folder", out, "--batch-size", 8, "--precision", "fp32", "--max-len", 8,
+                          "--epochs", 500)
+    checkpoint = out / f"A2C_{NAME}.pth.tar"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:  # the first epoch is done
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "--resume" in stderr and "Traceback" not in stderr
+    saved = load_checkpoint(str(checkpoint))
+    assert saved["epoch"] >= 1 and saved["kind"] == "a2c"
