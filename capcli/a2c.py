@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -41,9 +41,10 @@ from capcli.scores import cider_d, corpus_bleu, ngrams
 @dataclass(frozen=True)
 class A2CConfig:
     checkpoint: str | None = None
-    data_folder: str = "data_output"
+    data_folder: str | None = None  # None: where the model's training data was
     name: str | None = None
     output_folder: str = "model_outputs"
+    overwrite: bool = False
     epochs: int = 10
     batch_size: int = 32  # images per batch
     temperature: float = 1.0
@@ -175,33 +176,49 @@ class A2CResult:
 
 
 class A2CTrainer:
-    def __init__(self, config: A2CConfig, progress: Progress = SILENT) -> None:
-        self.config, self.progress = config, progress
-        self.device = resolve_device(config.device)
-        self.precision = resolve_precision(config.precision, self.device)
+    def __init__(self, config: A2CConfig, progress: Progress = SILENT, explicit: frozenset = frozenset()) -> None:
+        """``explicit``: names of options the user gave; on ``--resume`` every other option comes
+        from the run's checkpoint, so a resumed run keeps its reward, baseline and rates."""
+        self.progress = progress
         if config.resume:
-            ckpt = self._resume_checkpoint()
+            path = self._resume_path(config)
+            ckpt = load_checkpoint(path)
+            saved_config = ckpt.get("a2c_config") or {}
+            config = replace(A2CConfig(**{k: v for k, v in saved_config.items() if k in A2CConfig.__annotations__}),
+                             **{k: getattr(config, k) for k in explicit | {"resume", "epochs"}})
         else:
             if not config.checkpoint:
                 raise CapcliError("give --checkpoint (a trained model, e.g. model_outputs/BEST_shapes_5_5.pth.tar) "
                                   "or --resume")
-            ckpt = load_checkpoint(config.checkpoint)
-        if "model_config" not in ckpt or "decoder" not in ckpt:
-            raise CheckpointError(f"{config.checkpoint}: not a captioning model checkpoint")
+            path = config.checkpoint
+            ckpt = load_checkpoint(path)
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        missing = [k for k in ("model_config", "encoder", "decoder", "word_map") if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{path}: not a captioning model checkpoint (missing {', '.join(missing)})")
         saved = ckpt.get("data") or {}
-        self.prepared = find_prepared(config.data_folder if config.data_folder else saved.get("folder"),
+        self.prepared = find_prepared(config.data_folder or saved.get("folder") or "data_output",
                                       config.name or saved.get("name"))
         self.name = self.prepared.name
         self.paths = a2c_paths(config.output_folder, self.name)
+        if not config.resume and os.path.exists(self.paths["checkpoint"]) and not config.overwrite:
+            raise CheckpointError(f"{self.paths['checkpoint']} exists: continue it with --resume, or start over with "
+                                  "--overwrite (which replaces the A2C checkpoints and the feed's a2c lines)")
         self.word_map = dict(ckpt["word_map"])
         if self.prepared.word_map() != self.word_map:
             raise CheckpointError(f"the checkpoint's vocabulary differs from {self.prepared.name}'s; fine-tune on the "
                                   "data the model was trained on")
         torch.manual_seed(config.seed)
-        self.model_config = ModelConfig(**ckpt["model_config"])
-        self.encoder, self.decoder = build_model(self.model_config)
-        self.encoder.load_state_dict(ckpt["encoder"])
-        self.decoder.load_state_dict(ckpt["decoder"])
+        try:
+            self.model_config = ModelConfig(**ckpt["model_config"])
+            self.encoder, self.decoder = build_model(self.model_config)
+            self.encoder.load_state_dict(ckpt["encoder"])
+            self.decoder.load_state_dict(ckpt["decoder"])
+        except (TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: the weights do not fit the saved architecture "
+                                  f"({str(exc).strip().splitlines()[0][:160]})") from None
         self.encoder.set_fine_tune(not config.freeze_encoder)
         self.critic = Critic(self.model_config.decoder_dim)
         for m in (self.encoder, self.decoder, self.critic):
@@ -214,25 +231,30 @@ class A2CTrainer:
             groups.append({"params": enc_params, "lr": config.encoder_lr})
         self.actor_opt = torch.optim.Adam(groups)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0, "history": []}
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
+        self.state = {"epoch": 0, "step": 0, "epoch_step": 0, "best_score": -math.inf, "best_epoch": 0,
+                      "history": []}
         if config.resume:
             self.critic.load_state_dict(ckpt["critic"])
             self.actor_opt.load_state_dict(ckpt["actor_optimizer"])
             self.critic_opt.load_state_dict(ckpt["critic_optimizer"])
-            self.state.update({k: ckpt[k] for k in self.state})
+            if ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+            self.state.update({k: ckpt[k] for k in self.state if k in ckpt})
         self.feed = MetricsFeed(self.paths["feed"], "a2c")
         # a2c lines share the training run's feed; only this stage's lines of redone work are dropped
         self.feed.truncate_after(self.state["step"] if config.resume else -1, stage="a2c")
         self._build_data()
         self.stop_signal: int | None = None
 
-    def _resume_checkpoint(self) -> dict:
-        # the run's name is only known from the data: find it the way a new run would
-        prepared = find_prepared(self.config.data_folder, self.config.name)
-        path = a2c_paths(self.config.output_folder, prepared.name)["checkpoint"]
+    @staticmethod
+    def _resume_path(config: A2CConfig) -> str:
+        # the run's name comes from the data: find it the way a new run would
+        prepared = find_prepared(config.data_folder or "data_output", config.name)
+        path = a2c_paths(config.output_folder, prepared.name)["checkpoint"]
         if not os.path.exists(path):
             raise CheckpointError(f"--resume: no A2C checkpoint at {path} (start with --checkpoint first)")
-        return load_checkpoint(path)
+        return path
 
     def _build_data(self) -> None:
         words = Detokenizer(self.word_map)
@@ -316,12 +338,16 @@ class A2CTrainer:
                               f"without saving ({self.paths['checkpoint']} is untouched); try a lower --actor-lr")
         self.actor_opt.zero_grad(set_to_none=True)
         self.critic_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        for opt in (self.actor_opt, self.critic_opt):
+            self.scaler.unscale_(opt)
         params = [p for g in self.actor_opt.param_groups for p in g["params"]] + list(self.critic.parameters())
         torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        self.actor_opt.step()
-        self.critic_opt.step()
+        for opt in (self.actor_opt, self.critic_opt):
+            self.scaler.step(opt)
+        self.scaler.update()
         self.state["step"] += 1
+        self.state["epoch_step"] += 1
         n = mask.sum().clamp(min=1)
         return {"reward": float(rewards.mean()), "advantage": float((advantages * mask).sum() / n),
                 "entropy": float(mean_entropy.detach()), "actor_loss": float(actor.detach()),
@@ -347,7 +373,8 @@ class A2CTrainer:
                 "image_size": self.image_size, "max_len": self.max_len, **self.state,
                 "encoder": self.encoder.state_dict(), "decoder": self.decoder.state_dict(),
                 "critic": self.critic.state_dict(), "actor_optimizer": self.actor_opt.state_dict(),
-                "critic_optimizer": self.critic_opt.state_dict(), "saved_at": time.time()}
+                "critic_optimizer": self.critic_opt.state_dict(), "scaler": self.scaler.state_dict(),
+                "saved_at": time.time()}
 
     def fit(self) -> A2CResult:
         start = time.monotonic()
@@ -370,9 +397,10 @@ class A2CTrainer:
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         order = torch.randperm(len(self.train), generator=generator).tolist()
         batches = [order[i:i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
-        task = self.progress.task(f"a2c epoch {epoch + 1}/{self.config.epochs}", len(batches), "batch")
+        done = self.state["epoch_step"]  # batches of this epoch done before an interruption
+        task = self.progress.task(f"a2c epoch {epoch + 1}/{self.config.epochs}", len(batches) - done, "batch")
         totals: Counter = Counter()
-        for indices in batches:
+        for indices in batches[done:]:
             images = torch.stack([self.train[i][0] for i in indices])
             figures = self.step(images, indices, weight)
             totals.update(figures)
@@ -384,13 +412,13 @@ class A2CTrainer:
                                      f"checkpoint saved to {self.paths['checkpoint']}; continue with "
                                      f"`capcli a2c --resume --epochs {self.config.epochs}`")
         task.close()
-        means = {k: v / max(len(batches), 1) for k, v in totals.items()}
+        means = {k: v / max(len(batches) - done, 1) for k, v in totals.items()}
         bleu4, cider = self.validate()
         score = cider if self.config.reward == "cider" else bleu4
         improved = score > self.state["best_score"]
         if improved:
             self.state.update(best_score=score, best_epoch=epoch + 1)
-        self.state["epoch"] = epoch + 1
+        self.state.update(epoch=epoch + 1, epoch_step=0)
         self.state["history"].append({"epoch": epoch + 1, **means, "entropy_weight": weight, "val_bleu4": bleu4,
                                       "val_cider_d": cider})
         lr = self.actor_opt.param_groups[0]["lr"]
@@ -408,5 +436,5 @@ class A2CTrainer:
         signal.signal(signum, signal.SIG_DFL)
 
 
-def run_a2c(config: A2CConfig, progress: Progress = SILENT) -> A2CResult:
-    return A2CTrainer(config, progress).fit()
+def run_a2c(config: A2CConfig, progress: Progress = SILENT, explicit: frozenset = frozenset()) -> A2CResult:
+    return A2CTrainer(config, progress, explicit).fit()

@@ -434,11 +434,12 @@ def demo_command(data_folder: str, output_folder: str, epochs: int, num_images: 
 @cli.command("a2c")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
               help="The trained model to start from, e.g. model_outputs/BEST_shapes_5_5.pth.tar.")
-@click.option("--data-folder", default="data_output", show_default=True, type=click.Path(file_okay=False),
-              help="Folder of prepared data.")
+@click.option("--data-folder", default=None, type=click.Path(file_okay=False),
+              help="Folder of prepared data [default: where the model's training data was].")
 @click.option("--name", default=None, help="Prepared data set name [default: the one the model was trained on].")
 @click.option("--output-folder", default="model_outputs", show_default=True, type=click.Path(file_okay=False),
               help="Where A2C checkpoints are written and the metrics feed is appended.")
+@click.option("--overwrite", is_flag=True, help="Start a new A2C run even though A2C_{name}.pth.tar exists.")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(1), help="Total A2C epochs.")
 @click.option("--batch-size", "--batch_size", default=32, show_default=True, type=click.IntRange(1),
               help="Images per batch (one sampled caption each).")
@@ -473,7 +474,8 @@ def demo_command(data_folder: str, output_folder: str, epochs: int, num_images: 
 @device_option
 @precision_option
 @click.option("--seed", default=42, show_default=True, type=int, help="Random seed (data order, critic, sampling).")
-def a2c_command(no_entropy_annealing: bool, **options) -> None:
+@click.pass_context
+def a2c_command(ctx: click.Context, no_entropy_annealing: bool, **options) -> None:
     """Fine-tune a trained model with Advantage Actor-Critic (or self-critical) reinforcement learning.
 
     \b
@@ -488,7 +490,10 @@ def a2c_command(no_entropy_annealing: bool, **options) -> None:
     if options["checkpoint"] is None and not options["resume"]:
         raise click.UsageError("give --checkpoint FILE (a trained model) or --resume")
     config = A2CConfig(entropy_annealing=not no_entropy_annealing, **options)
-    result = run_a2c(config, TerminalProgress())
+    explicit = frozenset(k for k in options if _option_given(ctx, k))
+    if _option_given(ctx, "no_entropy_annealing"):
+        explicit |= {"entropy_annealing"}
+    result = run_a2c(config, TerminalProgress(), explicit)
     click.echo(f"A2C on {result.name}: {result.epochs_done} epoch(s), best validation "
                f"{'CIDEr-D' if config.reward == 'cider' else 'BLEU-4'} {result.best_score:.4f} at epoch "
                f"{result.best_epoch} ({result.seconds:.0f} s).")
@@ -591,6 +596,15 @@ def dashboard_command(output_folder: str, name: str | None, poll: float) -> None
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise CapcliError("capcli dashboard needs an interactive terminal (use `capcli metrics` in scripts and pipes)")
     from capcli.dashboard.app import Dashboard
+    from capcli.errors import InputError
+    from capcli.runs import find_feed
+
+    if name is None and os.path.isdir(output_folder):
+        try:
+            find_feed(output_folder)  # several runs and no --name: say so instead of waiting
+        except InputError as exc:
+            if "several runs" in str(exc):
+                raise
 
     Dashboard(output_folder, name, poll_seconds=poll).run()
 

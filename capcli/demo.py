@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from capcli import pictures
 from capcli.captioning import CaptionResult, caption_files, load_captioner, original_captions
 from capcli.config import SHAPES_IMAGE_SIZE, SHAPES_TRAIN_DEFAULTS, PrepConfig, TrainConfig
+from capcli.errors import CapcliError
 from capcli.evaluate import EvaluateResult, run_evaluate
 from capcli.prep import PrepResult, run_prep
 from capcli.progress import SILENT, Progress
@@ -59,6 +60,8 @@ def run_demo(data_folder: str = "data_output", output_folder: str = "model_outpu
     chosen = [os.path.join(images_folder, image_id) for image_id in evaluation.image_ids[:3]]
     captions = []
     for result in caption_files(captioner, chosen, beam_size=3):
+        if result.error:
+            raise CapcliError(f"demo: cannot caption a test image: {result.error}")
         stem = os.path.splitext(os.path.basename(result.image))[0]
         refs = originals.get(os.path.basename(result.image), [])
         written = [

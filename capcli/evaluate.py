@@ -2,8 +2,9 @@
 
 One caption per image (not per caption row), scored against all of the image's references with
 BLEU-1..4, CIDEr-D and ROUGE-L. Each batch of images is encoded once and decoded for every beam
-size. Writes ``evaluation_{name}_{split}.json`` (scores per beam size) and, per beam size, a
-COCO-style results file ``results_{name}_{split}_beam{k}.json`` (``image_id``, ``caption``).
+size. Writes ``evaluation_{model}_{split}.json`` (scores per beam size) and, per beam size, a
+COCO-style results file ``results_{model}_{split}_beam{k}.json`` (``image_id``, ``caption``),
+``{model}`` being the checkpoint's file name without ``.pth.tar``.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def run_evaluate(captioner: Captioner, data_folder: str, name: str | None, split
     scores = {k: all_scores(references, hypotheses[k]) for k in beams}
     ids = _image_ids(prepared, split, len(images))
     os.makedirs(output_folder, exist_ok=True)
-    stem = f"{prepared.name}_{split.lower()}"
+    model = os.path.basename(captioner.path).removesuffix(".pth.tar")  # e.g. BEST_shapes_5_5
+    stem = f"{model}_{split.lower()}"  # another model's evaluation never overwrites this one
     results_paths = {}
     for k in beams:
         results_paths[k] = os.path.join(output_folder, f"results_{stem}_beam{k}.json")

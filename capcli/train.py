@@ -23,7 +23,7 @@ from capcli.config import ARCHITECTURE_FIELDS, ModelConfig, TrainConfig
 from capcli.data.datasets import ImageCaptions, Images
 from capcli.data.hdf5 import PreparedData, find_prepared
 from capcli.data.jsonfiles import write_json
-from capcli.data.vocab import END, START, Detokenizer
+from capcli.data.vocab import END, PAD, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
 from capcli.distributed import DistInfo, barrier, init_distributed, shutdown, unwrap
 from capcli.errors import CapcliError, CheckpointError
@@ -300,18 +300,18 @@ class Trainer:
         self.decoder.eval()
         self.encoder.eval()
         loss_sum = top5_sum = batches = 0.0
+        hypotheses = []
+        start, end = self.word_map[START], self.word_map[END]
+        banned = (self.word_map[PAD], self.word_map[START])  # as captioning and evaluation decode
         for x, captions, lengths in self._loader(self.val_rows, None, self.images_per_batch):
             captions, lengths = captions.flatten(0, 1).to(self.device), lengths.flatten().to(self.device)
             with self.precision.autocast():
-                features = self._features(x, False).repeat_interleave(self.cpi, dim=0)
+                image_features = self._features(x, False)  # each image encoded once for loss and BLEU
+                features = image_features.repeat_interleave(self.cpi, dim=0)
                 logits, alphas = self.decoder(features, captions, lengths)
                 loss, top5 = caption_loss(logits, alphas, captions, lengths, self.config.alpha_c)
+                decoded = greedy(self.decoder, image_features, start, end, self.max_len, banned)
             loss_sum, top5_sum, batches = loss_sum + loss.item(), top5_sum + top5.item(), batches + 1
-        hypotheses = []
-        start, end = self.word_map[START], self.word_map[END]
-        for x, _ in self._loader(self.val_images, None, self.config.batch_size):
-            with self.precision.autocast():
-                decoded = greedy(self.decoder, self._features(x, False), start, end, self.max_len)
             hypotheses.extend(self.to_words(d.tokens) for d in decoded)
         bleu4 = corpus_bleu4(self.val_refs[:len(hypotheses)], hypotheses)
         return loss_sum / max(batches, 1), top5_sum / max(batches, 1), bleu4

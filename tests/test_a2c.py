@@ -94,7 +94,9 @@ def test_freeze_encoder_keeps_every_encoder_weight(workdir, run):
     for key, value in before["encoder"].items():
         assert torch.equal(value, after["encoder"][key]), key  # bit-identical, BatchNorm buffers included
     assert any(not torch.equal(v, after["decoder"][k]) for k, v in before["decoder"].items())
-    result = _a2c(run, data, out, "--epochs", 1, "--train-encoder", "--encoder-lr", 1e-3)
+    refused = _a2c(run, data, out, "--epochs", 1)  # a second new run would replace the first
+    assert refused.exit_code == 1 and "--overwrite" in refused.output
+    result = _a2c(run, data, out, "--epochs", 1, "--train-encoder", "--encoder-lr", 1e-3, "--overwrite")
     assert result.exit_code == 0, result.output
     trained = load_checkpoint(str(out / f"A2C_{NAME}.pth.tar"))
     changed = [k for k, v in before["encoder"].items() if not torch.equal(v, trained["encoder"][k])]
@@ -105,7 +107,7 @@ def test_freeze_encoder_keeps_every_encoder_weight(workdir, run):
 
 def test_resume_continues_with_critic_and_optimizers(workdir, run, monkeypatch):
     data, out = workdir
-    assert _a2c(run, data, out, "--epochs", 1).exit_code == 0
+    assert _a2c(run, data, out, "--epochs", 1, "--reward", "bleu4", "--temperature", 0.7).exit_code == 0
     first = load_checkpoint(str(out / f"A2C_{NAME}.pth.tar"))
     assert first["epoch"] == 1 and first["actor_optimizer"]["state"]
     import capcli.a2c
@@ -130,6 +132,9 @@ def test_resume_continues_with_critic_and_optimizers(workdir, run, monkeypatch):
     assert seen["actor_step"] == first["actor_optimizer"]["state"][0]["step"].item()
     second = load_checkpoint(str(out / f"A2C_{NAME}.pth.tar"))
     assert second["epoch"] == 2 and len(second["history"]) == 2
+    # the resumed run kept the options it was started with (and took the new --epochs and --max-len)
+    assert second["a2c_config"]["reward"] == "bleu4" and second["a2c_config"]["temperature"] == 0.7
+    assert second["a2c_config"]["epochs"] == 2
     # the feed: training lines kept, one a2c train/val pair per epoch, readable by the summary
     lines = read_feed(str(out / f"metrics_{NAME}.jsonl"))
     a2c = [x for x in lines if x["stage"] == "a2c" and x["event"] == "epoch"]

@@ -18,13 +18,13 @@ def test_demo_runs_every_stage_and_can_run_again(tmp_path, run, monkeypatch):
         if line.strip().startswith("pictures:"):
             assert all(os.path.exists(p.strip()) for p in line.split(":", 1)[1].split(","))
     assert "capcli caption" in out and "Next, try:" in out
-    assert (tmp_path / "model_outputs" / "evaluation_shapes_5_5_test.json").exists()
-    first = json.load(open(tmp_path / "model_outputs" / "evaluation_shapes_5_5_test.json"))
+    assert (tmp_path / "model_outputs" / "evaluation_BEST_shapes_5_5_test.json").exists()
+    first = json.load(open(tmp_path / "model_outputs" / "evaluation_BEST_shapes_5_5_test.json"))
     # a second run reuses the prepared data and the trained model
     again = run(*args)
     assert again.exit_code == 0, again.output
     assert "up to date" in again.stdout
-    assert json.load(open(tmp_path / "model_outputs" / "evaluation_shapes_5_5_test.json")) == first
+    assert json.load(open(tmp_path / "model_outputs" / "evaluation_BEST_shapes_5_5_test.json")) == first
 
 
 def test_bench_prep_and_caption_subset(tmp_path, run):

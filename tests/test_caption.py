@@ -115,7 +115,7 @@ def test_evaluate_table_files_and_agreement_with_caption(trained, run, tmp_path)
     assert [line.split()[0] for line in lines[header + 2:header + 5]] == ["1", "3", "5"]
     for name in ("BLEU1", "BLEU4", "CIDER-D", "ROUGE-L"):
         assert name in lines[header]
-    report = json.load(open(out / f"evaluation_{NAME}_test.json"))
+    report = json.load(open(out / f"evaluation_BEST_{NAME}_test.json"))
     prepared = find_prepared(str(data))
     test_count = prepared.images_meta("TEST")
     rows, _ = prepared.captions("TEST")
@@ -123,7 +123,7 @@ def test_evaluate_table_files_and_agreement_with_caption(trained, run, tmp_path)
     references = [[words(r) for r in rows[i * 5:(i + 1) * 5]] for i in range(len(rows) // 5)]
     assert report["images"] == len(references) == 4 and test_count[0] == 5
     for k in (1, 3, 5):
-        results = json.load(open(out / f"results_{NAME}_test_beam{k}.json"))
+        results = json.load(open(out / f"results_BEST_{NAME}_test_beam{k}.json"))
         assert len(results) == len(references)  # one caption per image, not per caption row
         assert all(set(r) == {"image_id", "caption"} for r in results)
         # the reported scores are those of the written captions
@@ -133,7 +133,7 @@ def test_evaluate_table_files_and_agreement_with_caption(trained, run, tmp_path)
         row = lines[header + 2 + (1, 3, 5).index(k)].split()
         assert float(row[4]) == pytest.approx(report["scores"][str(k)]["bleu4"], abs=1e-4)
     # `capcli caption` on the test images' files gives the captions evaluate wrote
-    beam3 = json.load(open(out / f"results_{NAME}_test_beam3.json"))
+    beam3 = json.load(open(out / f"results_BEST_{NAME}_test_beam3.json"))
     files = [str(data / "shapes" / "images" / r["image_id"]) for r in beam3]
     result = run("caption", *files, "--json", "--no-pictures", "--output-folder", out, "--beam", 3,
                  "--precision", "fp32")

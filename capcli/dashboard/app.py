@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -190,11 +191,12 @@ class Dashboard(App):
         self.summary = RunSummary()
         self.chart_key = "1"
         self.checkpoints: dict[str, CheckpointInfo] = {}
-        self.checkpoint_choice = 0
+        self.chosen: str | None = None  # the checkpoint path queries use
         self.beam = 3
         self.caption_result = None
         self.word_index = 0
-        self.captioners: dict[tuple[str, float], object] = {}
+        self.captioners: dict[str, tuple[float, object]] = {}  # path → (mtime, model): one per file
+        self.poll_lock = threading.Lock()
 
     # --- layout ------------------------------------------------------------------------------
 
@@ -235,13 +237,21 @@ class Dashboard(App):
 
     @work(thread=True, exclusive=True, group="feed")
     def poll_feed(self) -> None:
-        if self.tail is None:
-            path = self._feed_path()
-            if path is None:
-                return
-            self.tail = FeedTail(path)
-        new = self.tail.poll()
-        reset, exists = self.tail.reset, self.tail.exists
+        if not self.poll_lock.acquire(blocking=False):
+            return  # the previous read is still going
+        try:
+            if self.tail is None:
+                path = self._feed_path()
+                if path is None:
+                    return
+                self.tail = FeedTail(path)
+            new = self.tail.poll()
+            reset, exists = self.tail.reset, self.tail.exists
+        except OSError as exc:
+            self.call_from_thread(self.notify, f"reading the metrics feed: {exc}", severity="error")
+            return
+        finally:
+            self.poll_lock.release()
         if new or reset or not exists:
             self.call_from_thread(self._apply_lines, new, reset, exists)
 
@@ -311,15 +321,13 @@ class Dashboard(App):
 
     @work(thread=True, exclusive=True, group="checkpoints")
     def refresh_checkpoints(self) -> None:
-        from capcli.errors import CapcliError
-
         found = {}
         for path in sorted(glob.glob(os.path.join(self.output_folder, "*.pth.tar"))):
             try:
                 mtime = os.path.getmtime(path)
                 known = self.checkpoints.get(path)
                 found[path] = known if known and known.mtime == mtime else read_checkpoint_info(path, mtime)
-            except (CapcliError, OSError) as exc:
+            except Exception as exc:  # a strange file is reported, never fatal to the app
                 self.call_from_thread(self.notify, f"{os.path.basename(path)}: {exc}", severity="error")
         self.call_from_thread(self._apply_checkpoints, found)
 
@@ -328,11 +336,9 @@ class Dashboard(App):
 
     def _apply_checkpoints(self, found: dict[str, CheckpointInfo]) -> None:
         self.checkpoints = found
-        self.checkpoint_choice = min(self.checkpoint_choice, max(len(found) - 1, 0))
-        if self.checkpoint_choice == 0 and found:  # prefer a BEST model for queries
-            names = list(found)
-            best = [i for i, p in enumerate(names) if os.path.basename(p).startswith("BEST_")]
-            self.checkpoint_choice = best[0] if best else 0
+        if self.chosen not in found:  # nothing chosen yet, or the file went away: prefer a BEST model
+            best = [p for p in found if os.path.basename(p).startswith("BEST_")]
+            self.chosen = (best or list(found) or [None])[0]
         now = time.time()
         rows = [f"{os.path.basename(c.path).removesuffix('.pth.tar')[:19]:<19} e{c.epoch:<3}"
                 f"{'–' if c.bleu4 is None else f'{c.bleu4:.3f}':>5} {_age(now - c.mtime):>4}"
@@ -340,18 +346,15 @@ class Dashboard(App):
         self.query_one("#checkpoints", Static).update("\n".join(rows) or "no checkpoints yet")
         self._show_settings()
 
-    def _chosen_checkpoint(self) -> str | None:
-        paths = list(self.checkpoints)
-        return paths[self.checkpoint_choice] if paths else None
-
     def _show_settings(self) -> None:
-        chosen = self._chosen_checkpoint()
+        chosen = self.chosen
         self.query_one("#settings", Static).update(
             f"model {os.path.basename(chosen) if chosen else '–'}\nbeam {self.beam} (b)  model (c)")
 
     def action_checkpoint(self) -> None:
-        if self.checkpoints:
-            self.checkpoint_choice = (self.checkpoint_choice + 1) % len(self.checkpoints)
+        paths = list(self.checkpoints)
+        if paths:
+            self.chosen = paths[(paths.index(self.chosen) + 1) % len(paths)] if self.chosen in paths else paths[0]
             self._show_settings()
 
     def action_beam(self) -> None:
@@ -364,7 +367,7 @@ class Dashboard(App):
         path = event.value.strip()
         if not path:
             return
-        checkpoint = self._chosen_checkpoint()
+        checkpoint = self.chosen
         if checkpoint is None:
             self.notify("no checkpoint in the run folder yet", severity="error")
             return
@@ -374,15 +377,15 @@ class Dashboard(App):
     @work(thread=True, exclusive=True, group="caption")
     def caption_query(self, image: str, checkpoint: str, beam: int) -> None:
         from capcli.captioning import caption_files, load_captioner
-        from capcli.errors import CapcliError
 
         try:
-            key = (checkpoint, os.path.getmtime(checkpoint))
-            if key not in self.captioners:
-                self.captioners[key] = load_captioner(checkpoint)
-            result = caption_files(self.captioners[key], [image], beam_size=beam)[0]
-        except (CapcliError, OSError) as exc:
-            self.call_from_thread(self._caption_failed, str(exc))
+            mtime = os.path.getmtime(checkpoint)
+            cached = self.captioners.get(checkpoint)
+            if cached is None or cached[0] != mtime:  # a rewritten checkpoint replaces its old model
+                self.captioners[checkpoint] = (mtime, load_captioner(checkpoint))
+            result = caption_files(self.captioners[checkpoint][1], [image], beam_size=beam)[0]
+        except Exception as exc:  # any failure is a notification; the app keeps running
+            self.call_from_thread(self._caption_failed, str(exc) or type(exc).__name__)
             return
         if result.error:
             self.call_from_thread(self._caption_failed, result.error)

@@ -4,8 +4,8 @@
 once on all rows, picks each image's best continuations, sets finished captions aside (the
 image's beam shrinks by as many) and drops the rows of images that are done, so the work per
 step follows the number of live beams. Results are identical to decoding each image alone.
-Greedy decoding is beam search with one beam. ``sample`` draws captions with a temperature
-(reinforcement learning).
+Greedy decoding is beam search with one beam. (Sampling for reinforcement learning, which needs
+gradients, lives in ``capcli.a2c``.)
 """
 
 from __future__ import annotations
@@ -123,33 +123,3 @@ def greedy(decoder, features: torch.Tensor, start: int, end: int, max_len: int,
            banned: tuple[int, ...] = ()) -> list[Decoded]:
     """The most likely word at every step: beam search with one beam."""
     return beam_search(decoder, features, start, end, max_len, beam_size=1, banned=banned)
-
-
-@torch.no_grad()
-def sample(decoder, features: torch.Tensor, start: int, end: int, max_len: int, temperature: float = 1.0,
-           generator: torch.Generator | None = None):
-    """Draw one caption per image from softmax(logits / temperature).
-
-    Returns:
-        ``tokens`` (batch, steps) with ``<end>`` where drawn and ``end`` padding after it, and
-        ``lengths`` (batch,): words up to and including ``<end>`` (``steps`` when never drawn).
-    """
-    batch = features.shape[0]
-    state = decoder.init_state(features)
-    words = torch.full((batch,), start, dtype=torch.long, device=features.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=features.device)
-    tokens = []
-    for _ in range(max_len):
-        logits, _, state = decoder.step(words, state)
-        probs = torch.softmax(logits.float() / temperature, dim=1)
-        words = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        words = torch.where(finished, torch.full_like(words, end), words)
-        tokens.append(words)
-        finished |= words == end
-        if bool(finished.all()):
-            break
-    tokens_t = torch.stack(tokens, dim=1)
-    is_end = tokens_t == end
-    lengths = torch.where(is_end.any(dim=1), is_end.int().argmax(dim=1) + 1,
-                          torch.full((batch,), tokens_t.shape[1], device=features.device))
-    return tokens_t, lengths
