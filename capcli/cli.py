@@ -256,9 +256,18 @@ def _load_model(model: str | None, output_folder: str, device: str, precision: s
     return load_captioner(model or find_best_checkpoint(output_folder), device, precision)
 
 
-def _picture_path(folder: str, base: str, image: str, several: bool) -> str:
-    stem = os.path.splitext(os.path.basename(image))[0]
-    return os.path.join(folder, f"{base}_{stem}.png" if several else f"{base}.png")
+def _picture_names(images: list[str]) -> dict[str, str]:
+    """A distinct name part per image: its file stem, numbered when two images share one."""
+    names, seen = {}, {}
+    for image in images:
+        stem = os.path.splitext(os.path.basename(image))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        names[image] = stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"
+    return names
+
+
+def _picture_path(folder: str, base: str, name: str, several: bool) -> str:
+    return os.path.join(folder, f"{base}_{name}.png" if several else f"{base}.png")
 
 
 @cli.command("caption")
@@ -316,19 +325,20 @@ def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | 
     if (not no_pictures or visualize or captions_json) and any(r.error is None for r in results):
         os.makedirs(output_folder, exist_ok=True)
     written = []
+    names = _picture_names([r.image for r in results])
     for r in results:
         if r.error:
             continue
         if not no_pictures:
             written.append(pictures.caption_picture(r.pixels, r.caption, _picture_path(
-                output_folder, "caption_result", r.image, several), r.score))
+                output_folder, "caption_result", names[r.image], several), r.score))
         if visualize and r.attention is not None:
             written.append(pictures.attention_picture(r.pixels, r.words, r.attention, _picture_path(
-                output_folder, "attention_visualization", r.image, several)))
+                output_folder, "attention_visualization", names[r.image], several)))
         refs = originals.get(os.path.basename(r.image))
         if refs:
             written.append(pictures.comparison_picture(r.pixels, r.caption, refs, _picture_path(
-                output_folder, "caption_comparison", r.image, several)))
+                output_folder, "caption_comparison", names[r.image], several)))
     if as_json:
         click.echo(json.dumps([r.as_json() for r in results], indent=2))
     else:

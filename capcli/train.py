@@ -303,7 +303,9 @@ class Trainer:
         hypotheses = []
         start, end = self.word_map[START], self.word_map[END]
         banned = (self.word_map[PAD], self.word_map[START])  # as captioning and evaluation decode
-        for x, captions, lengths in self._loader(self.val_rows, None, self.images_per_batch):
+        # --batch-size images a batch (not captions): no gradients here, and greedy decoding is
+        # cheaper per image in large batches
+        for x, captions, lengths in self._loader(self.val_rows, None, self.config.batch_size):
             captions, lengths = captions.flatten(0, 1).to(self.device), lengths.flatten().to(self.device)
             with self.precision.autocast():
                 image_features = self._features(x, False)  # each image encoded once for loss and BLEU

@@ -145,3 +145,16 @@ def test_evaluate_bad_input(trained, run, tmp_path):
     assert run("evaluate", "--data-folder", data, "--output-folder", out, "--beam", "0").exit_code == 2
     result = run("evaluate", "--data-folder", tmp_path / "nothing", "--output-folder", out)
     assert result.exit_code == 1 and "no such folder" in result.output
+
+
+def test_images_with_the_same_name_get_their_own_pictures(trained, run, tmp_path):
+    data, out = trained
+    _, images = _images(data)
+    for folder, source in (("a", images[0]), ("b", images[1])):
+        (tmp_path / folder).mkdir()
+        shutil.copy(source, tmp_path / folder / "photo.jpg")
+    pictures = tmp_path / "pics"
+    result = run("caption", tmp_path / "a" / "photo.jpg", tmp_path / "b" / "photo.jpg", "-m",
+                 out / f"BEST_{NAME}.pth.tar", "--output-folder", pictures)
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(pictures)) == ["caption_result_photo.png", "caption_result_photo_2.png"]
