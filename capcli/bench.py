@@ -224,26 +224,26 @@ def _bench_prep(workers: int, quick: bool) -> dict:
             "detail": f"{count} shapes JPEGs 256×256 → HDF5, {workers} worker(s); value: the image stage"}
 
 
+class _StageTask:
+    def __init__(self, timer: _StageTimer, counted: bool) -> None:
+        self.timer, self.counted, self.start = timer, counted, time.perf_counter()
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.counted:
+            self.timer.spans.append(time.perf_counter() - self.start)
+
+
 class _StageTimer:
     """A Progress that records how long the ``prep`` image tasks took."""
 
     def __init__(self) -> None:
         self.spans: list[float] = []
 
-    def task(self, description: str, total, unit: str = "it"):
-        timer = self
-
-        class _Task:
-            start = time.perf_counter()
-
-            def advance(self, n: int = 1) -> None:
-                pass
-
-            def close(self) -> None:
-                if description.startswith("prep "):
-                    timer.spans.append(time.perf_counter() - self.start)
-
-        return _Task()
+    def task(self, description: str, total, unit: str = "it") -> _StageTask:
+        return _StageTask(self, description.startswith("prep "))
 
     def message(self, text: str) -> None:
         pass

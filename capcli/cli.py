@@ -606,15 +606,10 @@ def dashboard_command(output_folder: str, name: str | None, poll: float) -> None
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise CapcliError("capcli dashboard needs an interactive terminal (use `capcli metrics` in scripts and pipes)")
     from capcli.dashboard.app import Dashboard
-    from capcli.errors import InputError
-    from capcli.runs import find_feed
+    from capcli.runs import find_feed, run_feeds
 
-    if name is None and os.path.isdir(output_folder):
-        try:
-            find_feed(output_folder)  # several runs and no --name: say so instead of waiting
-        except InputError as exc:
-            if "several runs" in str(exc):
-                raise
+    if name is None and len(run_feeds(output_folder)) > 1:
+        find_feed(output_folder)  # several runs and no --name: its error lists them (no runs yet: wait)
 
     Dashboard(output_folder, name, poll_seconds=poll).run()
 

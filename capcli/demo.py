@@ -9,11 +9,11 @@ resumes from the run's checkpoint (nothing to do once the demo's epochs are done
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from capcli import pictures
 from capcli.captioning import CaptionResult, caption_files, load_captioner, original_captions
-from capcli.config import SHAPES_IMAGE_SIZE, SHAPES_TRAIN_DEFAULTS, PrepConfig, TrainConfig
+from capcli.config import SHAPES_IMAGE_SIZE, SHAPES_TRAIN_DEFAULTS, ModelConfig, PrepConfig, TrainConfig
 from capcli.errors import CapcliError
 from capcli.evaluate import EvaluateResult, run_evaluate
 from capcli.prep import PrepResult, run_prep
@@ -21,7 +21,7 @@ from capcli.progress import SILENT, Progress
 from capcli.train import TrainResult, output_paths, run_train
 
 DEMO_EPOCHS = 3
-ARCHITECTURE = ("encoder", "embed_dim", "attention_dim", "decoder_dim")
+ARCHITECTURE = {f.name for f in fields(ModelConfig)}  # the shapes defaults that build the model
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def run_demo(data_folder: str = "data_output", output_folder: str = "model_outpu
     config = replace(TrainConfig(data_folder=data_folder, output_folder=output_folder, name=prep.name),
                      **{**train_defaults, "epochs": epochs})
     config = replace(config, resume=os.path.exists(output_paths(output_folder, prep.name)["checkpoint"]))
-    model = {k: SHAPES_TRAIN_DEFAULTS[k] for k in ARCHITECTURE}
+    model = {k: v for k, v in SHAPES_TRAIN_DEFAULTS.items() if k in ARCHITECTURE}
     progress.message(f"Training {epochs} epochs on {prep.name} (resnet18 trained with the decoder)…")
     train = run_train(config, model, progress=progress)
     captioner = load_captioner(train.best_checkpoint)

@@ -11,7 +11,7 @@ from capcli.runs import RunSummary
 CHARTS = (  # title, y label, [(series, label)]
     ("Loss", "loss", [("train_loss", "train"), ("val_loss", "val")]),
     ("Top-5 accuracy", "top-5 %", [("train_top5", "train"), ("val_top5", "val")]),
-    ("Validation BLEU-4", "BLEU-4", [("bleu4", "val BLEU-4")]),
+    ("Validation BLEU-4", "BLEU-4", [("bleu4", "val BLEU-4"), ("a2c_val_bleu4", "a2c val BLEU-4")]),
     ("A2C reward", "reward", [("a2c_reward", "mean reward"), ("a2c_entropy", "entropy")]),
 )
 

@@ -17,21 +17,26 @@ from capcli.feed import read_feed
 A2C_FIELDS = ("reward", "advantage", "entropy", "actor_loss", "critic_loss", "entropy_weight", "bleu4", "cider_d")
 
 
+def run_feeds(output_folder: str) -> dict[str, str]:
+    """Run name → path of its ``metrics_{name}.jsonl`` in ``output_folder``, by name."""
+    feeds = sorted(glob.glob(os.path.join(output_folder, "metrics_*.jsonl")))
+    return {os.path.basename(p)[len("metrics_"):-len(".jsonl")]: p for p in feeds}
+
+
 def find_feed(output_folder: str, name: str | None = None) -> str:
     """The path of ``metrics_{name}.jsonl`` in ``output_folder`` (the only one when no name)."""
     if not os.path.isdir(output_folder):
         raise InputError(f"{output_folder}: no such run folder (train first, or pass --output-folder)")
-    feeds = sorted(glob.glob(os.path.join(output_folder, "metrics_*.jsonl")))
-    names = [os.path.basename(p)[len("metrics_"):-len(".jsonl")] for p in feeds]
+    feeds = run_feeds(output_folder)
     if name is not None:
-        if name in names:
-            return feeds[names.index(name)]
-        raise InputError(f"no run named {name!r} in {output_folder} (runs there: {', '.join(names) or 'none'})")
+        if name in feeds:
+            return feeds[name]
+        raise InputError(f"no run named {name!r} in {output_folder} (runs there: {', '.join(feeds) or 'none'})")
     if len(feeds) == 1:
-        return feeds[0]
+        return next(iter(feeds.values()))
     if not feeds:
         raise InputError(f"no metrics_*.jsonl in {output_folder} (no run has written there yet)")
-    raise InputError(f"several runs in {output_folder}: {', '.join(names)} (choose one with --name)")
+    raise InputError(f"several runs in {output_folder}: {', '.join(feeds)} (choose one with --name)")
 
 
 def _finite(value) -> bool:

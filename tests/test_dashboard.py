@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from capcli.dashboard.app import HELP, Dashboard, downsample
+from capcli.dashboard.app import HELP, Dashboard, HelpScreen, downsample
 from capcli.runs import FeedTail
 
 NAME = "shapes_5_1"
@@ -171,9 +171,9 @@ def test_layout_at_80x24_and_every_help_key(run_copy):
                 await pilot.press(key)
                 assert app.chart_key == key and expected in app.query_one("#chart").border_title
             await pilot.press("question_mark")
-            assert isinstance(app.screen, type(app.screen)) and "HelpScreen" in type(app.screen).__name__
+            assert isinstance(app.screen, HelpScreen)
             await pilot.press("escape")
-            assert "HelpScreen" not in type(app.screen).__name__
+            assert not isinstance(app.screen, HelpScreen)
             beam = app.beam
             await pilot.press("b")
             assert app.beam != beam

@@ -24,15 +24,11 @@ from textual.suggester import Suggester
 from textual.widgets import Footer, Header, Input, Static
 from textual_plotext import PlotextPlot
 
-from capcli.runs import FeedTail, RunSummary, summarize
+from capcli.metrics import CHARTS as METRIC_CHARTS
+from capcli.runs import FeedTail, RunSummary, run_feeds, summarize
 
 BEAMS = (1, 3, 5, 10)
-CHARTS = {  # key: (title, [(series, label)])
-    "1": ("Loss", [("train_loss", "train"), ("val_loss", "val")]),
-    "2": ("Top-5 %", [("train_top5", "train"), ("val_top5", "val")]),
-    "3": ("BLEU-4", [("bleu4", "val BLEU-4"), ("a2c_val_bleu4", "a2c val")]),
-    "4": ("A2C", [("a2c_reward", "reward"), ("a2c_entropy", "entropy")]),
-}
+CHARTS = {str(i + 1): (title, series) for i, (title, _, series) in enumerate(METRIC_CHARTS)}  # key 1-4
 MAX_POINTS = 400
 
 HELP = """\
@@ -188,6 +184,7 @@ class Dashboard(App):
         self.poll_seconds, self.stale_seconds, self.checkpoint_seconds = poll_seconds, stale_seconds, checkpoint_seconds
         self.tail: FeedTail | None = None
         self.lines: list[dict] = []
+        self.feed_exists = False
         self.summary = RunSummary()
         self.chart_key = "1"
         self.checkpoints: dict[str, CheckpointInfo] = {}
@@ -232,8 +229,8 @@ class Dashboard(App):
     def _feed_path(self) -> str | None:
         if self.run_name:
             return os.path.join(self.output_folder, f"metrics_{self.run_name}.jsonl")
-        found = sorted(glob.glob(os.path.join(self.output_folder, "metrics_*.jsonl")))
-        return found[0] if len(found) == 1 else None
+        feeds = run_feeds(self.output_folder)  # waits while there is none (or several: the CLI says so)
+        return next(iter(feeds.values())) if len(feeds) == 1 else None
 
     @work(thread=True, exclusive=True, group="feed")
     def poll_feed(self) -> None:
@@ -274,7 +271,7 @@ class Dashboard(App):
         panel = self.query_one("#run", Static)
         s = self.summary
         path = self.tail.path if self.tail else None
-        if path is None or not getattr(self, "feed_exists", False) or not self.lines:
+        if path is None or not self.feed_exists or not self.lines:
             where = path or os.path.join(self.output_folder, "metrics_*.jsonl")
             panel.update(f"waiting for {where}…")
             return
