@@ -172,6 +172,9 @@ def _bench_beam(device: torch.device, precision: str, quick: bool, batched: bool
     prec = resolve_precision(precision, device)
     count = 32 if quick else 64
     images = torch.randint(0, 256, (count, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    with torch.no_grad():  # unit-scale features, as `capcli train` gives a random encoder (its features
+        # would otherwise reach the hundreds, where CPU sigmoid takes a 3× slower path)
+        encoder.calibrate_batchnorm([images[:32].to(device).float().div_(255.0)])
     features = torch.cat([encode_images(encoder, images[i:i + 16], device, prec) for i in range(0, count, 16)])
 
     def decode(chunk: torch.Tensor) -> list[list[int]]:

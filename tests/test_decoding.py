@@ -42,11 +42,12 @@ def _model(kind: str, seed: int, no_end: bool = False, steps: int = 25):
 def _reference(decoder, features, k, max_len):
     """The textbook algorithm for one image, written independently of the batched code."""
     state = decoder.init_state(features)  # batch of 1
-    beams = [([], 0.0, tuple(t[0] for t in state))]  # (tokens, score, per-row state)
+    beams = [([], 0.0, tuple(None if t is None else t[0] for t in state))]  # (tokens, score, per-row state)
     finished, room = [], k
     for step in range(max_len):
         words = torch.tensor([b[0][-1] if b[0] else START for b in beams])
-        batched = tuple(torch.stack([b[2][i] for b in beams]) for i in range(len(state)))
+        batched = tuple(None if state[i] is None else torch.stack([b[2][i] for b in beams])
+                        for i in range(len(state)))
         logits, _, new_state = decoder.step(words, batched)
         logp = torch.log_softmax(logits.float(), dim=1)
         logp[:, list(BANNED)] = float("-inf")
@@ -59,7 +60,7 @@ def _reference(decoder, features, k, max_len):
             if w == END:
                 finished.append((tokens[:-1], score, True))
             else:
-                beams_next.append((tokens, score, tuple(t[r] for t in new_state)))
+                beams_next.append((tokens, score, tuple(None if t is None else t[r] for t in new_state)))
         room -= sum(1 for _, _, w in candidates[:room] if w == END)
         if room == 0:
             break

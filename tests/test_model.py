@@ -7,6 +7,7 @@ import torch
 
 from capcli.config import ModelConfig
 from capcli.model.captioner import build_model
+from capcli.model.decoder import Attention
 from capcli.model.loss import caption_loss
 
 
@@ -44,6 +45,36 @@ def test_output_shapes(encoder_name, channels, decoder_name, one_hot):
     assert out.shape == (2, vocab) and state[0].shape == (2, 12)
     assert decoder.embed_dim == (vocab if one_hot else 16)
     assert (decoder.embedding is None) == one_hot
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("precision", [None, torch.bfloat16])
+def test_attention_without_gradients_is_the_textbook_function(shared, precision):
+    """Decoding's path (rows in chunks, sigmoid form, pixels shared by the rows of an image) gives
+    the scores and contexts of the written-out formula, chunk boundaries included."""
+    torch.manual_seed(0)
+    attention = Attention(encoder_dim=8, decoder_dim=6, attention_dim=10)
+    attention.ROWS_PER_CHUNK = 3  # 7 rows: chunks of 3, 3 and 1
+    image_of = torch.tensor([0, 0, 1, 1, 1, 3, 3]) if shared else None
+    pixels = torch.randn(4 if shared else 7, 5, 8)
+    h = torch.randn(7, 6)
+    rows = image_of.tolist() if shared else range(7)
+    with torch.no_grad():
+        expected_alpha = torch.stack([torch.softmax(attention.full_att(torch.tanh(
+            attention.encoder_att(pixels[i]) + attention.decoder_att(h[r]))).squeeze(1), 0)
+            for r, i in enumerate(rows)])
+        expected_context = torch.stack([expected_alpha[r] @ pixels[i] for r, i in enumerate(rows)])
+        with torch.autocast("cpu", dtype=precision or torch.float32, enabled=precision is not None):
+            pix = pixels if precision is None else pixels.to(precision)
+            context, alpha = attention(pix, attention.encoder_att(pix), h, image_of)
+        with torch.enable_grad():  # training's path, same inputs
+            train_context, train_alpha = attention(pixels, attention.encoder_att(pixels), h, image_of)
+    tolerance = {} if precision is None else {"atol": 0.05, "rtol": 0.05}
+    torch.testing.assert_close(alpha.float(), expected_alpha, **tolerance)
+    torch.testing.assert_close(context.float(), expected_context, **tolerance)
+    torch.testing.assert_close(train_alpha, expected_alpha)
+    torch.testing.assert_close(train_context, expected_context)
+    assert alpha.shape == (7, 5) and context.shape == (7, 8)
 
 
 def test_fine_tune_unfreezes_stages_2_to_4_only():

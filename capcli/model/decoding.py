@@ -29,8 +29,9 @@ class Decoded:
 
 
 def _reorder(state: tuple, index: torch.Tensor, keep: tuple[int, ...] = ()) -> tuple:
-    """Rows of every state tensor picked by ``index``; those numbered in ``keep`` stay as they are."""
-    return tuple(t if i in keep else t.index_select(0, index) for i, t in enumerate(state))
+    """Rows of every state tensor picked by ``index``. Entries numbered in ``keep`` (one per image)
+    stay as they are; a None entry (the identity row → image map) becomes ``index`` itself."""
+    return tuple(t if i in keep else index if t is None else t.index_select(0, index) for i, t in enumerate(state))
 
 
 def _penalised(score: float, length: int, length_penalty: float) -> float:
@@ -102,10 +103,8 @@ def beam_search(decoder, features: torch.Tensor, start: int, end: int, max_len: 
         if not bool(live.any()):
             break
         rows = live.nonzero(as_tuple=True)[0]
-        # State that is the same for every row of an image (the attention decoder's pixels) needs
-        # no copying while each image keeps its number of rows: the common case between steps.
-        same_layout = image[rows].shape == image_of.shape and bool(torch.equal(image[rows], image_of))
-        state = _reorder(state, row[rows], getattr(decoder, "per_image_state", ()) if same_layout else ())
+        # state kept once per image (the attention decoder's pixels) is never copied
+        state = _reorder(state, row[rows], getattr(decoder, "per_image_state", ()))
         image_of, scores, words = image[rows], score[rows], word[rows]
         seqs = seqs.index_select(0, rows)
         if alphas is not None:
