@@ -8,6 +8,7 @@ at the end (the manifest last), so an interrupted prep never leaves a file that 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -183,32 +184,42 @@ def _decode_batch(paths: list[str], out: np.ndarray) -> list[str | None]:
     return reasons
 
 
-def _write_split(split: str, images: list[SourceImage], path: str, config: PrepConfig,
-                 workers: int, progress: Progress) -> tuple[list[dict], list[list[list[str]]], list[dict]]:
-    """Stream one split's images into ``path``; return kept entries, their captions and skips."""
-    kept, kept_captions, skipped, candidates = [], [], [], []
-    for image in images:
-        chosen = _choose_captions(image, config)
-        if chosen is None:
-            skipped.append({"split": split, "source": image.ref,
-                            "reason": f"no caption of 1..{config.max_len} words"})
-        else:
-            candidates.append((image, chosen))
-    batches = [candidates[i:i + _BATCH] for i in range(0, len(candidates), _BATCH)]
-    jobs = ([image.path for image, _ in batch] for batch in batches)
-    task = progress.task(f"prep {split}", len(candidates), "img")
-    with ImageWriter(path, config.image_size, config.captions_per_image) as writer:
-        slab = (_BATCH, 3, config.image_size, config.image_size)
-        for batch, (reasons, decoded) in zip(batches, ordered_map_into(_decode_batch, jobs, workers, slab)):
-            writer.append(decoded[:reasons.count(None)])
-            for (image, chosen), reason in zip(batch, reasons):
-                if reason is None:
-                    kept.append({"source": image.ref, "path": image.path})
-                    kept_captions.append(chosen)
-                else:
-                    skipped.append({"split": split, "source": image.ref, "reason": reason})
-            task.advance(len(batch))
-    task.close()
+def _write_images(by_split: dict[str, list[SourceImage]], staging: str, config: PrepConfig, workers: int,
+                  progress: Progress) -> tuple[dict[str, list[dict]], dict[str, list[list[list[str]]]], list[dict]]:
+    """Stream every split's images into its HDF5 file; return kept entries and their captions per
+    split, and the skipped images. One pool of workers serves all splits in turn (a pool per split
+    spent a tenth of a second starting and draining for each small split)."""
+    files = output_files(config.name)
+    kept, kept_captions, skipped = {s: [] for s in SPLITS}, {s: [] for s in SPLITS}, []
+    batches: dict[str, list[list[tuple[SourceImage, list[list[str]]]]]] = {}
+    for split in SPLITS:
+        candidates = []
+        for image in by_split[split]:
+            chosen = _choose_captions(image, config)
+            if chosen is None:
+                skipped.append({"split": split, "source": image.ref,
+                                "reason": f"no caption of 1..{config.max_len} words"})
+            else:
+                candidates.append((image, chosen))
+        batches[split] = [candidates[i:i + _BATCH] for i in range(0, len(candidates), _BATCH)]
+    jobs = ([image.path for image, _ in batch] for split in SPLITS for batch in batches[split])
+    slab = (_BATCH, 3, config.image_size, config.image_size)
+    with contextlib.closing(ordered_map_into(_decode_batch, jobs, workers, slab)) as decoded_batches:
+        for split in SPLITS:
+            task = progress.task(f"prep {split}", sum(map(len, batches[split])), "img")
+            with ImageWriter(os.path.join(staging, files[f"{split}_IMAGES"]), config.image_size,
+                             config.captions_per_image) as writer:
+                for batch in batches[split]:
+                    reasons, decoded = next(decoded_batches)
+                    writer.append(decoded[:reasons.count(None)])
+                    for (image, chosen), reason in zip(batch, reasons):
+                        if reason is None:
+                            kept[split].append({"source": image.ref, "path": image.path})
+                            kept_captions[split].append(chosen)
+                        else:
+                            skipped.append({"split": split, "source": image.ref, "reason": reason})
+                    task.advance(len(batch))
+            task.close()
     return kept, kept_captions, skipped
 
 
@@ -285,12 +296,7 @@ def _prepare(config: PrepConfig, images: list[SourceImage], staging: str, worker
     by_split: dict[str, list[SourceImage]] = {s: [] for s in SPLITS}
     for image in images:
         by_split[image.split].append(image)
-    kept, captions, skipped = {}, {}, []
-    for split in SPLITS:
-        path = os.path.join(staging, files[f"{split}_IMAGES"])
-        kept[split], captions[split], split_skipped = _write_split(
-            split, by_split[split], path, config, workers, progress)
-        skipped.extend(split_skipped)
+    kept, captions, skipped = _write_images(by_split, staging, config, workers, progress)
     if not kept["TRAIN"]:
         raise CapcliError(f"no usable training image ({len(skipped)} skipped; first reason: "
                           f"{skipped[0]['reason'] if skipped else 'the source has no training images'})")
