@@ -7,7 +7,7 @@ import torch
 
 from capcli.config import ModelConfig
 from capcli.model.captioner import build_model
-from capcli.model.decoder import Attention
+from capcli.model.decoder import Attention, _image_runs
 from capcli.model.loss import caption_loss
 
 
@@ -47,15 +47,16 @@ def test_output_shapes(encoder_name, channels, decoder_name, one_hot):
     assert (decoder.embedding is None) == one_hot
 
 
-@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("image_of", [None, [0, 0, 1, 1, 1, 3, 3], [1, 1, 2, 2, 3, 3, 0]])
 @pytest.mark.parametrize("precision", [None, torch.bfloat16])
-def test_attention_without_gradients_is_the_textbook_function(shared, precision):
-    """Decoding's path (rows in chunks, sigmoid form, pixels shared by the rows of an image) gives
-    the scores and contexts of the written-out formula, chunk boundaries included."""
+def test_attention_without_gradients_is_the_textbook_function(image_of, precision):
+    """Decoding's path (whole images' rows in chunks of at most 4, sigmoid form, pixels shared by
+    the rows of an image) gives the scores and contexts of the written-out formula."""
     torch.manual_seed(0)
     attention = Attention(encoder_dim=8, decoder_dim=6, attention_dim=10)
-    attention.ROWS_PER_CHUNK = 3  # 7 rows: chunks of 3, 3 and 1
-    image_of = torch.tensor([0, 0, 1, 1, 1, 3, 3]) if shared else None
+    attention.ROWS_PER_CHUNK = 4  # e.g. rows of images 1, 2 | 3 | 0 for the last mapping
+    shared = image_of is not None
+    image_of = torch.tensor(image_of) if shared else None
     pixels = torch.randn(4 if shared else 7, 5, 8)
     h = torch.randn(7, 6)
     rows = image_of.tolist() if shared else range(7)
@@ -75,6 +76,15 @@ def test_attention_without_gradients_is_the_textbook_function(shared, precision)
     torch.testing.assert_close(train_alpha, expected_alpha)
     torch.testing.assert_close(train_context, expected_context)
     assert alpha.shape == (7, 5) and context.shape == (7, 8)
+
+
+def test_image_runs_keep_images_whole_and_row_counts_equal():
+    runs = [(first, images.tolist(), per_image)
+            for first, images, per_image in _image_runs(torch.tensor([1, 1, 2, 2, 3, 3, 0]), 7, 4)]
+    assert runs == [(0, [1, 2], 2), (4, [3], 2), (6, [0], 1)]
+    runs = [(first, images.tolist(), per_image) for first, images, per_image in _image_runs(None, 5, 2)]
+    assert runs == [(0, [0, 1], 1), (2, [2, 3], 1), (4, [4], 1)]
+    assert [len(i) * k for _, i, k in _image_runs(torch.zeros(7, dtype=torch.long), 7, 4)] == [7]  # never split
 
 
 def test_fine_tune_unfreezes_stages_2_to_4_only():
