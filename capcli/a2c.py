@@ -325,7 +325,7 @@ class A2CTrainer:
             self.decoder.eval()
             with torch.no_grad(), self.precision.autocast():
                 base = greedy(self.decoder, features.detach(), self.word_map[START], self.word_map[END],
-                              self.max_len, (self.word_map[PAD], self.word_map[START]))
+                              self.max_len, (self.word_map[PAD], self.word_map[START]), attention=False)
             greedy_rewards = clip_rewards(torch.tensor(self.rewarder(references, [self.words(d.tokens) for d in base]),
                                                        device=self.device), self.config.reward_clip)
             advantages = (rewards - greedy_rewards).unsqueeze(1).expand(-1, steps) * mask
@@ -362,7 +362,7 @@ class A2CTrainer:
         for x, _ in DataLoader(self.val, batch_size=32):
             with self.precision.autocast():
                 decoded = greedy(self.decoder, self._features(x), self.word_map[START], self.word_map[END],
-                                 self.max_len, (self.word_map[PAD], self.word_map[START]))
+                                 self.max_len, (self.word_map[PAD], self.word_map[START]), attention=False)
             hyps.extend(self.words(d.tokens) for d in decoded)
         return corpus_bleu(self.val_refs, hyps, 4), cider_d(self.val_refs, hyps)[0]
 

@@ -56,10 +56,10 @@ class Captioner:
 
     @torch.no_grad()
     def decode_features(self, features: torch.Tensor, beam_size: int, length_penalty: float = 0.0,
-                        max_len: int | None = None) -> list[Decoded]:
+                        max_len: int | None = None, attention: bool = True) -> list[Decoded]:
         with self.precision.autocast():
             return beam_search(self.decoder, features.to(self.device), self.word_map[START], self.word_map[END],
-                               max_len or self.max_len, beam_size, length_penalty, self.banned)
+                               max_len or self.max_len, beam_size, length_penalty, self.banned, attention)
 
 
 def load_captioner(path: str, device: str = "auto", precision: str = "auto") -> Captioner:

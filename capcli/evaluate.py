@@ -76,7 +76,7 @@ def run_evaluate(captioner: Captioner, data_folder: str, name: str | None, split
         with torch.no_grad():
             features = captioner.encode(x)
             for k in beams:
-                decoded = captioner.decode_features(features, k, length_penalty)
+                decoded = captioner.decode_features(features, k, length_penalty, attention=False)
                 hypotheses[k].extend(model_words(d.tokens) for d in decoded)
         task.advance(len(x))
     task.close()

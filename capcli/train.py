@@ -312,7 +312,7 @@ class Trainer:
                 features = image_features.repeat_interleave(self.cpi, dim=0)
                 logits, alphas = self.decoder(features, captions, lengths)
                 loss, top5 = caption_loss(logits, alphas, captions, lengths, self.config.alpha_c)
-                decoded = greedy(self.decoder, image_features, start, end, self.max_len, banned)
+                decoded = greedy(self.decoder, image_features, start, end, self.max_len, banned, attention=False)
             loss_sum, top5_sum, batches = loss_sum + loss.item(), top5_sum + top5.item(), batches + 1
             hypotheses.extend(self.to_words(d.tokens) for d in decoded)
         bleu4 = corpus_bleu4(self.val_refs[:len(hypotheses)], hypotheses)

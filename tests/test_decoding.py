@@ -81,6 +81,8 @@ def test_batched_beam_search_equals_one_image_at_a_time(kind, seed):
     for k in (1, 3, 5, 10):
         batched = beam_search(decoder, features, START, END, max_len, beam_size=k, banned=BANNED)
         assert len(batched) == 6
+        unmapped = beam_search(decoder, features, START, END, max_len, beam_size=k, banned=BANNED, attention=False)
+        assert [(d.tokens, d.score, d.attention) for d in unmapped] == [(d.tokens, d.score, None) for d in batched]
         if not no_end:  # the cases cover finished captions of different lengths and different images
             assert len({len(d.tokens) for d in batched if d.finished}) > 1
             assert len({tuple(d.tokens) for d in batched}) > 1

@@ -40,14 +40,15 @@ def _penalised(score: float, length: int, length_penalty: float) -> float:
 
 @torch.no_grad()
 def beam_search(decoder, features: torch.Tensor, start: int, end: int, max_len: int, beam_size: int = 3,
-                length_penalty: float = 0.0, banned: tuple[int, ...] = ()) -> list[Decoded]:
+                length_penalty: float = 0.0, banned: tuple[int, ...] = (), attention: bool = True) -> list[Decoded]:
     """Beam search over a batch of images (features (batch, 14, 14, C)); one result per image.
 
     Classic semantics: each image keeps its ``k`` best partial captions; a candidate ending with
     ``<end>`` is set aside and the image's beam shrinks by one; an image stops with ``k`` finished
     captions or after ``max_len`` words. The finished caption with the best summed log-probability
     (divided by length ** ``length_penalty`` when that is not 0) wins; with none finished, the best
-    unfinished one. Word ids in ``banned`` (``<pad>``, ``<start>``) are never generated.
+    unfinished one. Word ids in ``banned`` (``<pad>``, ``<start>``) are never generated. With
+    ``attention`` False the attention maps are not kept (``Decoded.attention`` is None).
     """
     if beam_size < 1:
         raise ValueError("beam_size must be at least 1")
@@ -68,7 +69,7 @@ def beam_search(decoder, features: torch.Tensor, start: int, end: int, max_len: 
         if banned:
             logp[:, list(banned)] = float("-inf")
         vocab = logp.shape[1]
-        if alpha is not None:
+        if alpha is not None and attention:
             alpha = alpha.float().unsqueeze(1)
             alphas = alpha if alphas is None else torch.cat([alphas, alpha], dim=1)
         # lay each image's rows side by side: (images, beam_size * vocab), -inf where no row
@@ -119,6 +120,6 @@ def beam_search(decoder, features: torch.Tensor, start: int, end: int, max_len: 
 
 
 def greedy(decoder, features: torch.Tensor, start: int, end: int, max_len: int,
-           banned: tuple[int, ...] = ()) -> list[Decoded]:
+           banned: tuple[int, ...] = (), attention: bool = True) -> list[Decoded]:
     """The most likely word at every step: beam search with one beam."""
-    return beam_search(decoder, features, start, end, max_len, beam_size=1, banned=banned)
+    return beam_search(decoder, features, start, end, max_len, beam_size=1, banned=banned, attention=attention)
