@@ -381,6 +381,7 @@ class A2CTrainer:
         in_main = threading.current_thread() is threading.main_thread()
         signals = (signal.SIGINT, signal.SIGTERM) if in_main else ()
         previous = {s: signal.signal(s, self._on_signal) for s in signals}
+        self.feed.write("start", epoch=self.state["epoch"], step=self.state["step"], epochs=self.config.epochs)
         try:
             for epoch in range(self.state["epoch"], self.config.epochs):
                 self._epoch(epoch)

@@ -25,7 +25,8 @@ def summary_text(name: str, path: str, s: RunSummary) -> str:
     state = f"ended ({s.ended})" if s.ended else "running or stopped"
     rows = [
         ("run", f"{name}  ({path}, {s.lines} lines, {state})"),
-        ("epochs done", f"{s.epochs_done}  (last step {s.last_step})"),
+        ("epochs done", f"{s.epochs_done}" + (f" of {s.total_epochs['train']}" if "train" in s.total_epochs else "")
+         + f"  (last step {s.last_step})"),
         ("best val BLEU-4", f"{_fmt(s.best_bleu4)} at epoch {s.best_epoch}" if s.best_bleu4 is not None else "–"),
         ("last train loss / top-5", f"{_fmt(s.last.get('train_loss'))} / {_fmt(s.last.get('train_top5'), '.2f')} %"),
         ("last val loss / top-5", f"{_fmt(s.last.get('val_loss'))} / {_fmt(s.last.get('val_top5'), '.2f')} %"),

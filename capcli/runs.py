@@ -60,6 +60,7 @@ class RunSummary:
     last_time: float | None = None
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # name → (epoch or step, value)
     a2c: dict | None = None  # last a2c epoch's figures and best validation scores
+    total_epochs: dict[str, int] = field(default_factory=dict)  # stage → --epochs of its latest start
 
     def add(self, name: str, x, y) -> None:
         if _finite(x) and _finite(y):
@@ -82,6 +83,10 @@ def summarize(lines: list[dict]) -> RunSummary:
             s.ended = line.get("reason") or "ended"
             continue
         s.ended = None  # a line after an end: the run was resumed
+        if event == "start":
+            if _finite(line.get("epochs")) and stage:
+                s.total_epochs[stage] = int(line["epochs"])
+            continue
         if stage == "a2c":
             if event == "epoch" and split == "train":
                 s.a2c = {**(s.a2c or {}), **{k: line.get(k) for k in A2C_FIELDS if k in line}, "epoch": epoch}

@@ -378,6 +378,8 @@ class Trainer:
         in_main_thread = threading.current_thread() is threading.main_thread()
         signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
         previous = {s: signal.signal(s, self._on_signal) for s in signals}
+        if self.feed:  # the total lets followers of the feed show progress and an ETA
+            self.feed.write("start", epoch=self.state["epoch"], step=self.state["step"], epochs=self.config.epochs)
         try:
             for epoch in range(self.state["epoch"], self.config.epochs):
                 train = self._train_epoch(epoch)

@@ -144,6 +144,7 @@ def test_resume_continues_with_critic_and_optimizers(workdir, run, monkeypatch):
     assert any(x["stage"] == "train" and x["event"] == "epoch" for x in lines)
     summary = summarize(lines)
     assert summary.a2c["epoch"] == 2 and len(summary.series["a2c_reward"]) == 2
+    assert summary.total_epochs["a2c"] == 2  # the resumed run's --epochs, from its start line
     metrics = run("metrics", "--output-folder", out)
     assert metrics.exit_code == 0 and "A2C reward" in metrics.stdout and "A2C epoch" in metrics.stdout
     # an A2C checkpoint captions like any other

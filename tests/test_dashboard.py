@@ -74,9 +74,11 @@ def test_live_feed_truncation_and_waiting(tmp_path):
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.pause(0.2)
             assert "waiting" in _text(app, "#run")  # no file yet
-            _append(feed, _line(1, "train"), _line(1, bleu=0.21))
-            assert await _until(pilot, lambda: "epoch 1" in _text(app, "#run"))
+            start = {**_line(0, None, "start", step=0), "time": time.time() - 100, "epochs": 5}
+            _append(feed, start, _line(1, "train"), _line(1, bleu=0.21))
+            assert await _until(pilot, lambda: "epoch 1/5" in _text(app, "#run"))  # total from the start line
             assert "0.2100" in _text(app, "#run")
+            assert "ETA 7m" in _text(app, "#run")  # 4 epochs left × 100 s, with no checkpoint yet
             started = time.monotonic()
             _append(feed, _line(2, "train"), _line(2, bleu=0.35), partial=json.dumps(_line(3, bleu=0.9))[:30])
             assert await _until(pilot, lambda: "epoch 2" in _text(app, "#run"))

@@ -58,7 +58,9 @@ def test_summary_matches_an_independent_computation(run_folder, run):
     expected_changes = [(b["epoch"], b["lr"]) for a, b in zip(val, val[1:]) if b["lr"] != a["lr"]]
     assert s.lr_changes == expected_changes
     assert s.ended == "completed"
+    assert lines[0]["event"] == "start" and lines[0]["epochs"] == 3 and s.total_epochs == {"train": 3}
     out = result.stdout
+    assert "3 of 3  (last step" in out
     assert f"{best['bleu4']:.4f} at epoch {best['epoch']}" in out
     assert f"{train[-1]['loss']:.4f}" in out and "ended (completed)" in out
     for title in ("Loss", "Top-5 accuracy", "Validation BLEU-4"):

@@ -263,7 +263,10 @@ class Dashboard(App):
         self._draw_chart()
 
     def _total_epochs(self) -> int | None:
+        """From the feed's start line; for feeds without one, from the newest checkpoint."""
         stage_kind = "a2c" if self.summary.stage == "a2c" else "train"
+        if self.summary.total_epochs.get(stage_kind):
+            return self.summary.total_epochs[stage_kind]
         infos = [c for c in self.checkpoints.values() if c.kind == stage_kind and c.total_epochs]
         return max(infos, key=lambda c: c.mtime).total_epochs if infos else None
 
