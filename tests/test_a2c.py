@@ -163,6 +163,21 @@ def test_greedy_baseline_and_bad_input(workdir, run):
     assert result.exit_code == 1 and "no A2C checkpoint" in result.output
 
 
+def test_nan_loss_stops_and_keeps_checkpoint(workdir, run, monkeypatch):
+    data, out = workdir
+    assert _a2c(run, data, out, "--epochs", 1).exit_code == 0
+    before = open(out / f"A2C_{NAME}.pth.tar", "rb").read()
+    import capcli.a2c
+
+    real = capcli.a2c.a2c_losses
+    monkeypatch.setattr(capcli.a2c, "a2c_losses",
+                        lambda *a, **k: (real(*a, **k)[0] * float("nan"), *real(*a, **k)[1:]))
+    result = _a2c(run, data, out, "--epochs", 2, "--resume")
+    assert result.exit_code == 1
+    assert "became nan" in result.output and len(result.output.strip().splitlines()) == 1
+    assert open(out / f"A2C_{NAME}.pth.tar", "rb").read() == before
+
+
 def test_sigterm_saves_and_names_resume(workdir):
     import os
     import signal
