@@ -190,15 +190,16 @@ def _write_images(by_split: dict[str, list[SourceImage]], staging: str, config: 
     split, and the skipped images. One pool of workers serves all splits in turn (a pool per split
     spent a tenth of a second starting and draining for each small split)."""
     files = output_files(config.name)
-    kept, kept_captions, skipped = {s: [] for s in SPLITS}, {s: [] for s in SPLITS}, []
+    kept, kept_captions = {s: [] for s in SPLITS}, {s: [] for s in SPLITS}
+    skipped: dict[str, list[dict]] = {s: [] for s in SPLITS}  # per split: caption skips, then unreadable images
     batches: dict[str, list[list[tuple[SourceImage, list[list[str]]]]]] = {}
     for split in SPLITS:
         candidates = []
         for image in by_split[split]:
             chosen = _choose_captions(image, config)
             if chosen is None:
-                skipped.append({"split": split, "source": image.ref,
-                                "reason": f"no caption of 1..{config.max_len} words"})
+                skipped[split].append({"split": split, "source": image.ref,
+                                       "reason": f"no caption of 1..{config.max_len} words"})
             else:
                 candidates.append((image, chosen))
         batches[split] = [candidates[i:i + _BATCH] for i in range(0, len(candidates), _BATCH)]
@@ -217,10 +218,10 @@ def _write_images(by_split: dict[str, list[SourceImage]], staging: str, config: 
                             kept[split].append({"source": image.ref, "path": image.path})
                             kept_captions[split].append(chosen)
                         else:
-                            skipped.append({"split": split, "source": image.ref, "reason": reason})
+                            skipped[split].append({"split": split, "source": image.ref, "reason": reason})
                     task.advance(len(batch))
             task.close()
-    return kept, kept_captions, skipped
+    return kept, kept_captions, [entry for split in SPLITS for entry in skipped[split]]
 
 
 def _commit(staging: str, output_folder: str, names: Iterable[str], manifest_name: str) -> None:

@@ -91,6 +91,8 @@ def test_live_feed_truncation_and_waiting(tmp_path):
                 f.write(json.dumps(_line(3, bleu=0.9))[30:] + "\n")
             assert await _until(pilot, lambda: "epoch 3" in _text(app, "#run"))
             assert len(app.summary.series["bleu4"]) == 3
+            _append(feed, {**_line(3, None, "start", step=30), "stage": "a2c", "epochs": 2})
+            assert await _until(pilot, lambda: "epoch 0/2" in _text(app, "#run"))  # a2c's own epochs, not training's
             feed.write_text(json.dumps(_line(1, bleu=0.05)) + "\n")  # truncated by a new run
             assert await _until(pilot, lambda: "0.0500" in _text(app, "#run"))
             assert len(app.summary.series["bleu4"]) == 1

@@ -78,6 +78,25 @@ def test_attention_without_gradients_is_the_textbook_function(image_of, precisio
     assert alpha.shape == (7, 5) and context.shape == (7, 8)
 
 
+def test_bf16_attention_stays_as_accurate_as_the_textbook_form_when_the_weights_sum_large():
+    """2w · σ(2z) products are rounded at the size of Σw in bf16; the decoding path centres σ
+    then, so its attention error stays near the textbook bf16 path's."""
+    torch.manual_seed(0)
+    attention = Attention(encoder_dim=256, decoder_dim=128, attention_dim=512)
+    pixels, h = torch.randn(16, 196, 256).abs(), torch.randn(16, 128)
+    with torch.no_grad():
+        attention.full_att.weight.copy_(torch.randn(1, 512) * 4 / 512 ** 0.5 + 0.05)  # Σw ≈ 25
+        exact = attention(pixels, attention.encoder_att(pixels), h)[1]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pix = pixels.to(torch.bfloat16)
+            decoding = attention(pix, attention.encoder_att(pix), h)[1]
+            with torch.enable_grad():
+                textbook = attention(pix, attention.encoder_att(pix), h)[1]
+    decoding_error = float((decoding.float() - exact).abs().max())
+    textbook_error = float((textbook.detach().float() - exact).abs().max())
+    assert decoding_error < 3 * textbook_error, (decoding_error, textbook_error)
+
+
 def test_image_runs_keep_images_whole_and_row_counts_equal():
     runs = [(first, images.tolist(), per_image)
             for first, images, per_image in _image_runs(torch.tensor([1, 1, 2, 2, 3, 3, 0]), 7, 4)]

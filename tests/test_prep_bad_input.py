@@ -61,14 +61,17 @@ def test_bad_images_are_skipped_and_odd_ones_converted(tmp_path, run):
     write_image(folder / "v.jpg", (9, 9, 9))
     write_image(folder / "t.jpg", (9, 9, 9))
     entries += [karpathy_entry("v.jpg", "val", [["a", "val"]]), karpathy_entry("t.jpg", "test", [["a", "test"]])]
+    entries.append(karpathy_entry("v.jpg", "val", [["long"] * 60]))  # no caption short enough
     path = write_karpathy(tmp_path / "dataset_flickr8k.json", "flickr8k", entries)
     out = tmp_path / "out"
     result = run("prep", "--json", path, "--image-folder", folder, "--output-folder", out,
                  "--min-word-freq", 1, "--image-size", 32, "--workers", 2)
     assert result.exit_code == 0, result.output
-    assert "5 image(s) skipped" in result.output
+    assert "6 image(s) skipped" in result.output
     manifest = json.load(open(out / f"MANIFEST_{NAME}.json"))
-    reasons = {s["source"]: s["reason"] for s in manifest["skipped"]}
+    assert [s["split"] for s in manifest["skipped"]] == ["TRAIN"] * 5 + ["VAL"]  # split by split
+    assert "no caption of 1..50 words" in manifest["skipped"][-1]["reason"]
+    reasons = {s["source"]: s["reason"] for s in manifest["skipped"][:5]}
     assert set(reasons) == set(bad)
     for name, fragment in bad.items():
         assert fragment in reasons[name], (name, reasons[name])

@@ -280,7 +280,7 @@ class Dashboard(App):
             return
         age = time.time() - (s.last_time or time.time())
         state = f"ended: {s.ended}" if s.ended else ("stale" if age > self.stale_seconds else "live")
-        epoch = s.a2c.get("epoch") if s.stage == "a2c" and s.a2c else s.epochs_done
+        epoch = (s.a2c or {}).get("epoch", 0) if s.stage == "a2c" else s.epochs_done
         best = f"{s.best_bleu4:.4f} (epoch {s.best_epoch})" if s.best_bleu4 is not None else "–"
         lr = s.last.get("lr")
         per_epoch = f"{s.mean_epoch_seconds:.0f}s" if s.mean_epoch_seconds else "–"

@@ -61,7 +61,11 @@ class Attention(nn.Module):
         rows, num_pixels, attention_dim = hidden.shape[0], projected.shape[1], projected.shape[2]
         hidden = 2 * hidden.to(projected.dtype)  # (rows, 1, attention_dim)
         weight = (2 * self.full_att.weight).to(projected.dtype).t()  # (attention_dim, 1)
-        bias = float(self.full_att.bias - self.full_att.weight.sum())
+        # w · tanh(z) + b = 2w · σ(2z) + (b − Σw). In bf16 the products are rounded at the size of
+        # Σw, so where that is large, σ is centred first (σ − ½, one more pass) to keep them small.
+        total = self.full_att.weight.sum().item()
+        centre = projected.dtype != torch.float32 and abs(total) > 1.0
+        bias = self.full_att.bias.item() - (0.0 if centre else total)
         runs = list(_image_runs(image_of, rows, self.ROWS_PER_CHUNK))
         most = max(len(images) * per_image for _, images, per_image in runs)
         z_buffer = projected.new_empty(most, num_pixels, attention_dim)
@@ -78,6 +82,8 @@ class Attention(nn.Module):
                 torch.add(hidden[first:last].view(count, per_image, 1, attention_dim),
                           image_projected.unsqueeze(1), alpha=2, out=z)
                 z.sigmoid_()
+                if centre:
+                    z.sub_(0.5)
                 scores = torch.matmul(z_buffer[:n], weight, out=score_buffer[:n])
                 torch.softmax(scores.squeeze(2).float() + bias, dim=1, out=alpha[first:last])
                 torch.bmm(alpha[first:last].view(count, per_image, num_pixels).to(pixels.dtype),
