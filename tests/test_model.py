@@ -47,7 +47,8 @@ def test_output_shapes(encoder_name, channels, decoder_name, one_hot):
     assert (decoder.embedding is None) == one_hot
 
 
-@pytest.mark.parametrize("image_of", [None, [0, 0, 1, 1, 1, 3, 3], [1, 1, 2, 2, 3, 3, 0]])
+@pytest.mark.parametrize("image_of", [None, [0, 0, 1, 1, 1, 3, 3], [1, 1, 2, 2, 3, 3, 0],
+                                      [0, 0, 2, 2, 3, 1, 1]])  # the last: images 0 and 2 in one chunk
 @pytest.mark.parametrize("precision", [None, torch.bfloat16])
 def test_attention_without_gradients_is_the_textbook_function(image_of, precision):
     """Decoding's path (whole images' rows in chunks of at most 4, sigmoid form, pixels shared by

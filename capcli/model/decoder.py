@@ -76,7 +76,11 @@ class Attention(nn.Module):
             for first, images, per_image in runs:
                 count = len(images)
                 n, last = count * per_image, first + count * per_image
-                image_projected = projected.index_select(0, images)  # (count, num_pixels, attention_dim)
+                low, high = int(images[0]), int(images[-1]) + 1
+                if high - low == count:  # consecutive images (the common case): views, no copies
+                    image_projected, image_pixels = projected[low:high], pixels[low:high]
+                else:
+                    image_projected, image_pixels = projected.index_select(0, images), pixels.index_select(0, images)
                 z = z_buffer[:n].view(count, per_image, num_pixels, attention_dim)
                 # z = 2 × (projected pixel + projected hidden state), each image's rows side by side
                 torch.add(hidden[first:last].view(count, per_image, 1, attention_dim),
@@ -87,7 +91,7 @@ class Attention(nn.Module):
                 scores = torch.matmul(z_buffer[:n], weight, out=score_buffer[:n])
                 torch.softmax(scores.squeeze(2).float() + bias, dim=1, out=alpha[first:last])
                 torch.bmm(alpha[first:last].view(count, per_image, num_pixels).to(pixels.dtype),
-                          pixels.index_select(0, images), out=context[first:last].view(count, per_image, -1))
+                          image_pixels, out=context[first:last].view(count, per_image, -1))
         return context, alpha
 
 
