@@ -12,6 +12,7 @@ mean over real (non-padding) words only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -25,14 +26,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from capcli.checkpoint import load_checkpoint, save_checkpoint
-from capcli.config import ModelConfig
 from capcli.data.datasets import ImageCaptions, Images
 from capcli.data.hdf5 import find_prepared
 from capcli.data.vocab import END, PAD, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
 from capcli.errors import CapcliError, CheckpointError
+from capcli.features import encode_images
 from capcli.feed import MetricsFeed
-from capcli.model.captioner import build_model
+from capcli.model.captioner import model_from_checkpoint
 from capcli.model.decoding import greedy
 from capcli.progress import SILENT, Progress
 from capcli.scores import cider_d, corpus_bleu, ngrams
@@ -117,18 +118,6 @@ def a2c_losses(logp: torch.Tensor, entropy: torch.Tensor, values: torch.Tensor, 
     return actor, critic, mean_entropy
 
 
-def strip_special(ids: list[int], word_map: dict[str, int]) -> list[int]:
-    """Word ids up to ``<end>``, without ``<start>``/``<pad>``/``<end>``."""
-    end, drop = word_map[END], {word_map[START], word_map[PAD]}
-    out = []
-    for i in ids:
-        if i == end:
-            break
-        if i not in drop:
-            out.append(i)
-    return out
-
-
 class Rewarder:
     """Sentence rewards: BLEU-4 (smoothed, per caption) or CIDEr-D with document frequencies
     from the training references."""
@@ -195,9 +184,8 @@ class A2CTrainer:
         self.config = config
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
-        missing = [k for k in ("model_config", "encoder", "decoder", "word_map") if k not in ckpt]
-        if missing:
-            raise CheckpointError(f"{path}: not a captioning model checkpoint (missing {', '.join(missing)})")
+        torch.manual_seed(config.seed)
+        self.model_config, self.encoder, self.decoder = model_from_checkpoint(path, ckpt)
         saved = ckpt.get("data") or {}
         self.prepared = find_prepared(config.data_folder or saved.get("folder") or "data_output",
                                       config.name or saved.get("name"))
@@ -210,15 +198,6 @@ class A2CTrainer:
         if self.prepared.word_map() != self.word_map:
             raise CheckpointError(f"the checkpoint's vocabulary differs from {self.prepared.name}'s; fine-tune on the "
                                   "data the model was trained on")
-        torch.manual_seed(config.seed)
-        try:
-            self.model_config = ModelConfig(**ckpt["model_config"])
-            self.encoder, self.decoder = build_model(self.model_config)
-            self.encoder.load_state_dict(ckpt["encoder"])
-            self.decoder.load_state_dict(ckpt["decoder"])
-        except (TypeError, RuntimeError) as exc:
-            raise CheckpointError(f"{path}: the weights do not fit the saved architecture "
-                                  f"({str(exc).strip().splitlines()[0][:160]})") from None
         self.encoder.set_fine_tune(not config.freeze_encoder)
         self.critic = Critic(self.model_config.decoder_dim)
         for m in (self.encoder, self.decoder, self.critic):
@@ -271,11 +250,8 @@ class A2CTrainer:
         self.words = words
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device).float().div_(255.0)
-        if self.config.freeze_encoder:
-            with torch.no_grad():
-                return self.encoder(x)
-        return self.encoder(x)
+        with torch.no_grad() if self.config.freeze_encoder else contextlib.nullcontext():
+            return encode_images(self.encoder, images, self.device, self.precision)
 
     def rollout(self, features: torch.Tensor):
         """Sample one caption per image with gradients: tokens, lengths, log-probs, entropies, hidden states."""
@@ -314,7 +290,7 @@ class A2CTrainer:
             features = self._features(images)
             tokens, lengths, logp, entropy, hidden = self.rollout(features)
         references = [self.train_refs[i] for i in indices]
-        hyps = [self.words(strip_special(row, self.word_map)) for row in tokens.tolist()]
+        hyps = [self.words(row) for row in tokens.tolist()]  # up to <end>, without <start>/<pad>
         rewards = clip_rewards(torch.tensor(self.rewarder(references, hyps), device=self.device),
                                self.config.reward_clip)
         steps = tokens.shape[1]

@@ -11,8 +11,8 @@ from torch import nn
 
 from capcli.checkpoint import load_checkpoint
 from capcli.config import ModelConfig
-from capcli.errors import CapcliError, CheckpointError
-from capcli.model.captioner import build_model
+from capcli.errors import CapcliError
+from capcli.model.captioner import build_model, model_from_checkpoint
 
 
 @dataclass
@@ -49,12 +49,7 @@ def load_model(checkpoint: str | None, options: dict) -> tuple[nn.Module, nn.Mod
     """(encoder, decoder, config, fine_tune, image size, source) from a checkpoint or options."""
     if checkpoint:
         ckpt = load_checkpoint(checkpoint)
-        if "model_config" not in ckpt:
-            raise CheckpointError(f"{checkpoint}: not a captioning model checkpoint")
-        config = ModelConfig(**ckpt["model_config"])
-        encoder, decoder = build_model(config)
-        encoder.load_state_dict(ckpt["encoder"])
-        decoder.load_state_dict(ckpt["decoder"])
+        config, encoder, decoder = model_from_checkpoint(checkpoint, ckpt)
         fine_tune = bool((ckpt.get("train_config") or {}).get("fine_tune_encoder", False))
         if ckpt.get("kind") == "a2c":
             fine_tune = not bool((ckpt.get("a2c_config") or {}).get("freeze_encoder", True))

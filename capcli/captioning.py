@@ -14,13 +14,12 @@ import numpy as np
 import torch
 
 from capcli.checkpoint import load_checkpoint
-from capcli.config import ModelConfig
 from capcli.data.transforms import ImageSkipped, load_square
 from capcli.data.vocab import END, PAD, START, Detokenizer
 from capcli.device import Precision, resolve_device, resolve_precision
-from capcli.errors import CheckpointError, InputError
+from capcli.errors import InputError
 from capcli.features import encode_images
-from capcli.model.captioner import build_model
+from capcli.model.captioner import model_from_checkpoint
 from capcli.model.decoding import Decoded, beam_search
 from capcli.progress import SILENT, Progress
 
@@ -69,17 +68,8 @@ def load_captioner(path: str, device: str = "auto", precision: str = "auto") -> 
         CheckpointError: missing, unsafe, corrupt or foreign file.
     """
     ckpt = load_checkpoint(path)
-    missing = [k for k in ("model_config", "encoder", "decoder", "word_map") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: not a captioning model checkpoint (missing {', '.join(missing)})")
+    _, encoder, decoder = model_from_checkpoint(path, ckpt)
     torch_device = resolve_device(device)
-    try:
-        encoder, decoder = build_model(ModelConfig(**ckpt["model_config"]))
-        encoder.load_state_dict(ckpt["encoder"])
-        decoder.load_state_dict(ckpt["decoder"])
-    except (TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: the weights do not fit the saved architecture "
-                              f"({str(exc).strip().splitlines()[0][:160]})") from None
     encoder.to(torch_device).eval()
     decoder.to(torch_device).eval()
     return Captioner(encoder, decoder, dict(ckpt["word_map"]), int(ckpt.get("image_size", 256)),

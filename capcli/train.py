@@ -206,13 +206,13 @@ class Trainer:
             raise CapcliError(f"no training captions in {self.prepared.folder} for {self.prepared.name}")
         captions, caplens = self.prepared.captions("VAL")
         source = self._source("VAL", fingerprint)
-        self.val_images = Images(*source, self.config.max_val_images)
-        limit = len(self.val_images) * self.cpi
+        val_count = len(Images(*source, self.config.max_val_images))  # honours --max-val-images
+        limit = val_count * self.cpi
         self.val_rows = ImageCaptions(*source, captions[:limit], caplens[:limit], self.cpi)
         self.max_len = len(captions[0]) - 2 if captions else 50
         self.to_words = Detokenizer(self.word_map)
         self.val_refs = [[self.to_words(row) for row in captions[i * self.cpi:(i + 1) * self.cpi]]
-                         for i in range(len(self.val_images))]
+                         for i in range(val_count)]
 
     def _features(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         if self.cached:

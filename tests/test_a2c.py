@@ -13,9 +13,9 @@ from capcli.a2c import (
     discounted_returns,
     entropy_weight_at,
     step_mask,
-    strip_special,
 )
 from capcli.checkpoint import load_checkpoint
+from capcli.data.vocab import Detokenizer
 from capcli.feed import read_feed
 from capcli.runs import summarize
 
@@ -62,8 +62,9 @@ def test_entropy_annealing_schedule():
 
 def test_special_tokens_removed_before_scoring():
     word_map = {"<pad>": 0, "a": 1, "red": 2, "<unk>": 3, "<start>": 4, "<end>": 5}
-    assert strip_special([4, 1, 2, 5, 1, 0], word_map) == [1, 2]  # up to <end>, no <start>/<pad>
-    assert strip_special([1, 0, 2], word_map) == [1, 2]
+    words = Detokenizer(word_map)  # what A2C turns sampled ids into before scoring
+    assert words([4, 1, 2, 5, 1, 0]) == ["a", "red"]  # up to <end>, no <start>/<pad>
+    assert words([1, 0, 2]) == ["a", "red"]
     from capcli.a2c import Rewarder
 
     refs = [[["a", "red", "circle", "on", "a", "mat"]]]
