@@ -203,29 +203,18 @@ def train_command(ctx: click.Context, **params) -> None:
       capcli train --resume --epochs 30            # 30 in total
       torchrun --standalone --nproc_per_node=2 -m capcli.cli train --epochs 10
     """
-    from capcli.config import ARCHITECTURE_FIELDS, SHAPES_TRAIN_DEFAULTS, TrainConfig
+    from capcli.config import TrainConfig
     from capcli.progress import TerminalProgress
     from capcli.train import run_train
 
-    if _trains_on_shapes(params["data_folder"], params["name"]):
-        params.update({k: v for k, v in SHAPES_TRAIN_DEFAULTS.items() if not _option_given(ctx, k)})
     model_options = {k: params.pop(k) for k in ("encoder", "decoder", "one_hot", "embed_dim", "attention_dim",
                                                 "decoder_dim", "dropout")}
-    explicit = frozenset(f for f in ARCHITECTURE_FIELDS if _option_given(ctx, f))
+    given = frozenset(k for k in (*model_options, *params) if _option_given(ctx, k))
     config = TrainConfig(compile=params.pop("compile_"), feature_cache=not params.pop("no_feature_cache"), **params)
-    result = run_train(config, model_options, explicit, TerminalProgress())
+    result = run_train(config, model_options, given, TerminalProgress())
     click.echo(f"Trained {result.name}: {result.epochs_done} epoch(s), best validation BLEU-4 "
                f"{result.best_bleu4:.4f} at epoch {result.best_epoch} ({result.stop_reason}, {result.seconds:.0f} s).")
     click.echo(f"Checkpoints: {result.checkpoint}, {result.best_checkpoint}")
-
-
-def _trains_on_shapes(data_folder: str, name: str | None) -> bool:
-    from capcli.data.hdf5 import find_prepared
-
-    try:
-        return find_prepared(data_folder, name).name.rsplit("_", 2)[0] == "shapes"
-    except CapcliError:
-        return False  # the training service reports the problem
 
 
 def _parse_beams(value: str) -> list[int]:

@@ -9,11 +9,11 @@ resumes from the run's checkpoint (nothing to do once the demo's epochs are done
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 from capcli import pictures
 from capcli.captioning import CaptionResult, caption_files, load_captioner, original_captions
-from capcli.config import SHAPES_IMAGE_SIZE, SHAPES_TRAIN_DEFAULTS, ModelConfig, PrepConfig, TrainConfig
+from capcli.config import SHAPES_IMAGE_SIZE, PrepConfig, TrainConfig
 from capcli.errors import CapcliError
 from capcli.evaluate import EvaluateResult, run_evaluate
 from capcli.prep import PrepResult, run_prep
@@ -21,7 +21,6 @@ from capcli.progress import SILENT, Progress
 from capcli.train import TrainResult, output_paths, run_train
 
 DEMO_EPOCHS = 3
-ARCHITECTURE = {f.name for f in fields(ModelConfig)}  # the shapes defaults that build the model
 
 
 @dataclass(frozen=True)
@@ -45,13 +44,10 @@ def run_demo(data_folder: str = "data_output", output_folder: str = "model_outpu
     """Run every demo stage on the shapes dataset and return what each produced."""
     prep = run_prep(PrepConfig(output_folder=data_folder, num_images=num_images, workers=workers,
                                image_size=SHAPES_IMAGE_SIZE), progress)
-    train_defaults = {k: v for k, v in SHAPES_TRAIN_DEFAULTS.items() if k not in ARCHITECTURE}
-    config = replace(TrainConfig(data_folder=data_folder, output_folder=output_folder, name=prep.name),
-                     **{**train_defaults, "epochs": epochs})
-    config = replace(config, resume=os.path.exists(output_paths(output_folder, prep.name)["checkpoint"]))
-    model = {k: v for k, v in SHAPES_TRAIN_DEFAULTS.items() if k in ARCHITECTURE}
+    config = TrainConfig(data_folder=data_folder, output_folder=output_folder, name=prep.name, epochs=epochs,
+                         resume=os.path.exists(output_paths(output_folder, prep.name)["checkpoint"]))
     progress.message(f"Training {epochs} epochs on {prep.name} (resnet18 trained with the decoder)…")
-    train = run_train(config, model, progress=progress)
+    train = run_train(config, given=frozenset({"epochs"}), progress=progress)  # the shapes defaults otherwise
     captioner = load_captioner(train.best_checkpoint)
     evaluation = run_evaluate(captioner, data_folder, prep.name, "test", [1, 3, 5], output_folder,
                               progress=progress)

@@ -12,14 +12,14 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from capcli.checkpoint import load_checkpoint, save_checkpoint
-from capcli.config import ARCHITECTURE_FIELDS, ModelConfig, TrainConfig
+from capcli.config import ARCHITECTURE_FIELDS, SHAPES_TRAIN_DEFAULTS, ModelConfig, TrainConfig
 from capcli.data.datasets import ImageCaptions, Images
 from capcli.data.hdf5 import PreparedData, find_prepared
 from capcli.data.jsonfiles import write_json
@@ -64,13 +64,13 @@ def output_paths(output_folder: str, name: str) -> dict[str, str]:
     return {k: os.path.join(output_folder, v) for k, v in files.items()}
 
 
-def _model_config(ckpt: dict | None, options: dict, explicit: frozenset, vocab_size: int) -> ModelConfig:
-    """The checkpoint's architecture on resume (an explicitly conflicting flag is an error)."""
+def _model_config(ckpt: dict | None, options: dict, given: frozenset, vocab_size: int) -> ModelConfig:
+    """The checkpoint's architecture on resume (a given option that conflicts with it is an error)."""
     if ckpt is None:
         return ModelConfig(vocab_size=vocab_size, **options)
     saved = ModelConfig(**ckpt["model_config"])
     for field in ARCHITECTURE_FIELDS:
-        if field in explicit and options.get(field) != getattr(saved, field):
+        if field in given and options.get(field) != getattr(saved, field):
             flag = "--" + field.replace("_", "-")
             raise CheckpointError(f"{flag} {options.get(field)} conflicts with the checkpoint being resumed "
                                   f"({field} = {getattr(saved, field)}); drop {flag} or start a new run")
@@ -93,13 +93,26 @@ def _resume_source(config: TrainConfig, paths: dict) -> dict | None:
     return None
 
 
-def run_train(config: TrainConfig, model_options: dict | None = None, explicit: frozenset = frozenset(),
+def _dataset_defaults(prepared: PreparedData, config: TrainConfig, model_options: dict,
+                      given: frozenset) -> tuple[TrainConfig, dict]:
+    """The shapes data set trains with ``SHAPES_TRAIN_DEFAULTS`` (see config.py) for every option
+    not in ``given``; other data sets keep the options as they are."""
+    if prepared.name.rsplit("_", 2)[0] != "shapes":
+        return config, model_options
+    defaults = {k: v for k, v in SHAPES_TRAIN_DEFAULTS.items() if k not in given}
+    model_fields = {f.name for f in fields(ModelConfig)}
+    config = replace(config, **{k: v for k, v in defaults.items() if k not in model_fields})
+    return config, {**model_options, **{k: v for k, v in defaults.items() if k in model_fields}}
+
+
+def run_train(config: TrainConfig, model_options: dict | None = None, given: frozenset = frozenset(),
               progress: Progress = SILENT) -> TrainResult:
     """Train (or resume) as ``config`` says.
 
     Args:
         model_options: architecture fields for a new run (see :class:`ModelConfig`).
-        explicit: the names of architecture options the user gave (checked against a resumed checkpoint).
+        given: the names of the options the user gave: they win over the data set's defaults, and
+            architecture ones are checked against a resumed checkpoint.
     """
     device = resolve_device(config.device)
     dist_info = init_distributed(device)
@@ -108,10 +121,11 @@ def run_train(config: TrainConfig, model_options: dict | None = None, explicit: 
         torch.cuda.set_device(device)
     try:
         prepared = find_prepared(config.data_folder, config.name)
+        config, model_options = _dataset_defaults(prepared, config, model_options or {}, given)
         paths = output_paths(config.output_folder, prepared.name)
         ckpt = _resume_source(config, paths)
         word_map = prepared.word_map()
-        model_config = _model_config(ckpt, model_options or {}, explicit, len(word_map))
+        model_config = _model_config(ckpt, model_options, given, len(word_map))
         trainer = Trainer(config, model_config, prepared, word_map, paths, device, dist_info, progress, ckpt)
         return trainer.fit()
     finally:

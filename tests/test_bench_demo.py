@@ -20,6 +20,12 @@ def test_demo_runs_every_stage_and_can_run_again(tmp_path, run, monkeypatch):
     assert "capcli caption" in out and "Next, try:" in out
     assert (tmp_path / "model_outputs" / "evaluation_BEST_shapes_5_5_test.json").exists()
     first = json.load(open(tmp_path / "model_outputs" / "evaluation_BEST_shapes_5_5_test.json"))
+    from capcli.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(str(tmp_path / "model_outputs" / "BEST_shapes_5_5.pth.tar"))
+    model = ckpt["model_config"]
+    assert model["encoder"] == "resnet18" and model["decoder_dim"] == 256  # the shapes defaults
+    assert ckpt["train_config"]["fine_tune_encoder"] and ckpt["train_config"]["epochs"] == 1  # --epochs wins
     # a second run reuses the prepared data and the trained model
     again = run(*args)
     assert again.exit_code == 0, again.output
