@@ -50,9 +50,10 @@ def test_output_shapes(encoder_name, channels, decoder_name, one_hot):
 @pytest.mark.parametrize("image_of", [None, [0, 0, 1, 1, 1, 3, 3], [1, 1, 2, 2, 3, 3, 0],
                                       [0, 0, 2, 2, 3, 1, 1]])  # the last: images 0 and 2 in one chunk
 @pytest.mark.parametrize("precision", [None, torch.bfloat16])
-def test_attention_without_gradients_is_the_textbook_function(image_of, precision):
-    """Decoding's path (whole images' rows in chunks of at most 4, sigmoid form, pixels shared by
-    the rows of an image) gives the scores and contexts of the written-out formula."""
+@pytest.mark.parametrize("form", ["sigmoid", "products"])
+def test_attention_without_gradients_is_the_textbook_function(image_of, precision, form):
+    """Decoding's path (whole images' rows in chunks of at most 4, sigmoid or product form, pixels
+    shared by the rows of an image) gives the scores and contexts of the written-out formula."""
     torch.manual_seed(0)
     attention = Attention(encoder_dim=8, decoder_dim=6, attention_dim=10)
     attention.ROWS_PER_CHUNK = 4  # e.g. rows of images 1, 2 | 3 | 0 for the last mapping
@@ -68,7 +69,10 @@ def test_attention_without_gradients_is_the_textbook_function(image_of, precisio
         expected_context = torch.stack([expected_alpha[r] @ pixels[i] for r, i in enumerate(rows)])
         with torch.autocast("cpu", dtype=precision or torch.float32, enabled=precision is not None):
             pix = pixels if precision is None else pixels.to(precision)
-            context, alpha = attention(pix, attention.encoder_att(pix), h, image_of)
+            projected = attention.encoder_att(pix)
+            factors = attention.decoding_factors(projected) if form == "products" else None
+            assert (factors is None) == (form == "sigmoid")
+            context, alpha = attention(pix, projected, h, image_of, factors)
         with torch.enable_grad():  # training's path, same inputs
             train_context, train_alpha = attention(pixels, attention.encoder_att(pixels), h, image_of)
     tolerance = {} if precision is None else {"atol": 0.05, "rtol": 0.05}
@@ -96,6 +100,25 @@ def test_bf16_attention_stays_as_accurate_as_the_textbook_form_when_the_weights_
     decoding_error = float((decoding.float() - exact).abs().max())
     textbook_error = float((textbook.detach().float() - exact).abs().max())
     assert decoding_error < 3 * textbook_error, (decoding_error, textbook_error)
+
+
+def test_attention_product_form_falls_back_where_its_factors_would_overflow():
+    """e^(−2p) is kept only while |p| ≤ 40 (no factor is inf or 0); a larger projected pixel gives
+    no factors, a larger projected hidden state the sigmoid form for that step: same results."""
+    torch.manual_seed(0)
+    attention = Attention(encoder_dim=8, decoder_dim=6, attention_dim=10)
+    pixels, h = torch.randn(3, 5, 8), torch.randn(3, 6)
+    with torch.no_grad():
+        projected = attention.encoder_att(pixels)
+        sigmoid_form = attention(pixels, projected, h)
+        factors = attention.decoding_factors(projected)
+        torch.testing.assert_close(attention(pixels, projected, h, None, factors), sigmoid_form)
+        assert attention.decoding_factors(projected * 1000) is None
+        attention.decoder_att.bias.fill_(-60.0)  # every |q| > 40: this step cannot use the factors
+        torch.testing.assert_close(attention(pixels, projected, h, None, factors), attention(pixels, projected, h))
+        assert torch.isfinite(attention(pixels, projected, h, None, factors)[1]).all()
+    with torch.enable_grad():
+        assert attention.decoding_factors(projected) is None  # training keeps the textbook form
 
 
 def test_image_runs_keep_images_whole_and_row_counts_equal():
