@@ -102,21 +102,25 @@ def test_bf16_attention_stays_as_accurate_as_the_textbook_form_when_the_weights_
     assert decoding_error < 3 * textbook_error, (decoding_error, textbook_error)
 
 
-def test_attention_product_form_falls_back_where_its_factors_would_overflow():
+def test_attention_product_form_falls_back_where_its_terms_would_overflow():
     """e^(−2p) is kept only while |p| ≤ 40 (no factor is inf or 0); a larger projected pixel gives
-    no factors, a larger projected hidden state the sigmoid form for that step: same results."""
+    no factors; a larger projected hidden state, or a zero score weight (1/(2w) infinite), the
+    sigmoid form for that step: the same results, all finite."""
     torch.manual_seed(0)
     attention = Attention(encoder_dim=8, decoder_dim=6, attention_dim=10)
     pixels, h = torch.randn(3, 5, 8), torch.randn(3, 6)
     with torch.no_grad():
         projected = attention.encoder_att(pixels)
-        sigmoid_form = attention(pixels, projected, h)
         factors = attention.decoding_factors(projected)
-        torch.testing.assert_close(attention(pixels, projected, h, None, factors), sigmoid_form)
-        assert attention.decoding_factors(projected * 1000) is None
-        attention.decoder_att.bias.fill_(-60.0)  # every |q| > 40: this step cannot use the factors
+        assert factors is not None and attention.decoding_factors(projected * 1000) is None
         torch.testing.assert_close(attention(pixels, projected, h, None, factors), attention(pixels, projected, h))
-        assert torch.isfinite(attention(pixels, projected, h, None, factors)[1]).all()
+        for change in (lambda: attention.full_att.weight[0, 3].fill_(0.0),
+                       lambda: attention.decoder_att.bias.fill_(-60.0)):  # every |q| > 40
+            change()
+            assert attention._product_terms(attention.decoder_att(h), 2 * attention.full_att.weight.view(-1)) is None
+            context, alpha = attention(pixels, projected, h, None, factors)
+            torch.testing.assert_close((context, alpha), attention(pixels, projected, h))
+            assert torch.isfinite(alpha).all()
     with torch.enable_grad():
         assert attention.decoding_factors(projected) is None  # training keeps the textbook form
 

@@ -12,6 +12,9 @@ tensors whose first dimension is the batch, so beams can be reordered with one i
 
 from __future__ import annotations
 
+import math
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,18 +33,17 @@ class Attention(nn.Module):
     and the same function is computed as (2w) · σ(2z) + (b − Σw), since tanh(z) = 2σ(2z) − 1 and
     PyTorch's CPU sigmoid runs about 10× faster than its tanh (9.9 vs 0.98 G elements/s in fp32
     on this project's AVX-512 machine). With z = p + q (projected pixel, projected hidden state),
-    σ(2z) = 1 / (1 + e^(−2p) · e^(−2q)): given ``factors`` = e^(−2p), computed once per image by
-    ``decoding_factors``, each step costs one fused multiply-add and a reciprocal per element instead
-    of an add and a sigmoid. These run in fp32 whatever the precision (PyTorch's CPU kernels for
-    them are faster in fp32 than in bf16): attention over 320 rows (64 images × 5 beams) measured
-    6.8 ms per step against 7.4 ms with bf16 factors and 11.6 ms in the bf16 sigmoid form. Training
-    keeps the textbook form (tanh is 15 % of a training step, which its backward pass and the
-    matrix products dominate).
+    2w · σ(2z) = 1 / (1/(2w) + e^(−2p) · e^(−2q)/(2w)): given ``factors`` = e^(−2p), computed once
+    per image by ``decoding_factors``, a step costs one fused multiply-add, a reciprocal and a sum
+    per element, in fp32 whatever the precision (PyTorch's CPU kernels for them are faster in fp32
+    than in bf16). Attention over 320 rows (64 images × 5 beams) measured 5.5 ms per step against
+    11.2 ms in the bf16 sigmoid form, which steps whose values are out of the product form's range
+    fall back to. Training keeps the textbook form (tanh is 15 % of a training step, which its
+    backward pass and the matrix products dominate).
     """
 
-    # 32 × 196 × 512 fp32 = 12.8 MB; the product form measured 7.0 / 6.7 / 6.8 / 8.6 ms per step of
-    # 320 rows with chunks of 16 / 24 / 32 / 48 rows (the sigmoid form: 263 / 286 / 306 / 286
-    # images/s of batched beam search with 8 / 16 / 32 / 64)
+    # 32 × 196 × 512 fp32 = 12.8 MB; the product form measured 6.2 / 5.6 / 5.5 / 6.6 / 7.4 ms per
+    # step of 320 rows with chunks of 16 / 24 / 32 / 48 / 64 rows
     ROWS_PER_CHUNK = 32
 
     def __init__(self, encoder_dim: int, decoder_dim: int, attention_dim: int) -> None:
@@ -63,7 +65,7 @@ class Attention(nn.Module):
         sigmoid form is used)."""
         if not self.decodes_in_chunks(projected.device) or _largest_magnitude(projected) > self.FACTOR_LIMIT:
             return None
-        return projected.float().mul_(-2.0).exp_()
+        return projected.to(torch.float32, copy=True).mul_(-2.0).exp_()  # a copy: projected stays
 
     def forward(self, pixels: torch.Tensor, projected: torch.Tensor, h: torch.Tensor,
                 image_of: torch.Tensor | None = None, factors: torch.Tensor | None = None):
@@ -82,23 +84,23 @@ class Attention(nn.Module):
     def _in_chunks(self, pixels: torch.Tensor, projected: torch.Tensor, hidden: torch.Tensor,
                    image_of: torch.Tensor | None, factors: torch.Tensor | None):
         rows, num_pixels, attention_dim = hidden.shape[0], projected.shape[1], projected.shape[2]
-        products = factors is not None and _largest_magnitude(hidden) <= self.FACTOR_LIMIT
-        if products:  # e^(−2p) per image, e^(−2q) per row, in fp32
-            pixel_terms, hidden_terms = factors, torch.exp(hidden.float() * -2.0).to(factors.dtype)
+        weight = 2 * self.full_att.weight.view(-1).float()  # 2w
+        total = self.full_att.weight.sum().item()  # w · tanh(z) + b = Σ 2w · σ(2z) + (b − Σw)
+        row_terms = self._product_terms(hidden, weight) if factors is not None else None
+        products = row_terms is not None
+        if products:  # 2w · σ(2z) = 1 / (1/(2w) + e^(−2p) · e^(−2q)/(2w)), in fp32
+            pixel_terms, base, dtype, centre = factors, 1.0 / weight, torch.float32, False
         else:  # the sigmoid form: p per image, 2q per row
-            pixel_terms, hidden_terms = projected, 2 * hidden.to(projected.dtype)
-        dtype = pixel_terms.dtype
-        one = torch.ones((), dtype=dtype)
-        weight = (2 * self.full_att.weight).to(dtype).t()  # (attention_dim, 1)
-        # w · tanh(z) + b = 2w · σ(2z) + (b − Σw). In bf16 the products are rounded at the size of
-        # Σw, so where that is large, σ is centred first (σ − ½, one more pass) to keep them small.
-        total = self.full_att.weight.sum().item()
-        centre = dtype != torch.float32 and abs(total) > 1.0
+            pixel_terms, row_terms, dtype = projected, 2 * hidden.to(projected.dtype), projected.dtype
+            weight = weight.to(dtype).unsqueeze(1)  # (attention_dim, 1)
+            # in bf16 the products are rounded at the size of Σw, so where that is large, σ is
+            # centred first (σ − ½, one more pass) to keep them small
+            centre = dtype != torch.float32 and abs(total) > 1.0
         bias = self.full_att.bias.item() - (0.0 if centre else total)
         runs = list(_image_runs(image_of, rows, self.ROWS_PER_CHUNK))
         most = max(len(images) * rows_each for _, images, rows_each in runs)
-        z_buffer = torch.empty(most, num_pixels, attention_dim, dtype=dtype)
-        score_buffer = torch.empty(most, num_pixels, 1, dtype=dtype)
+        z_buffer = _work_buffer((most, num_pixels, attention_dim), dtype)
+        score_buffer = torch.empty(most, num_pixels, dtype=dtype)
         alpha = torch.empty(rows, num_pixels)
         context = pixels.new_empty(rows, pixels.shape[2])
         with torch.autocast("cpu", enabled=False):  # dtypes are explicit here, as out= needs
@@ -111,18 +113,44 @@ class Attention(nn.Module):
                 else:
                     image_terms, image_pixels = pixel_terms.index_select(0, images), pixels.index_select(0, images)
                 z = z_buffer[:n].view(count, rows_each, num_pixels, attention_dim)  # each image's rows side by side
-                row_terms = hidden_terms[first:last].view(count, rows_each, 1, attention_dim)
-                if products:  # σ(2z) = 1 / (1 + e^(−2q) · e^(−2p))
-                    torch.addcmul(one, row_terms, image_terms.unsqueeze(1), out=z).reciprocal_()
+                chunk_rows = row_terms[first:last].view(count, rows_each, 1, attention_dim)
+                scores = score_buffer[:n]
+                if products:
+                    torch.addcmul(base, chunk_rows, image_terms.unsqueeze(1), out=z).reciprocal_()
+                    torch.sum(z_buffer[:n], dim=2, out=scores)
                 else:  # σ(2z) with 2z = 2q + 2p
-                    torch.add(row_terms, image_terms.unsqueeze(1), alpha=2, out=z).sigmoid_()
-                if centre:
-                    z.sub_(0.5)
-                scores = torch.matmul(z_buffer[:n], weight, out=score_buffer[:n])
-                torch.softmax(scores.squeeze(2).float() + bias, dim=1, out=alpha[first:last])
+                    torch.add(chunk_rows, image_terms.unsqueeze(1), alpha=2, out=z).sigmoid_()
+                    if centre:
+                        z.sub_(0.5)
+                    torch.matmul(z_buffer[:n], weight, out=scores.unsqueeze(2))
+                torch.softmax(scores.float() + bias, dim=1, out=alpha[first:last])
                 torch.bmm(alpha[first:last].view(count, rows_each, num_pixels).to(pixels.dtype),
                           image_pixels, out=context[first:last].view(count, rows_each, -1))
         return context, alpha
+
+    def _product_terms(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+        """e^(−2q)/(2w) per row for the product form, or None where a value is out of the range in
+        which the form is exact (then the step uses the sigmoid form)."""
+        if _largest_magnitude(hidden) > self.FACTOR_LIMIT:
+            return None
+        terms = torch.exp(hidden.float() * -2.0) / weight
+        low, high = torch.aminmax(terms.abs())
+        # a zero weight gives inf, a huge one a subnormal: both would lose the term
+        return terms if low.item() >= torch.finfo(torch.float32).tiny and high.item() < float("inf") else None
+
+
+_work = threading.local()
+
+
+def _work_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor for the chunks' intermediate, kept per thread between steps: a fresh
+    12.8 MB allocation each step went back to the OS and was page-faulted in again (~13,000 faults
+    and ~10 % of a batched beam search's time)."""
+    size = math.prod(shape)
+    buffer = getattr(_work, "buffer", None)
+    if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+        buffer = _work.buffer = torch.empty(size, dtype=dtype)
+    return buffer[:size].view(shape)
 
 
 def _largest_magnitude(x: torch.Tensor) -> float:
