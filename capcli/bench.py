@@ -187,7 +187,7 @@ def _bench_beam(device: torch.device, precision: str, quick: bool, batched: bool
         return [decode(features[i:i + 1])[0] for i in range(count)]
 
     tokens: list = []
-    times = _median_time(lambda: tokens.append(run()), 1, 2 if quick else 3, device)
+    times = _median_time(lambda: tokens.append(run()), 1, 3 if quick else 5, device)
     lengths = [len(t) for t in tokens[-1]]
     return {"value": count / statistics.median(times), "unit": "images/s", "times": times, "tokens": tokens[-1],
             "detail": f"attention decoder 512, vocabulary {VOCAB}, beam 5, {count} images "

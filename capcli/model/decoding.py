@@ -65,7 +65,7 @@ def beam_search(decoder, features: torch.Tensor, start: int, end: int, max_len: 
     best_open: list[Decoded | None] = [None] * batch
     for step in range(max_len):
         logits, alpha, state = decoder.step(words, state)
-        logp = F.log_softmax(logits.float(), dim=1) + scores.unsqueeze(1)  # (rows, vocab)
+        logp = F.log_softmax(logits, dim=1, dtype=torch.float32).add_(scores.unsqueeze(1))  # (rows, vocab)
         if banned:
             logp[:, list(banned)] = float("-inf")
         vocab = logp.shape[1]
@@ -76,8 +76,11 @@ def beam_search(decoder, features: torch.Tensor, start: int, end: int, max_len: 
         groups, group_of = torch.unique_consecutive(image_of, return_inverse=True)
         first_row = torch.searchsorted(image_of, groups)
         slot = torch.arange(len(image_of), device=device) - first_row[group_of]
-        table = logp.new_full((len(groups), beam_size, vocab), float("-inf"))
-        table[group_of, slot] = logp
+        if len(image_of) == len(groups) * beam_size:  # every image has all its rows: no gaps to fill
+            table = logp
+        else:
+            table = logp.new_full((len(groups), beam_size, vocab), float("-inf"))
+            table[group_of, slot] = logp
         top, index = table.view(len(groups), -1).topk(min(beam_size, beam_size * vocab), dim=1)
         keep = (torch.arange(top.shape[1], device=device) < room[groups].unsqueeze(1)) & torch.isfinite(top)
         g, j = keep.nonzero(as_tuple=True)  # chosen candidates, grouped by image, best first
