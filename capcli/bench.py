@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+from capcli.allocator import keep_freed_memory
+
 VOCAB = 2600
 IMAGE_SIZE = 256
 CAPTIONS_PER_IMAGE = 5
@@ -36,7 +38,8 @@ def machine_info(device: torch.device) -> dict:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "cpu_bf16": cpu_supports_bf16(),
-            "cpu_amx": bool(torch.cpu._is_amx_tile_supported()), "threads": torch.get_num_threads()}
+            "cpu_amx": bool(torch.cpu._is_amx_tile_supported()), "threads": torch.get_num_threads(),
+            "malloc_keeps_freed_memory": keep_freed_memory()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda_bf16"] = torch.cuda.is_bf16_supported()
@@ -281,7 +284,8 @@ class _StageTimer:
 
 
 def _measure(kind: str, args: tuple) -> dict:
-    """Run one measurement (in a fresh process) and add its peak memory."""
+    """Run one measurement (in a fresh process, allocator set up as the CLI's) and add its peak memory."""
+    keep_freed_memory()
     device = torch.device(args[0]) if args and isinstance(args[0], str) else None
     if device is not None and device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -12,6 +12,7 @@ import os
 import click
 
 from capcli import __version__
+from capcli.allocator import keep_freed_memory
 from capcli.config import DATASETS, SHAPES_IMAGE_SIZE
 from capcli.errors import CapcliError
 
@@ -629,7 +630,8 @@ def bench_command(quick: bool, json_path: str | None, device: str, prep_workers:
     machine = machine_info(torch_device)
     click.echo(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, device {machine['device']}"
                + (f" ({machine['gpu']})" if "gpu" in machine else "")
-               + f"; CPU bf16: {'yes' if machine['cpu_bf16'] else 'no'}, AMX: {'yes' if machine['cpu_amx'] else 'no'}")
+               + f"; CPU bf16: {'yes' if machine['cpu_bf16'] else 'no'}, AMX: {'yes' if machine['cpu_amx'] else 'no'}"
+               + ("" if machine["malloc_keeps_freed_memory"] else "; malloc options left as they were"))
     click.echo(f"{'measurement':<32} {'value':>10} {'unit':<9} {'median s':>9} {'peak MB':>8}")
 
     def show(name: str, row: dict) -> None:
@@ -650,6 +652,7 @@ def bench_command(quick: bool, json_path: str | None, device: str, prep_workers:
 
 
 def main() -> None:
+    keep_freed_memory()
     cli(prog_name="capcli")
 
 
