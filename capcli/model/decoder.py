@@ -12,9 +12,6 @@ tensors whose first dimension is the batch, so beams can be reordered with one i
 
 from __future__ import annotations
 
-import math
-import threading
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,8 +49,8 @@ class Attention(nn.Module):
         self.decoder_att = nn.Linear(decoder_dim, attention_dim)
         self.full_att = nn.Linear(attention_dim, 1)
 
-    # e^(−2x) and its reciprocal stay finite and non-zero in fp32 and bf16 for |x| ≤ 40, so the
-    # product of two factors is e^(−2z) or its correct limit (inf → σ = 0, 0 → σ = 1)
+    # e^(−2x) stays finite, normal and non-zero in fp32 for |x| ≤ 40, so the product of two terms
+    # is e^(−2z)/(2w) or its correct limit (inf → σ = 0, 0 → σ = 1)
     FACTOR_LIMIT = 40.0
 
     @staticmethod
@@ -99,7 +96,7 @@ class Attention(nn.Module):
         bias = self.full_att.bias.item() - (0.0 if centre else total)
         runs = list(_image_runs(image_of, rows, self.ROWS_PER_CHUNK))
         most = max(len(images) * rows_each for _, images, rows_each in runs)
-        z_buffer = _work_buffer((most, num_pixels, attention_dim), dtype)
+        z_buffer = torch.empty(most, num_pixels, attention_dim, dtype=dtype)
         score_buffer = torch.empty(most, num_pixels, dtype=dtype)
         alpha = torch.empty(rows, num_pixels)
         context = pixels.new_empty(rows, pixels.shape[2])
@@ -137,20 +134,6 @@ class Attention(nn.Module):
         low, high = torch.aminmax(terms.abs())
         # a zero weight gives inf, a huge one a subnormal: both would lose the term
         return terms if low.item() >= torch.finfo(torch.float32).tiny and high.item() < float("inf") else None
-
-
-_work = threading.local()
-
-
-def _work_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor for the chunks' intermediate, kept per thread between steps: a fresh
-    12.8 MB allocation each step went back to the OS and was page-faulted in again (~13,000 faults
-    and ~10 % of a batched beam search's time)."""
-    size = math.prod(shape)
-    buffer = getattr(_work, "buffer", None)
-    if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
-        buffer = _work.buffer = torch.empty(size, dtype=dtype)
-    return buffer[:size].view(shape)
 
 
 def _largest_magnitude(x: torch.Tensor) -> float:
