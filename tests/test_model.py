@@ -94,35 +94,63 @@ def test_bf16_attention_stays_as_accurate_as_the_textbook_form_when_the_weights_
         exact = attention(pixels, attention.encoder_att(pixels), h)[1]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             pix = pixels.to(torch.bfloat16)
-            decoding = attention(pix, attention.encoder_att(pix), h)[1]
+            projected = attention.encoder_att(pix)
+            decoding = attention(pix, projected, h)[1]
+            products = attention(pix, projected, h, None, attention.decoding_factors(projected))[1]
             with torch.enable_grad():
-                textbook = attention(pix, attention.encoder_att(pix), h)[1]
+                textbook = attention(pix, projected, h)[1]
     decoding_error = float((decoding.float() - exact).abs().max())
+    products_error = float((products.float() - exact).abs().max())
     textbook_error = float((textbook.detach().float() - exact).abs().max())
     assert decoding_error < 3 * textbook_error, (decoding_error, textbook_error)
+    assert products_error < textbook_error, (products_error, textbook_error)  # fp32 terms
 
 
-def test_attention_product_form_falls_back_where_its_terms_would_overflow():
-    """e^(−2p) is kept only while |p| ≤ 40 (no factor is inf or 0); a larger projected pixel gives
-    no factors; a larger projected hidden state, or a zero score weight (1/(2w) infinite), the
-    sigmoid form for that step: the same results, all finite."""
-    torch.manual_seed(0)
-    attention = Attention(encoder_dim=8, decoder_dim=6, attention_dim=10)
-    pixels, h = torch.randn(3, 5, 8), torch.randn(3, 6)
+def _small_attention(seed: int = 0):
+    torch.manual_seed(seed)
+    return Attention(encoder_dim=8, decoder_dim=6, attention_dim=10), torch.randn(3, 5, 8), torch.randn(3, 6)
+
+
+def test_attention_product_form_keeps_factors_only_while_they_stay_finite():
+    """e^(−2p) is kept only while every |p| ≤ 40 (finite and normal in fp32)."""
+    attention, pixels, _ = _small_attention()
     with torch.no_grad():
         projected = attention.encoder_att(pixels)
-        factors = attention.decoding_factors(projected)
-        assert factors is not None and attention.decoding_factors(projected * 1000) is None
-        torch.testing.assert_close(attention(pixels, projected, h, None, factors), attention(pixels, projected, h))
-        for change in (lambda: attention.full_att.weight[0, 3].fill_(0.0),
-                       lambda: attention.decoder_att.bias.fill_(-60.0)):  # every |q| > 40
-            change()
-            assert attention._product_terms(attention.decoder_att(h), 2 * attention.full_att.weight.view(-1)) is None
-            context, alpha = attention(pixels, projected, h, None, factors)
-            torch.testing.assert_close((context, alpha), attention(pixels, projected, h))
-            assert torch.isfinite(alpha).all()
+        for largest, kept in ((39.5, True), (40.5, False), (-40.5, False)):
+            edge = projected.clone()
+            edge[0, 0, 0] = largest
+            assert (attention.decoding_factors(edge) is not None) == kept, largest
     with torch.enable_grad():
         assert attention.decoding_factors(projected) is None  # training keeps the textbook form
+
+
+@pytest.mark.parametrize("case", ["plain", "negative weights", "zero weight", "huge weight", "q -60", "q +60"])
+def test_attention_product_form_matches_or_falls_back_to_the_sigmoid_form(case):
+    """Where a per-row term e^(−2q)/(2w) would be infinite or subnormal (a zero or huge weight, a
+    very negative or very positive q), that step uses the sigmoid form; either way the results
+    are those of the sigmoid form, all finite."""
+    attention, pixels, h = _small_attention()
+    with torch.no_grad():
+        weight = attention.full_att.weight
+        if case == "negative weights":
+            weight.copy_(-weight.abs())
+        elif case == "zero weight":
+            weight[0, 3] = 0.0
+        elif case == "huge weight":  # e^(−78) / 2e15 underflows, though e^(−2(p + q)) = 1 at p = −39
+            weight[0, 3] = 1e15
+            attention.decoder_att.bias[3] = 39.0
+        elif case in ("q -60", "q +60"):  # e^(−2q) overflows / underflows in fp32
+            attention.decoder_att.bias.fill_(float(case[2:]))
+        projected = attention.encoder_att(pixels)
+        if case == "huge weight":
+            projected[:, :2, 3] = -39.0  # two pixels where that term's σ is ½, not 1
+        factors = attention.decoding_factors(projected)
+        assert factors is not None
+        terms = attention._product_terms(attention.decoder_att(h).unsqueeze(1), 2 * weight.view(-1))
+        assert (terms is None) == (case not in ("plain", "negative weights"))
+        context, alpha = attention(pixels, projected, h, None, factors)
+        torch.testing.assert_close((context, alpha), attention(pixels, projected, h))
+        assert torch.isfinite(alpha).all() and torch.isfinite(context).all()
 
 
 def test_image_runs_keep_images_whole_and_row_counts_equal():

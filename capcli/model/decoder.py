@@ -49,8 +49,9 @@ class Attention(nn.Module):
         self.decoder_att = nn.Linear(decoder_dim, attention_dim)
         self.full_att = nn.Linear(attention_dim, 1)
 
-    # e^(−2x) stays finite, normal and non-zero in fp32 for |x| ≤ 40, so the product of two terms
-    # is e^(−2z)/(2w) or its correct limit (inf → σ = 0, 0 → σ = 1)
+    # e^(−2p) stays finite and normal in fp32 for |p| ≤ 40; with the per-row terms also finite and
+    # normal (checked each step), their product is e^(−2z)/(2w) or its correct limit (inf → σ = 0,
+    # 0 → σ = 1), never 0 · inf
     FACTOR_LIMIT = 40.0
 
     @staticmethod
@@ -60,7 +61,10 @@ class Attention(nn.Module):
     def decoding_factors(self, projected: torch.Tensor) -> torch.Tensor | None:
         """e^(−2 · projected) for the chunked path, or None where a value is out of range (there the
         sigmoid form is used)."""
-        if not self.decodes_in_chunks(projected.device) or _largest_magnitude(projected) > self.FACTOR_LIMIT:
+        if not self.decodes_in_chunks(projected.device):
+            return None
+        low, high = torch.aminmax(projected)
+        if max(-low.item(), high.item()) > self.FACTOR_LIMIT:
             return None
         return projected.to(torch.float32, copy=True).mul_(-2.0).exp_()  # a copy: projected stays
 
@@ -126,19 +130,12 @@ class Attention(nn.Module):
         return context, alpha
 
     def _product_terms(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-        """e^(−2q)/(2w) per row for the product form, or None where a value is out of the range in
-        which the form is exact (then the step uses the sigmoid form)."""
-        if _largest_magnitude(hidden) > self.FACTOR_LIMIT:
-            return None
+        """e^(−2q)/(2w) per row for the product form, or None where one is infinite or subnormal
+        (a large |q|, a zero or huge weight), where the form would lose a term: then the step uses
+        the sigmoid form."""
         terms = torch.exp(hidden.float() * -2.0) / weight
         low, high = torch.aminmax(terms.abs())
-        # a zero weight gives inf, a huge one a subnormal: both would lose the term
         return terms if low.item() >= torch.finfo(torch.float32).tiny and high.item() < float("inf") else None
-
-
-def _largest_magnitude(x: torch.Tensor) -> float:
-    low, high = torch.aminmax(x)
-    return max(-low.item(), high.item())
 
 
 def _image_runs(image_of: torch.Tensor | None, rows: int, chunk_rows: int):
