@@ -75,10 +75,10 @@ def beam_search(decoder, features: torch.Tensor, start: int, end: int, max_len: 
         # lay each image's rows side by side: (images, beam_size * vocab), -inf where no row
         groups, group_of = torch.unique_consecutive(image_of, return_inverse=True)
         first_row = torch.searchsorted(image_of, groups)
-        slot = torch.arange(len(image_of), device=device) - first_row[group_of]
         if len(image_of) == len(groups) * beam_size:  # every image has all its rows: no gaps to fill
             table = logp
         else:
+            slot = torch.arange(len(image_of), device=device) - first_row[group_of]
             table = logp.new_full((len(groups), beam_size, vocab), float("-inf"))
             table[group_of, slot] = logp
         top, index = table.view(len(groups), -1).topk(min(beam_size, beam_size * vocab), dim=1)
