@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 
 
+@functools.cache  # once per process: later calls (the bench's report) return the first answer
 def keep_freed_memory() -> bool:
     """Let glibc keep freed memory for the next batch instead of handing it back to the OS.
 

@@ -93,7 +93,7 @@ class Attention(nn.Module):
             pixel_terms, base, dtype, centre = factors, 1.0 / weight, torch.float32, False
         else:  # the sigmoid form: p per image, 2q per row
             pixel_terms, row_terms, dtype = projected, 2 * hidden.to(projected.dtype), projected.dtype
-            weight = weight.to(dtype).unsqueeze(1)  # (attention_dim, 1)
+            column = weight.to(dtype).unsqueeze(1)  # 2w as (attention_dim, 1)
             # in bf16 the products are rounded at the size of Σw, so where that is large, σ is
             # centred first (σ − ½, one more pass) to keep them small
             centre = dtype != torch.float32 and abs(total) > 1.0
@@ -123,7 +123,7 @@ class Attention(nn.Module):
                     torch.add(chunk_rows, image_terms.unsqueeze(1), alpha=2, out=z).sigmoid_()
                     if centre:
                         z.sub_(0.5)
-                    torch.matmul(z_buffer[:n], weight, out=scores.unsqueeze(2))
+                    torch.matmul(z_buffer[:n], column, out=scores.unsqueeze(2))
                 torch.softmax(scores.float() + bias, dim=1, out=alpha[first:last])
                 torch.bmm(alpha[first:last].view(count, rows_each, num_pixels).to(pixels.dtype),
                           image_pixels, out=context[first:last].view(count, rows_each, -1))
