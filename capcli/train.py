@@ -247,6 +247,11 @@ class Trainer:
         order = torch.randperm(len(self.train_rows), generator=generator)[self.dist.rank::self.dist.world]
         return order[skip_steps * self.images_per_batch:].tolist()
 
+    @staticmethod
+    def _image_of(features: torch.Tensor, cpi: int) -> torch.Tensor:
+        """Caption → image map of a batch: the captions of image i are rows i·cpi to (i+1)·cpi − 1."""
+        return torch.arange(features.shape[0], device=features.device).repeat_interleave(cpi)
+
     def train_step(self, x, captions, lengths) -> tuple[float, float]:
         """autocast(forward, loss) → scale → backward → unscale → clip → step → update → zero_grad.
 
@@ -256,8 +261,9 @@ class Trainer:
         captions, lengths = captions.flatten(0, 1).to(self.device), lengths.flatten().to(self.device)
         optimizers = self.optimizers
         with self.precision.autocast():
-            features = self._features(x, train=True).repeat_interleave(cpi, dim=0)  # once per image
-            logits, alphas = self.train_decoder(features, captions, lengths, self.config.teacher_forcing)
+            features = self._features(x, train=True)  # once per image, for all its captions
+            logits, alphas = self.train_decoder(features, captions, lengths, self.config.teacher_forcing,
+                                                self._image_of(features, cpi))
             loss, top5 = caption_loss(logits, alphas, captions, lengths, self.config.alpha_c)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"the training loss became {loss.item()} at epoch {self.state['epoch'] + 1} "
@@ -323,8 +329,8 @@ class Trainer:
             captions, lengths = captions.flatten(0, 1).to(self.device), lengths.flatten().to(self.device)
             with self.precision.autocast():
                 image_features = self._features(x, False)  # each image encoded once for loss and BLEU
-                features = image_features.repeat_interleave(self.cpi, dim=0)
-                logits, alphas = self.decoder(features, captions, lengths)
+                logits, alphas = self.decoder(image_features, captions, lengths, 1.0,
+                                              self._image_of(image_features, self.cpi))
                 loss, top5 = caption_loss(logits, alphas, captions, lengths, self.config.alpha_c)
                 decoded = greedy(self.decoder, image_features, start, end, self.max_len, banned, attention=False)
             loss_sum, top5_sum, batches = loss_sum + loss.item(), top5_sum + top5.item(), batches + 1

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from capcli.config import ModelConfig
 from capcli.model.captioner import build_model
-from capcli.model.decoder import Attention, _image_runs
+from capcli.model.decoder import Attention, _image_runs, _SigmoidScores
 from capcli.model.loss import caption_loss
 
 
@@ -97,11 +98,11 @@ def test_bf16_attention_stays_as_accurate_as_the_textbook_form_when_the_weights_
             projected = attention.encoder_att(pix)
             decoding = attention(pix, projected, h)[1]
             products = attention(pix, projected, h, None, attention.decoding_factors(projected))[1]
-            with torch.enable_grad():
-                textbook = attention(pix, projected, h)[1]
+            textbook = torch.softmax(attention.full_att(torch.tanh(
+                projected + attention.decoder_att(h).unsqueeze(1))).squeeze(2), dim=1)
     decoding_error = float((decoding.float() - exact).abs().max())
     products_error = float((products.float() - exact).abs().max())
-    textbook_error = float((textbook.detach().float() - exact).abs().max())
+    textbook_error = float((textbook.float() - exact).abs().max())
     assert decoding_error < 3 * textbook_error, (decoding_error, textbook_error)
     assert products_error < textbook_error, (products_error, textbook_error)  # fp32 terms
 
@@ -151,6 +152,56 @@ def test_attention_product_form_matches_or_falls_back_to_the_sigmoid_form(case):
         context, alpha = attention(pixels, projected, h, None, factors)
         torch.testing.assert_close((context, alpha), attention(pixels, projected, h))
         assert torch.isfinite(alpha).all() and torch.isfinite(context).all()
+
+
+def _textbook_scores(projected, hidden, weight, bias):
+    return torch.tanh(projected[:hidden.shape[0]] + hidden.unsqueeze(1)) @ weight.view(-1) + bias
+
+
+def test_training_scores_have_the_textbook_gradients():
+    """Training's sigmoid form (u = σ(2z) computed again for the backward pass) against autograd
+    through the textbook formula: every gradient in fp64 (gradcheck) and in fp32,
+    with projected holding more entries than there are rows (the caller does not slice)."""
+    torch.manual_seed(0)
+    for dtype in (torch.float64, torch.float32):
+        inputs = [torch.randn(23, 7, 10, dtype=dtype), torch.randn(19, 10, dtype=dtype),
+                  torch.randn(1, 10, dtype=dtype), torch.randn(1, dtype=dtype)]
+        inputs = [x.requires_grad_() for x in inputs]
+        if dtype == torch.float64:
+            assert torch.autograd.gradcheck(_SigmoidScores.apply, inputs)
+            continue
+        grad = torch.randn(19, 7)
+        scores = _SigmoidScores.apply(*inputs)
+        ours = torch.autograd.grad(scores, inputs, grad)
+        expected = _textbook_scores(*inputs)
+        torch.testing.assert_close(scores, expected)
+        torch.testing.assert_close(ours, torch.autograd.grad(expected, inputs, grad))
+        assert ours[0][19:].abs().sum() == 0 and ours[0][:19].abs().sum((1, 2)).min() > 0
+
+
+def test_bf16_training_attention_gradients_are_closer_than_the_textbook_bf16_ones():
+    """Under bf16 autocast training's attention works in fp32, so its gradients sit nearer the
+    exact (fp64) ones than the textbook formula's bf16 gradients do."""
+    torch.manual_seed(0)
+    attention = Attention(encoder_dim=64, decoder_dim=32, attention_dim=128)
+    pixels, h = torch.randn(8, 49, 64), torch.randn(8, 32)
+    grad = torch.randn(8, 49)
+
+    def gradients(fn, dtype, autocast):
+        params = [p.detach().to(dtype).requires_grad_() for p in attention.parameters()]
+        enc_w, enc_b, dec_w, dec_b, full_w, full_b = params
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            projected = F.linear(pixels.to(dtype), enc_w, enc_b)
+            projected = projected.float() if fn is _SigmoidScores.apply else projected
+            scores = fn(projected, F.linear(h.to(dtype), dec_w, dec_b), full_w, full_b)
+        return [g.double() for g in torch.autograd.grad(scores.float(), params, grad)]
+
+    exact = gradients(_textbook_scores, torch.float64, False)
+    ours = gradients(_SigmoidScores.apply, torch.float32, True)
+    textbook = gradients(_textbook_scores, torch.float32, True)
+    for e, o, t in zip(exact, ours, textbook):
+        ours_error, textbook_error = float((o - e).abs().max()), float((t - e).abs().max())
+        assert ours_error <= textbook_error, (ours_error, textbook_error)
 
 
 def test_image_runs_keep_images_whole_and_row_counts_equal():
