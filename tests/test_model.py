@@ -154,6 +154,35 @@ def test_attention_product_form_matches_or_falls_back_to_the_sigmoid_form(case):
         assert torch.isfinite(alpha).all() and torch.isfinite(context).all()
 
 
+@pytest.mark.parametrize("decoder_name", ["attention", "plain"])
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_decoding_cell_matches_the_lstm_cell_and_follows_weight_changes(decoder_name, one_hot):
+    """Without gradients the cell reads the words' gates from a per-vocabulary table and takes
+    tanh as 2σ(2x) − 1: the same h and c as nn.LSTMCell, in fp32 and under bf16 autocast, and the
+    table is made again after an optimiser step changes the weights."""
+    torch.manual_seed(0)
+    _, decoder = build_model(ModelConfig(vocab_size=11, encoder="resnet18", decoder=decoder_name, one_hot=one_hot,
+                                         embed_dim=16, attention_dim=8, decoder_dim=12))
+    words = torch.tensor([3, 0, 10, 3])
+    rest = torch.randn(4, 512) if decoder_name == "attention" else None
+    state = (torch.randn(4, 12), torch.randn(4, 12))
+
+    def textbook():
+        x = decoder.embed(words) if rest is None else torch.cat([decoder.embed(words), rest], dim=1)
+        return decoder.lstm(x, state)
+
+    optimizer = torch.optim.SGD(decoder.parameters(), lr=0.5)
+    for _ in range(2):
+        with torch.no_grad():
+            torch.testing.assert_close(decoder.cell(words, rest, state), textbook(), atol=2e-6, rtol=1e-5)
+        torch.cat([p.flatten() for p in textbook()]).sum().backward()  # with gradients: nn.LSTMCell
+        optimizer.step()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = decoder.cell(words, rest, state)
+    with torch.no_grad():
+        torch.testing.assert_close(low, textbook(), atol=0.05, rtol=0.05)
+
+
 def _textbook_scores(projected, hidden, weight, bias):
     return torch.tanh(projected[:hidden.shape[0]] + hidden.unsqueeze(1)) @ weight.view(-1) + bias
 
