@@ -183,6 +183,29 @@ def test_decoding_cell_matches_the_lstm_cell_and_follows_weight_changes(decoder_
         torch.testing.assert_close(low, textbook(), atol=0.05, rtol=0.05)
 
 
+@pytest.mark.parametrize("decoder_name", ["attention", "plain"])
+def test_captions_sharing_their_image_train_as_with_repeated_features(decoder_name):
+    """forward(features per image, image_of), what training runs, gives the logits, attention and
+    gradients of forward(features repeated per caption)."""
+    torch.manual_seed(0)
+    _, decoder = build_model(ModelConfig(vocab_size=13, encoder="resnet18", decoder=decoder_name, embed_dim=16,
+                                         attention_dim=8, decoder_dim=12, dropout=0.0))
+    features = torch.randn(3, 14, 14, 512)
+    image_of = torch.tensor([0, 0, 1, 1, 1, 2])
+    captions = torch.randint(3, 13, (6, 7))
+    lengths = torch.tensor([4, 6, 3, 7, 5, 6])
+
+    def run(*inputs):
+        logits, alphas = decoder(*inputs)
+        loss = logits.square().mean() + (0 if alphas is None else alphas.square().mean())
+        return [logits, alphas], torch.autograd.grad(loss, list(decoder.parameters()))
+
+    ours, ours_grads = run(features, captions, lengths, 1.0, image_of)
+    expected, expected_grads = run(features[image_of], captions, lengths)
+    torch.testing.assert_close(ours, expected)
+    torch.testing.assert_close(ours_grads, expected_grads)
+
+
 def _textbook_scores(projected, hidden, weight, bias):
     return torch.tanh(projected[:hidden.shape[0]] + hidden.unsqueeze(1)) @ weight.view(-1) + bias
 
