@@ -43,7 +43,7 @@ def encode_images(encoder, images: torch.Tensor, device: torch.device, precision
     """uint8 (batch, 3, S, S) → encoder features (batch, 14, 14, C)."""
     x = images.to(device, non_blocking=True).float().div_(255.0)
     with precision.autocast():
-        return encoder(x)
+        return encoder.infer(x)
 
 
 def ensure_features(encoder, prepared: PreparedData, split: str, key: str, device: torch.device,

@@ -1,0 +1,80 @@
+"""The encoder's inference path: fused CPU convolutions give the eager ResNet's features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from capcli.model import encoder as encoder_module
+from capcli.model.encoder import Encoder
+
+
+def _calibrated(name: str, seed: int) -> tuple[Encoder, torch.Tensor]:
+    """An encoder whose BatchNorms are not the identity (statistics from random images, random
+    affine parameters), and images to encode."""
+    torch.manual_seed(seed)
+    encoder = Encoder(name)
+    images = torch.rand(3, 3, 64, 64)
+    encoder.calibrate_batchnorm([images])
+    with torch.no_grad():
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return encoder.eval(), images
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])  # BasicBlock and Bottleneck
+def test_fused_inference_gives_the_eager_features(name):
+    encoder, images = _calibrated(name, 0)
+    with torch.no_grad():
+        eager = encoder(images)
+    fused = encoder.infer(images)
+    assert fused.shape == eager.shape and fused.is_contiguous()
+    assert _relative_error(fused, eager) < 1e-4
+    assert not torch.equal(fused, eager)  # it did take the fused path (folded weights round differently)
+
+
+def test_fused_bf16_inference_is_as_accurate_as_bf16_autocast():
+    encoder, images = _calibrated("resnet18", 1)
+    with torch.no_grad():
+        exact = encoder(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            eager = encoder(images)
+            fused = encoder.infer(images)
+    assert fused.dtype == eager.dtype == torch.bfloat16
+    assert _relative_error(fused, exact) < 2 * _relative_error(eager, exact) + 1e-3
+    assert _relative_error(fused, exact) < 0.1
+
+
+def test_fused_inference_follows_new_weights_and_statistics():
+    encoder, images = _calibrated("resnet18", 2)
+    before = encoder.infer(images)
+    other, _ = _calibrated("resnet18", 3)
+    encoder.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        eager = encoder(images)
+    after = encoder.infer(images)
+    assert _relative_error(after, before) > 0.1
+    assert _relative_error(after, eager) < 1e-4
+    encoder.calibrate_batchnorm([images * 0.5])  # statistics change in place
+    with torch.no_grad():
+        eager = encoder(images)
+    assert _relative_error(encoder.infer(images), eager) < 1e-4
+
+
+def test_inference_in_training_mode_or_without_fused_convolutions_is_the_eager_forward(monkeypatch):
+    encoder, images = _calibrated("resnet18", 4)
+    with torch.no_grad():
+        eager = encoder(images)
+    monkeypatch.setattr(encoder_module, "_has_fused_convolutions", lambda: False)
+    assert torch.equal(encoder.infer(images), eager)
+    monkeypatch.undo()
+    encoder.train()  # batch statistics: the folded running statistics would be wrong
+    with torch.no_grad():
+        training = encoder(images)
+    assert torch.equal(encoder.infer(images), training)
