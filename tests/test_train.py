@@ -175,8 +175,8 @@ def test_feature_cache_runs_the_encoder_once(data, tmp_path, run, monkeypatch):
     from capcli.model.encoder import Encoder
 
     calls = []
-    original = Encoder.forward
-    monkeypatch.setattr(Encoder, "forward", lambda self, x: calls.append(len(x)) or original(self, x))
+    original = Encoder.infer  # how every frozen-encoder batch is encoded
+    monkeypatch.setattr(Encoder, "infer", lambda self, x: calls.append(len(x)) or original(self, x))
     for folder in os.listdir(data):
         if folder.startswith("FEATURES_"):
             os.remove(data / folder)
