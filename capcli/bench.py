@@ -180,19 +180,19 @@ def _bench_beam(device: torch.device, precision: str, quick: bool, batched: bool
         encoder.calibrate_batchnorm([images[:32].to(device).float().div_(255.0)])
     features = torch.cat([encode_images(encoder, images[i:i + 16], device, prec) for i in range(0, count, 16)])
 
-    def decode(chunk: torch.Tensor) -> list[list[int]]:
+    def decode(chunk: torch.Tensor) -> list[tuple[list[int], float]]:
         with prec.autocast():
-            return [d.tokens for d in beam_search(decoder, chunk, 2, 3, 12, 5, banned=(0, 2))]
+            return [(d.tokens, d.score) for d in beam_search(decoder, chunk, 2, 3, 12, 5, banned=(0, 2))]
 
-    def run() -> list[list[int]]:
+    def run() -> list[tuple[list[int], float]]:
         if batched:
             return decode(features)
         return [decode(features[i:i + 1])[0] for i in range(count)]
 
-    tokens: list = []
-    times = _median_time(lambda: tokens.append(run()), 1, 3 if quick else 5, device)
-    lengths = [len(t) for t in tokens[-1]]
-    return {"value": count / statistics.median(times), "unit": "images/s", "times": times, "tokens": tokens[-1],
+    captions: list = []
+    times = _median_time(lambda: captions.append(run()), 1, 3 if quick else 5, device)
+    lengths = [len(tokens) for tokens, _ in captions[-1]]
+    return {"value": count / statistics.median(times), "unit": "images/s", "times": times, "captions": captions[-1],
             "detail": f"attention decoder 512, vocabulary {VOCAB}, beam 5, {count} images "
                       + ("in one batch" if batched else "one at a time")
                       + f", captions of {min(lengths)}-{max(lengths)} words; encoder not timed"}
@@ -312,6 +312,14 @@ def plan(device: torch.device, quick: bool, prep_workers: int) -> list[tuple[str
     return rows
 
 
+def compare_captions(batched: list[tuple[list[int], float]], single: list[tuple[list[int], float]]) -> dict:
+    """How many images got another caption one at a time than in the batch, and the largest gap
+    between the two captions' scores (summed log-probabilities) among them: a near-tie that the
+    two row counts' matrix kernels round differently leaves a gap near 0, a decoding bug does not."""
+    differing = [abs(a[1] - b[1]) for a, b in zip(batched, single) if a[0] != b[0]]
+    return {"images": len(batched), "differing": len(differing), "largest_score_gap": max(differing, default=None)}
+
+
 def _ratio(results: dict[str, dict], a: str, b: str) -> float | None:
     if a in results and b in results and results[b]["value"]:
         return results[a]["value"] / results[b]["value"]
@@ -339,10 +347,11 @@ def run_bench(device: torch.device, quick: bool = False, prep_workers: int | Non
         if on_row:
             on_row(name, row)
     best = "bf16" if "bf16" in precisions(device) else precisions(device)[-1]
-    same = None
+    same = comparison = None
     batched, single = results.get(f"caption beam5 batched {best}"), results.get(f"caption beam5 single {best}")
     if batched and single:
-        same = batched.pop("tokens") == single.pop("tokens")
+        comparison = compare_captions(batched.pop("captions"), single.pop("captions"))
+        same = comparison["differing"] == 0
         batched["same_captions"] = single["same_captions"] = same
     low = "fp16" if device.type == "cuda" and "bf16" not in precisions(device) else "bf16"
     ratios = {
@@ -353,4 +362,4 @@ def run_bench(device: torch.device, quick: bool = False, prep_workers: int | Non
         "prep_workers_vs_one": _ratio(results, f"prep {prep_workers} workers", "prep 1 worker"),
     }
     return {"machine": machine_info(device), "results": list(results.values()), "ratios": ratios,
-            "beam_same_captions": same, "quick": quick}
+            "beam_same_captions": same, "beam_comparison": comparison, "quick": quick}

@@ -643,9 +643,13 @@ def bench_command(quick: bool, json_path: str | None, device: str, prep_workers:
     report = run_bench(torch_device, quick, prep_workers, only, on_row=show)
     click.echo("ratios: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}×'}"
                                       for k, v in report["ratios"].items()))
-    if report["beam_same_captions"] is not None:
+    comparison = report["beam_comparison"]
+    if comparison is not None:
+        counts = f"{comparison['images'] - comparison['differing']} of {comparison['images']} images"
+        gap = "" if comparison["differing"] == 0 else \
+            f"; where they differ, the two captions' scores differ by at most {comparison['largest_score_gap']:.2g}"
         click.echo(f"batched and one-at-a-time beam search give the same captions: "
-                   f"{'yes' if report['beam_same_captions'] else 'NO'}")
+                   f"{'yes' if report['beam_same_captions'] else 'NO'} ({counts}{gap})")
     if json_path:
         write_json(json_path, report)
         click.echo(f"wrote {json_path}")

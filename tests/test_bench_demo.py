@@ -46,14 +46,24 @@ def test_bench_prep_and_caption_subset(tmp_path, run):
     for row in report["results"]:
         assert row["value"] > 0 and row["peak_rss_mb"] > 50 and len(row["times"]) >= 2
     assert report["beam_same_captions"] is True
+    assert report["beam_comparison"] == {"images": 32, "differing": 0, "largest_score_gap": None}
     ratios = report["ratios"]
     assert set(ratios) >= {"encoder_bf16_vs_fp32", "train_cached_vs_raw", "beam_batched_vs_single",
                            "prep_workers_vs_one"}
     assert ratios["encoder_bf16_vs_fp32"] is None  # not measured in this subset
     assert ratios["beam_batched_vs_single"] > 1 and ratios["prep_workers_vs_one"] > 0
-    assert "batched and one-at-a-time beam search give the same captions: yes" in result.stdout
+    assert "batched and one-at-a-time beam search give the same captions: yes (32 of 32 images)" in result.stdout
 
 
 def test_bench_unknown_subset(run):
     result = run("bench", "--quick", "--only", "nothing-like-this")
     assert result.exit_code == 1 and "no measurement matches" in result.output
+
+
+def test_caption_comparison_counts_differing_images_and_their_score_gap():
+    from capcli.bench import compare_captions
+
+    batched = [([5, 6], -3.0), ([7], -1.25), ([8, 9], -2.0)]
+    single = [([5, 6], -3.0), ([4], -1.0), ([9, 8], -2.5)]
+    assert compare_captions(batched, single) == {"images": 3, "differing": 2, "largest_score_gap": 0.5}
+    assert compare_captions(batched, batched)["differing"] == 0
