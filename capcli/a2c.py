@@ -12,7 +12,6 @@ mean over real (non-padding) words only.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
@@ -250,8 +249,7 @@ class A2CTrainer:
         self.words = words
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad() if self.config.freeze_encoder else contextlib.nullcontext():
-            return encode_images(self.encoder, images, self.device, self.precision)
+        return encode_images(self.encoder, images, self.device, self.precision, train=not self.config.freeze_encoder)
 
     def rollout(self, features: torch.Tensor):
         """Sample one caption per image with gradients: tokens, lengths, log-probs, entropies, hidden states."""

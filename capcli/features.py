@@ -38,12 +38,13 @@ def features_path(prepared: PreparedData, split: str, key: str) -> str:
     return os.path.join(prepared.folder, f"FEATURES_{split}_{prepared.name}_{key}.hdf5")
 
 
-@torch.no_grad()
-def encode_images(encoder, images: torch.Tensor, device: torch.device, precision: Precision) -> torch.Tensor:
-    """uint8 (batch, 3, S, S) → encoder features (batch, 14, 14, C)."""
+def encode_images(encoder, images: torch.Tensor, device: torch.device, precision: Precision,
+                  train: bool = False) -> torch.Tensor:
+    """uint8 (batch, 3, S, S) → encoder features (batch, 14, 14, C): without gradients through
+    ``Encoder.infer``, or with ``train`` through the encoder's forward, for fine-tuning it."""
     x = images.to(device, non_blocking=True).float().div_(255.0)
     with precision.autocast():
-        return encoder.infer(x)
+        return encoder(x) if train else encoder.infer(x)
 
 
 def ensure_features(encoder, prepared: PreparedData, split: str, key: str, device: torch.device,

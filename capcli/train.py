@@ -232,8 +232,7 @@ class Trainer:
         if self.cached:
             return x.to(self.device, non_blocking=True).float()
         if train and self.encoder_opt is not None:
-            with self.precision.autocast():
-                return self.train_encoder(x.to(self.device).float().div_(255.0))
+            return encode_images(self.train_encoder, x, self.device, self.precision, train=True)
         return encode_images(self.encoder, x, self.device, self.precision)
 
     def _loader(self, dataset, indices: list[int] | None, batch_size: int) -> DataLoader:

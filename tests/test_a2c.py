@@ -103,6 +103,7 @@ def test_freeze_encoder_keeps_every_encoder_weight(workdir, run):
     changed = [k for k, v in before["encoder"].items() if not torch.equal(v, trained["encoder"][k])]
     assert any(k.startswith("resnet.5.") for k in changed)  # stage 2 onwards is trained
     weights = [k for k in changed if k.endswith(("weight", "bias"))]  # BatchNorm buffers move in train mode
+    assert any(k.startswith("resnet.5.") and "conv" in k for k in weights)  # gradients reach the encoder
     assert not any(k.startswith(("resnet.0.", "resnet.1.", "resnet.4.")) for k in weights)  # stem, stage 1 fixed
 
 
