@@ -192,9 +192,9 @@ class Trainer:
             if self.encoder_opt is not None:
                 self.train_encoder = DistributedDataParallel(self.encoder, device_ids=ids)
         if self.config.compile:
-            # Compile the one-word step, not the caption loop: the loop's length and shrinking batch
+            # Compile the one-word recurrence, not the caption loop: the loop's length and shrinking batch
             # change with every batch and would recompile the whole graph each time.
-            self.decoder.step = torch.compile(self.decoder.step, dynamic=True)
+            self.decoder.advance = torch.compile(self.decoder.advance, dynamic=True)
 
     @property
     def cached(self) -> bool:

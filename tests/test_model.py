@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from capcli.config import ModelConfig
+from capcli.model.attention import Attention, _image_runs, _SigmoidScores
 from capcli.model.captioner import build_model
-from capcli.model.decoder import Attention, _image_runs, _SigmoidScores
 from capcli.model.loss import caption_loss
 
 
@@ -204,6 +204,30 @@ def test_captions_sharing_their_image_train_as_with_repeated_features(decoder_na
     expected, expected_grads = run(features[image_of], captions, lengths)
     torch.testing.assert_close(ours, expected)
     torch.testing.assert_close(ours_grads, expected_grads)
+
+
+@pytest.mark.parametrize("decoder_name", ["attention", "plain"])
+def test_output_layer_run_once_after_the_loop_gives_the_per_word_logits_and_gradients(decoder_name):
+    """Pure teacher forcing runs the output layer once over every real position; a teacher-forcing
+    ratio just under 1 (the model's word is, in practice, never taken) runs it word by word, as
+    sampling needs. Both give the same logits, zero at padding, and the same gradients."""
+    torch.manual_seed(0)
+    _, decoder = build_model(ModelConfig(vocab_size=13, encoder="resnet18", decoder=decoder_name, embed_dim=16,
+                                         attention_dim=8, decoder_dim=12, dropout=0.0))
+    features = torch.randn(4, 14, 14, 512)
+    captions = torch.randint(3, 13, (4, 7))
+    lengths = torch.tensor([4, 7, 3, 6])
+
+    def run(teacher_forcing):
+        logits, _ = decoder(features, captions, lengths, teacher_forcing)
+        return logits, torch.autograd.grad(logits.square().mean(), list(decoder.parameters()))
+
+    once, once_grads = run(1.0)
+    per_word, per_word_grads = run(1.0 - 1e-12)
+    torch.testing.assert_close(once, per_word)
+    torch.testing.assert_close(once_grads, per_word_grads)
+    padding = torch.arange(6) >= (lengths - 1).unsqueeze(1)
+    assert (once[padding] == 0).all() and (once[~padding] != 0).all()
 
 
 def _textbook_scores(projected, hidden, weight, bias):
