@@ -124,12 +124,12 @@ def _has_fused_convolutions() -> bool:
 
 
 def _folded(conv: nn.Conv2d, norm: nn.BatchNorm2d, dtype: torch.dtype) -> tuple:
-    """The arguments of a oneDNN convolution computing norm(conv(x)) in eval mode."""
-    with torch.no_grad():
-        weight, bias = fuse_conv_bn_weights(conv.weight.float(), None, norm.running_mean, norm.running_var,
-                                            norm.eps, norm.weight.float(), norm.bias.float())
-    weight = weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
-    return weight, bias.detach().to(dtype), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
+    """The arguments of a oneDNN convolution computing norm(conv(x)) in eval mode (called without
+    gradients)."""
+    weight, bias = fuse_conv_bn_weights(conv.weight.float(), None, norm.running_mean, norm.running_var,
+                                        norm.eps, norm.weight.float(), norm.bias.float())
+    weight = weight.to(dtype).contiguous(memory_format=torch.channels_last)
+    return weight, bias.to(dtype), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
 
 
 def _run_fused(plan: tuple, maxpool: nn.Module, x: torch.Tensor) -> torch.Tensor:
