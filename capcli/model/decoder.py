@@ -131,7 +131,9 @@ class _Decoder(nn.Module):
             rows = sum(1 for n in running if n > t)
             state = tuple(s if s is None or i in whole else s[:rows] for i, s in enumerate(state))
             h, alpha, state = self.advance(words[:rows], state)
-            out = self.dropout(h) if once else self.fc(self.dropout(h))
+            out = self.dropout(h)
+            if not once:
+                out = self.fc(out)
             if outputs is None:
                 outputs = out.new_zeros(len(order), steps, out.shape[1])
                 alphas = None if alpha is None else alpha.new_zeros(len(order), steps, alpha.shape[1])
