@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from capcli import safeio
 from capcli.errors import CapcliError
 from capcli.runs import RunSummary
 
@@ -40,6 +41,8 @@ def summary_text(name: str, path: str, s: RunSummary) -> str:
         rows.append(("A2C epoch", f"{a.get('epoch')}: reward {_fmt(a.get('reward'))}, advantage "
                                   f"{_fmt(a.get('advantage'))}, entropy {_fmt(a.get('entropy'))}"))
         rows.append(("A2C val BLEU-4 / CIDEr-D", f"{_fmt(a.get('val_bleu4'))} / {_fmt(a.get('val_cider_d'))}"))
+    if s.skipped:
+        rows.append(("skipped lines", f"{s.skipped} (not UTF-8, not a JSON object, or a field of the wrong type)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -89,22 +92,25 @@ def save_pngs(name: str, s: RunSummary, folder: str) -> list[str]:
         if any(s.series.get(k) for k, _ in keys):
             ax.legend()
 
+    def save(fig, file: str) -> str:
+        path = os.path.join(folder, file)
+        try:
+            with safeio.atomic_write(path) as f:  # a fresh temporary name, renamed: never through a link
+                fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+        finally:
+            plt.close(fig)
+        return path
+
     written = []
     for file, (title, ylabel, keys) in zip((f"loss_plot_{name}.png", f"accuracy_plot_{name}.png",
                                             f"bleu_scores_{name}.png"), CHARTS[:3]):
         fig, ax = plt.subplots(figsize=(8, 5))
         draw(ax, keys, title, ylabel)
-        path = os.path.join(folder, file)
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(save(fig, file))
     fig, axes = plt.subplots(2, 2, figsize=(14, 9))
     for ax, (title, ylabel, keys) in zip(axes.flat, CHARTS):
         draw(ax, keys, title, ylabel)
     fig.suptitle(f"Training {name}")
     fig.tight_layout()
-    path = os.path.join(folder, f"training_visualization_{name}.png")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    written.append(path)
+    written.append(save(fig, f"training_visualization_{name}.png"))
     return written

@@ -1,7 +1,8 @@
 """Reading runs: find a run's metrics feed and summarise it (``capcli metrics`` and the dashboard).
 
 A feed may be growing while it is read: only complete lines count, so a half-written last
-line is left for the next read.
+line is left for the next read. Lines that are not valid feed lines (``feed.valid_line``) are
+skipped and counted in ``RunSummary.skipped``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from capcli.errors import InputError
-from capcli.feed import read_feed
+from capcli.feed import parse_line, scan_feed, valid_line
 
 A2C_FIELDS = ("reward", "advantage", "entropy", "actor_loss", "critic_loss", "entropy_weight", "bleu4", "cider_d")
 
@@ -47,7 +48,8 @@ def _finite(value) -> bool:
 class RunSummary:
     """Figures of one run, from its feed lines."""
 
-    lines: int = 0
+    lines: int = 0  # valid lines
+    skipped: int = 0  # complete lines that were not valid feed lines (not UTF-8, not JSON, wrong types)
     stage: str | None = None  # of the last line: train or a2c
     epochs_done: int = 0
     last_step: int = 0
@@ -67,9 +69,28 @@ class RunSummary:
             self.series.setdefault(name, []).append((x, y))
 
 
-def summarize(lines: list[dict]) -> RunSummary:
-    """Summary statistics and chart series of a feed's lines (non-finite values skipped)."""
-    s = RunSummary(lines=len(lines))
+def _add_a2c_line(s: RunSummary, line: dict) -> None:
+    event, split, epoch = line.get("event"), line.get("split"), line.get("epoch")
+    if event == "epoch" and split == "train":
+        s.a2c = {**(s.a2c or {}), **{k: line.get(k) for k in A2C_FIELDS if k in line}, "epoch": epoch}
+        s.add("a2c_reward", epoch, line.get("reward"))
+        s.add("a2c_entropy", epoch, line.get("entropy"))
+    elif event == "epoch" and split == "val":
+        s.a2c = {**(s.a2c or {}), "val_bleu4": line.get("bleu4"), "val_cider_d": line.get("cider_d")}
+        s.add("a2c_val_bleu4", epoch, line.get("bleu4"))
+        s.add("a2c_val_cider_d", epoch, line.get("cider_d"))
+
+
+def summarize(lines: list, skipped: int = 0) -> RunSummary:
+    """Summary statistics and chart series of a feed's lines (non-finite values skipped).
+
+    Args:
+        lines: parsed lines; those that are not valid feed lines are skipped and counted.
+        skipped: lines already skipped by the reader, added to the count.
+    """
+    valid = [line for line in lines if valid_line(line)]
+    s = RunSummary(lines=len(valid), skipped=skipped + len(lines) - len(valid))
+    lines = valid
     epoch_times: list[float] = []
     previous_end = lines[0]["time"] if lines and _finite(lines[0].get("time")) else None
     last_lr = None
@@ -88,14 +109,7 @@ def summarize(lines: list[dict]) -> RunSummary:
                 s.total_epochs[stage] = int(line["epochs"])
             continue
         if stage == "a2c":
-            if event == "epoch" and split == "train":
-                s.a2c = {**(s.a2c or {}), **{k: line.get(k) for k in A2C_FIELDS if k in line}, "epoch": epoch}
-                s.add("a2c_reward", epoch, line.get("reward"))
-                s.add("a2c_entropy", epoch, line.get("entropy"))
-            elif event == "epoch" and split == "val":
-                s.a2c = {**(s.a2c or {}), "val_bleu4": line.get("bleu4"), "val_cider_d": line.get("cider_d")}
-                s.add("a2c_val_bleu4", epoch, line.get("bleu4"))
-                s.add("a2c_val_cider_d", epoch, line.get("cider_d"))
+            _add_a2c_line(s, line)
             continue
         if event == "step":
             s.add("step_loss", line.get("step"), line.get("loss"))
@@ -128,13 +142,14 @@ def summarize(lines: list[dict]) -> RunSummary:
 
 
 def read_summary(path: str) -> RunSummary:
-    return summarize(read_feed(path))
+    return summarize(*scan_feed(path))
 
 
 class FeedTail:
     """Follows a feed that another process appends to: each :meth:`poll` returns the complete
     lines added since the last one. A partial last line is kept until it is completed; a file
-    that shrank or was replaced starts over (``reset`` is set); a missing file just yields nothing."""
+    that shrank or was replaced starts over (``reset`` is set); a missing file just yields nothing.
+    Invalid lines are not returned; ``skipped`` counts them since the (last) start."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -143,10 +158,9 @@ class FeedTail:
         self.identity: tuple[int, int] | None = None
         self.exists = False
         self.reset = False
+        self.skipped = 0
 
     def poll(self) -> list[dict]:
-        import json
-
         self.reset = False
         try:
             stat = os.stat(self.path)
@@ -167,13 +181,10 @@ class FeedTail:
         self.offset += len(chunk)
         data = self.partial + chunk
         *complete, self.partial = data.split(b"\n")
-        lines = []
-        for raw in complete:
-            try:
-                lines.append(json.loads(raw))
-            except ValueError:
-                continue
+        parsed = [parse_line(raw) for raw in complete]
+        lines = [line for line in parsed if line is not None]
+        self.skipped += len(parsed) - len(lines)
         return lines
 
     def _start_over(self) -> None:
-        self.offset, self.partial, self.reset = 0, b"", True
+        self.offset, self.partial, self.reset, self.skipped = 0, b"", True, 0

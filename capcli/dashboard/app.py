@@ -2,15 +2,20 @@
 and answers caption queries with a per-word attention heat map drawn in the terminal.
 
 All file reading and inference happen in thread workers; the UI thread only applies results.
-It calls the same services as the CLI (``runs``, ``captioning``).
+It calls the same services as the CLI (``runs``, ``captioning``). Invalid feed lines are skipped
+by the reader (and counted in the run panel); an unexpected error anywhere ends the app with
+return code 1, its traceback in ``{output_folder}/dashboard_error.log`` and ``error_message``
+saying so in one line.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,17 +24,21 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.suggester import Suggester
 from textual.widgets import Footer, Header, Input, Static
+from textual.worker import WorkerFailed
 from textual_plotext import PlotextPlot
 
+from capcli import safeio
 from capcli.metrics import CHARTS as METRIC_CHARTS
 from capcli.runs import FeedTail, RunSummary, run_feeds, summarize
 
 BEAMS = (1, 3, 5, 10)
 CHARTS = {str(i + 1): (title, series) for i, (title, _, series) in enumerate(METRIC_CHARTS)}  # key 1-4
 MAX_POINTS = 400
+ERROR_LOG = "dashboard_error.log"
 
 HELP = """\
 [b]capcli dashboard — keys[/b]
@@ -76,6 +85,28 @@ def heatmap_text(pixels: np.ndarray, weights, width: int, height: int, strength:
         if y + 2 < rows:
             text.append("\n")
     return text
+
+
+def write_error_log(folder: str, error: BaseException) -> str:
+    """Write the traceback of ``error`` to ``folder``/dashboard_error.log, or to a new temporary
+    file when that folder is missing or not writable; returns the file's path.
+
+    Raises:
+        OSError: not even a temporary file could be written.
+    """
+    text = f"capcli dashboard, {time.strftime('%Y-%m-%d %H:%M:%S')}\n" + "".join(traceback.format_exception(error))
+    if os.path.isdir(folder):
+        path = os.path.join(folder, ERROR_LOG)
+        try:
+            with safeio.atomic_write(path, text=True) as f:
+                f.write(text)
+            return path
+        except OSError:
+            pass  # a folder this user may only read: the temporary file below instead
+    fd, path = tempfile.mkstemp(prefix="capcli-dashboard-", suffix=".log")
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
 
 
 class PathSuggester(Suggester):
@@ -194,6 +225,32 @@ class Dashboard(App):
         self.word_index = 0
         self.captioners: dict[str, tuple[float, object]] = {}  # path → (mtime, model): one per file
         self.poll_lock = threading.Lock()
+        self.skipped = 0  # invalid feed lines the reader skipped
+        self.error_message: str | None = None  # set by an unexpected error: one line, where its traceback is
+
+    # --- unexpected errors -----------------------------------------------------------------------
+
+    def _handle_exception(self, error: Exception) -> None:
+        """Textual's hook for every unhandled error (a handler, a timer, a worker). Instead of a
+        traceback of locals on the terminal: the traceback goes to a log file, ``error_message``
+        says so in one line and the app exits with return code 1."""
+        if self.error_message is None:  # the first error is the cause; any later one follows from it
+            cause = error.error if isinstance(error, WorkerFailed) else error
+            try:
+                where = f"traceback in {write_error_log(self.output_folder, cause)}"
+            except OSError as exc:
+                where = f"no log written: {exc}"
+            summary = (str(cause).strip().splitlines() or [""])[0]
+            self.error_message = (f"the dashboard stopped on an unexpected error: {type(cause).__name__}"
+                                  f"{': ' + summary if summary else ''} ({where})")
+        if self._exception is None:  # as App._handle_exception: Pilot stops waiting, run_test re-raises it
+            self._exception = error
+            self._exception_event.set()
+        self.exit(return_code=1)
+
+    def exit(self, result=None, return_code: int = 0, message=None) -> None:
+        """As :meth:`App.exit`, but never with return code 0 once an error happened."""
+        super().exit(result, 1 if self.error_message is not None else return_code, message)
 
     # --- layout ------------------------------------------------------------------------------
 
@@ -243,21 +300,22 @@ class Dashboard(App):
                     return
                 self.tail = FeedTail(path)
             new = self.tail.poll()
-            reset, exists = self.tail.reset, self.tail.exists
+            reset, exists, skipped = self.tail.reset, self.tail.exists, self.tail.skipped
         except OSError as exc:
-            self.call_from_thread(self.notify, f"reading the metrics feed: {exc}", severity="error")
+            self.call_from_thread(self.notify, f"reading the metrics feed: {exc}", severity="error", markup=False)
             return
         finally:
             self.poll_lock.release()
-        if new or reset or not exists:
-            self.call_from_thread(self._apply_lines, new, reset, exists)
+        if new or reset or not exists or skipped != self.skipped:
+            self.call_from_thread(self._apply_lines, new, reset, exists, skipped)
 
-    def _apply_lines(self, new: list[dict], reset: bool, exists: bool) -> None:
+    def _apply_lines(self, new: list[dict], reset: bool, exists: bool, skipped: int = 0) -> None:
         if reset:
             self.lines = []
             self.notify("the metrics file was truncated or replaced: starting over", severity="warning")
         self.lines.extend(new)
-        self.summary = summarize(self.lines)
+        self.skipped = skipped
+        self.summary = summarize(self.lines, skipped)
         self.feed_exists = exists
         self._show_run()
         self._draw_chart()
@@ -276,10 +334,10 @@ class Dashboard(App):
         path = self.tail.path if self.tail else None
         if path is None or not self.feed_exists or not self.lines:
             where = path or os.path.join(self.output_folder, "metrics_*.jsonl")
-            panel.update(f"waiting for {where}…")
+            panel.update(f"waiting for {escape(where)}…")
             return
         age = time.time() - (s.last_time or time.time())
-        state = f"ended: {s.ended}" if s.ended else ("stale" if age > self.stale_seconds else "live")
+        state = f"ended: {escape(s.ended)}" if s.ended else ("stale" if age > self.stale_seconds else "live")
         epoch = (s.a2c or {}).get("epoch", 0) if s.stage == "a2c" else s.epochs_done
         best = f"{s.best_bleu4:.4f} (epoch {s.best_epoch})" if s.best_bleu4 is not None else "–"
         lr = s.last.get("lr")
@@ -288,11 +346,13 @@ class Dashboard(App):
         eta = "–"
         if total and s.mean_epoch_seconds and not s.ended:
             eta = _age(max(total - (epoch or 0), 0) * s.mean_epoch_seconds)
-        lines = [f"{os.path.basename(path)[8:-6]}  [b]{s.stage or '?'}[/b]  {state}",
+        lines = [f"{escape(os.path.basename(path)[8:-6])}  [b]{escape(s.stage or '?')}[/b]  {state}",
                  f"epoch {epoch or 0}{f'/{total}' if total else ''}  step {s.last_step}",
                  f"best BLEU-4 {best}",
                  f"lr {'–' if lr is None else f'{lr:.2e}'}  per epoch {per_epoch}",
                  f"ETA {eta}  last update {_age(age)} ago"]
+        if s.skipped:
+            lines.append(f"[$warning]skipped {s.skipped} invalid feed line(s)[/]")
         panel.update("\n".join(lines))
 
     def _draw_chart(self) -> None:
@@ -328,7 +388,8 @@ class Dashboard(App):
                 known = self.checkpoints.get(path)
                 found[path] = known if known and known.mtime == mtime else read_checkpoint_info(path, mtime)
             except Exception as exc:  # a strange file is reported, never fatal to the app
-                self.call_from_thread(self.notify, f"{os.path.basename(path)}: {exc}", severity="error")
+                self.call_from_thread(self.notify, f"{os.path.basename(path)}: {exc}", severity="error",
+                                      markup=False)
         self.call_from_thread(self._apply_checkpoints, found)
 
     def action_refresh_checkpoints(self) -> None:
@@ -340,7 +401,7 @@ class Dashboard(App):
             best = [p for p in found if os.path.basename(p).startswith("BEST_")]
             self.chosen = (best or list(found) or [None])[0]
         now = time.time()
-        rows = [f"{os.path.basename(c.path).removesuffix('.pth.tar')[:19]:<19} e{c.epoch:<3}"
+        rows = [f"{escape(os.path.basename(c.path).removesuffix('.pth.tar')[:19]):<19} e{c.epoch:<3}"
                 f"{'–' if c.bleu4 is None else f'{c.bleu4:.3f}':>5} {_age(now - c.mtime):>4}"
                 for c in found.values()]
         self.query_one("#checkpoints", Static).update("\n".join(rows) or "no checkpoints yet")
@@ -349,7 +410,7 @@ class Dashboard(App):
     def _show_settings(self) -> None:
         chosen = self.chosen
         self.query_one("#settings", Static).update(
-            f"model {os.path.basename(chosen) if chosen else '–'}\nbeam {self.beam} (b)  model (c)")
+            f"model {escape(os.path.basename(chosen)) if chosen else '–'}\nbeam {self.beam} (b)  model (c)")
 
     def action_checkpoint(self) -> None:
         paths = list(self.checkpoints)
@@ -394,7 +455,7 @@ class Dashboard(App):
 
     def _caption_failed(self, message: str) -> None:
         self.query_one("#caption", Static).update("query failed (see the notification)")
-        self.notify(message, severity="error", timeout=8)
+        self.notify(message, severity="error", timeout=8, markup=False)
 
     def _show_caption(self, result) -> None:
         self.caption_result, self.word_index = result, 0
@@ -405,7 +466,8 @@ class Dashboard(App):
         if r is None:
             return
         words = r.words or []
-        marked = " ".join(f"[reverse]{w}[/reverse]" if i == self.word_index else w for i, w in enumerate(words))
+        marked = " ".join(f"[reverse]{escape(w)}[/reverse]" if i == self.word_index else escape(w)
+                          for i, w in enumerate(words))
         self.query_one("#caption", Static).update(f"{marked}\nscore {r.score:.2f}  word {self.word_index + 1}/"
                                                   f"{len(words)} (← →)")
         heat = self.query_one("#heatmap", Static)
