@@ -10,15 +10,22 @@ sum fused in, instead of a separate pass over memory for each BatchNorm, ReLU an
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import os
+import sys
 from collections.abc import Iterable
+from http.client import HTTPException
+from urllib.error import URLError
+from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from capcli.errors import CapcliError
+from capcli.errors import CapcliError, os_error_message
 
 ENCODER_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
 _WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
@@ -146,30 +153,47 @@ def _run_fused(plan: tuple, maxpool: nn.Module, x: torch.Tensor) -> torch.Tensor
     return x  # (batch, encoder_dim, h, w), channels last
 
 
+def imagenet_url(name: str) -> str:
+    """The address of torchvision's ImageNet weights (``IMAGENET1K_V1``) for encoder ``name``."""
+    return getattr(torchvision.models, _WEIGHTS[name]).IMAGENET1K_V1.url
+
+
+def _cache_path(url: str) -> str:
+    # torch.hub.load_state_dict_from_url's naming: <hub dir>/checkpoints/<the URL's file name>
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
+
+
 def hub_weights_path(name: str) -> str:
     """Where torchvision's ImageNet weights for ``name`` live in the torch hub cache."""
-    weights = getattr(torchvision.models, _WEIGHTS[name]).IMAGENET1K_V1
-    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    return _cache_path(imagenet_url(name))
 
 
-def load_pretrained(encoder: Encoder, weights_file: str | None = None) -> str:
-    """Load ImageNet weights into ``encoder`` from ``weights_file`` or the hub cache.
+def load_pretrained(encoder: Encoder, weights_file: str | None = None, progress: bool = True) -> str:
+    """Load ImageNet weights into ``encoder`` from ``weights_file``, or torchvision's download.
+
+    Without ``weights_file`` the weights come through torch.hub, as torchvision's
+    ``WeightsEnum.get_state_dict`` fetches them: from the hub cache
+    (``$TORCH_HOME/hub/checkpoints``), downloaded there first when absent, the SHA-256 prefix in
+    the file name checked, the file moved into place only once complete.
+
+    Args:
+        encoder: the encoder whose ResNet receives the weights (the classifier is dropped).
+        weights_file: a state dict saved with ``torch.save``, for machines without internet.
+        progress: show torch.hub's download progress bar (on stderr).
 
     Returns:
         The file the weights came from.
 
     Raises:
-        CapcliError: no weights file (naming the expected path), or one that does not fit.
+        CapcliError: a missing, corrupt or unfitting file, or a failed download (naming the
+            cache path, the address and ``--pretrained-weights FILE``).
     """
-    path = weights_file or hub_weights_path(encoder.name)
-    if not os.path.isfile(path):
-        hint = "" if weights_file else (f"; download torchvision's {encoder.name} ImageNet weights there "
-                                        "(or pass --pretrained-weights FILE)")
-        raise CapcliError(f"pretrained weights not found: {path}{hint}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or unsafe file: report it, never run it
-        raise CapcliError(f"{path}: not a loadable weights file ({type(exc).__name__})") from None
+    if weights_file:
+        path, state = weights_file, _load_file(weights_file)
+    else:
+        path, state = _download(encoder.name, progress)
+    if not isinstance(state, dict):
+        raise CapcliError(f"{path}: not a state dict of ResNet weights ({type(state).__name__})")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     resnet = getattr(torchvision.models, encoder.name)(weights=None)
     del resnet.fc
@@ -179,3 +203,57 @@ def load_pretrained(encoder: Encoder, weights_file: str | None = None) -> str:
         raise CapcliError(f"{path}: weights do not fit {encoder.name}: {str(exc).splitlines()[0]}") from None
     encoder.resnet.load_state_dict(nn.Sequential(*list(resnet.children())[:-1]).state_dict())
     return path
+
+
+def _load_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise CapcliError(f"pretrained weights not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt or unsafe file: report it, never run it
+        raise CapcliError(f"{path}: not a loadable weights file ({type(exc).__name__})") from None
+
+
+def _download(name: str, progress: bool) -> tuple[str, dict]:
+    """The cache path and state dict of torchvision's ImageNet weights for ``name``."""
+    url = imagenet_url(name)
+    path = _cache_path(url)
+    try:
+        # torch.hub prints "Downloading: ..." on stdout; a service leaves stdout to the CLI
+        with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
+            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=progress,
+                                                       check_hash=True, weights_only=True)
+    except Exception as exc:
+        error = _hub_error(exc, name, url, path)
+        if error is None:
+            raise
+        raise error from None
+    return path, state
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
+
+
+def _hub_error(exc: Exception, name: str, url: str, path: str) -> CapcliError | None:
+    """The user's message for a failure of ``load_state_dict_from_url``; None for a bug."""
+    if os.path.exists(path):  # torch.hub moves a download there only once complete and hash-checked
+        if isinstance(exc, OSError):
+            return CapcliError(os_error_message(exc))
+        return CapcliError(f"{path}: cached weights are not loadable ({type(exc).__name__}: "
+                           f"{_first_line(exc)[:120]}); delete the file to download it again")
+    if isinstance(exc, RuntimeError) and str(exc).startswith("invalid hash value"):
+        return CapcliError(f"{url}: download rejected, {_first_line(exc)}; nothing saved to {path}; "
+                           "try again, or pass --pretrained-weights FILE")
+    if isinstance(exc, OSError) and not isinstance(exc, URLError) and exc.errno in _DISK_ERRNOS:
+        message = os_error_message(exc)
+        return CapcliError(message if exc.filename else f"{path}: {message}")
+    if isinstance(exc, (OSError, HTTPException)):  # URLError, refused, reset, timed out, cut short
+        reason = exc.reason if type(exc) is URLError else exc
+        return CapcliError(f"could not download {name}'s ImageNet weights from {url} to {path} "
+                           f"({_first_line(reason)}); connect to the internet, or pass --pretrained-weights FILE")
+    return None
+
+
+def _first_line(exc: object) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
