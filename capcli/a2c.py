@@ -12,12 +12,14 @@ mean over real (non-padding) words only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -29,12 +31,14 @@ from capcli.data.datasets import ImageCaptions, Images
 from capcli.data.hdf5 import find_prepared
 from capcli.data.vocab import END, PAD, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
-from capcli.errors import CapcliError, CheckpointError
+from capcli.errors import CapcliError, CheckpointError, Interrupted
 from capcli.features import encode_images
 from capcli.feed import MetricsFeed
 from capcli.model.captioner import model_from_checkpoint
 from capcli.model.decoding import greedy
 from capcli.progress import SILENT, Progress
+from capcli.runlock import run_lock
+from capcli.runlog import a2c_epoch_line, resume_command
 from capcli.scores import cider_d, corpus_bleu, ngrams
 
 
@@ -148,7 +152,7 @@ def a2c_paths(output_folder: str, name: str) -> dict[str, str]:
             "feed": os.path.join(output_folder, f"metrics_{name}.jsonl")}
 
 
-class A2CInterrupted(CapcliError):
+class A2CInterrupted(Interrupted):
     pass
 
 
@@ -161,12 +165,15 @@ class A2CResult:
     checkpoint: str
     best_checkpoint: str
     seconds: float
+    epochs_trained: int = 0  # in this call: 0 when --epochs asked for nothing more
 
 
 class A2CTrainer:
-    def __init__(self, config: A2CConfig, progress: Progress = SILENT, explicit: frozenset = frozenset()) -> None:
+    def __init__(self, config: A2CConfig, progress: Progress = SILENT, explicit: frozenset = frozenset(),
+                 hold: contextlib.ExitStack | None = None) -> None:
         """``explicit``: names of options the user gave; on ``--resume`` every other option comes
-        from the run's checkpoint, so a resumed run keeps its reward, baseline and rates."""
+        from the run's checkpoint, so a resumed run keeps its reward, baseline and rates.
+        ``hold``: the run's lock is entered on it as soon as the run's name is known."""
         self.progress = progress
         if config.resume:
             path = self._resume_path(config)
@@ -190,6 +197,8 @@ class A2CTrainer:
                                       config.name or saved.get("name"))
         self.name = self.prepared.name
         self.paths = a2c_paths(config.output_folder, self.name)
+        if hold is not None:
+            hold.enter_context(run_lock(config.output_folder, self.name, progress.message))
         if not config.resume and os.path.exists(self.paths["checkpoint"]) and not config.overwrite:
             raise CheckpointError(f"{self.paths['checkpoint']} exists: continue it with --resume, or start over with "
                                   "--overwrite (which replaces the A2C checkpoints and the feed's a2c lines)")
@@ -224,6 +233,7 @@ class A2CTrainer:
         self.feed.truncate_after(self.state["step"] if config.resume else -1, stage="a2c")
         self._build_data()
         self.stop_signal: int | None = None
+        self.resume_hint = "capcli a2c --resume"
 
     @staticmethod
     def _resume_path(config: A2CConfig) -> str:
@@ -238,6 +248,7 @@ class A2CTrainer:
         words = Detokenizer(self.word_map)
         train_rows, train_lens = self.prepared.captions("TRAIN")
         self.cpi, _ = self.prepared.images_meta("TRAIN")
+        self.prepared.images_meta("VAL")  # present and whole before the first epoch, not after it
         self.train = ImageCaptions(self.prepared.path("IMAGES", "TRAIN"), "images", train_rows, train_lens, self.cpi)
         self.train_refs = [[words(r) for r in train_rows[i * self.cpi:(i + 1) * self.cpi]]
                            for i in range(len(self.train))]
@@ -351,7 +362,10 @@ class A2CTrainer:
                 "saved_at": time.time()}
 
     def fit(self) -> A2CResult:
-        start = time.monotonic()
+        start, first_epoch = time.monotonic(), self.state["epoch"]
+        if first_epoch >= self.config.epochs:
+            return A2CResult(self.name, first_epoch, self.state["best_score"], self.state["best_epoch"],
+                             self.paths["checkpoint"], self.paths["best"], 0.0)
         in_main = threading.current_thread() is threading.main_thread()
         signals = (signal.SIGINT, signal.SIGTERM) if in_main else ()
         previous = {s: signal.signal(s, self._on_signal) for s in signals}
@@ -364,7 +378,8 @@ class A2CTrainer:
                 signal.signal(s, handler)
         self.feed.write("end", epoch=self.state["epoch"], step=self.state["step"], reason="completed")
         return A2CResult(self.name, self.state["epoch"], self.state["best_score"], self.state["best_epoch"],
-                         self.paths["checkpoint"], self.paths["best"], time.monotonic() - start)
+                         self.paths["checkpoint"], self.paths["best"], time.monotonic() - start,
+                         self.state["epoch"] - first_epoch)
 
     def _epoch(self, epoch: int) -> None:
         weight = entropy_weight_at(epoch, self.config.epochs, self.config.entropy_weight,
@@ -375,17 +390,19 @@ class A2CTrainer:
         done = self.state["epoch_step"]  # batches of this epoch done before an interruption
         task = self.progress.task(f"a2c epoch {epoch + 1}/{self.config.epochs}", len(batches) - done, "batch")
         totals: Counter = Counter()
-        for indices in batches[done:]:
+        started = time.monotonic()
+        for steps, indices in enumerate(batches[done:], 1):
             images = torch.stack([self.train[i][0] for i in indices])
             figures = self.step(images, indices, weight)
             totals.update(figures)
+            task.show(f"reward {totals['reward'] / steps:.3f} entropy {totals['entropy'] / steps:.2f}")
             task.advance()
             if self.stop_signal is not None:
                 task.close()
                 save_checkpoint(self.paths["checkpoint"], self._payload())
                 raise A2CInterrupted(f"stopped by {signal.Signals(self.stop_signal).name} in A2C epoch {epoch + 1}; "
-                                     f"checkpoint saved to {self.paths['checkpoint']}; continue with "
-                                     f"`capcli a2c --resume --epochs {self.config.epochs}`")
+                                     f"checkpoint saved to {self.paths['checkpoint']}; continue with: "
+                                     f"{self.resume_hint}", self.stop_signal)
         task.close()
         means = {k: v / max(len(batches) - done, 1) for k, v in totals.items()}
         bleu4, cider = self.validate()
@@ -405,11 +422,25 @@ class A2CTrainer:
         save_checkpoint(self.paths["checkpoint"], payload)
         if improved:
             save_checkpoint(self.paths["best"], payload)
+        score_name = "CIDEr-D" if self.config.reward == "cider" else "BLEU-4"
+        self.progress.message(a2c_epoch_line(epoch + 1, self.config.epochs, means,
+                                             {"CIDEr-D": cider, "BLEU-4": bleu4}, score_name, lr,
+                                             time.monotonic() - started, improved))
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
         signal.signal(signum, signal.SIG_DFL)
 
 
-def run_a2c(config: A2CConfig, progress: Progress = SILENT, explicit: frozenset = frozenset()) -> A2CResult:
-    return A2CTrainer(config, progress, explicit).fit()
+def run_a2c(config: A2CConfig, progress: Progress = SILENT, explicit: frozenset = frozenset(),
+            resume_args: Sequence[str] = ()) -> A2CResult:
+    """Fine-tune as ``config`` says, holding the run's lock throughout.
+
+    Args:
+        resume_args: the options as given, for the resume command an interrupted run prints.
+    """
+    with contextlib.ExitStack() as hold:
+        trainer = A2CTrainer(config, progress, explicit, hold)
+        trainer.resume_hint = resume_command("a2c", resume_args, [("--data-folder", trainer.prepared.folder),
+                                                                  ("--name", trainer.name)])
+        return trainer.fit()

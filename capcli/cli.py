@@ -8,23 +8,40 @@ Heavy imports (torch, h5py, textual) happen inside the commands so ``capcli --he
 from __future__ import annotations
 
 import os
+import shlex
 
 import click
 
 from capcli import __version__
 from capcli.allocator import keep_freed_memory
 from capcli.config import DATASETS, SHAPES_IMAGE_SIZE
-from capcli.errors import CapcliError
+from capcli.errors import CapcliError, Interrupted, os_error_message
+from capcli.progress import close_open_bars
+
+
+class _Failure(click.ClickException):
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class CapcliGroup(click.Group):
-    """Turns service errors into Click errors: one line, exit code 1."""
+    """The one error boundary: service errors and failures of the machine (a full disk, a
+    read-only folder) become one line and exit code 1; an interrupt exits 128 + the signal."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except Interrupted as exc:
+            raise _Failure(str(exc), exc.exit_code) from None
         except CapcliError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise _Failure(str(exc)) from None
+        except OSError as exc:
+            raise _Failure(os_error_message(exc)) from None
+        except KeyboardInterrupt:
+            raise _Failure("interrupted", 130) from None
+        finally:
+            close_open_bars()  # a loop that raised leaves its bar drawn; the error gets its own line
 
 
 def _default_workers() -> int:
@@ -129,7 +146,9 @@ def _print_prep_result(result) -> None:
     click.echo(f"Prepared {result.name} in {result.output_folder}/ in {result.seconds:.1f} s: "
                f"{counts} images, vocabulary {result.vocab_size} tokens, "
                f"{len(result.skipped)} image(s) skipped, peak memory {result.peak_rss_mb:.0f} MB.")
-    click.echo(f"Next: capcli train --data-folder {result.output_folder} --name {result.name}")
+    real = result.name.rsplit("_", 2)[0] != "shapes"
+    click.echo(f"Next: capcli train --data-folder {shlex.quote(result.output_folder)} --name {result.name}"
+               + (" --pretrained --output-folder model_outputs   # ImageNet weights, downloaded once" if real else ""))
 
 
 def _option_given(ctx: click.Context, name: str) -> bool:
@@ -155,9 +174,11 @@ def _option_given(ctx: click.Context, name: str) -> bool:
               default="resnet34", show_default=True, help="ResNet encoder.")
 @click.option("--decoder", type=click.Choice(["attention", "plain"]), default="attention", show_default=True,
               help="LSTM decoder with soft attention, or ImgCap's plain one.")
-@click.option("--pretrained", is_flag=True, help="Start the encoder from torchvision's ImageNet weights.")
+@click.option("--pretrained/--no-pretrained", default=None,
+              help="Start the encoder from torchvision's ImageNet weights, downloaded into $TORCH_HOME when not "
+                   "there [default: yes, except on shapes].")
 @click.option("--pretrained-weights", type=click.Path(dir_okay=False),
-              help="ImageNet weights file to use instead of the torch hub cache.")
+              help="ImageNet weights file to load instead of torchvision's download (offline machines).")
 @click.option("--fine-tune-encoder/--frozen-encoder", "--fine_tune_encoder", default=False,
               help="Train ResNet stages 2-4 too (no feature cache then) [default: frozen; trained on shapes].")
 @click.option("--one-hot", "--one_hot", is_flag=True, help="Fixed one-hot word vectors instead of embeddings.")
@@ -212,10 +233,30 @@ def train_command(ctx: click.Context, **params) -> None:
                                                 "decoder_dim", "dropout")}
     given = frozenset(k for k in (*model_options, *params) if _option_given(ctx, k))
     config = TrainConfig(compile=params.pop("compile_"), feature_cache=not params.pop("no_feature_cache"), **params)
-    result = run_train(config, model_options, given, TerminalProgress())
+    result = run_train(config, model_options, given, TerminalProgress(), _given_args(ctx))
+    if result.epochs_trained == 0:
+        click.echo(f"Nothing was trained ({result.stop_reason}).")
+        return
     click.echo(f"Trained {result.name}: {result.epochs_done} epoch(s), best validation BLEU-4 "
                f"{result.best_bleu4:.4f} at epoch {result.best_epoch} ({result.stop_reason}, {result.seconds:.0f} s).")
     click.echo(f"Checkpoints: {result.checkpoint}, {result.best_checkpoint}")
+
+
+def _given_args(ctx: click.Context, leave_out: tuple[str, ...] = ("overwrite", "checkpoint")) -> list[str]:
+    """The options the user gave, as command-line words (for the command that resumes a run)."""
+    words: list[str] = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in leave_out or not _option_given(ctx, param.name):
+            continue
+        value = ctx.params.get(param.name)
+        long = max(param.opts, key=len)
+        if param.is_flag and param.secondary_opts:
+            words.append(long if value else max(param.secondary_opts, key=len))
+        elif param.is_flag:
+            words += [long] if value else []
+        else:
+            words += [long, str(value)]
+    return words
 
 
 def _parse_beams(value: str) -> list[int]:
@@ -493,7 +534,11 @@ def a2c_command(ctx: click.Context, no_entropy_annealing: bool, **options) -> No
     explicit = frozenset(k for k in options if _option_given(ctx, k))
     if _option_given(ctx, "no_entropy_annealing"):
         explicit |= {"entropy_annealing"}
-    result = run_a2c(config, TerminalProgress(), explicit)
+    result = run_a2c(config, TerminalProgress(), explicit, _given_args(ctx))
+    if result.epochs_trained == 0:
+        click.echo(f"Nothing was trained: the A2C run has done {result.epochs_done} epoch(s) and --epochs "
+                   f"{config.epochs} is the total; give --epochs above {result.epochs_done} to train more.")
+        return
     click.echo(f"A2C on {result.name}: {result.epochs_done} epoch(s), best validation "
                f"{'CIDEr-D' if config.reward == 'cider' else 'BLEU-4'} {result.best_score:.4f} at epoch "
                f"{result.best_epoch} ({result.seconds:.0f} s).")
@@ -601,7 +646,10 @@ def dashboard_command(output_folder: str, name: str | None, poll: float) -> None
     if name is None and len(run_feeds(output_folder)) > 1:
         find_feed(output_folder)  # several runs and no --name: its error lists them (no runs yet: wait)
 
-    Dashboard(output_folder, name, poll_seconds=poll).run()
+    app = Dashboard(output_folder, name, poll_seconds=poll)
+    app.run()
+    if app.return_code:  # an unexpected error ended it: one line naming the log with its traceback
+        raise CapcliError(app.error_message or f"the dashboard stopped with return code {app.return_code}")
 
 
 @cli.command("bench")

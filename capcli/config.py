@@ -86,7 +86,7 @@ class TrainConfig:
     alpha_c: float = 1.0
     teacher_forcing: float = 1.0
     fine_tune_encoder: bool = False
-    pretrained: bool = False
+    pretrained: bool | None = None  # None: ImageNet weights on real data sets, none on shapes
     pretrained_weights: str | None = None
     resume: bool = False
     checkpoint: str | None = None

@@ -4,6 +4,8 @@ Services raise these with messages written for the person at the terminal; ``cli
 one place that turns them into an exit code. Anything else that escapes is a bug.
 """
 
+import errno
+
 
 class CapcliError(Exception):
     """A failure the user can act on; the message is shown as one line."""
@@ -19,3 +21,31 @@ class DataError(CapcliError):
 
 class CheckpointError(CapcliError):
     """A checkpoint that is missing, unsafe or incompatible."""
+
+
+class Interrupted(CapcliError):
+    """SIGINT/SIGTERM stopped a command; ``exit_code`` is 128 + the signal, as shells expect."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "no space left on the device; free some space or write to another folder",
+    errno.EDQUOT: "disk quota exceeded; free some space or write to another folder",
+    errno.EROFS: "read-only file system; choose a writable folder",
+    errno.EACCES: "permission denied; check the permissions or choose another folder",
+    errno.EPERM: "operation not permitted; check the permissions or choose another folder",
+    errno.ELOOP: "a symbolic link where capcli writes; remove it or choose another folder",
+    errno.ENOENT: "no such file or folder",
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENOTDIR: "a part of the path is not a folder",
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a failure of the machine rather than of capcli: the file and what to do."""
+    reason = _OS_HINTS.get(exc.errno) or (exc.strerror or str(exc).strip().splitlines()[0] or type(exc).__name__)
+    where = exc.filename if exc.filename is not None else None
+    return f"{where}: {reason}" if where else reason

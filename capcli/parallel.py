@@ -8,6 +8,7 @@ only small metadata, so the parent does not spend its time receiving and unpickl
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import shared_memory
@@ -20,6 +21,11 @@ R = TypeVar("R")
 
 _worker_slots: np.ndarray | None = None  # each worker's view of the shared slots (set by _attach_slots)
 _worker_memory: shared_memory.SharedMemory | None = None  # keeps that mapping alive
+
+
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool (no traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _in_order(submit: Callable[[T], object], items: Iterable[T], window: int) -> Iterator:
@@ -47,13 +53,14 @@ def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int,
     if workers <= 1:
         yield from map(func, items)
         return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, _ignore_interrupts) as pool:
         for handle in _in_order(lambda item: pool.apply_async(func, (item,)), items, workers * window_per_worker):
             yield handle.get()
 
 
 def _attach_slots(name: str, shape: tuple[int, ...], dtype: str) -> None:
     global _worker_slots, _worker_memory
+    _ignore_interrupts()
     _worker_memory = shared_memory.SharedMemory(name=name)
     _worker_slots = np.ndarray(shape, dtype=dtype, buffer=_worker_memory.buf)
 

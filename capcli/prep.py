@@ -301,6 +301,9 @@ def _prepare(config: PrepConfig, images: list[SourceImage], staging: str, worker
     if not kept["TRAIN"]:
         raise CapcliError(f"no usable training image ({len(skipped)} skipped; first reason: "
                           f"{skipped[0]['reason'] if skipped else 'the source has no training images'})")
+    if not kept["VAL"]:
+        raise CapcliError("no usable validation image (training selects its best epoch on the validation split): "
+                          "give the caption file a val split, or a --val-fraction above 0 with --csv")
     word_map = build_word_map((c for caps in captions["TRAIN"] for c in caps), config.min_word_freq)
     write_json(os.path.join(staging, files["WORDMAP"]), word_map)
     for split in SPLITS:

@@ -8,10 +8,12 @@ With a frozen encoder the CNN features are cached on disk and the CNN never runs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -26,7 +28,7 @@ from capcli.data.jsonfiles import write_json
 from capcli.data.vocab import END, PAD, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
 from capcli.distributed import DistInfo, barrier, init_distributed, shutdown, unwrap
-from capcli.errors import CapcliError, CheckpointError
+from capcli.errors import CapcliError, CheckpointError, DataError, Interrupted
 from capcli.features import cache_key, encode_images, encoder_fingerprint, ensure_features, features_path
 from capcli.feed import MetricsFeed
 from capcli.model.captioner import build_model
@@ -34,10 +36,12 @@ from capcli.model.decoding import greedy
 from capcli.model.encoder import load_pretrained
 from capcli.model.loss import caption_loss
 from capcli.progress import SILENT, Progress
+from capcli.runlock import run_lock
+from capcli.runlog import resume_command, running_figures, train_epoch_line
 from capcli.scores import corpus_bleu4
 
 
-class TrainingInterrupted(CapcliError):
+class TrainingInterrupted(Interrupted):
     """SIGINT/SIGTERM: a checkpoint was saved; the message says how to resume."""
 
 
@@ -55,6 +59,7 @@ class TrainResult:
     best_checkpoint: str
     stop_reason: str
     seconds: float
+    epochs_trained: int = 0  # in this call: 0 when --epochs asked for nothing more
 
 
 def output_paths(output_folder: str, name: str) -> dict[str, str]:
@@ -96,8 +101,12 @@ def _resume_source(config: TrainConfig, paths: dict) -> dict | None:
 def _dataset_defaults(prepared: PreparedData, config: TrainConfig, model_options: dict,
                       given: frozenset) -> tuple[TrainConfig, dict]:
     """The shapes data set trains with ``SHAPES_TRAIN_DEFAULTS`` (see config.py) for every option
-    not in ``given``; other data sets keep the options as they are."""
-    if prepared.name.rsplit("_", 2)[0] != "shapes":
+    not in ``given``; other data sets keep the options as they are. The encoder starts from
+    ImageNet weights unless told otherwise, except on shapes (synthetic scenes, nothing to download)."""
+    shapes = prepared.name.rsplit("_", 2)[0] == "shapes"
+    if config.pretrained is None:
+        config = replace(config, pretrained=config.pretrained_weights is not None or not shapes)
+    if not shapes:
         return config, model_options
     defaults = {k: v for k, v in SHAPES_TRAIN_DEFAULTS.items() if k not in given}
     model_fields = {f.name for f in fields(ModelConfig)}
@@ -106,13 +115,14 @@ def _dataset_defaults(prepared: PreparedData, config: TrainConfig, model_options
 
 
 def run_train(config: TrainConfig, model_options: dict | None = None, given: frozenset = frozenset(),
-              progress: Progress = SILENT) -> TrainResult:
+              progress: Progress = SILENT, resume_args: Sequence[str] = ()) -> TrainResult:
     """Train (or resume) as ``config`` says.
 
     Args:
         model_options: architecture fields for a new run (see :class:`ModelConfig`).
         given: the names of the options the user gave: they win over the data set's defaults, and
             architecture ones are checked against a resumed checkpoint.
+        resume_args: the options as given, for the resume command an interrupted run prints.
     """
     device = resolve_device(config.device)
     dist_info = init_distributed(device)
@@ -121,15 +131,42 @@ def run_train(config: TrainConfig, model_options: dict | None = None, given: fro
         torch.cuda.set_device(device)
     try:
         prepared = find_prepared(config.data_folder, config.name)
+        for split in ("TRAIN", "VAL"):  # present and whole, before anything reads or writes
+            prepared.images_meta(split)
         config, model_options = _dataset_defaults(prepared, config, model_options or {}, given)
         paths = output_paths(config.output_folder, prepared.name)
-        ckpt = _resume_source(config, paths)
-        word_map = prepared.word_map()
-        model_config = _model_config(ckpt, model_options, given, len(word_map))
-        trainer = Trainer(config, model_config, prepared, word_map, paths, device, dist_info, progress, ckpt)
-        return trainer.fit()
+        lock = run_lock(config.output_folder, prepared.name, progress.message) if dist_info.is_main \
+            else contextlib.nullcontext()
+        with lock:
+            ckpt = _resume_source(config, paths)
+            done = int(ckpt["epoch"]) if ckpt is not None else 0
+            if config.epochs <= done:
+                return _nothing_to_train(prepared.name, paths, ckpt, config.epochs)
+            word_map = prepared.word_map()
+            model_config = _model_config(ckpt, model_options, given, len(word_map))
+            _warn_random_encoder(config, prepared.name, ckpt, progress)
+            trainer = Trainer(config, model_config, prepared, word_map, paths, device, dist_info, progress, ckpt)
+            trainer.resume_hint = resume_command("train", resume_args)
+            return trainer.fit()
     finally:
         shutdown(dist_info)
+
+
+def _nothing_to_train(name: str, paths: dict, ckpt: dict | None, epochs: int) -> TrainResult:
+    """The result of a call whose --epochs asks for no more epochs than the run has: nothing is written."""
+    if ckpt is None:
+        return TrainResult(name, 0, 0.0, 0, "", "", "nothing to train: --epochs 0", 0.0)
+    reason = (f"nothing to train: the run has done {ckpt['epoch']} epoch(s) and --epochs {epochs} is the "
+              f"total; give --epochs above {ckpt['epoch']} to train more")
+    return TrainResult(name, int(ckpt["epoch"]), float(ckpt["best_bleu4"]), int(ckpt["best_epoch"]),
+                       paths["checkpoint"], paths["best"], reason, 0.0)
+
+
+def _warn_random_encoder(config: TrainConfig, name: str, ckpt: dict | None, progress: Progress) -> None:
+    if ckpt is None and not config.pretrained and name.rsplit("_", 2)[0] != "shapes":
+        frozen = "frozen " if not config.fine_tune_encoder else ""
+        progress.message(f"warning: --no-pretrained: the {frozen}encoder starts from random weights, so on real "
+                         "photos its captions will be poor (drop --no-pretrained to start from ImageNet weights)")
 
 
 class Trainer:
@@ -143,7 +180,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.encoder, self.decoder = build_model(model_config)
         if ckpt is None and config.pretrained:
-            load_pretrained(self.encoder, config.pretrained_weights)
+            load_pretrained(self.encoder, config.pretrained_weights, progress=dist_info.is_main)
         if ckpt is not None:
             self.encoder.load_state_dict(ckpt["encoder"])
             self.decoder.load_state_dict(ckpt["decoder"])
@@ -162,6 +199,7 @@ class Trainer:
             self.feed.truncate_after(self.state["step"] if ckpt is not None else -1)
         self._build_data()
         self.stop_signal: int | None = None
+        self.resume_hint = "capcli train --resume"
 
     def _calibrate_encoder(self, images: int = 64, batch_size: int = 32) -> None:
         """A random encoder gets BatchNorm statistics from the first training images (see
@@ -221,6 +259,10 @@ class Trainer:
         captions, caplens = self.prepared.captions("VAL")
         source = self._source("VAL", fingerprint)
         val_count = len(Images(*source, self.config.max_val_images))  # honours --max-val-images
+        if not val_count or len(captions) < val_count * self.cpi:
+            raise DataError(f"{self.prepared.name} in {self.prepared.folder} has no usable validation split "
+                            f"({val_count} images, {len(captions)} captions); prepare it with validation "
+                            "images (`capcli prep`)")
         limit = val_count * self.cpi
         self.val_rows = ImageCaptions(*source, captions[:limit], caplens[:limit], self.cpi)
         self.max_len = len(captions[0]) - 2 if captions else 50
@@ -295,6 +337,7 @@ class Trainer:
             self.state["step"] += 1
             self.state["epoch_step"] += 1
             totals = [totals[0] + loss, totals[1] + top5, totals[2] + 1]
+            task.show(running_figures(*totals))
             task.advance()
             if self.feed and self.state["epoch_step"] % log_every == 0:
                 self.feed.write("step", split="train", epoch=epoch + 1, step=self.state["step"], loss=loss,
@@ -304,8 +347,8 @@ class Trainer:
                 self._save(best=False)
                 raise TrainingInterrupted(
                     f"stopped by {signal.Signals(self.stop_signal).name} at epoch {epoch + 1} step "
-                    f"{self.state['step']}; checkpoint saved to {self.paths['checkpoint']}; continue with "
-                    f"`capcli train --resume --epochs {self.config.epochs}`")
+                    f"{self.state['step']}; checkpoint saved to {self.paths['checkpoint']}; continue with: "
+                    f"{self.resume_hint}", self.stop_signal)
             if self.config.save_every and time.monotonic() - last_save >= self.config.save_every * 60:
                 self._save(best=False)
                 last_save = time.monotonic()
@@ -387,6 +430,9 @@ class Trainer:
                             bleu4=bleu4, lr=lr, best_bleu4=st["best_bleu4"], improved=improved)
             self._write_summaries()
         self._save(best=improved)
+        if self.dist.is_main:
+            self.progress.message(train_epoch_line(epoch + 1, self.config.epochs, train, val, lr,
+                                                   time.monotonic() - self.epoch_started, improved))
         if st["since_improvement"] >= self.config.patience_stop:
             return f"no BLEU-4 gain for {st['since_improvement']} epochs"
         return None
@@ -394,6 +440,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         start = time.monotonic()
         reason = "completed"
+        first_epoch = self.state["epoch"]
         in_main_thread = threading.current_thread() is threading.main_thread()
         signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
         previous = {s: signal.signal(s, self._on_signal) for s in signals}
@@ -401,6 +448,7 @@ class Trainer:
             self.feed.write("start", epoch=self.state["epoch"], step=self.state["step"], epochs=self.config.epochs)
         try:
             for epoch in range(self.state["epoch"], self.config.epochs):
+                self.epoch_started = time.monotonic()
                 train = self._train_epoch(epoch)
                 stop = self._end_of_epoch(epoch, train, self.validate())
                 if stop:
@@ -413,7 +461,8 @@ class Trainer:
             self.feed.write("end", epoch=self.state["epoch"], step=self.state["step"], reason=reason,
                             bleu4=self.state["best_bleu4"])
         return TrainResult(self.prepared.name, self.state["epoch"], self.state["best_bleu4"], self.state["best_epoch"],
-                           self.paths["checkpoint"], self.paths["best"], reason, time.monotonic() - start)
+                           self.paths["checkpoint"], self.paths["best"], reason, time.monotonic() - start,
+                           self.state["epoch"] - first_epoch)
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum

@@ -11,6 +11,7 @@ Readers also accept the a-PyTorch-Tutorial-to-Image-Captioning naming
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from dataclasses import dataclass
@@ -21,6 +22,40 @@ import numpy as np
 from capcli.data.jsonfiles import read_json
 from capcli.data.karpathy import SPLITS
 from capcli.errors import DataError
+from capcli.safeio import create_exclusive
+
+
+class _GuardedFile:
+    """The file object h5py writes through. The first failed write (a full disk) is kept and
+    every later write is dropped: the HDF5 library, once a flush has failed, crashes the
+    interpreter at exit, so it must never see the failure. The writer raises it instead."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.raw = open(create_exclusive(path), "w+b")
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        if self.error is None:
+            try:
+                return self.raw.write(data)
+            except OSError as exc:
+                self.error = exc
+        return len(data)
+
+    def __getattr__(self, name: str):  # seek, tell, readinto, truncate, flush
+        return getattr(self.raw, name)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise OSError(self.error.errno or errno.EIO, self.error.strerror or str(self.error), self.path)
+
+
+def open_for_writing(path: str) -> tuple[h5py.File, _GuardedFile]:
+    """A new HDF5 file at ``path`` (which must not exist) and its guard: call ``guard.check()``
+    after writes and after closing the file."""
+    guard = _GuardedFile(path)
+    return h5py.File(guard, "w"), guard
 
 
 def output_files(name: str) -> dict[str, str]:
@@ -38,7 +73,7 @@ class ImageWriter:
     """Streams slabs of (3, S, S) uint8 images into a growing HDF5 ``images`` dataset."""
 
     def __init__(self, path: str, image_size: int, captions_per_image: int) -> None:
-        self.file = h5py.File(path, "w")
+        self.file, self.guard = open_for_writing(path)
         self.file.attrs["captions_per_image"] = captions_per_image
         shape = (3, image_size, image_size)
         self.images = self.file.create_dataset(
@@ -52,10 +87,15 @@ class ImageWriter:
             self.images.resize(max(end, 2 * self.images.shape[0]), axis=0)
         self.images[self.count:end] = images
         self.count = end
+        self.guard.check()
 
     def close(self) -> None:
-        self.images.resize(self.count, axis=0)
-        self.file.close()
+        try:
+            self.images.resize(self.count, axis=0)
+            self.file.close()
+        finally:
+            self.guard.raw.close()
+        self.guard.check()
 
     def __enter__(self) -> ImageWriter:
         return self
@@ -84,14 +124,37 @@ class PreparedData:
         return data
 
     def images_meta(self, split: str) -> tuple[int, int]:
-        """(captions per image, image side) of the split's HDF5 images."""
-        with h5py.File(self.path("IMAGES", split), "r") as f:
-            return int(f.attrs["captions_per_image"]), int(f["images"].shape[-1])
+        """(captions per image, image side) of the split's HDF5 images, after checking that the
+        file is whole (its first and last image can be read).
+
+        Raises:
+            DataError: a missing, truncated or corrupt file, or one without ``images``.
+        """
+        path = self.path("IMAGES", split)
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file; the {split} split of {self.name} is missing "
+                            f"(run `capcli prep` again with --force)")
+        try:
+            with h5py.File(path, "r") as f:
+                images = f["images"]
+                if images.ndim != 4 or images.shape[1] != 3:
+                    raise DataError(f"{path}: 'images' has shape {images.shape}, expected (N, 3, S, S)")
+                if len(images):
+                    images[0], images[-1]  # a truncated file fails here
+                return int(f.attrs["captions_per_image"]), int(images.shape[-1])
+        except (OSError, KeyError, ValueError) as exc:
+            raise DataError(f"{path}: truncated or corrupt HDF5 file ({_first_line(exc)}); rebuild it with "
+                            "`capcli prep --force`") from None
 
     def captions(self, split: str) -> tuple[list[list[int]], list[int]]:
         """Encoded caption rows and their lengths (true length + 2) for ``split``."""
         return (read_json(self.path("CAPTIONS", split), DataError),
                 read_json(self.path("CAPLENS", split), DataError))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:120]
 
 
 def find_prepared(folder: str, name: str | None = None) -> PreparedData:

@@ -6,6 +6,8 @@ treated the same way at training and at inference time.
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 
 import numpy as np
@@ -38,10 +40,12 @@ def load_image(path: str) -> Image.Image:
     """Open, fully decode and orient an image as RGB.
 
     Raises:
-        ImageSkipped: missing, empty, not an image, truncated, or above Pillow's
-            decompression-bomb pixel limit.
+        ImageSkipped: missing, not a regular file, empty, not an image, truncated, or above
+            Pillow's decompression-bomb pixel limit.
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block or never end
+            raise ImageSkipped("not a regular file (a FIFO, device or socket); give an image file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:

@@ -1,0 +1,108 @@
+"""One process at a time on a run: ``{output_folder}/{name}.lock``.
+
+``train`` and ``a2c`` hold the lock of their run (output folder + run name) while they write its
+checkpoints and feed. The lock is an ``flock`` on that file, so it is taken atomically and freed
+by the kernel when its process dies, however it dies; the file records the holder's PID, host
+and start time for the refusal message and for readers that ask whether a run is live. A file
+left by a dead holder is taken over with a note.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+from capcli.errors import CapcliError
+
+
+class RunLocked(CapcliError):
+    """Another live process holds the run."""
+
+
+def lock_path(output_folder: str, name: str) -> str:
+    return os.path.join(output_folder, f"{name}.lock")
+
+
+def read_holder(path: str) -> dict | None:
+    """What the lock file says about its last holder (None: empty or unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.loads(f.read() or "null")
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_locked(path: str) -> bool:
+    """Whether a live process holds the lock at ``path`` now."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _open_lock(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CapcliError(f"{path} is a symbolic link; capcli does not write through links "
+                              "(remove it)") from None
+        raise
+
+
+def _refusal(path: str, holder: dict | None) -> str:
+    who = f"PID {holder.get('pid')}" if holder else "another process"
+    if holder and holder.get("host") not in (None, socket.gethostname()):
+        who += f" on {holder['host']}"
+    since = f" since {time.strftime('%H:%M:%S', time.localtime(holder['started']))}" \
+        if holder and isinstance(holder.get("started"), (int, float)) else ""
+    return (f"this run is in use by {who}{since} ({path}); wait for it to finish, stop it, or use "
+            "another --output-folder or run")
+
+
+@contextlib.contextmanager
+def run_lock(output_folder: str, name: str, note: Callable[[str], None] = lambda text: None) -> Iterator[str]:
+    """Hold the run's lock for the block.
+
+    Args:
+        note: told when a lock left by a process that is gone is taken over.
+
+    Raises:
+        RunLocked: another live process holds it (naming its PID).
+    """
+    os.makedirs(output_folder, exist_ok=True)
+    path = lock_path(output_folder, name)
+    fd = _open_lock(path)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunLocked(_refusal(path, read_holder(path))) from None
+        previous = read_holder(path)
+        if previous and previous.get("pid") not in (None, os.getpid()):
+            note(f"took over {path} from PID {previous['pid']}, which is no longer running")
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)  # an empty, unlocked file: nobody holds the run
+    finally:
+        os.close(fd)
