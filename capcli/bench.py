@@ -212,6 +212,7 @@ def _photo_like(args: tuple[int, str]) -> dict:
     from PIL import Image
 
     from capcli.data import shapes
+    from capcli.safeio import atomic_write
 
     index, folder = args
     entry = shapes.generate_one((7, index, folder))
@@ -219,7 +220,8 @@ def _photo_like(args: tuple[int, str]) -> dict:
     with Image.open(path) as img:
         scene = np.asarray(img.convert("RGB").resize(PHOTO_SIZE, Image.BICUBIC), dtype=np.int16)
     noise = np.random.default_rng(index).integers(-16, 17, scene.shape)
-    Image.fromarray(np.clip(scene + noise, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
+    with atomic_write(path) as f:
+        Image.fromarray(np.clip(scene + noise, 0, 255).astype(np.uint8)).save(f, "JPEG", quality=90)
     return entry
 
 
@@ -262,6 +264,9 @@ class _StageTask:
         self.timer, self.counted, self.start = timer, counted, time.perf_counter()
 
     def advance(self, n: int = 1) -> None:
+        pass
+
+    def show(self, text: str) -> None:
         pass
 
     def close(self) -> None:

@@ -1,38 +1,71 @@
 """The only place that calls ``torch.save`` / ``torch.load``.
 
 A checkpoint is a dict of state dicts and plain Python data (no pickled classes, numpy scalars
-or paths), written to a temporary file and renamed, and always read with ``weights_only=True``
-so that a checkpoint file can never run code.
+or paths), written to a fresh temporary file, fsynced and renamed (``capcli.safeio``), and always
+read with ``weights_only=True`` so that a checkpoint file can never run code.
+
+A file that does not load gets one sentence of capcli's own: "unsafe" only for a file that asks
+to import something a checkpoint never needs (that is how a pickle runs code), "truncated or
+corrupt" for a file PyTorch cannot parse, "not a capcli checkpoint" for a valid PyTorch file
+that capcli did not write. PyTorch's own messages run to paragraphs and are never shown.
 """
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
+import pickle
+import re
+import warnings
+import zipfile
 
 import torch
 
-from capcli.errors import CheckpointError
+from capcli.errors import CheckpointError, os_error_message
+from capcli.safeio import atomic_write
 
 FORMAT = "capcli-checkpoint"
 VERSION = 1
 
+# "GLOBAL posix.system whose module posix is blocked", "GLOBAL __main__.Some was not an allowed global"
+_GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([A-Za-z_][\w.]*\.[A-Za-z_]\w*)\b")
+_SCAN_LIMIT = 1 << 20  # bytes of pickle scanned for the globals it names (bounds the scan's memory)
+
+
+class _KeepWriteError:
+    """The file ``torch.save`` writes through. PyTorch's zip writer turns a failed write (a full
+    disk) into an opaque ``RuntimeError`` ("enforce fail ... unexpected pos"); the first
+    ``OSError`` is kept here so that the user is told what happened."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
 
 def save_checkpoint(path: str, payload: dict) -> None:
-    """Atomically write ``payload`` (state dicts and plain data) to ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=".partial-", suffix=".pth.tar", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
+    """Atomically write ``payload`` (state dicts and plain data) to ``path``.
+
+    Raises:
+        OSError: the write failed (a full disk); ``path`` keeps its previous content.
+    """
+    with atomic_write(path, sync=True) as f:
+        out = _KeepWriteError(f)
+        try:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
 
 
 def load_checkpoint(path: str) -> dict:
@@ -44,12 +77,145 @@ def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling refused (unsafe) or a corrupt file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused to load (not a safe capcli checkpoint: {first[:160]})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a capcli checkpoint")
-    if data.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path}: written by a newer capcli (format {data['version']})")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols on its way to failing
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:  # unreadable (permissions), not unparsable
+        raise CheckpointError(os_error_message(_with_filename(exc, path))) from None
+    except Exception as exc:  # the unpickler's refusal or a parse failure: many types, long texts
+        raise CheckpointError(f"{path}: {_load_failure(path, exc)}") from None
+    _check_format(path, data)
     return data
+
+
+def _with_filename(exc: OSError, path: str) -> OSError:
+    return exc if exc.filename is not None else OSError(exc.errno, exc.strerror or str(exc), path)
+
+
+def _load_failure(path: str, exc: Exception) -> str:
+    """capcli's sentence for a file ``torch.load(weights_only=True)`` refused with ``exc``."""
+    names, plain = _scan_pickle(path)
+    unsafe = _named_global(exc) or next((name for name in names if not _allowed(name)), None)
+    if unsafe:
+        return (f"refused to load: unsafe file, it asks to import {unsafe}, which would run code "
+                "(a capcli checkpoint holds only weights and plain data)")
+    text = str(exc)
+    if "TorchScript" in text:
+        return "not a capcli checkpoint (a TorchScript archive; give a checkpoint written by capcli train)"
+    if os.path.getsize(path) == 0:
+        return "truncated or corrupt checkpoint (the file is empty); copy or save it again"
+    if plain or "Invalid magic number" in text:
+        return "not a capcli checkpoint (a pickle file, not one written by torch.save)"
+    ends_early = isinstance(exc, EOFError) or "central directory" in text
+    why = "it ends too early" if ends_early else "PyTorch cannot parse it"
+    return f"truncated or corrupt checkpoint ({why}); copy or save it again"
+
+
+def _named_global(exc: Exception) -> str | None:
+    """The disallowed global (``posix.system``) the weights-only unpickler stopped at, if any."""
+    found = _GLOBAL_IN_MESSAGE.search(str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+    return found.group(1) if found else None
+
+
+class _Stub:
+    """Stands in for every global while scanning: accepts any construction, holds nothing."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+    def append(self, item) -> None:
+        pass
+
+    def extend(self, items) -> None:
+        pass
+
+
+class _GlobalsScan(pickle.Unpickler):
+    """Lists the globals a pickle names; ``find_class`` imports nothing, so nothing runs."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self.names: list[str] = []
+
+    def find_class(self, module: str, name: str) -> type:
+        self.names.append(f"{module}.{name}")
+        return _Stub
+
+    def persistent_load(self, pid) -> _Stub:
+        return _Stub()
+
+
+def _scan_pickle(path: str) -> tuple[list[str], bool]:
+    """The globals the file's pickle names (up to where it stops parsing), and whether the file is
+    one complete pickle of something other than a PyTorch file.
+
+    The weights-only unpickler names the first disallowed global itself, but stops earlier on a
+    pickle protocol it does not read (``pickle.dump`` writes protocol 4 or 5); this scan sees
+    the globals of such a file without importing or calling anything.
+    """
+    try:
+        is_zip = zipfile.is_zipfile(path)
+        if is_zip:  # torch.save's format: the pickle is */data.pkl
+            with zipfile.ZipFile(path) as archive:
+                inner = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                if not inner:
+                    return [], False
+                with archive.open(inner[0]) as f:
+                    scan = _GlobalsScan(f.read(_SCAN_LIMIT))
+        else:
+            with open(path, "rb") as f:
+                scan = _GlobalsScan(f.read(_SCAN_LIMIT))
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError, EOFError):
+        return [], False
+    try:
+        value = scan.load()
+    except Exception:  # noqa: BLE001 - garbage stops the scan; the names found so far still count
+        return scan.names, False
+    legacy_torch = value == torch.serialization.MAGIC_NUMBER  # the first of a legacy file's pickles
+    return scan.names, not (is_zip or legacy_torch)
+
+
+def _allowed(name: str) -> bool:
+    """Whether ``weights_only=True`` would accept the global ``name``."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        if name in _get_allowed_globals():
+            return True
+    except ImportError:  # a torch without this helper: trust torch's own namespaces
+        return name.startswith("torch.") or name in ("collections.OrderedDict", "builtins.set")
+    for entry in torch.serialization.get_safe_globals():
+        obj = entry[0] if isinstance(entry, tuple) else entry
+        given = entry[1] if isinstance(entry, tuple) else None
+        if name in (given, f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"):
+            return True
+    return False
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_format(path: str, data: object) -> None:
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a capcli checkpoint (it holds a {type(data).__name__}, "
+                              "not capcli's dictionary)")
+    if data.get("format") != FORMAT:
+        if data and all(isinstance(v, torch.Tensor) for v in data.values()):
+            what = "a bare state dict"
+        else:
+            what = f"keys {', '.join(_short(k) for k in list(data)[:5])}" if data else "an empty dictionary"
+        raise CheckpointError(f"{path}: not a capcli checkpoint (a PyTorch file without capcli's format "
+                              f"marker: {what})")
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{path}: not a capcli checkpoint (format version {_short(repr(version))})")
+    if version > VERSION:
+        raise CheckpointError(f"{path}: written by a newer capcli (format {version}); upgrade capcli")

@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 
-import h5py
 import torch
 from torch.utils.data import DataLoader
 
 from capcli.data.datasets import Images
-from capcli.data.hdf5 import PreparedData
+from capcli.data.hdf5 import PreparedData, atomic_hdf5
 from capcli.device import Precision
 from capcli.progress import Progress
 
@@ -55,17 +54,16 @@ def ensure_features(encoder, prepared: PreparedData, split: str, key: str, devic
         return path
     images = Images(prepared.path("IMAGES", split), "images")
     loader = DataLoader(images, batch_size=batch_size, shuffle=False)
-    partial = path + ".partial"
     encoder.eval()
     task = progress.task(f"caching {split} features", len(images), "img")
-    with h5py.File(partial, "w") as f:
+    with atomic_hdf5(path) as (f, guard):
         size, dim = encoder.pool.output_size[0], encoder.dim
         data = f.create_dataset("features", (len(images), size, size, dim), dtype="float16",
                                 chunks=(1, size, size, dim))
         for batch, index in loader:
             out = encode_images(encoder, batch, device, precision)  # (batch, 14, 14, C)
             data[int(index[0]):int(index[-1]) + 1] = out.float().cpu().numpy().astype("float16")
+            guard.check()  # a full disk stops the caching at once
             task.advance(len(index))
     task.close()
-    os.replace(partial, path)
     return path

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from capcli.safeio import atomic_write
+
 PANEL = 224
 _BACKGROUND = (255, 255, 255)
 _TEXT = (20, 20, 20)
@@ -29,7 +31,8 @@ def _font(size: int):
 
 
 def _save(img: Image.Image, path: str) -> str:
-    img.save(path)
+    with atomic_write(path) as f:  # never through a symlink at ``path``; never a half-written PNG
+        img.save(f, format="PNG")
     return path
 
 

@@ -196,6 +196,9 @@ def _write_images(by_split: dict[str, list[SourceImage]], staging: str, config: 
     for split in SPLITS:
         candidates = []
         for image in by_split[split]:
+            if image.problem:  # e.g. a name outside --image-folder: skipped without being opened
+                skipped[split].append({"split": split, "source": image.ref, "reason": image.problem})
+                continue
             chosen = _choose_captions(image, config)
             if chosen is None:
                 skipped[split].append({"split": split, "source": image.ref,

@@ -83,7 +83,7 @@ def test_missing_foreign_and_ambiguous_checkpoints(trained, run, tmp_path):
     _, images = _images(data)
     for bad_model, expected in ((tmp_path / "none.pth.tar", "no such checkpoint"),
                                 (tmp_path / "foreign.pth.tar", "not a capcli checkpoint"),
-                                (tmp_path / "text.pth.tar", "refused to load")):
+                                (tmp_path / "text.pth.tar", "truncated or corrupt")):
         if "foreign" in bad_model.name:
             torch.save({"state_dict": {}}, bad_model)
         elif "text" in bad_model.name:

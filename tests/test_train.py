@@ -157,7 +157,7 @@ def test_pretrained_from_torch_home(tmp_path, monkeypatch):
     with pytest.raises(CapcliError, match="resnet34-b627a593.pth"):
         load_pretrained(encoder)
     reference = torchvision.models.resnet34(weights=None)
-    os.makedirs(os.path.dirname(expected))
+    os.makedirs(os.path.dirname(expected), exist_ok=True)
     torch.save(reference.state_dict(), expected)
     assert load_pretrained(encoder) == expected
     for key, value in encoder.resnet.state_dict().items():

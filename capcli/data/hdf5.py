@@ -11,9 +11,11 @@ Readers also accept the a-PyTorch-Tutorial-to-Image-Captioning naming
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import h5py
@@ -22,7 +24,7 @@ import numpy as np
 from capcli.data.jsonfiles import read_json
 from capcli.data.karpathy import SPLITS
 from capcli.errors import DataError
-from capcli.safeio import create_exclusive
+from capcli.safeio import atomic_path, create_exclusive
 
 
 class _GuardedFile:
@@ -30,9 +32,9 @@ class _GuardedFile:
     every later write is dropped: the HDF5 library, once a flush has failed, crashes the
     interpreter at exit, so it must never see the failure. The writer raises it instead."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fd: int) -> None:
         self.path = path
-        self.raw = open(create_exclusive(path), "w+b")
+        self.raw = open(fd, "w+b")
         self.error: OSError | None = None
 
     def write(self, data) -> int:
@@ -47,6 +49,7 @@ class _GuardedFile:
         return getattr(self.raw, name)
 
     def check(self) -> None:
+        """Raise the first failed write, naming the file."""
         if self.error is not None:
             raise OSError(self.error.errno or errno.EIO, self.error.strerror or str(self.error), self.path)
 
@@ -54,8 +57,25 @@ class _GuardedFile:
 def open_for_writing(path: str) -> tuple[h5py.File, _GuardedFile]:
     """A new HDF5 file at ``path`` (which must not exist) and its guard: call ``guard.check()``
     after writes and after closing the file."""
-    guard = _GuardedFile(path)
+    guard = _GuardedFile(path, create_exclusive(path))
     return h5py.File(guard, "w"), guard
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path: str) -> Iterator[tuple[h5py.File, _GuardedFile]]:
+    """A new HDF5 file and its guard; the file becomes ``path`` when the block ends without an
+    error and no write failed (see :func:`capcli.safeio.atomic_path`)."""
+    with atomic_path(path) as temp:
+        guard = _GuardedFile(temp, os.open(temp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
+        file = h5py.File(guard, "w")
+        try:
+            yield file, guard
+        finally:
+            try:
+                file.close()
+            finally:
+                guard.raw.close()
+        guard.check()
 
 
 def output_files(name: str) -> dict[str, str]:

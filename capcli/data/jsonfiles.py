@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 
 from capcli.errors import CapcliError, InputError
+from capcli.safeio import atomic_write
 
 
 def read_json(path: str, error: type[CapcliError] = InputError) -> object:
@@ -22,9 +22,8 @@ def read_json(path: str, error: type[CapcliError] = InputError) -> object:
 
 
 def write_json(path: str, data: object) -> None:
-    """Write ``data`` as JSON through a temporary file and a rename: never a half-written file."""
+    """Write ``data`` as JSON through a fresh temporary file and a rename (``capcli.safeio``): never
+    a half-written file, and never through a symlink planted at ``path``."""
     text = json.dumps(data)  # the C encoder; json.dump() streams through the slow Python one
-    partial = path + ".partial"
-    with open(partial, "w", encoding="utf-8") as f:
+    with atomic_write(path, text=True) as f:
         f.write(text)
-    os.replace(partial, path)

@@ -3,6 +3,12 @@
 Both produce a list of :class:`SourceImage` with tokenised captions and a split (``TRAIN``,
 ``VAL`` or ``TEST``; Karpathy's ``restval`` counts as training). Malformed files raise
 :class:`~capcli.errors.InputError` naming the file and the place.
+
+An image name that leads out of the image folder (an absolute path, or ``..`` climbing above it)
+is never opened: its :class:`SourceImage` has no path and a ``problem`` that prep records as the
+skip reason. The check is on the name as written, not on the disk: a symbolic link inside the
+image folder is followed, because the folder is the user's own choice (data sets are often linked
+in from elsewhere) while the caption file may come from anyone.
 """
 
 from __future__ import annotations
@@ -25,9 +31,22 @@ class SourceImage:
     """One image of a caption source with all of its captions (lists of tokens)."""
 
     ref: str  # how the source names the image: "filename" or "filepath/filename"
-    path: str  # where the image file is expected on disk
+    path: str  # where the image file is expected on disk; "" when ``problem`` forbids opening it
     split: str
     captions: list[list[str]] = field(default_factory=list)
+    problem: str | None = None  # why the image must be skipped without being opened
+
+
+OUTSIDE = "path outside --image-folder"
+
+
+def source_image(ref: str, image_folder: str, split: str) -> SourceImage:
+    """The image ``ref`` names inside ``image_folder``; one whose name leads outside the folder
+    gets no path and the problem :data:`OUTSIDE`."""
+    name = os.path.normpath(ref)
+    if os.path.isabs(name) or name == os.pardir or name.startswith(os.pardir + os.sep):
+        return SourceImage(ref, "", split, problem=OUTSIDE)
+    return SourceImage(ref, os.path.join(image_folder, ref), split)
 
 
 def _sentence_tokens(sentence: object, where: str) -> list[str]:
@@ -67,8 +86,9 @@ def read_karpathy_json(path: str, image_folder: str) -> tuple[dict, list[SourceI
         if not isinstance(sentences, list):
             raise InputError(f"{where}: missing 'sentences' list")
         ref = os.path.join(entry.get("filepath") or "", entry["filename"])
-        captions = [_sentence_tokens(s, f"{where}.sentences[{j}]") for j, s in enumerate(sentences)]
-        out.append(SourceImage(ref, os.path.join(image_folder, ref), split, captions))
+        image = source_image(ref, image_folder, split)
+        image.captions = [_sentence_tokens(s, f"{where}.sentences[{j}]") for j, s in enumerate(sentences)]
+        out.append(image)
     return {k: v for k, v in data.items() if k != "images"}, out
 
 
@@ -111,7 +131,7 @@ def read_results_csv(path: str, image_folder: str, seed: int, val_fraction: floa
                 if not any(c.strip() for c in row):
                     continue
                 name, comment = _parse_csv_row(row, f"{path}: line {rows.line_num}")
-                image = by_name.setdefault(name, SourceImage(name, os.path.join(image_folder, name), "TRAIN"))
+                image = by_name.setdefault(name, source_image(name, image_folder, "TRAIN"))
                 image.captions.append(tokenize(comment))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None

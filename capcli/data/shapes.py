@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from capcli.safeio import atomic_write
+
 GENERATOR_VERSION = 2
 CANVAS = 256
 
@@ -209,7 +211,8 @@ def generate_one(args: tuple[int, int, str]) -> dict:
     seed, index, folder = args
     img, shapes = render(seed, index)
     filename = f"shapes_{index:06d}.jpg"
-    img.save(os.path.join(folder, filename), quality=92)
+    with atomic_write(os.path.join(folder, filename)) as f:
+        img.save(f, format="JPEG", quality=92)
     rng = random.Random(f"{seed}:{index}")
     sentences = [{"tokens": c.split(), "raw": c} for c in captions(shapes, rng)]
     return {"filename": filename, "imgid": index, "sentences": sentences,
