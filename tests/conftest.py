@@ -63,6 +63,17 @@ TINY_TRAIN = ("--encoder", "resnet18", "--embed-dim", 16, "--attention-dim", 16,
               "--batch-size", 16, "--precision", "fp32", "--seed", 3, "--frozen-encoder")
 
 
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A prepared 40-image shapes set (32 px, every word kept), one per test module."""
+    from capcli.config import PrepConfig
+    from capcli.prep import run_prep
+
+    folder = tmp_path_factory.mktemp("data")
+    run_prep(PrepConfig(output_folder=str(folder), num_images=40, image_size=32, min_word_freq=1, workers=1))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """(data folder, output folder holding BEST_shapes_5_1.pth.tar) after one epoch on 40 tiny

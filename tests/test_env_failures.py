@@ -55,16 +55,6 @@ def mount_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from capcli.config import PrepConfig
-    from capcli.prep import run_prep
-
-    folder = tmp_path_factory.mktemp("data")
-    run_prep(PrepConfig(output_folder=str(folder), num_images=40, image_size=32, min_word_freq=1, workers=1))
-    return folder
-
-
 def _snapshot(folder) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in os.listdir(folder) if (folder / name).is_file()}
 

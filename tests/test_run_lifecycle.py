@@ -21,16 +21,6 @@ EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  train loss (\d+\.\d{3}) top-5 (\d+
                         r"top-5 (\d+\.\d) BLEU-4 (\d\.\d{4}) \| lr (\d\.\de[-+]\d\d) \| \d+:\d\d \| saved( BEST)?$")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from capcli.config import PrepConfig
-    from capcli.prep import run_prep
-
-    folder = tmp_path_factory.mktemp("data")
-    run_prep(PrepConfig(output_folder=str(folder), num_images=40, image_size=32, min_word_freq=1, workers=1))
-    return folder
-
-
 def train_args(data, out, *extra):
     return ("train", "--data-folder", data, "--output-folder", out, *TINY_TRAIN, *extra)
 

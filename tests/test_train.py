@@ -20,16 +20,6 @@ TINY = ("--encoder", "resnet18", "--embed-dim", 16, "--attention-dim", 16, "--de
         "--batch-size", 16, "--precision", "fp32", "--seed", 3, "--frozen-encoder")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from capcli.config import PrepConfig
-    from capcli.prep import run_prep
-
-    folder = tmp_path_factory.mktemp("data")
-    run_prep(PrepConfig(output_folder=str(folder), num_images=40, image_size=32, min_word_freq=1, workers=1))
-    return folder
-
-
 def train_args(data, out, *extra):
     return ("train", "--data-folder", data, "--output-folder", out, *TINY, *extra)
 
