@@ -184,3 +184,14 @@ def test_a_fifo_in_a_caption_file_is_skipped_with_its_reason(tmp_path):
     manifest = read_json(str(tmp_path / "out" / "MANIFEST_flickr8k_5_1.json"))
     assert [s["source"] for s in manifest["skipped"]] == ["pipe.jpg"]
     assert "not a regular file" in manifest["skipped"][0]["reason"]
+
+
+@pytest.mark.parametrize("option, name", [("--json", "dataset_flickr8k.json"), ("--csv", "results.csv")])
+def test_a_fifo_given_as_a_caption_file_is_refused_without_hanging(tmp_path, option, name):
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    (tmp_path / "images").mkdir()
+    done = capcli("prep", option, fifo, "--image-folder", tmp_path / "images", "--output-folder",
+                  tmp_path / "out", timeout=120)
+    assert done.returncode == 1
+    assert "not a regular file" in one_error_line(done.stderr)

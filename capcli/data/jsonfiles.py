@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 from capcli.errors import CapcliError, InputError
 from capcli.safeio import atomic_write
 
 
+def require_regular_file(path: str, error: type[CapcliError] = InputError) -> None:
+    """Refuse a FIFO, device or folder where a file is read: opening a FIFO blocks for ever."""
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise error(f"{path}: not a regular file (a FIFO, device or folder); give the file itself")
+
+
 def read_json(path: str, error: type[CapcliError] = InputError) -> object:
-    """Parse ``path``; a missing, non-UTF-8 or malformed file raises ``error`` naming the place."""
+    """Parse ``path``; a missing, non-regular (a FIFO would block), non-UTF-8 or malformed file
+    raises ``error`` naming the place."""
     try:
+        require_regular_file(path, error)
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:

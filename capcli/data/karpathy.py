@@ -18,7 +18,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from capcli.data.jsonfiles import read_json
+from capcli.data.jsonfiles import read_json, require_regular_file
 from capcli.data.vocab import tokenize
 from capcli.errors import InputError
 
@@ -121,6 +121,7 @@ def read_results_csv(path: str, image_folder: str, seed: int, val_fraction: floa
                      test_fraction: float) -> list[SourceImage]:
     """Read a Flickr30k Kaggle ``results.csv`` and split it by image (never by caption row)."""
     by_name: dict[str, SourceImage] = {}
+    require_regular_file(path)
     try:
         with open(path, encoding="utf-8", newline="") as f:
             rows = csv.reader(f, delimiter="|")
