@@ -11,7 +11,7 @@ import torch
 
 from capcli.checkpoint import load_checkpoint
 from capcli.feed import read_feed
-from tests.test_train import TINY, data  # noqa: F401  (module fixture)
+from tests.test_train import TINY
 
 # Runs `capcli train` unchanged, then saves each rank's final decoder weights next to the outputs.
 WRAPPER = """
