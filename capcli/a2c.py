@@ -211,29 +211,34 @@ class A2CTrainer:
         for m in (self.encoder, self.decoder, self.critic):
             m.to(self.device)
         self.image_size, self.source_train_config = int(ckpt.get("image_size", 256)), ckpt.get("train_config")
-        actor_params = [p for p in self.decoder.parameters() if p.requires_grad]
-        groups = [{"params": actor_params, "lr": config.actor_lr}]
-        enc_params = [p for p in self.encoder.parameters() if p.requires_grad]
-        if enc_params:
-            groups.append({"params": enc_params, "lr": config.encoder_lr})
-        self.actor_opt = torch.optim.Adam(groups)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
-        self.state = {"epoch": 0, "step": 0, "epoch_step": 0, "best_score": -math.inf, "best_epoch": 0,
-                      "history": []}
-        if config.resume:
-            self.critic.load_state_dict(ckpt["critic"])
-            self.actor_opt.load_state_dict(ckpt["actor_optimizer"])
-            self.critic_opt.load_state_dict(ckpt["critic_optimizer"])
-            if ckpt.get("scaler"):
-                self.scaler.load_state_dict(ckpt["scaler"])
-            self.state.update({k: ckpt[k] for k in self.state if k in ckpt})
+        self._build_optimizers(ckpt if config.resume else None)
         self.feed = MetricsFeed(self.paths["feed"], "a2c")
         # a2c lines share the training run's feed; only this stage's lines of redone work are dropped
         self.feed.truncate_after(self.state["step"] if config.resume else -1, stage="a2c")
         self._build_data()
         self.stop_signal: int | None = None
         self.resume_hint = "capcli a2c --resume"
+
+    def _build_optimizers(self, resumed: dict | None) -> None:
+        """Actor (decoder, and the encoder with --train-encoder) and critic optimisers, the scaler
+        and the run state; from ``resumed``, the run's own checkpoint, when continuing."""
+        actor_params = [p for p in self.decoder.parameters() if p.requires_grad]
+        groups = [{"params": actor_params, "lr": self.config.actor_lr}]
+        enc_params = [p for p in self.encoder.parameters() if p.requires_grad]
+        if enc_params:
+            groups.append({"params": enc_params, "lr": self.config.encoder_lr})
+        self.actor_opt = torch.optim.Adam(groups)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
+        self.state = {"epoch": 0, "step": 0, "epoch_step": 0, "best_score": -math.inf, "best_epoch": 0,
+                      "history": []}
+        if resumed is not None:
+            self.critic.load_state_dict(resumed["critic"])
+            self.actor_opt.load_state_dict(resumed["actor_optimizer"])
+            self.critic_opt.load_state_dict(resumed["critic_optimizer"])
+            if resumed.get("scaler"):
+                self.scaler.load_state_dict(resumed["scaler"])
+            self.state.update({k: resumed[k] for k in self.state if k in resumed})
 
     @staticmethod
     def _resume_path(config: A2CConfig) -> str:
