@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +12,7 @@ from capcli.checkpoint import load_checkpoint
 from capcli.config import ModelConfig
 from capcli.errors import CapcliError
 from capcli.model.captioner import build_model, model_from_checkpoint
+from capcli.safeio import atomic_write
 
 
 @dataclass
@@ -150,10 +150,11 @@ def render_graph(encoder: nn.Module, decoder: nn.Module, report: ArchReport, pat
     params = {f"encoder.{n}": p for n, p in encoder.named_parameters()}
     params.update({f"decoder.{n}": p for n, p in decoder.named_parameters()})
     dot = make_dot(logits, params=params)
-    dot.format = "png"
-    base, _ = os.path.splitext(path)
     try:
-        return dot.render(base, cleanup=True)
+        png = dot.pipe(format="png")  # rendered in memory: written below like every other file
     except Exception as exc:  # graphviz's `dot` program missing or failing
         raise CapcliError(f"--graph: Graphviz could not render ({str(exc).splitlines()[0][:120]}); install "
                           "Graphviz (e.g. apt install graphviz)") from None
+    with atomic_write(path) as f:
+        f.write(png)
+    return path
