@@ -1,0 +1,165 @@
+"""The dashboard's parts that are not the app: the help screen, the path box, checkpoint
+rows, the attention heat map in half-blocks, chart downsampling and the error log."""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import ModalScreen
+from textual.suggester import Suggester
+from textual.widgets import Input, Static
+
+from capcli import safeio
+
+MAX_POINTS = 400
+ERROR_LOG = "dashboard_error.log"
+
+HELP = """\
+[b]capcli dashboard — keys[/b]
+
+  1 2 3 4   chart: loss, top-5, BLEU-4, A2C
+  i         type an image path (Tab completes)
+  enter     caption it (in the path box)
+  escape    leave the path box
+  ← →       previous / next word (heat map)
+  b         next beam size (1, 3, 5, 10)
+  c         next checkpoint
+  r         re-read checkpoints now
+  ?         this help (escape closes it)
+  q         quit
+"""
+
+
+def downsample(points: list[tuple[float, float]], limit: int = MAX_POINTS) -> list[tuple[float, float]]:
+    if len(points) <= limit:
+        return points
+    step = len(points) / limit
+    picked = [points[int(i * step)] for i in range(limit - 1)]
+    return picked + [points[-1]]
+
+
+def heatmap_text(pixels: np.ndarray, weights, width: int, height: int, strength: float = 0.65) -> Text:
+    """The image downscaled to ``width`` × ``2·height`` with the attention blended over it, drawn
+    with upper half-blocks (foreground = top pixel, background = bottom pixel)."""
+    from PIL import Image
+
+    from capcli.pictures import heat_colours, upsample_attention
+
+    rows = height * 2
+    base = np.asarray(Image.fromarray(pixels).resize((width, rows), Image.BILINEAR), dtype=np.float32)
+    if weights is not None:
+        heat = np.asarray(Image.fromarray(upsample_attention(weights, 64)).resize((width, rows), Image.BILINEAR))
+        base = base * (1 - strength) + heat_colours(heat) * strength
+    rgb = base.clip(0, 255).astype(int)
+    text = Text()
+    for y in range(0, rows, 2):
+        for x in range(width):
+            top, bottom = rgb[y, x], rgb[y + 1, x]
+            text.append("▀", style=f"rgb({top[0]},{top[1]},{top[2]}) on rgb({bottom[0]},{bottom[1]},{bottom[2]})")
+        if y + 2 < rows:
+            text.append("\n")
+    return text
+
+
+def write_error_log(folder: str, error: BaseException) -> str:
+    """Write the traceback of ``error`` to ``folder``/dashboard_error.log, or to a new temporary
+    file when that folder is missing or not writable; returns the file's path.
+
+    Raises:
+        OSError: not even a temporary file could be written.
+    """
+    text = f"capcli dashboard, {time.strftime('%Y-%m-%d %H:%M:%S')}\n" + "".join(traceback.format_exception(error))
+    if os.path.isdir(folder):
+        path = os.path.join(folder, ERROR_LOG)
+        try:
+            with safeio.atomic_write(path, text=True) as f:
+                f.write(text)
+            return path
+        except OSError:
+            pass  # a folder this user may only read: the temporary file below instead
+    fd, path = tempfile.mkstemp(prefix="capcli-dashboard-", suffix=".log")
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+class PathSuggester(Suggester):
+    """Completes file system paths (the first match, directories with a trailing slash)."""
+
+    def __init__(self) -> None:
+        super().__init__(use_cache=False, case_sensitive=True)
+
+    async def get_suggestion(self, value: str) -> str | None:
+        if not value:
+            return None
+        matches = sorted(glob.glob(os.path.expanduser(value) + "*"))
+        if not matches:
+            return None
+        match = matches[0] + ("/" if os.path.isdir(matches[0]) else "")
+        return value + match[len(os.path.expanduser(value)):]
+
+
+class PathInput(Input):
+    """The image path box: Tab accepts the completion shown after the cursor."""
+
+    BINDINGS = [Binding("tab", "complete", "Complete", show=False)]
+
+    def action_complete(self) -> None:
+        if self._suggestion and len(self._suggestion) > len(self.value):
+            self.value = self._suggestion
+            self.cursor_position = len(self.value)
+
+
+@dataclass
+class CheckpointInfo:
+    path: str
+    kind: str
+    epoch: int
+    bleu4: float | None
+    total_epochs: int | None
+    mtime: float
+
+
+def read_checkpoint_info(path: str, mtime: float) -> CheckpointInfo:
+    from capcli.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    kind = ckpt.get("kind", "?")
+    epoch = int(ckpt.get("epoch", 0))
+    if kind == "a2c":
+        history = ckpt.get("history") or [{}]
+        bleu = history[-1].get("val_bleu4")
+        total = (ckpt.get("a2c_config") or {}).get("epochs")
+    else:
+        history = ckpt.get("bleu_history") or []
+        bleu = history[epoch - 1] if 0 < epoch <= len(history) else None
+        total = (ckpt.get("train_config") or {}).get("epochs")
+    return CheckpointInfo(path, kind, epoch, bleu, total, mtime)
+
+
+def age_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "Close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    #help { width: 52; height: auto; border: round $accent; background: $panel; padding: 1 2; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(HELP, id="help")
