@@ -64,6 +64,14 @@ def _open_lock(path: str) -> int:
         raise
 
 
+def _wait_for_holder(path: str, seconds: float = 2.0) -> dict | None:
+    """The holder's record; a holder that has just taken the lock writes it a moment later."""
+    deadline = time.monotonic() + seconds
+    while (holder := read_holder(path)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return holder
+
+
 def _refusal(path: str, holder: dict | None) -> str:
     who = f"PID {holder.get('pid')}" if holder else "another process"
     if holder and holder.get("host") not in (None, socket.gethostname()):
@@ -93,7 +101,7 @@ def run_lock(output_folder: str, name: str, note: Callable[[str], None] = lambda
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise RunLocked(_refusal(path, read_holder(path))) from None
+            raise RunLocked(_refusal(path, _wait_for_holder(path))) from None
         previous = read_holder(path)
         if previous and previous.get("pid") not in (None, os.getpid()):
             note(f"took over {path} from PID {previous['pid']}, which is no longer running")

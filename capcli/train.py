@@ -14,21 +14,21 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from capcli.checkpoint import load_checkpoint, save_checkpoint
-from capcli.config import ARCHITECTURE_FIELDS, SHAPES_TRAIN_DEFAULTS, ModelConfig, TrainConfig
+from capcli.checkpoint import save_checkpoint
+from capcli.config import ModelConfig, TrainConfig
 from capcli.data.datasets import ImageCaptions, Images
 from capcli.data.hdf5 import PreparedData, find_prepared
 from capcli.data.jsonfiles import write_json
 from capcli.data.vocab import END, PAD, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
 from capcli.distributed import DistInfo, barrier, init_distributed, shutdown, unwrap
-from capcli.errors import CapcliError, CheckpointError, DataError, Interrupted
+from capcli.errors import CapcliError, DataError, Interrupted
 from capcli.features import cache_key, encode_images, encoder_fingerprint, ensure_features, features_path
 from capcli.feed import MetricsFeed
 from capcli.model.captioner import build_model
@@ -39,6 +39,7 @@ from capcli.progress import SILENT, Progress
 from capcli.runlock import run_lock
 from capcli.runlog import resume_command, running_figures, train_epoch_line
 from capcli.scores import corpus_bleu4
+from capcli.train_setup import dataset_defaults, model_config_for, resume_source, warn_random_encoder
 
 
 class TrainingInterrupted(Interrupted):
@@ -69,51 +70,6 @@ def output_paths(output_folder: str, name: str) -> dict[str, str]:
     return {k: os.path.join(output_folder, v) for k, v in files.items()}
 
 
-def _model_config(ckpt: dict | None, options: dict, given: frozenset, vocab_size: int) -> ModelConfig:
-    """The checkpoint's architecture on resume (a given option that conflicts with it is an error)."""
-    if ckpt is None:
-        return ModelConfig(vocab_size=vocab_size, **options)
-    saved = ModelConfig(**ckpt["model_config"])
-    for field in ARCHITECTURE_FIELDS:
-        if field in given and options.get(field) != getattr(saved, field):
-            flag = "--" + field.replace("_", "-")
-            raise CheckpointError(f"{flag} {options.get(field)} conflicts with the checkpoint being resumed "
-                                  f"({field} = {getattr(saved, field)}); drop {flag} or start a new run")
-    if saved.vocab_size != vocab_size:
-        raise CheckpointError(f"the checkpoint's vocabulary ({saved.vocab_size}) differs from the data's "
-                              f"({vocab_size}); resume on the data it was trained on")
-    return saved
-
-
-def _resume_source(config: TrainConfig, paths: dict) -> dict | None:
-    if config.checkpoint:
-        return load_checkpoint(config.checkpoint)
-    if config.resume:
-        if not os.path.exists(paths["checkpoint"]):
-            raise CheckpointError(f"--resume: no checkpoint at {paths['checkpoint']} (train without --resume first)")
-        return load_checkpoint(paths["checkpoint"])
-    if os.path.exists(paths["checkpoint"]) and not config.overwrite:
-        raise CheckpointError(f"{paths['checkpoint']} exists: continue it with --resume, or start over with "
-                              "--overwrite (which replaces its checkpoints and metrics)")
-    return None
-
-
-def _dataset_defaults(prepared: PreparedData, config: TrainConfig, model_options: dict,
-                      given: frozenset) -> tuple[TrainConfig, dict]:
-    """The shapes data set trains with ``SHAPES_TRAIN_DEFAULTS`` (see config.py) for every option
-    not in ``given``; other data sets keep the options as they are. The encoder starts from
-    ImageNet weights unless told otherwise, except on shapes (synthetic scenes, nothing to download)."""
-    shapes = prepared.name.rsplit("_", 2)[0] == "shapes"
-    if config.pretrained is None:
-        config = replace(config, pretrained=config.pretrained_weights is not None or not shapes)
-    if not shapes:
-        return config, model_options
-    defaults = {k: v for k, v in SHAPES_TRAIN_DEFAULTS.items() if k not in given}
-    model_fields = {f.name for f in fields(ModelConfig)}
-    config = replace(config, **{k: v for k, v in defaults.items() if k not in model_fields})
-    return config, {**model_options, **{k: v for k, v in defaults.items() if k in model_fields}}
-
-
 def run_train(config: TrainConfig, model_options: dict | None = None, given: frozenset = frozenset(),
               progress: Progress = SILENT, resume_args: Sequence[str] = ()) -> TrainResult:
     """Train (or resume) as ``config`` says.
@@ -133,18 +89,18 @@ def run_train(config: TrainConfig, model_options: dict | None = None, given: fro
         prepared = find_prepared(config.data_folder, config.name)
         for split in ("TRAIN", "VAL"):  # present and whole, before anything reads or writes
             prepared.images_meta(split)
-        config, model_options = _dataset_defaults(prepared, config, model_options or {}, given)
+        config, model_options = dataset_defaults(prepared, config, model_options or {}, given)
         paths = output_paths(config.output_folder, prepared.name)
         lock = run_lock(config.output_folder, prepared.name, progress.message) if dist_info.is_main \
             else contextlib.nullcontext()
         with lock:
-            ckpt = _resume_source(config, paths)
+            ckpt = resume_source(config, paths)
             done = int(ckpt["epoch"]) if ckpt is not None else 0
             if config.epochs <= done:
                 return _nothing_to_train(prepared.name, paths, ckpt, config.epochs)
             word_map = prepared.word_map()
-            model_config = _model_config(ckpt, model_options, given, len(word_map))
-            _warn_random_encoder(config, prepared.name, ckpt, progress)
+            model_config = model_config_for(ckpt, model_options, given, len(word_map))
+            warn_random_encoder(config, prepared.name, ckpt, progress)
             trainer = Trainer(config, model_config, prepared, word_map, paths, device, dist_info, progress, ckpt)
             trainer.resume_hint = resume_command("train", resume_args)
             return trainer.fit()
@@ -160,13 +116,6 @@ def _nothing_to_train(name: str, paths: dict, ckpt: dict | None, epochs: int) ->
               f"total; give --epochs above {ckpt['epoch']} to train more")
     return TrainResult(name, int(ckpt["epoch"]), float(ckpt["best_bleu4"]), int(ckpt["best_epoch"]),
                        paths["checkpoint"], paths["best"], reason, 0.0)
-
-
-def _warn_random_encoder(config: TrainConfig, name: str, ckpt: dict | None, progress: Progress) -> None:
-    if ckpt is None and not config.pretrained and name.rsplit("_", 2)[0] != "shapes":
-        frozen = "frozen " if not config.fine_tune_encoder else ""
-        progress.message(f"warning: --no-pretrained: the {frozen}encoder starts from random weights, so on real "
-                         "photos its captions will be poor (drop --no-pretrained to start from ImageNet weights)")
 
 
 class Trainer:

@@ -129,3 +129,29 @@ def test_a_refused_pickle_prints_only_the_sentence_on_the_real_stderr(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "unsafe" in lines[0], done.stderr
     assert "posix.system" in lines[0] and not marker.exists()
+
+
+@pytest.mark.parametrize("case", ["torn", "foreign", "no_model_config", "no_start", "wrong_type", "unsafe_system"])
+def test_train_from_a_bad_checkpoint_gives_one_sentence(case, bad_checkpoints, trained_run, run, tmp_path):
+    paths, marker = bad_checkpoints
+    path, words = paths[case]
+    data, _ = trained_run
+    line = _one_error_line(run("train", "--data-folder", data, "--output-folder", tmp_path / "out",
+                               "--checkpoint", path, "--epochs", 3))
+    assert str(path) in line and words in line, line
+    assert not os.path.exists(marker) and not (tmp_path / "out" / f"checkpoint_{NAME}.pth.tar").exists()
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda c: c.pop("epoch"), "missing epoch"),
+    (lambda c: c.pop("decoder_optimizer"), "missing decoder_optimizer"),
+    (lambda c: c.update(step="many"), "step is not a count"),
+    (lambda c: c.update(kind="a2c"), "a2c checkpoint"),
+])
+def test_train_resume_from_a_hand_edited_run_state(edit, words, trained_run, run, tmp_path):
+    data, out = trained_run
+    edited = tmp_path / "edited.pth.tar"
+    edited.write_bytes(_edited(load_checkpoint(str(out / f"checkpoint_{NAME}.pth.tar")), edit))
+    line = _one_error_line(run("train", "--data-folder", data, "--output-folder", tmp_path / "out",
+                               "--checkpoint", edited, "--epochs", 3))
+    assert str(edited) in line and words in line, line
