@@ -233,6 +233,11 @@ class A2CTrainer:
         self.state = {"epoch": 0, "step": 0, "epoch_step": 0, "best_score": -math.inf, "best_epoch": 0,
                       "history": []}
         if resumed is not None:
+            missing = [k for k in ("critic", "actor_optimizer", "critic_optimizer")
+                       if not isinstance(resumed.get(k), dict)]
+            if missing or resumed.get("kind") != "a2c":
+                raise CheckpointError(f"{self.paths['checkpoint']}: cannot resume A2C from it "
+                                      f"({'missing ' + ', '.join(missing) if missing else 'not an A2C checkpoint'})")
             self.critic.load_state_dict(resumed["critic"])
             self.actor_opt.load_state_dict(resumed["actor_optimizer"])
             self.critic_opt.load_state_dict(resumed["critic_optimizer"])

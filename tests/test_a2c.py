@@ -204,3 +204,22 @@ def test_sigterm_saves_and_names_resume(workdir):
     assert f"--data-folder {data}" in hint and f"--name {NAME}" in hint and "--epochs 500" in hint
     saved = load_checkpoint(str(checkpoint))
     assert saved["epoch"] >= 1 and saved["kind"] == "a2c"
+
+
+def test_resume_from_a_hand_edited_a2c_checkpoint_is_one_sentence(workdir, run, tmp_path):
+    import shutil
+
+    data, out = workdir
+    copy = tmp_path / "edited_run"
+    shutil.copytree(out, copy)
+    if not (copy / f"A2C_{NAME}.pth.tar").exists():
+        assert _a2c(run, data, copy, "--epochs", 1).exit_code == 0
+    path = copy / f"A2C_{NAME}.pth.tar"
+    ckpt = load_checkpoint(str(path))
+    del ckpt["critic"]
+    torch.save(ckpt, path)
+    result = run("a2c", "--resume", "--data-folder", data, "--output-folder", copy, "--epochs", 5)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == f"Error: {path}: cannot resume A2C from it (missing critic)"
+    assert "Traceback" not in result.output
