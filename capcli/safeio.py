@@ -13,21 +13,29 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
+import hashlib
 import os
+import re
 import secrets
+import socket
+import stat
+import time
 from collections.abc import Iterator
 from typing import IO
 
 from capcli.errors import CapcliError
 
-_TEMP_SUFFIX = ".tmp"
-# names earlier versions used: a fixed ``.partial`` suffix, mkstemp's ``.partial-*`` checkpoints
-_OLD_TEMPS = ("{path}.partial", "{folder}/.partial-*.pth.tar")
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # temps of other hosts are never touched
+# .{name}.{host}-{pid}.{random}.tmp
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,9})\.[0-9a-f]{8}\.tmp$")
+_OLD_CHECKPOINT_TEMP = re.compile(r"^\.partial-.*\.pth\.tar$")  # what earlier versions' mkstemp made
+_cleaned_folders: set[str] = set()
 
 
-def _temp_prefix(path: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.")
+def temp_path(path: str, pid: int | None = None) -> str:
+    """A fresh temporary name for ``path``, in its folder, tagged with this host and ``pid``."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.{_HOST}-{os.getpid() if pid is None else pid}.{secrets.token_hex(4)}.tmp")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -35,28 +43,43 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True  # another user's live process
+    except (PermissionError, OverflowError):
+        return True  # another user's live process (or no pid of this machine): leave it
     return True
 
 
-def remove_stale_temps(path: str) -> None:
-    """Delete temporary files of ``path`` whose writing process is gone (and old fixed names).
+def _stale(folder: str, entry: str) -> bool:
+    found = _TEMP.match(entry)
+    if found:
+        return found["host"] == _HOST and not _pid_alive(int(found["pid"]))
+    if _OLD_CHECKPOINT_TEMP.match(entry):  # no owner to ask: only links (never made by capcli) and old files
+        info = os.lstat(os.path.join(folder, entry))
+        return stat.S_ISLNK(info.st_mode) or time.time() - info.st_mtime > 3600
+    return False
 
-    Only names inside ``path``'s folder are removed; ``os.remove`` on a symlink removes the link,
+
+def remove_stale_temps(path: str) -> None:
+    """Delete the temporary files in ``path``'s folder whose writer (a process of this host) is
+    gone, once per folder and process, and the fixed ``{path}.partial`` name earlier versions used.
+
+    Only names inside the folder are removed; ``os.remove`` on a symlink removes the link,
     never its target.
     """
-    prefix = _temp_prefix(path)
-    for temp in glob.glob(glob.escape(prefix) + "*" + _TEMP_SUFFIX):
-        pid = temp[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temp)
     folder = os.path.dirname(os.path.abspath(path))
-    for pattern in _OLD_TEMPS:
-        for temp in glob.glob(pattern.format(path=glob.escape(os.path.abspath(path)), folder=glob.escape(folder))):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temp)
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.islink(path + ".partial") or os.path.isfile(path + ".partial"):
+            os.remove(path + ".partial")
+    if folder in _cleaned_folders:
+        return
+    _cleaned_folders.add(folder)
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        with contextlib.suppress(FileNotFoundError):
+            if entry.startswith(".") and _stale(folder, entry):
+                os.remove(os.path.join(folder, entry))
 
 
 def _create_exclusive(path: str) -> int:
@@ -71,7 +94,7 @@ def atomic_path(path: str) -> Iterator[str]:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temps(path)
-    temp = f"{_temp_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
+    temp = temp_path(path)
     os.close(_create_exclusive(temp))
     try:
         yield temp
@@ -79,7 +102,7 @@ def atomic_path(path: str) -> Iterator[str]:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp)
-        if isinstance(exc, OSError) and exc.filename is None:  # a write through a file object
+        if isinstance(exc, OSError) and exc.filename in (None, temp):  # name the file the user knows
             raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
         raise
 

@@ -195,3 +195,30 @@ def test_a_fifo_given_as_a_caption_file_is_refused_without_hanging(tmp_path, opt
                   tmp_path / "out", timeout=120)
     assert done.returncode == 1
     assert "not a regular file" in one_error_line(done.stderr)
+
+
+FILL_HDF5 = """
+import sys
+import numpy as np
+from capcli.data.hdf5 import atomic_hdf5
+try:
+    with atomic_hdf5(sys.argv[1]) as (f, guard):
+        data = f.create_dataset("features", (0, 64), maxshape=(None, 64), dtype="float32", chunks=(1, 64))
+        for i in range(100_000):  # small chunks: the failing writes are many and small
+            data.resize(i + 1, axis=0)
+            data[i] = np.full(64, i, dtype="float32")
+            guard.check()
+except OSError as exc:
+    print(exc.errno, exc.filename)
+    sys.exit(1)
+"""
+
+
+def test_hdf5_on_a_full_disk_with_small_writes_never_crashes_the_interpreter(mount_tmpfs):
+    disk = mount_tmpfs("300k")
+    target = disk / "FEATURES_TRAIN_x.hdf5"
+    done = subprocess.run([sys.executable, "-c", FILL_HDF5, str(target)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])  # -11 would be the HDF5 crash
+    assert done.stdout.split() == [str(errno.ENOSPC), str(target)] and "Traceback" not in done.stderr
+    assert os.listdir(disk) == []  # no temporary file, no half-written cache

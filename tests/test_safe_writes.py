@@ -55,8 +55,10 @@ class Traps:
 
 def _stale_and_live_temps(folder, name: str) -> tuple[str, str]:
     """A temp of ``name`` left by a dead writer and one of a live writer (this process)."""
-    stale = os.path.join(str(folder), f".{name}.{_dead_pid()}.abcd.tmp")
-    live = os.path.join(str(folder), f".{name}.{os.getpid()}.beef.tmp")
+    from capcli.safeio import temp_path
+
+    stale = temp_path(os.path.join(str(folder), name), _dead_pid())
+    live = temp_path(os.path.join(str(folder), name), os.getpid())
     for path in (stale, live):
         with open(path, "w") as f:
             f.write("left by an interrupted write")
@@ -191,3 +193,20 @@ def test_a_results_csv_name_outside_the_image_folder_gets_no_path(tmp_path):
     assert images["/etc/passwd"].path == "" and images["/etc/passwd"].problem == "path outside --image-folder"
     assert images["0.jpg"].problem is None and images["0.jpg"].path == str(tmp_path / "images" / "0.jpg")
     assert images["sub/../1.jpg"].problem is None  # ".." that stays inside the folder is fine
+
+
+def test_only_temps_of_dead_writers_on_this_host_are_removed(tmp_path):
+    from capcli import safeio
+    from capcli.data.jsonfiles import write_json
+
+    dead = _dead_pid()
+    other_host = "0" * 8 if safeio._HOST != "0" * 8 else "1" * 8
+    kept = [tmp_path / f".a.json.{other_host}-{dead}.00000000.tmp",  # a writer on another machine (NFS)
+            tmp_path / ".a.json.99999999999999999999.x.tmp",  # not capcli's pattern: left alone
+            tmp_path / f".b.json.{safeio._HOST}-99999999999.00000000.tmp"]  # a pid beyond any machine's: not capcli's
+    gone = safeio.temp_path(str(tmp_path / "b.json"), dead)
+    for path in [*kept, gone]:
+        open(path, "w").close()
+    write_json(str(tmp_path / "a.json"), {"x": 1})
+    assert all(path.exists() for path in kept) and not os.path.exists(gone)
+    assert json.load(open(tmp_path / "a.json")) == {"x": 1}

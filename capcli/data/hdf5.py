@@ -30,22 +30,35 @@ from capcli.safeio import atomic_path, create_exclusive
 class _GuardedFile:
     """The file object h5py writes through. The first failed write (a full disk) is kept and
     every later write is dropped: the HDF5 library, once a flush has failed, crashes the
-    interpreter at exit, so it must never see the failure. The writer raises it instead."""
+    interpreter at exit, so it must never see a failure. The writer raises it instead.
+    Unbuffered, so that a failure happens in ``write`` and not later in a seek or flush."""
 
     def __init__(self, path: str, fd: int) -> None:
-        self.path = path
-        self.raw = open(fd, "w+b")
+        self.path = path  # the name to report: the final file, not its temporary name
+        self.raw = open(fd, "r+b", buffering=0)
         self.error: OSError | None = None
 
     def write(self, data) -> int:
-        if self.error is None:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(view):
             try:
-                return self.raw.write(data)
+                done += self.raw.write(view[done:]) or 0
             except OSError as exc:
                 self.error = exc
-        return len(data)
+        return len(view)
 
-    def __getattr__(self, name: str):  # seek, tell, readinto, truncate, flush
+    def truncate(self, size: int | None = None) -> int:
+        try:
+            return self.raw.truncate(size)
+        except OSError as exc:
+            self.error = self.error or exc
+            return self.raw.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass  # unbuffered: nothing waits to be written
+
+    def __getattr__(self, name: str):  # seek, tell, readinto
         return getattr(self.raw, name)
 
     def check(self) -> None:
@@ -57,7 +70,8 @@ class _GuardedFile:
 def open_for_writing(path: str) -> tuple[h5py.File, _GuardedFile]:
     """A new HDF5 file at ``path`` (which must not exist) and its guard: call ``guard.check()``
     after writes and after closing the file."""
-    guard = _GuardedFile(path, create_exclusive(path))
+    os.close(create_exclusive(path))  # nothing was there, not even a link
+    guard = _GuardedFile(path, os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
     return h5py.File(guard, "w"), guard
 
 
@@ -66,7 +80,7 @@ def atomic_hdf5(path: str) -> Iterator[tuple[h5py.File, _GuardedFile]]:
     """A new HDF5 file and its guard; the file becomes ``path`` when the block ends without an
     error and no write failed (see :func:`capcli.safeio.atomic_path`)."""
     with atomic_path(path) as temp:
-        guard = _GuardedFile(temp, os.open(temp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
+        guard = _GuardedFile(path, os.open(temp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
         file = h5py.File(guard, "w")
         try:
             yield file, guard
