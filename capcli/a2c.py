@@ -212,6 +212,8 @@ class A2CTrainer:
             m.to(self.device)
         self.image_size, self.source_train_config = int(ckpt.get("image_size", 256)), ckpt.get("train_config")
         self._build_optimizers(ckpt if config.resume else None)
+        if self.state["epoch"] >= config.epochs:
+            return  # nothing to train: fit says so, and nothing (not even the feed) is touched
         self.feed = MetricsFeed(self.paths["feed"], "a2c")
         # a2c lines share the training run's feed; only this stage's lines of redone work are dropped
         self.feed.truncate_after(self.state["step"] if config.resume else -1, stage="a2c")

@@ -171,7 +171,7 @@ def _scan_pickle(path: str) -> tuple[list[str], bool]:
         else:
             with open(path, "rb") as f:
                 scan = _GlobalsScan(f.read(_SCAN_LIMIT))
-    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError, EOFError):
+    except Exception:  # noqa: BLE001 - any unreadable archive (zlib, lzma, zip errors): nothing to scan
         return [], False
     try:
         value = scan.load()
@@ -190,7 +190,7 @@ def _allowed(name: str) -> bool:
             return True
     except ImportError:  # a torch without this helper: trust torch's own namespaces
         return name.startswith("torch.") or name in ("collections.OrderedDict", "builtins.set")
-    for entry in torch.serialization.get_safe_globals():
+    for entry in getattr(torch.serialization, "get_safe_globals", list)():
         obj = entry[0] if isinstance(entry, tuple) else entry
         given = entry[1] if isinstance(entry, tuple) else None
         if name in (given, f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"):

@@ -7,6 +7,7 @@ Heavy imports (torch, h5py, textual) happen inside the commands so ``capcli --he
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 
@@ -37,6 +38,8 @@ class CapcliGroup(click.Group):
         except CapcliError as exc:
             raise _Failure(str(exc)) from None
         except OSError as exc:
+            if exc.errno == errno.EPIPE:  # `capcli metrics | head`: Click ends it quietly
+                raise
             raise _Failure(os_error_message(exc)) from None
         except KeyboardInterrupt:
             raise _Failure("interrupted", 130) from None

@@ -46,6 +46,7 @@ _OS_HINTS = {
 
 def os_error_message(exc: OSError) -> str:
     """One line for a failure of the machine rather than of capcli: the file and what to do."""
-    reason = _OS_HINTS.get(exc.errno) or (exc.strerror or str(exc).strip().splitlines()[0] or type(exc).__name__)
+    text = str(exc).strip().splitlines()
+    reason = _OS_HINTS.get(exc.errno) or exc.strerror or (text[0] if text else type(exc).__name__)
     where = exc.filename if exc.filename is not None else None
     return f"{where}: {reason}" if where else reason

@@ -39,21 +39,6 @@ def read_holder(path: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def is_locked(path: str) -> bool:
-    """Whether a live process holds the lock at ``path`` now."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def _open_lock(path: str) -> int:
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
@@ -64,12 +49,25 @@ def _open_lock(path: str) -> int:
         raise
 
 
+def _live(holder: dict | None) -> bool:
+    if not holder or holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return holder is not None  # another host's holder: take its word
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        pass
+    return True
+
+
 def _wait_for_holder(path: str, seconds: float = 2.0) -> dict | None:
-    """The holder's record; a holder that has just taken the lock writes it a moment later."""
+    """The holder's record. A holder that has just taken the lock writes it a moment later, so an
+    empty record, or one of a process that is gone (the previous holder), is read again."""
     deadline = time.monotonic() + seconds
-    while (holder := read_holder(path)) is None and time.monotonic() < deadline:
+    while not _live(holder := read_holder(path)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return holder
+    return holder if _live(holder) else None
 
 
 def _refusal(path: str, holder: dict | None) -> str:

@@ -91,6 +91,8 @@ def run_train(config: TrainConfig, model_options: dict | None = None, given: fro
             prepared.images_meta(split)
         config, model_options = dataset_defaults(prepared, config, model_options or {}, given)
         paths = output_paths(config.output_folder, prepared.name)
+        if config.epochs == 0:  # nothing can be trained: no lock, no folder, nothing written
+            return _nothing_to_train(prepared.name, paths, None, 0)
         lock = run_lock(config.output_folder, prepared.name, progress.message) if dist_info.is_main \
             else contextlib.nullcontext()
         with lock:
@@ -102,7 +104,7 @@ def run_train(config: TrainConfig, model_options: dict | None = None, given: fro
             model_config = model_config_for(ckpt, model_options, given, len(word_map))
             warn_random_encoder(config, prepared.name, ckpt, progress)
             trainer = Trainer(config, model_config, prepared, word_map, paths, device, dist_info, progress, ckpt)
-            trainer.resume_hint = resume_command("train", resume_args)
+            trainer.resume_hint = resume_command("train", resume_args, [("--name", prepared.name)])
             return trainer.fit()
     finally:
         shutdown(dist_info)

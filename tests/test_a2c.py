@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -207,8 +208,6 @@ def test_sigterm_saves_and_names_resume(workdir):
 
 
 def test_resume_from_a_hand_edited_a2c_checkpoint_is_one_sentence(workdir, run, tmp_path):
-    import shutil
-
     data, out = workdir
     copy = tmp_path / "edited_run"
     shutil.copytree(out, copy)
@@ -223,3 +222,16 @@ def test_resume_from_a_hand_edited_a2c_checkpoint_is_one_sentence(workdir, run, 
     lines = result.output.strip().splitlines()
     assert lines[-1] == f"Error: {path}: cannot resume A2C from it (missing critic)"
     assert "Traceback" not in result.output
+
+
+def test_resume_with_epochs_already_done_touches_nothing(workdir, run, tmp_path):
+    data, out = workdir
+    copy = tmp_path / "done_run"
+    shutil.copytree(out, copy)
+    assert _a2c(run, data, copy, "--epochs", 1, "--overwrite").exit_code == 0
+    before = {f: ((copy / f).read_bytes(), (copy / f).stat().st_ino) for f in os.listdir(copy)
+              if not f.endswith(".lock")}
+    result = run("a2c", "--resume", "--data-folder", data, "--output-folder", copy, "--epochs", 1)
+    assert result.exit_code == 0 and "Nothing was trained" in result.output
+    assert {f: ((copy / f).read_bytes(), (copy / f).stat().st_ino) for f in os.listdir(copy)
+            if not f.endswith(".lock")} == before
