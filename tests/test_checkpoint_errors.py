@@ -155,3 +155,28 @@ def test_train_resume_from_a_hand_edited_run_state(edit, words, trained_run, run
     line = _one_error_line(run("train", "--data-folder", data, "--output-folder", tmp_path / "out",
                                "--checkpoint", edited, "--epochs", 3))
     assert str(edited) in line and words in line, line
+
+
+def test_a_hand_edited_size_is_refused_before_anything_is_allocated(trained_run, run, tmp_path):
+    _, out = trained_run
+    real = load_checkpoint(str(out / f"BEST_{NAME}.pth.tar"))
+    huge = tmp_path / "huge.pth.tar"
+    huge.write_bytes(_edited(real, lambda c: c["model_config"].update(vocab_size=10**13)))
+    line = _one_error_line(run("caption", write_image(tmp_path / "photo.png"), "-m", huge,
+                               "--output-folder", tmp_path / "out"))
+    assert str(huge) in line and "does not fit model_config" in line
+
+
+def test_a_checkpoint_whose_compressed_pickle_is_damaged_is_corrupt(trained_run, run, tmp_path):
+    import zipfile
+
+    bad = tmp_path / "deflated.pth.tar"
+    with zipfile.ZipFile(tmp_path / "good.zip", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"a": 1}) * 50)
+    raw = bytearray((tmp_path / "good.zip").read_bytes())
+    start = raw.index(b"archive/data.pkl") + len("archive/data.pkl")
+    raw[start:start + 8] = b"\xff" * 8  # an invalid deflate block right where the data begins
+    bad.write_bytes(bytes(raw))
+    line = _one_error_line(run("caption", write_image(tmp_path / "photo.png"), "-m", bad,
+                               "--output-folder", tmp_path / "out"))
+    assert str(bad) in line and ("truncated or corrupt" in line or "not a capcli checkpoint" in line), line

@@ -45,3 +45,22 @@ def test_unknown_option_values_exit_2(run):
 def test_version(run):
     result = run("--version")
     assert result.exit_code == 0 and "capcli" in result.output
+
+
+def test_a_closed_pipe_ends_quietly(trained_run):
+    import subprocess
+    import sys
+
+    _, out = trained_run
+    done = subprocess.run(f"{sys.executable} -m capcli.cli metrics --output-folder {out} | head -c 10",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert done.stdout and "Error" not in done.stderr and "Broken pipe" not in done.stderr
+
+
+def test_an_os_error_without_a_message_is_still_one_line():
+    from capcli.errors import os_error_message
+
+    assert os_error_message(OSError()) == "OSError"
+    assert os_error_message(TimeoutError()) == "TimeoutError"
+    assert os_error_message(OSError(28, "No space left on device", "/x/y")) == \
+        "/x/y: no space left on the device; free some space or write to another folder"

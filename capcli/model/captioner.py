@@ -49,9 +49,13 @@ def model_from_checkpoint(path: str, ckpt: dict) -> tuple[ModelConfig, Encoder, 
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise CheckpointError(f"{path}: {key} is {_short(repr(value))}, not a positive whole number")
     try:
-        encoder, decoder = build_model(config)
+        with torch.device("meta"):  # shapes only, no memory: a hand-edited size is caught before it is allocated
+            shapes = build_model(config)
     except CapcliError as exc:
         raise CheckpointError(f"{path}: model_config: {exc}") from None
+    for part, module in zip(("encoder", "decoder"), shapes):
+        _check_weights(path, part, module, ckpt[part])
+    encoder, decoder = build_model(config)
     _load_weights(path, "encoder", encoder, ckpt["encoder"])
     _load_weights(path, "decoder", decoder, ckpt["decoder"])
     return config, encoder, decoder
@@ -109,8 +113,8 @@ def check_word_map(path: str, word_map: object, vocab_size: int) -> None:
                                   f"a word with an id below vocab_size {vocab_size}")
 
 
-def _load_weights(path: str, part: str, module: torch.nn.Module, state: object) -> None:
-    """Load ``state`` into ``module`` after checking its names and shapes against the module's."""
+def _check_weights(path: str, part: str, module: torch.nn.Module, state: object) -> None:
+    """``state``'s names and shapes are those of ``module``'s weights."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: the {part} weights are a {type(state).__name__}, not a state dict")
     expected = module.state_dict()
@@ -125,6 +129,10 @@ def _load_weights(path: str, part: str, module: torch.nn.Module, state: object) 
                 else f"is a {type(value).__name__}"
             raise CheckpointError(f"{path}: the {part} weight {key} {got}, which does not fit model_config "
                                   f"(it needs shape {tuple(expected[key].shape)})")
+
+
+def _load_weights(path: str, part: str, module: torch.nn.Module, state: dict) -> None:
+    """Load ``state`` (checked by :func:`_check_weights`) into ``module``."""
     try:
         module.load_state_dict(state)
     except RuntimeError:
