@@ -21,7 +21,7 @@ import zipfile
 
 import torch
 
-from capcli.errors import CheckpointError, os_error_message
+from capcli.errors import CheckpointError, os_error_message, shorten
 from capcli.safeio import atomic_write
 
 FORMAT = "capcli-checkpoint"
@@ -198,10 +198,6 @@ def _allowed(name: str) -> bool:
     return False
 
 
-def _short(value: object, limit: int = 40) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
 
 def _check_format(path: str, data: object) -> None:
     if not isinstance(data, dict):
@@ -211,11 +207,11 @@ def _check_format(path: str, data: object) -> None:
         if data and all(isinstance(v, torch.Tensor) for v in data.values()):
             what = "a bare state dict"
         else:
-            what = f"keys {', '.join(_short(k) for k in list(data)[:5])}" if data else "an empty dictionary"
+            what = f"keys {', '.join(shorten(k) for k in list(data)[:5])}" if data else "an empty dictionary"
         raise CheckpointError(f"{path}: not a capcli checkpoint (a PyTorch file without capcli's format "
                               f"marker: {what})")
     version = data.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise CheckpointError(f"{path}: not a capcli checkpoint (format version {_short(repr(version))})")
+        raise CheckpointError(f"{path}: not a capcli checkpoint (format version {shorten(repr(version))})")
     if version > VERSION:
         raise CheckpointError(f"{path}: written by a newer capcli (format {version}); upgrade capcli")

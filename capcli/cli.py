@@ -15,7 +15,7 @@ import click
 
 from capcli import __version__
 from capcli.allocator import keep_freed_memory
-from capcli.config import DATASETS, SHAPES_IMAGE_SIZE
+from capcli.config import DATASETS, SHAPES_IMAGE_SIZE, is_shapes
 from capcli.errors import CapcliError, Interrupted, os_error_message
 from capcli.progress import close_open_bars
 
@@ -149,7 +149,7 @@ def _print_prep_result(result) -> None:
     click.echo(f"Prepared {result.name} in {result.output_folder}/ in {result.seconds:.1f} s: "
                f"{counts} images, vocabulary {result.vocab_size} tokens, "
                f"{len(result.skipped)} image(s) skipped, peak memory {result.peak_rss_mb:.0f} MB.")
-    real = result.name.rsplit("_", 2)[0] != "shapes"
+    real = not is_shapes(result.name)
     click.echo(f"Next: capcli train --data-folder {shlex.quote(result.output_folder)} --name {result.name}"
                + (" --pretrained --output-folder model_outputs   # ImageNet weights, downloaded once" if real else ""))
 
@@ -530,6 +530,7 @@ def a2c_command(ctx: click.Context, no_entropy_annealing: bool, **options) -> No
     """
     from capcli.a2c import A2CConfig, run_a2c
     from capcli.progress import TerminalProgress
+    from capcli.runlog import nothing_to_train
 
     if options["checkpoint"] is None and not options["resume"]:
         raise click.UsageError("give --checkpoint FILE (a trained model) or --resume")
@@ -539,8 +540,7 @@ def a2c_command(ctx: click.Context, no_entropy_annealing: bool, **options) -> No
         explicit |= {"entropy_annealing"}
     result = run_a2c(config, TerminalProgress(), explicit, _given_args(ctx))
     if result.epochs_trained == 0:
-        click.echo(f"Nothing was trained: the A2C run has done {result.epochs_done} epoch(s) and --epochs "
-                   f"{config.epochs} is the total; give --epochs above {result.epochs_done} to train more.")
+        click.echo(f"Nothing was trained ({nothing_to_train(result.epochs_done, config.epochs)}).")
         return
     click.echo(f"A2C on {result.name}: {result.epochs_done} epoch(s), best validation "
                f"{'CIDEr-D' if config.reward == 'cider' else 'BLEU-4'} {result.best_score:.4f} at epoch "

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 
 DATASETS = ("shapes", "flickr8k", "flickr30k", "coco")
 
+
+def is_shapes(name: str) -> bool:
+    """Whether the prepared data set ``name`` (``{dataset}_{cpi}_{min_word_freq}``) is the synthetic one."""
+    return name.rsplit("_", 2)[0] == "shapes"
+
 # The shapes dataset's own defaults. Its scenes are simple enough for 192-pixel images, and no
 # pretrained weights can be assumed, so a small encoder is trained along with the decoder — a
 # frozen random ResNet keeps too little colour and shape information (a linear probe on its

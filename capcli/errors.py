@@ -44,9 +44,19 @@ _OS_HINTS = {
 }
 
 
+def first_line(exc: object, limit: int = 160) -> str:
+    """The first line of an exception's (or any object's) text, for quoting in one line."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def shorten(value: object, limit: int = 40) -> str:
+    """``value``'s text on one line, cut to ``limit`` characters (for quoting file contents)."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def os_error_message(exc: OSError) -> str:
     """One line for a failure of the machine rather than of capcli: the file and what to do."""
-    text = str(exc).strip().splitlines()
-    reason = _OS_HINTS.get(exc.errno) or exc.strerror or (text[0] if text else type(exc).__name__)
-    where = exc.filename if exc.filename is not None else None
-    return f"{where}: {reason}" if where else reason
+    reason = _OS_HINTS.get(exc.errno) or exc.strerror or first_line(exc)
+    return f"{exc.filename}: {reason}" if exc.filename is not None else reason

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from capcli.errors import CapcliError
+from capcli.safeio import open_no_links, pid_alive
 
 
 class RunLocked(CapcliError):
@@ -39,26 +40,10 @@ def read_holder(path: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _open_lock(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise CapcliError(f"{path} is a symbolic link; capcli does not write through links "
-                              "(remove it)") from None
-        raise
-
-
 def _live(holder: dict | None) -> bool:
     if not holder or holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return holder is not None  # another host's holder: take its word
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        pass
-    return True
+    return pid_alive(holder["pid"])
 
 
 def _wait_for_holder(path: str, seconds: float = 2.0) -> dict | None:
@@ -92,7 +77,7 @@ def run_lock(output_folder: str, name: str, note: Callable[[str], None] = lambda
     """
     os.makedirs(output_folder, exist_ok=True)
     path = lock_path(output_folder, name)
-    fd = _open_lock(path)
+    fd = open_no_links(path, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -42,6 +42,14 @@ def a2c_epoch_line(epoch: int, epochs: int, means: dict, val: dict, score_name: 
             f"{_duration(seconds)} | saved{' BEST' if best else ''}")
 
 
+def nothing_to_train(done: int, epochs: int) -> str:
+    """Why a call trained nothing: ``--epochs`` is a total the run has reached."""
+    if epochs == 0:
+        return "nothing to train: --epochs 0"
+    return (f"nothing to train: the run has done {done} epoch(s) and --epochs {epochs} is the total; "
+            f"give --epochs above {done} to train more")
+
+
 def running_figures(loss_sum: float, top5_sum: float | None, steps: int) -> str:
     """The progress bar's status text: the epoch's running mean loss (and top-5)."""
     n = max(steps, 1)

@@ -5,8 +5,8 @@ to a fresh temporary name in its destination folder, created exclusively (so a p
 or an existing file at that name is never opened), then renamed over the final name: a rename
 replaces a symlink at the final name instead of writing through it, and readers see the old
 file or the new one, never half of one. Appends (the metrics feed) and lock files refuse a path
-that is a symlink. Temporary files left by a killed writer are removed by the next write of the
-same file.
+that is a symlink. Temporary files left by a killed writer are removed by the next process that
+writes into the same folder.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # temps o
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,9})\.[0-9a-f]{8}\.tmp$")
 _OLD_CHECKPOINT_TEMP = re.compile(r"^\.partial-.*\.pth\.tar$")  # what earlier versions' mkstemp made
 _cleaned_folders: set[str] = set()
+_NO_LINKS = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def temp_path(path: str, pid: int | None = None) -> str:
@@ -38,7 +39,8 @@ def temp_path(path: str, pid: int | None = None) -> str:
     return os.path.join(folder, f".{name}.{_HOST}-{os.getpid() if pid is None else pid}.{secrets.token_hex(4)}.tmp")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine may still be running (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -51,7 +53,7 @@ def _pid_alive(pid: int) -> bool:
 def _stale(folder: str, entry: str) -> bool:
     found = _TEMP.match(entry)
     if found:
-        return found["host"] == _HOST and not _pid_alive(int(found["pid"]))
+        return found["host"] == _HOST and not pid_alive(int(found["pid"]))
     if _OLD_CHECKPOINT_TEMP.match(entry):  # no owner to ask: only links (never made by capcli) and old files
         info = os.lstat(os.path.join(folder, entry))
         return stat.S_ISLNK(info.st_mode) or time.time() - info.st_mtime > 3600
@@ -82,9 +84,24 @@ def remove_stale_temps(path: str) -> None:
                 os.remove(os.path.join(folder, entry))
 
 
-def _create_exclusive(path: str) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    return os.open(path, flags, 0o666)  # the umask applies, as for open()
+def create_exclusive(path: str) -> int:
+    """Create ``path`` only if nothing (not even a dangling symlink) is there; returns the descriptor.
+
+    Raises:
+        FileExistsError: something already has that name.
+    """
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_LINKS, 0o666)  # the umask applies
+
+
+def open_no_links(path: str, flags: int) -> int:
+    """``os.open`` that refuses a symlink at ``path`` with one line instead of following it."""
+    try:
+        return os.open(path, flags | _NO_LINKS, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CapcliError(f"{path} is a symbolic link; capcli does not write through links "
+                              "(remove it or choose another --output-folder)") from None
+        raise
 
 
 @contextlib.contextmanager
@@ -95,7 +112,7 @@ def atomic_path(path: str) -> Iterator[str]:
     os.makedirs(folder, exist_ok=True)
     remove_stale_temps(path)
     temp = temp_path(path)
-    os.close(_create_exclusive(temp))
+    os.close(create_exclusive(temp))
     try:
         yield temp
         os.replace(temp, path)
@@ -116,7 +133,7 @@ def atomic_write(path: str, text: bool = False, sync: bool = False) -> Iterator[
         sync: fsync before the rename (checkpoints: survive a power cut, not only a kill).
     """
     with atomic_path(path) as temp:
-        fd = os.open(temp, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(temp, os.O_WRONLY | _NO_LINKS)
         with open(fd, "w", encoding="utf-8") if text else open(fd, "wb") as f:
             yield f
             f.flush()
@@ -126,21 +143,4 @@ def atomic_write(path: str, text: bool = False, sync: bool = False) -> Iterator[
 
 def open_append(path: str) -> IO:
     """Open ``path`` for appending text, creating it; a symlink there is refused."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, 0o666)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise CapcliError(f"{path} is a symbolic link; capcli does not write through links "
-                              "(remove it or choose another --output-folder)") from None
-        raise
-    return open(fd, "a", encoding="utf-8")
-
-
-def create_exclusive(path: str) -> int:
-    """Create ``path`` only if nothing (not even a dangling symlink) is there; returns the descriptor.
-
-    Raises:
-        FileExistsError: something already has that name.
-    """
-    return _create_exclusive(path)
+    return open(open_no_links(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8")

@@ -37,7 +37,7 @@ from capcli.model.encoder import load_pretrained
 from capcli.model.loss import caption_loss
 from capcli.progress import SILENT, Progress
 from capcli.runlock import run_lock
-from capcli.runlog import resume_command, running_figures, train_epoch_line
+from capcli.runlog import nothing_to_train, resume_command, running_figures, train_epoch_line
 from capcli.scores import corpus_bleu4
 from capcli.train_setup import dataset_defaults, model_config_for, resume_source, warn_random_encoder
 
@@ -113,11 +113,9 @@ def run_train(config: TrainConfig, model_options: dict | None = None, given: fro
 def _nothing_to_train(name: str, paths: dict, ckpt: dict | None, epochs: int) -> TrainResult:
     """The result of a call whose --epochs asks for no more epochs than the run has: nothing is written."""
     if ckpt is None:
-        return TrainResult(name, 0, 0.0, 0, "", "", "nothing to train: --epochs 0", 0.0)
-    reason = (f"nothing to train: the run has done {ckpt['epoch']} epoch(s) and --epochs {epochs} is the "
-              f"total; give --epochs above {ckpt['epoch']} to train more")
+        return TrainResult(name, 0, 0.0, 0, "", "", nothing_to_train(0, epochs), 0.0)
     return TrainResult(name, int(ckpt["epoch"]), float(ckpt["best_bleu4"]), int(ckpt["best_epoch"]),
-                       paths["checkpoint"], paths["best"], reason, 0.0)
+                       paths["checkpoint"], paths["best"], nothing_to_train(ckpt["epoch"], epochs), 0.0)
 
 
 class Trainer:

@@ -7,7 +7,7 @@ import os
 from dataclasses import fields, replace
 
 from capcli.checkpoint import load_checkpoint
-from capcli.config import ARCHITECTURE_FIELDS, SHAPES_TRAIN_DEFAULTS, ModelConfig, TrainConfig
+from capcli.config import ARCHITECTURE_FIELDS, SHAPES_TRAIN_DEFAULTS, ModelConfig, TrainConfig, is_shapes
 from capcli.data.hdf5 import PreparedData
 from capcli.errors import CheckpointError
 from capcli.progress import Progress
@@ -69,7 +69,7 @@ def dataset_defaults(prepared: PreparedData, config: TrainConfig, model_options:
     """The shapes data set trains with ``SHAPES_TRAIN_DEFAULTS`` (see config.py) for every option
     not in ``given``; other data sets keep the options as they are. The encoder starts from
     ImageNet weights unless told otherwise, except on shapes (synthetic scenes, nothing to download)."""
-    shapes = prepared.name.rsplit("_", 2)[0] == "shapes"
+    shapes = is_shapes(prepared.name)
     if config.pretrained is None:
         config = replace(config, pretrained=config.pretrained_weights is not None or not shapes)
     if not shapes:
@@ -81,7 +81,7 @@ def dataset_defaults(prepared: PreparedData, config: TrainConfig, model_options:
 
 
 def warn_random_encoder(config: TrainConfig, name: str, ckpt: dict | None, progress: Progress) -> None:
-    if ckpt is None and not config.pretrained and name.rsplit("_", 2)[0] != "shapes":
+    if ckpt is None and not config.pretrained and not is_shapes(name):
         frozen = "frozen " if not config.fine_tune_encoder else ""
         progress.message(f"warning: --no-pretrained: the {frozen}encoder starts from random weights, so on real "
                          "photos its captions will be poor (drop --no-pretrained to start from ImageNet weights)")

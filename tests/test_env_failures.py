@@ -113,7 +113,7 @@ def test_permission_denied_is_one_line(data, tmp_path, run, monkeypatch):
     def denied(path):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
-    monkeypatch.setattr(capcli.safeio, "_create_exclusive", denied)
+    monkeypatch.setattr(capcli.safeio, "create_exclusive", denied)
     result = run("train", "--data-folder", data, "--output-folder", tmp_path / "out", *TINY_TRAIN, "--epochs", 1)
     assert result.exit_code == 1
     assert "permission denied" in one_error_line(result.output)

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import glob
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,8 +24,8 @@ import numpy as np
 
 from capcli.data.jsonfiles import read_json
 from capcli.data.karpathy import SPLITS
-from capcli.errors import DataError
-from capcli.safeio import atomic_path, create_exclusive
+from capcli.errors import DataError, first_line
+from capcli.safeio import atomic_path
 
 
 class _GuardedFile:
@@ -67,14 +68,6 @@ class _GuardedFile:
             raise OSError(self.error.errno or errno.EIO, self.error.strerror or str(self.error), self.path)
 
 
-def open_for_writing(path: str) -> tuple[h5py.File, _GuardedFile]:
-    """A new HDF5 file at ``path`` (which must not exist) and its guard: call ``guard.check()``
-    after writes and after closing the file."""
-    os.close(create_exclusive(path))  # nothing was there, not even a link
-    guard = _GuardedFile(path, os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
-    return h5py.File(guard, "w"), guard
-
-
 @contextlib.contextmanager
 def atomic_hdf5(path: str) -> Iterator[tuple[h5py.File, _GuardedFile]]:
     """A new HDF5 file and its guard; the file becomes ``path`` when the block ends without an
@@ -104,10 +97,12 @@ def output_files(name: str) -> dict[str, str]:
 
 
 class ImageWriter:
-    """Streams slabs of (3, S, S) uint8 images into a growing HDF5 ``images`` dataset."""
+    """Streams slabs of (3, S, S) uint8 images into a growing HDF5 ``images`` dataset, written as
+    :func:`atomic_hdf5` writes (``path`` appears when the writer closes without an error)."""
 
     def __init__(self, path: str, image_size: int, captions_per_image: int) -> None:
-        self.file, self.guard = open_for_writing(path)
+        self._open = atomic_hdf5(path)
+        self.file, self.guard = self._open.__enter__()
         self.file.attrs["captions_per_image"] = captions_per_image
         shape = (3, image_size, image_size)
         self.images = self.file.create_dataset(
@@ -123,19 +118,17 @@ class ImageWriter:
         self.count = end
         self.guard.check()
 
-    def close(self) -> None:
-        try:
-            self.images.resize(self.count, axis=0)
-            self.file.close()
-        finally:
-            self.guard.raw.close()
-        self.guard.check()
-
     def __enter__(self) -> ImageWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.images.resize(self.count, axis=0)  # drop the rows reserved ahead
+        except BaseException:
+            self._open.__exit__(*sys.exc_info())  # closes the file and removes its temporary name
+            raise
+        self._open.__exit__(*exc)
 
 
 @dataclass(frozen=True)
@@ -177,18 +170,13 @@ class PreparedData:
                     images[0], images[-1]  # a truncated file fails here
                 return int(f.attrs["captions_per_image"]), int(images.shape[-1])
         except (OSError, KeyError, ValueError) as exc:
-            raise DataError(f"{path}: truncated or corrupt HDF5 file ({_first_line(exc)}); rebuild it with "
+            raise DataError(f"{path}: truncated or corrupt HDF5 file ({first_line(exc, 120)}); rebuild it with "
                             "`capcli prep --force`") from None
 
     def captions(self, split: str) -> tuple[list[list[int]], list[int]]:
         """Encoded caption rows and their lengths (true length + 2) for ``split``."""
         return (read_json(self.path("CAPTIONS", split), DataError),
                 read_json(self.path("CAPLENS", split), DataError))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:120]
 
 
 def find_prepared(folder: str, name: str | None = None) -> PreparedData:

@@ -12,7 +12,7 @@ import torch
 
 from capcli.config import ModelConfig
 from capcli.data.vocab import END, PAD, START
-from capcli.errors import CapcliError, CheckpointError
+from capcli.errors import CapcliError, CheckpointError, shorten
 from capcli.model.decoder import AttentionDecoder, PlainDecoder
 from capcli.model.encoder import Encoder
 
@@ -47,7 +47,7 @@ def model_from_checkpoint(path: str, ckpt: dict) -> tuple[ModelConfig, Encoder, 
     for key in ("image_size", "max_len"):
         value = ckpt.get(key, 1)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise CheckpointError(f"{path}: {key} is {_short(repr(value))}, not a positive whole number")
+            raise CheckpointError(f"{path}: {key} is {shorten(repr(value))}, not a positive whole number")
     try:
         with torch.device("meta"):  # shapes only, no memory: a hand-edited size is caught before it is allocated
             shapes = build_model(config)
@@ -60,10 +60,6 @@ def model_from_checkpoint(path: str, ckpt: dict) -> tuple[ModelConfig, Encoder, 
     _load_weights(path, "decoder", decoder, ckpt["decoder"])
     return config, encoder, decoder
 
-
-def _short(text: object, limit: int = 40) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _of_type(value: object, annotation: str) -> bool:
@@ -78,7 +74,7 @@ def _model_config(path: str, raw: object) -> ModelConfig:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: model_config is a {type(raw).__name__}, not a mapping of fields")
     fields = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
-    unknown = [_short(k) for k in raw if k not in fields]
+    unknown = [shorten(k) for k in raw if k not in fields]
     if unknown:
         raise CheckpointError(f"{path}: model_config has unknown field(s) {', '.join(unknown)} "
                               "(written by a newer capcli, or edited)")
@@ -87,7 +83,7 @@ def _model_config(path: str, raw: object) -> ModelConfig:
     for name, value in raw.items():
         if not _of_type(value, fields[name]):
             raise CheckpointError(f"{path}: model_config field {name} is {type(value).__name__} "
-                                  f"{_short(repr(value))}, expected {fields[name]}")
+                                  f"{shorten(repr(value))}, expected {fields[name]}")
         if name in _POSITIVE and value < 1:
             raise CheckpointError(f"{path}: model_config field {name} is {value}, expected a positive number")
     if not 0 <= raw.get("dropout", 0.0) < 1:
@@ -109,7 +105,7 @@ def check_word_map(path: str, word_map: object, vocab_size: int) -> None:
     for word, index in word_map.items():
         if not isinstance(word, str) or not isinstance(index, int) or isinstance(index, bool) \
                 or not 0 <= index < vocab_size:
-            raise CheckpointError(f"{path}: word map entry {_short(repr(word))}: {_short(repr(index))} is not "
+            raise CheckpointError(f"{path}: word map entry {shorten(repr(word))}: {shorten(repr(index))} is not "
                                   f"a word with an id below vocab_size {vocab_size}")
 
 
@@ -119,7 +115,7 @@ def _check_weights(path: str, part: str, module: torch.nn.Module, state: object)
         raise CheckpointError(f"{path}: the {part} weights are a {type(state).__name__}, not a state dict")
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
-    unexpected = [_short(k) for k in state if k not in expected]
+    unexpected = [shorten(k) for k in state if k not in expected]
     if missing or unexpected:
         raise CheckpointError(f"{path}: the {part} weights do not fit model_config ({len(missing)} missing, "
                               f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})")

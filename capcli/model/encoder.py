@@ -25,7 +25,7 @@ import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from capcli.errors import CapcliError, os_error_message
+from capcli.errors import CapcliError, first_line, os_error_message
 
 ENCODER_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
 _WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
@@ -240,9 +240,9 @@ def _hub_error(exc: Exception, name: str, url: str, path: str) -> CapcliError | 
         if isinstance(exc, OSError):
             return CapcliError(os_error_message(exc))
         return CapcliError(f"{path}: cached weights are not loadable ({type(exc).__name__}: "
-                           f"{_first_line(exc)[:120]}); delete the file to download it again")
+                           f"{first_line(exc, 120)}); delete the file to download it again")
     if isinstance(exc, RuntimeError) and str(exc).startswith("invalid hash value"):
-        return CapcliError(f"{url}: download rejected, {_first_line(exc)}; nothing saved to {path}; "
+        return CapcliError(f"{url}: download rejected, {first_line(exc)}; nothing saved to {path}; "
                            "try again, or pass --pretrained-weights FILE")
     if isinstance(exc, OSError) and not isinstance(exc, URLError) and exc.errno in _DISK_ERRNOS:
         message = os_error_message(exc)
@@ -250,10 +250,5 @@ def _hub_error(exc: Exception, name: str, url: str, path: str) -> CapcliError | 
     if isinstance(exc, (OSError, HTTPException)):  # URLError, refused, reset, timed out, cut short
         reason = exc.reason if type(exc) is URLError else exc
         return CapcliError(f"could not download {name}'s ImageNet weights from {url} to {path} "
-                           f"({_first_line(reason)}); connect to the internet, or pass --pretrained-weights FILE")
+                           f"({first_line(reason)}); connect to the internet, or pass --pretrained-weights FILE")
     return None
-
-
-def _first_line(exc: object) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
