@@ -34,6 +34,7 @@ from capcli.device import resolve_device, resolve_precision
 from capcli.errors import CapcliError, CheckpointError, Interrupted
 from capcli.features import encode_images
 from capcli.feed import MetricsFeed
+from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import model_from_checkpoint
 from capcli.model.decoding import greedy
 from capcli.progress import SILENT, Progress
@@ -210,6 +211,7 @@ class A2CTrainer:
         self.critic = Critic(self.model_config.decoder_dim)
         for m in (self.encoder, self.decoder, self.critic):
             m.to(self.device)
+        cpu_kernels.enable(self.device, self.encoder, self.decoder)
         self.image_size, self.source_train_config = int(ckpt.get("image_size", 256)), ckpt.get("train_config")
         self._build_optimizers(ckpt if config.resume else None)
         if self.state["epoch"] >= config.epochs:
@@ -293,7 +295,7 @@ class A2CTrainer:
             tokens.append(words)
             logps.append(dist.log_prob(words))
             entropies.append(dist.entropy())
-            hiddens.append(state[0])
+            hiddens.append(state.h)
             finished = finished | (words == end)
             if bool(finished.all()):
                 break

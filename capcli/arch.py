@@ -99,7 +99,6 @@ def describe(encoder: nn.Module, decoder: nn.Module, config: ModelConfig, fine_t
             features = encoder(torch.rand(1, 3, image_size, image_size))
             caption = torch.randint(4, config.vocab_size, (1, caption_length + 2)) if config.vocab_size > 4 else \
                 torch.zeros(1, caption_length + 2, dtype=torch.long)
-        with torch.enable_grad():  # training's path calls every layer module (decoding reads some from tables)
             state = decoder.init_state(features)
             for t in range(caption_length + 1):  # word by word: shapes per word
                 _, _, state = decoder.step(caption[:, t], state)

@@ -28,7 +28,7 @@ CAPTIONS_PER_IMAGE = 5
 
 
 def machine_info(device: torch.device) -> dict:
-    from capcli.device import cpu_supports_bf16
+    from capcli.device import cpu_has_amx, cpu_supports_bf16
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -38,7 +38,7 @@ def machine_info(device: torch.device) -> dict:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "cpu_bf16": cpu_supports_bf16(),
-            "cpu_amx": bool(torch.cpu._is_amx_tile_supported()), "threads": torch.get_num_threads(),
+            "cpu_amx": cpu_has_amx(), "threads": torch.get_num_threads(),
             "malloc_keeps_freed_memory": keep_freed_memory()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -75,10 +75,12 @@ def _median_time(fn: Callable[[], object], warmup: int, repeats: int, device: to
 def _bench_encoder(device: torch.device, precision: str, quick: bool) -> dict:
     from capcli.device import resolve_precision
     from capcli.features import encode_images
+    from capcli.model import cpu as cpu_kernels
     from capcli.model.encoder import Encoder
 
     torch.manual_seed(0)
     encoder = Encoder("resnet34").to(device).eval()
+    cpu_kernels.enable(device, encoder)
     batch = 32
     images = torch.randint(0, 256, (batch, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     prec = resolve_precision(precision, device)
@@ -166,6 +168,7 @@ def _bench_beam(device: torch.device, precision: str, quick: bool, batched: bool
     from capcli.config import ModelConfig
     from capcli.device import resolve_precision
     from capcli.features import encode_images
+    from capcli.model import cpu as cpu_kernels
     from capcli.model.captioner import build_model
     from capcli.model.decoding import beam_search
 
@@ -175,12 +178,10 @@ def _bench_beam(device: torch.device, precision: str, quick: bool, batched: bool
         decoder.fc.bias[3] -= 100.0
     encoder.to(device).eval()
     decoder.to(device).eval()
+    cpu_kernels.enable(device, encoder, decoder)
     prec = resolve_precision(precision, device)
     count = 32 if quick else 64
     images = torch.randint(0, 256, (count, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-    with torch.no_grad():  # unit-scale features, as `capcli train` gives a random encoder (its features
-        # would otherwise reach the hundreds, where CPU sigmoid takes a 3× slower path)
-        encoder.calibrate_batchnorm([images[:32].to(device).float().div_(255.0)])
     features = torch.cat([encode_images(encoder, images[i:i + 16], device, prec) for i in range(0, count, 16)])
 
     def decode(chunk: torch.Tensor) -> list[tuple[list[int], float]]:

@@ -19,6 +19,7 @@ from capcli.data.vocab import END, PAD, START, Detokenizer
 from capcli.device import Precision, resolve_device, resolve_precision
 from capcli.errors import InputError
 from capcli.features import encode_images
+from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import model_from_checkpoint
 from capcli.model.decoding import Decoded, beam_search
 from capcli.progress import SILENT, Progress
@@ -72,6 +73,7 @@ def load_captioner(path: str, device: str = "auto", precision: str = "auto") -> 
     torch_device = resolve_device(device)
     encoder.to(torch_device).eval()
     decoder.to(torch_device).eval()
+    cpu_kernels.enable(torch_device, encoder, decoder)
     return Captioner(encoder, decoder, dict(ckpt["word_map"]), int(ckpt.get("image_size", 256)),
                      int(ckpt.get("max_len", 50)), torch_device, resolve_precision(precision, torch_device),
                      path, ckpt)

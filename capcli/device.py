@@ -20,9 +20,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_amx() -> bool:
+    return bool(torch.cpu._is_amx_tile_supported())
+
+
 def cpu_supports_bf16() -> bool:
     """Native bf16 matrix instructions (AVX512-BF16 or AMX); without them bf16 is emulated and slow."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return bool(torch.cpu._is_avx512_bf16_supported() or cpu_has_amx())
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from capcli.distributed import DistInfo, barrier, init_distributed, shutdown, un
 from capcli.errors import CapcliError, DataError, Interrupted
 from capcli.features import cache_key, encode_images, encoder_fingerprint, ensure_features, features_path
 from capcli.feed import MetricsFeed
+from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import build_model
 from capcli.model.decoding import greedy
 from capcli.model.encoder import load_pretrained
@@ -136,6 +137,7 @@ class Trainer:
         self.encoder.set_fine_tune(config.fine_tune_encoder)
         self.encoder.to(device)
         self.decoder.to(device)
+        cpu_kernels.enable(device, self.encoder, self.decoder, compiled=config.compile)
         if ckpt is None and not config.pretrained:
             self._calibrate_encoder()
         self.state = {"epoch": 0, "step": 0, "epoch_step": 0, "best_bleu4": 0.0, "best_epoch": 0,

@@ -1,8 +1,11 @@
 """Batched beam search against a plain one-image reference, and greedy decoding."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from capcli.model import cpu
 from capcli.model.decoder import AttentionDecoder, PlainDecoder
 from capcli.model.decoding import beam_search, greedy
 
@@ -38,17 +41,21 @@ def _model(kind: str, seed: int, no_end: bool = False, steps: int = 25):
     return decoder.eval(), features
 
 
+def _stacked(states):
+    """One state holding the rows of several one-row states of the same image."""
+    return replace(states[0], h=torch.cat([s.h for s in states]), c=torch.cat([s.c for s in states]),
+                   image_of=torch.zeros(len(states), dtype=torch.long))
+
+
 @torch.no_grad()
 def _reference(decoder, features, k, max_len):
     """The textbook algorithm for one image, written independently of the batched code."""
     state = decoder.init_state(features)  # batch of 1
-    beams = [([], 0.0, tuple(None if t is None else t[0] for t in state))]  # (tokens, score, per-row state)
+    beams = [([], 0.0, state)]  # (tokens, score, the beam's one-row state)
     finished, room = [], k
     for step in range(max_len):
         words = torch.tensor([b[0][-1] if b[0] else START for b in beams])
-        batched = tuple(None if state[i] is None else torch.stack([b[2][i] for b in beams])
-                        for i in range(len(state)))
-        logits, _, new_state = decoder.step(words, batched)
+        logits, _, new_state = decoder.step(words, _stacked([b[2] for b in beams]))
         logp = torch.log_softmax(logits.float(), dim=1)
         logp[:, list(BANNED)] = float("-inf")
         total = logp + torch.tensor([b[1] for b in beams]).unsqueeze(1)
@@ -60,7 +67,7 @@ def _reference(decoder, features, k, max_len):
             if w == END:
                 finished.append((tokens[:-1], score, True))
             else:
-                beams_next.append((tokens, score, tuple(None if t is None else t[r] for t in new_state)))
+                beams_next.append((tokens, score, new_state.select(torch.tensor([r]))))
         room -= sum(1 for _, _, w in candidates[:room] if w == END)
         if room == 0:
             break
@@ -73,9 +80,13 @@ def _reference(decoder, features, k, max_len):
 
 @pytest.mark.parametrize("kind", ["attention", "plain"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_batched_beam_search_equals_one_image_at_a_time(kind, seed):
+@pytest.mark.parametrize("kernels", [False, True])
+def test_batched_beam_search_equals_one_image_at_a_time(kind, seed, kernels):
+    """With the textbook model, and with the CPU kernels switched on."""
     no_end = seed == 2  # one model never finishes a caption: the best open one is returned
     decoder, features = _model(kind, seed, no_end=no_end)
+    if kernels:
+        assert cpu.enable(torch.device("cpu"), decoder=decoder)
     features = features + 0.3 * torch.randn(features.shape, generator=torch.Generator().manual_seed(seed))
     max_len = 9
     for k in (1, 3, 5, 10):

@@ -1,12 +1,15 @@
-"""The encoder's inference path: fused CPU convolutions give the eager ResNet's features."""
+"""The CPU kernels' encoder inference (fused convolutions) gives the textbook ResNet's features."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from capcli.model import encoder as encoder_module
+from capcli.model import cpu
+from capcli.model.cpu import encoder as cpu_encoder
 from capcli.model.encoder import Encoder
+
+CPU = torch.device("cpu")
 
 
 def _calibrated(name: str, seed: int) -> tuple[Encoder, torch.Tensor]:
@@ -21,6 +24,7 @@ def _calibrated(name: str, seed: int) -> tuple[Encoder, torch.Tensor]:
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
+    assert cpu.enable(CPU, encoder) and encoder.kernels is not None
     return encoder.eval(), images
 
 
@@ -71,9 +75,11 @@ def test_inference_in_training_mode_or_without_fused_convolutions_is_the_eager_f
     encoder, images = _calibrated("resnet18", 4)
     with torch.no_grad():
         eager = encoder(images)
-    monkeypatch.setattr(encoder_module, "_has_fused_convolutions", lambda: False)
+    monkeypatch.setattr(cpu_encoder, "available", lambda: False)
+    assert cpu.enable(CPU, encoder) and encoder.kernels is None
     assert torch.equal(encoder.infer(images), eager)
     monkeypatch.undo()
+    cpu.enable(CPU, encoder)
     encoder.train()  # batch statistics: the folded running statistics would be wrong
     with torch.no_grad():
         training = encoder(images)

@@ -7,12 +7,14 @@ attention: the pooled image feature initialises the LSTM.
 
 Both expose ``init_state(features)``, ``advance(words, state)`` (one word through the
 recurrence) and ``step`` (``advance`` and the output layer); training (``forward``) and every
-decoding strategy in ``decoding.py`` are written over them. A state is a tuple of tensors whose
-first dimension is the batch, so beams can be reordered with one index. The attention itself
-lives in ``attention.py``.
+decoding strategy in ``decoding.py`` are written over them. ``kernels``, None unless
+``capcli.model.cpu.enable`` set it, computes the attention, the cell and the initial state in
+the CPU's faster forms; it may decline (return None), and then the textbook line below runs.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,46 @@ from torch import nn
 
 from capcli.model.attention import Attention
 
-State = tuple[torch.Tensor, ...]
+
+@dataclass(frozen=True)
+class DecoderState:
+    """The recurrence's state for a batch of rows (captions in training, beams in decoding).
+
+    ``h`` and ``c`` have a row each; ``pixels`` and ``projected`` have one entry per image, which
+    its rows share; ``image_of`` maps each row to its image. With ``image_of`` None row i is
+    image i, and there may be more images than rows (the captions that ended dropped off the
+    end). ``decoding`` marks a state made for step-by-step decoding; ``prepared`` holds what a
+    CPU kernel computed once per image for it.
+    """
+
+    h: torch.Tensor  # (rows, decoder_dim)
+    c: torch.Tensor  # (rows, decoder_dim)
+    pixels: torch.Tensor | None = None  # (images, num_pixels, encoder_dim)
+    projected: torch.Tensor | None = None  # (images, num_pixels, attention_dim)
+    image_of: torch.Tensor | None = None  # (rows,)
+    decoding: bool = False
+    prepared: torch.Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.h.shape[0]
+
+    def select(self, rows: torch.Tensor | slice) -> DecoderState:
+        """The state of ``rows``: a slice keeps views, an index tensor picks (and may repeat or
+        reorder) rows; the per-image tensors are never copied."""
+        if self.image_of is not None:
+            image_of = self.image_of[rows]
+        elif isinstance(rows, slice) and not rows.start and rows.step in (None, 1):
+            image_of = None  # row i is still image i
+        else:
+            image_of = torch.arange(self.rows, device=self.h.device)[rows]
+        return replace(self, h=self.h[rows], c=self.c[rows], image_of=image_of)
+
+    def per_row(self, per_image: torch.Tensor) -> torch.Tensor:
+        """A per-image tensor's entry for every row: (rows, …)."""
+        if self.image_of is None:
+            return per_image[:self.rows]
+        return per_image.index_select(0, self.image_of)
 
 
 class _Decoder(nn.Module):
@@ -35,66 +76,31 @@ class _Decoder(nn.Module):
         self.embedding = None if one_hot else nn.Embedding(vocab_size, embed_dim)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(decoder_dim, vocab_size)
+        self.kernels = None  # capcli.model.cpu's forms, once enabled
 
     def embed(self, words: torch.Tensor) -> torch.Tensor:
         if self.one_hot:  # fixed one-hot word vectors (the seed's --one-hot)
             return F.one_hot(words, self.vocab_size).to(self.fc.weight.dtype)
         return self.embedding(words)
 
-    def cell(self, words: torch.Tensor, rest: torch.Tensor | None, state: tuple[torch.Tensor, torch.Tensor]):
-        """The LSTM cell on [word embedding; ``rest``]: returns h, c.
+    def cell(self, words: torch.Tensor, rest: torch.Tensor | None, state: DecoderState):
+        """The LSTM cell on [word embedding; ``rest``]: returns h, c (rows, decoder_dim)."""
+        if self.kernels is not None and (fast := self.kernels.cell(self, words, rest, state)) is not None:
+            return fast
+        x = self.embed(words) if rest is None else torch.cat([self.embed(words), rest], dim=1)
+        return self.lstm(x, (state.h, state.c))
 
-        Without gradients (decoding) the words' share of the gates, embedding · W_ih[:, :embed_dim]ᵀ
-        + b_ih + b_hh, is read from a table with a row per vocabulary entry instead of multiplied
-        out for every row and word (for 320 beams, 0.67 GFLOP a word, a fifth of the decoder's
-        work), and the cell gate's rows are doubled so that one sigmoid gives every gate:
-        tanh(x) = 2σ(2x) − 1 (PyTorch's CPU tanh is several times slower than its sigmoid).
-        """
-        if torch.is_grad_enabled():
-            x = self.embed(words) if rest is None else torch.cat([self.embed(words), rest], dim=1)
-            return self.lstm(x, state)
-        h, c = state
-        table, rest_weight, hidden_weight = self._decoding_weights()
-        gates = table.index_select(0, words)
-        if rest is not None:
-            gates = gates + F.linear(rest, rest_weight)
-        gates = torch.sigmoid(gates + F.linear(h, hidden_weight))
-        i, f, g, o = gates.chunk(4, dim=1)  # g holds σ(2x): tanh(x) = 2g − 1
-        c = torch.addcmul(f * c, i, 2 * g - 1)
-        return o * (2 * torch.sigmoid(2 * c) - 1), c
-
-    def _decoding_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The word-gate table (vocab_size, 4 · decoder_dim) in fp32 and W_ih's other columns and
-        W_hh in the autocast dtype, cell-gate rows doubled; made again only when a weight changed
-        (an optimiser step or a load bumps a parameter's version), moved, or autocast changed."""
-        params = [self.lstm.weight_ih, self.lstm.weight_hh, self.lstm.bias_ih, self.lstm.bias_hh]
-        params += [] if self.embedding is None else [self.embedding.weight]
-        device_type = params[0].device.type
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else params[0].dtype
-        key = (dtype,) + tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        cached = getattr(self, "_decoding_cache", None)
-        if cached is None or cached[0] != key:
-            with torch.no_grad(), torch.autocast(device_type, enabled=False):
-                scale = torch.ones(4 * self.decoder_dim, 1, device=params[0].device)
-                scale[2 * self.decoder_dim:3 * self.decoder_dim] = 2.0  # the cell gate's rows
-                weight_ih = self.lstm.weight_ih.float() * scale
-                words = weight_ih[:, :self.embed_dim]
-                table = words.t() if self.embedding is None else self.embedding.weight.float() @ words.t()
-                table = table + (self.lstm.bias_ih + self.lstm.bias_hh).float() * scale.view(-1)
-                hidden = (self.lstm.weight_hh.float() * scale).to(dtype)
-            self._decoding_cache = cached = (key, (table, weight_ih[:, self.embed_dim:].to(dtype), hidden))
-        return cached[1]
-
-    def init_state(self, features: torch.Tensor) -> State:
+    def init_state(self, features: torch.Tensor, decoding: bool = False) -> DecoderState:
+        """The state before the first word, one row per image of ``features`` (batch, 14, 14, C)."""
         raise NotImplementedError
 
-    def advance(self, words: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor | None, State]:
-        """One word through the recurrence: returns h (batch, decoder_dim), attention (batch,
+    def advance(self, words: torch.Tensor, state: DecoderState):
+        """One word through the recurrence: returns h (rows, decoder_dim), attention (rows,
         num_pixels) or None, new state."""
         raise NotImplementedError
 
-    def step(self, words: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor | None, State]:
-        """One word: returns logits (batch, vocab), attention (batch, num_pixels) or None, new state."""
+    def step(self, words: torch.Tensor, state: DecoderState):
+        """One word: returns logits (rows, vocab), attention (rows, num_pixels) or None, new state."""
         h, alpha, state = self.advance(words, state)
         return self.fc(self.dropout(h)), alpha, state
 
@@ -102,38 +108,29 @@ class _Decoder(nn.Module):
                 teacher_forcing: float = 1.0, image_of: torch.Tensor | None = None):
         """Predict every next word of ``captions`` (batch, max_len + 2) given its prefix.
 
-        ``image_of`` maps each caption to its row of ``features`` (None: caption i is image i); an
-        image's mean feature and pixel projection are then computed once for all its captions.
+        ``image_of`` maps each caption to its row of ``features`` (None: caption i is image i), so
+        an image's state is computed once for all its captions.
 
         Returns:
             logits (batch, T, vocab) and attention (batch, T, num_pixels) or None, where
-            T = max(lengths) - 1 (positions past a caption's own end are padding).
+            T = max(lengths) - 1 (positions past a caption's own end are zero).
         """
-        # Longest captions first: at step t only the captions still running are computed (the
-        # batch shrinks as captions end), and the outputs are put back in the caller's order.
-        # With pure teacher forcing no word depends on the model's output, so the output layer
-        # runs once over every real position after the loop: one matrix product and one weight
-        # gradient instead of one per word (a 30-caption step measured bf16 0.24 → 0.20 s).
-        once = teacher_forcing >= 1.0
-        lengths, order = lengths.sort(descending=True, stable=True)
+        lengths, order = lengths.sort(descending=True, stable=True)  # longest first: the batch shrinks
         captions = captions[order]
         if image_of is None:
             state = self.init_state(features[order])
-        else:  # each image's state, one copy per caption
-            images = image_of[order]
-            state = tuple(None if s is None else s.index_select(0, images) for s in self.init_state(features))
-        whole = getattr(self, "per_image_state", ())  # not sliced: attention takes the first rows itself
-        running = (lengths - 1).tolist()
+        else:
+            state = self.init_state(features).select(image_of[order])  # a row per caption
+        # with pure teacher forcing no input depends on a prediction: the output layer runs once, after the loop
+        once = teacher_forcing >= 1.0
+        running = (lengths - 1).tolist()  # words to predict per caption
         steps = running[0]
+        outputs = alphas = None
         words = captions[:, 0]
-        outputs = alphas = None  # outputs: dropped-out h (once) or logits, (batch, T, ·)
         for t in range(steps):
-            rows = sum(1 for n in running if n > t)
-            state = tuple(s if s is None or i in whole else s[:rows] for i, s in enumerate(state))
-            h, alpha, state = self.advance(words[:rows], state)
-            out = self.dropout(h)
-            if not once:
-                out = self.fc(out)
+            rows = sum(1 for n in running if n > t)  # captions still running at word t
+            h, alpha, state = self.advance(words[:rows], state.select(slice(0, rows)))
+            out = self.dropout(h) if once else self.fc(self.dropout(h))  # (rows, decoder_dim or vocab)
             if outputs is None:
                 outputs = out.new_zeros(len(order), steps, out.shape[1])
                 alphas = None if alpha is None else alpha.new_zeros(len(order), steps, alpha.shape[1])
@@ -155,9 +152,6 @@ class _Decoder(nn.Module):
 
 class AttentionDecoder(_Decoder):
     has_attention = True
-    # pixels, their projection and its decoding factors (None: not used) are kept once per image;
-    # state[4] maps rows to images (None: row i is image i), so beam search reorders only h, c and that map
-    per_image_state = (2, 3, 5)
 
     def __init__(self, vocab_size: int, encoder_dim: int, embed_dim: int = 512, attention_dim: int = 512,
                  decoder_dim: int = 512, dropout: float = 0.5, one_hot: bool = False) -> None:
@@ -168,24 +162,24 @@ class AttentionDecoder(_Decoder):
         self.f_beta = nn.Linear(decoder_dim, encoder_dim)
         self.lstm = nn.LSTMCell(self.embed_dim + encoder_dim, decoder_dim)
 
-    def init_state(self, features: torch.Tensor) -> State:
+    def init_state(self, features: torch.Tensor, decoding: bool = False) -> DecoderState:
         pixels = features.flatten(1, 2)  # (batch, num_pixels, encoder_dim)
-        device_type = pixels.device.type
-        if torch.is_autocast_enabled(device_type):  # cast once here, not in every step's attention
-            pixels = pixels.to(torch.get_autocast_dtype(device_type))
-        mean = pixels.mean(dim=1)  # (batch, encoder_dim); accumulated in fp32 for bf16 too
-        projected = self.attention.encoder_att(pixels)  # (batch, num_pixels, attention_dim)
-        if torch.is_grad_enabled() and projected.device.type == "cpu":
-            projected = projected.float()  # training's attention works in fp32 (_SigmoidScores)
-        factors = self.attention.decoding_factors(projected)
-        return self.init_h(mean), self.init_c(mean), pixels, projected, None, factors
+        mean = pixels.mean(dim=1)  # (batch, encoder_dim)
+        state = DecoderState(self.init_h(mean), self.init_c(mean), pixels, self.attention.encoder_att(pixels),
+                             decoding=decoding)
+        return state if self.kernels is None else self.kernels.prepare(self, state)
 
-    def advance(self, words, state):
-        h, c, pixels, projected, image_of, factors = state
-        context, alpha = self.attention(pixels, projected, h, image_of, factors)
-        gate = torch.sigmoid(self.f_beta(h))  # (batch, encoder_dim)
-        h, c = self.cell(words, gate * context, (h, c))
-        return h, alpha, (h, c, pixels, projected, image_of, factors)
+    def attend(self, state: DecoderState):
+        """Each row's context (rows, encoder_dim) and attention (rows, num_pixels) over its image."""
+        if self.kernels is not None and (fast := self.kernels.attend(self.attention, state)) is not None:
+            return fast
+        return self.attention(state.per_row(state.pixels), state.per_row(state.projected), state.h)
+
+    def advance(self, words: torch.Tensor, state: DecoderState):
+        context, alpha = self.attend(state)
+        gate = torch.sigmoid(self.f_beta(state.h))  # (rows, encoder_dim)
+        h, c = self.cell(words, gate * context, state)
+        return h, alpha, replace(state, h=h, c=c)
 
 
 class PlainDecoder(_Decoder):
@@ -196,10 +190,10 @@ class PlainDecoder(_Decoder):
         self.init_c = nn.Linear(encoder_dim, decoder_dim)
         self.lstm = nn.LSTMCell(self.embed_dim, decoder_dim)
 
-    def init_state(self, features: torch.Tensor) -> State:
+    def init_state(self, features: torch.Tensor, decoding: bool = False) -> DecoderState:
         pooled = features.flatten(1, 2).mean(dim=1)  # (batch, encoder_dim)
-        return torch.tanh(self.init_h(pooled)), torch.tanh(self.init_c(pooled))
+        return DecoderState(torch.tanh(self.init_h(pooled)), torch.tanh(self.init_c(pooled)), decoding=decoding)
 
-    def advance(self, words, state):
+    def advance(self, words: torch.Tensor, state: DecoderState):
         h, c = self.cell(words, None, state)
-        return h, None, (h, c)
+        return h, None, replace(state, h=h, c=c)

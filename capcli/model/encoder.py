@@ -3,9 +3,8 @@
 Input: float images in [0, 1], (batch, 3, H, W); ImageNet normalisation happens here.
 Output: (batch, 14, 14, encoder_dim), 512 channels for resnet18/34 and 2048 for the larger ones.
 
-``Encoder.infer`` is the inference path (frozen features, captioning): on the CPU it runs the
-ResNet as oneDNN convolutions with BatchNorm folded into their weights and the ReLU and residual
-sum fused in, instead of a separate pass over memory for each BatchNorm, ReLU and addition.
+``Encoder.infer`` is the inference path (frozen features, captioning): the forward pass without
+gradients, or the CPU's fused form of it once ``capcli.model.cpu.enable`` set ``kernels``.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from capcli.errors import CapcliError, first_line, os_error_message
 
@@ -42,13 +40,13 @@ class Encoder(nn.Module):
         self.name, self.dim = name, ENCODER_DIMS[name]
         resnet = getattr(torchvision.models, name)(weights=None)
         # children: conv1 bn1 relu maxpool layer1 layer2 layer3 layer4 (avgpool fc dropped)
-        # channels-last (NHWC) convolutions: measured 1.27× faster in fp32 and 1.39× in bf16 on
-        # this project's CPU (resnet34, batch 32, 256 px), and what GPU tensor cores want
+        # channels-last (NHWC) convolutions: faster on the CPU (docs/performance.md) and what GPU tensor cores want
         self.resnet = nn.Sequential(*list(resnet.children())[:-2]).to(memory_format=torch.channels_last)
         self.pool = nn.AdaptiveAvgPool2d((encoded_size, encoded_size))
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
         self.set_fine_tune(False)
+        self.kernels = None  # capcli.model.cpu's fused inference, once enabled
 
     def set_fine_tune(self, fine_tune: bool) -> None:
         """Freeze everything; with ``fine_tune`` train ResNet stages 2–4 (the seed's choice)."""
@@ -68,37 +66,10 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def infer(self, images: torch.Tensor) -> torch.Tensor:
-        """``forward`` without gradients, in eval mode, through the fused CPU convolutions where
-        they apply (a CPU tensor, fp32 or bf16 autocast, this PyTorch build has them).
-
-        resnet34, batch 32, 256 px on the project's 2-core AMX machine: bf16 149 → 237 images/s,
-        fp32 40 → 43; the separate BatchNorm, ReLU and addition passes were 36 % of the bf16 time.
-        """
-        device_type = images.device.type
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.float32
-        if self.training or device_type != "cpu" or dtype not in _FUSED_DTYPES or not _has_fused_convolutions():
-            return self(images)
-        x = self._normalise(images).to(dtype)
-        with torch.autocast(device_type, enabled=False):
-            x = self.pool(_run_fused(self._fused_plan(dtype), self.resnet[3], x))
-        return x.permute(0, 2, 3, 1)  # (batch, 14, 14, encoder_dim): contiguous
-
-    def _fused_plan(self, dtype: torch.dtype) -> tuple:
-        """The folded convolutions in ``dtype``, made again only when a weight or BatchNorm statistic
-        changed (an optimiser step, a load or a calibration bumps its version) or moved."""
-        tensors = list(self.resnet.parameters()) + list(self.resnet.buffers())
-        key = (dtype,) + tuple((t.data_ptr(), t._version, t.device) for t in tensors)
-        cached = getattr(self, "_fused_cache", None)
-        if cached is None or cached[0] != key:
-            stem, stages = self.resnet[:2], list(self.resnet.children())[4:]
-            blocks = []
-            for block in (b for stage in stages for b in stage):  # torchvision's BasicBlock / Bottleneck
-                convs = [_folded(getattr(block, f"conv{i}"), getattr(block, f"bn{i}"), dtype)
-                         for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
-                shortcut = None if block.downsample is None else _folded(*block.downsample, dtype)
-                blocks.append((convs, shortcut))
-            self._fused_cache = cached = (key, (_folded(*stem, dtype), blocks))
-        return cached[1]
+        """``forward`` without gradients (frozen features, captioning)."""
+        if self.kernels is not None and (fast := self.kernels.infer(self, images)) is not None:
+            return fast
+        return self(images)
 
     @torch.no_grad()
     def calibrate_batchnorm(self, batches: Iterable[torch.Tensor]) -> None:
@@ -121,36 +92,6 @@ class Encoder(nn.Module):
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
         self.train(was_training)
-
-
-_FUSED_DTYPES = (torch.float32, torch.bfloat16)
-
-
-def _has_fused_convolutions() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-
-
-def _folded(conv: nn.Conv2d, norm: nn.BatchNorm2d, dtype: torch.dtype) -> tuple:
-    """The arguments of a oneDNN convolution computing norm(conv(x)) in eval mode (called without
-    gradients)."""
-    weight, bias = fuse_conv_bn_weights(conv.weight.float(), None, norm.running_mean, norm.running_var,
-                                        norm.eps, norm.weight.float(), norm.bias.float())
-    weight = weight.to(dtype).contiguous(memory_format=torch.channels_last)
-    return weight, bias.to(dtype), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
-
-
-def _run_fused(plan: tuple, maxpool: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The ResNet body on channels-last ``x``: relu(conv) for the stem and inner convolutions,
-    relu(conv + shortcut) for each block's last one."""
-    conv = torch.ops.mkldnn._convolution_pointwise
-    stem, blocks = plan
-    x = maxpool(conv(x, *stem, "relu", [], ""))
-    for convs, shortcut in blocks:
-        identity = x if shortcut is None else conv(x, *shortcut, "none", [], "")
-        for inner in convs[:-1]:
-            x = conv(x, *inner, "relu", [], "")
-        x = conv.binary(x, identity, *convs[-1], "add", None, "relu", [], "")
-    return x  # (batch, encoder_dim, h, w), channels last
 
 
 def imagenet_url(name: str) -> str:

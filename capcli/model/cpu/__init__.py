@@ -1,0 +1,118 @@
+"""capcli's CPU kernels: faster forms of the encoder's inference, the attention and the decoding
+LSTM cell, each computing the function its textbook module in ``capcli.model`` computes.
+
+Nothing here runs unless :func:`enable` is called, once, after the device is known (``train``,
+``a2c``, the captioning service and ``bench`` do). Every kernel may decline a call (it returns
+None, and the textbook form runs); a kernel that fails, e.g. an operator this torch build lacks
+or calls differently, is switched off with one debug line and the textbook form runs from then
+on. Private torch APIs are used here only, and only on the torch versions they were tested on.
+Figures and how to reproduce them: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import torch
+
+from capcli.model.cpu import attention as cpu_attention
+from capcli.model.cpu import encoder as cpu_encoder
+from capcli.model.cpu.lstm import TableCell
+
+TESTED_TORCH = ((2, 14),)  # (major, minor) releases these kernels were tested on
+_FAILURES = (RuntimeError, TypeError, AttributeError, NotImplementedError, ValueError)
+log = logging.getLogger(__name__)
+
+
+def torch_release() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def enable(device: torch.device, encoder=None, decoder=None, compiled: bool = False) -> bool:
+    """Give ``encoder`` and ``decoder`` (either may be None) the CPU kernels when they run on the
+    CPU; returns whether they got them. ``compiled``: the decoder's step is compiled, so it keeps
+    the textbook form (the compiler fuses it itself)."""
+    if device.type != "cpu":
+        return False
+    if torch_release() not in TESTED_TORCH:
+        log.debug("CPU kernels off: torch %s is not a tested release", torch.__version__)
+        return False
+    if encoder is not None:
+        encoder.kernels = EncoderKernels() if cpu_encoder.available() else None
+    if decoder is not None:
+        decoder.kernels = None if compiled else DecoderKernels()
+    return True
+
+
+def disable(encoder, decoder) -> None:
+    """Back to the textbook forms."""
+    encoder.kernels = decoder.kernels = None
+
+
+class _Kernels:
+    """Switches itself off, with one debug line, the first time a kernel fails."""
+
+    def __init__(self) -> None:
+        self.on = True
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        log.debug("CPU kernel %s failed (%s: %s); using the textbook form", name, type(exc).__name__, exc)
+        self.on = False
+
+
+class EncoderKernels(_Kernels):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fused = cpu_encoder.FusedEncoder()
+
+    def infer(self, encoder, images: torch.Tensor) -> torch.Tensor | None:
+        if not self.on:
+            return None
+        try:
+            return self.fused(encoder, images)
+        except _FAILURES as exc:
+            self._failed("fused encoder", exc)
+            return None
+
+
+class DecoderKernels(_Kernels):
+    """The attention in the sigmoid form (training, validation loss, sampling) or the product
+    form (decoding), and the table cell (decoding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table_cell = TableCell()
+
+    def prepare(self, decoder, state):
+        """``state`` with what the kernels need once per image: pixels in the autocast dtype (cast
+        once, not every word); for decoding without gradients e^(−2p), otherwise p in fp32."""
+        if not self.on or state.projected is None:
+            return state
+        pixels = state.pixels
+        if torch.is_autocast_enabled("cpu"):
+            pixels = pixels.to(torch.get_autocast_dtype("cpu"))
+        if state.decoding and not torch.is_grad_enabled():
+            return replace(state, pixels=pixels, prepared=cpu_attention.decoding_factors(state.projected))
+        return replace(state, pixels=pixels, projected=state.projected.float())
+
+    def attend(self, attention, state):
+        if not self.on:
+            return None
+        try:
+            if state.prepared is not None:
+                return cpu_attention.product_form(attention, state)
+            return cpu_attention.sigmoid_form(attention, state)
+        except _FAILURES as exc:
+            self._failed("attention", exc)
+            return None
+
+    def cell(self, decoder, words, rest, state):
+        if not self.on or not state.decoding or torch.is_grad_enabled():
+            return None
+        try:
+            return self.table_cell(decoder, words, rest, state.h, state.c)
+        except _FAILURES as exc:
+            self._failed("decoding cell", exc)
+            return None
