@@ -208,7 +208,8 @@ def _write_images(by_split: dict[str, list[SourceImage]], staging: str, config: 
         batches[split] = [candidates[i:i + _BATCH] for i in range(0, len(candidates), _BATCH)]
     jobs = ([image.path for image, _ in batch] for split in SPLITS for batch in batches[split])
     slab = (_BATCH, 3, config.image_size, config.image_size)
-    with contextlib.closing(ordered_map_into(_decode_batch, jobs, workers, slab)) as decoded_batches:
+    with contextlib.closing(ordered_map_into(_decode_batch, jobs, workers, slab,
+                                                 on_shrink=progress.message)) as decoded_batches:
         for split in SPLITS:
             task = progress.task(f"prep {split}", sum(map(len, batches[split])), "img")
             with ImageWriter(os.path.join(staging, files[f"{split}_IMAGES"]), config.image_size,
