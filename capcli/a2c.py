@@ -36,6 +36,7 @@ from capcli.features import encode_images
 from capcli.feed import MetricsFeed
 from capcli.model.captioner import model_from_checkpoint
 from capcli.model.decoding import greedy
+from capcli.paths import a2c_files
 from capcli.progress import SILENT, Progress
 from capcli.runlock import run_lock
 from capcli.runlog import a2c_epoch_line, resume_command
@@ -147,9 +148,7 @@ class Rewarder:
 
 
 def a2c_paths(output_folder: str, name: str) -> dict[str, str]:
-    return {"checkpoint": os.path.join(output_folder, f"A2C_{name}.pth.tar"),
-            "best": os.path.join(output_folder, f"BEST_A2C_{name}.pth.tar"),
-            "feed": os.path.join(output_folder, f"metrics_{name}.jsonl")}
+    return asdict(a2c_files(output_folder, name))
 
 
 class A2CInterrupted(Interrupted):

@@ -21,10 +21,12 @@ from collections.abc import Callable
 import torch
 
 from capcli.allocator import keep_freed_memory
+from capcli.paths import data_file
 
 VOCAB = 2600
 IMAGE_SIZE = 256
 CAPTIONS_PER_IMAGE = 5
+BENCH_DATA = "bench_5_1"  # the prepared data set bench writes for itself
 
 
 def machine_info(device: torch.device) -> dict:
@@ -97,10 +99,10 @@ def _synthetic_prepared(folder: str, images: dict[str, int]) -> None:
     rng = np.random.default_rng(0)
     word_map = {"<pad>": 0, "<unk>": 1, "<start>": 2, "<end>": 3}
     word_map.update({f"w{i}": i for i in range(4, VOCAB)})
-    write_json(os.path.join(folder, "WORDMAP_bench_5_1.json"), word_map)
+    write_json(data_file(folder, BENCH_DATA, "WORDMAP"), word_map)
     max_len = 20
     for split, count in images.items():
-        with ImageWriter(os.path.join(folder, f"{split}_IMAGES_bench_5_1.hdf5"), IMAGE_SIZE,
+        with ImageWriter(data_file(folder, BENCH_DATA, "IMAGES", split), IMAGE_SIZE,
                          CAPTIONS_PER_IMAGE) as writer:
             for first in range(0, count, 16):
                 n = min(16, count - first)
@@ -111,8 +113,8 @@ def _synthetic_prepared(folder: str, images: dict[str, int]) -> None:
             row = [2] + rng.integers(4, VOCAB, words).tolist() + [3]
             rows.append(row + [0] * (max_len + 2 - len(row)))
             lengths.append(words + 2)
-        write_json(os.path.join(folder, f"{split}_CAPTIONS_bench_5_1.json"), rows)
-        write_json(os.path.join(folder, f"{split}_CAPLENS_bench_5_1.json"), lengths)
+        write_json(data_file(folder, BENCH_DATA, "CAPTIONS", split), rows)
+        write_json(data_file(folder, BENCH_DATA, "CAPLENS", split), lengths)
 
 
 def _bench_train(device: torch.device, precision: str, quick: bool, mode: str) -> dict:

@@ -6,7 +6,6 @@ file yields a result with an ``error`` and never stops the others.
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from capcli.errors import InputError
 from capcli.features import encode_images
 from capcli.model.captioner import model_from_checkpoint
 from capcli.model.decoding import Decoded, beam_search
+from capcli.paths import best_checkpoint_pattern, best_checkpoints, checkpoint_files
 from capcli.progress import SILENT, Progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -79,13 +79,14 @@ def load_captioner(path: str, device: str = "auto", precision: str = "auto") -> 
 
 def find_best_checkpoint(output_folder: str) -> str:
     """The only ``BEST_*.pth.tar`` in ``output_folder``; an error listing the candidates otherwise."""
-    found = sorted(glob.glob(os.path.join(output_folder, "BEST_*.pth.tar")))
+    found = best_checkpoints(output_folder)
     if len(found) == 1:
         return found[0]
     if not found:
-        others = sorted(glob.glob(os.path.join(output_folder, "*.pth.tar")))
+        others = checkpoint_files(output_folder)
         hint = f" (checkpoints there: {', '.join(os.path.basename(p) for p in others)})" if others else ""
-        raise InputError(f"no BEST_*.pth.tar in {output_folder}{hint}; train first or pass --model FILE")
+        raise InputError(f"no {os.path.basename(best_checkpoint_pattern(output_folder))} in {output_folder}{hint}; "
+                         "train first or pass --model FILE")
     raise InputError(f"several models in {output_folder}: {', '.join(os.path.basename(p) for p in found)}; "
                      "choose one with --model")
 

@@ -572,10 +572,11 @@ def metrics_command(output_folder: str, name: str | None, width: int | None, hei
     import sys
 
     from capcli.metrics import save_pngs, summary_text, terminal_charts
+    from capcli.paths import run_name_of_feed
     from capcli.runs import find_feed, read_summary
 
     path = find_feed(output_folder, name)
-    run_name = os.path.basename(path)[len("metrics_"):-len(".jsonl")]
+    run_name = run_name_of_feed(path)
     summary = read_summary(path)
     click.echo(summary_text(run_name, path, summary))
     if not no_charts:

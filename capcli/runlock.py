@@ -19,15 +19,12 @@ import time
 from collections.abc import Callable, Iterator
 
 from capcli.errors import CapcliError
+from capcli.paths import lock_file
 from capcli.safeio import open_no_links, pid_alive
 
 
 class RunLocked(CapcliError):
     """Another live process holds the run."""
-
-
-def lock_path(output_folder: str, name: str) -> str:
-    return os.path.join(output_folder, f"{name}.lock")
 
 
 def read_holder(path: str) -> dict | None:
@@ -76,7 +73,7 @@ def run_lock(output_folder: str, name: str, note: Callable[[str], None] = lambda
         RunLocked: another live process holds it (naming its PID).
     """
     os.makedirs(output_folder, exist_ok=True)
-    path = lock_path(output_folder, name)
+    path = lock_file(output_folder, name)
     fd = open_no_links(path, os.O_RDWR | os.O_CREAT)
     try:
         try:

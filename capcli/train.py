@@ -9,7 +9,6 @@ With a frozen encoder the CNN features are cached on disk and the CNN never runs
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -35,6 +34,7 @@ from capcli.model.captioner import build_model
 from capcli.model.decoding import greedy
 from capcli.model.encoder import load_pretrained
 from capcli.model.loss import caption_loss
+from capcli.paths import train_files
 from capcli.progress import SILENT, Progress
 from capcli.runlock import run_lock
 from capcli.runlog import nothing_to_train, resume_command, running_figures, train_epoch_line
@@ -64,10 +64,7 @@ class TrainResult:
 
 
 def output_paths(output_folder: str, name: str) -> dict[str, str]:
-    files = {"checkpoint": f"checkpoint_{name}.pth.tar", "best": f"BEST_{name}.pth.tar",
-             "feed": f"metrics_{name}.jsonl", "bleu": f"bleu_scores_{name}.json",
-             "metrics": f"training_metrics_{name}.json"}
-    return {k: os.path.join(output_folder, v) for k, v in files.items()}
+    return asdict(train_files(output_folder, name))
 
 
 def run_train(config: TrainConfig, model_options: dict | None = None, given: frozenset = frozenset(),
