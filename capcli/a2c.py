@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from capcli.checkpoint import load_checkpoint, save_checkpoint
+from capcli.config import A2CConfig
 from capcli.data.datasets import ImageCaptions, Images
 from capcli.data.hdf5 import find_prepared
 from capcli.data.vocab import END, PAD, START, Detokenizer
@@ -41,36 +42,6 @@ from capcli.progress import SILENT, Progress
 from capcli.runlock import run_lock
 from capcli.runlog import a2c_epoch_line, resume_command
 from capcli.scores import cider_d, corpus_bleu, ngrams
-
-
-@dataclass(frozen=True)
-class A2CConfig:
-    checkpoint: str | None = None
-    data_folder: str | None = None  # None: where the model's training data was
-    name: str | None = None
-    output_folder: str = "model_outputs"
-    overwrite: bool = False
-    epochs: int = 10
-    batch_size: int = 32  # images per batch
-    temperature: float = 1.0
-    entropy_weight: float = 0.01
-    entropy_annealing: bool = True
-    value_loss_weight: float = 0.5
-    freeze_encoder: bool = True
-    gamma: float = 1.0
-    reward: str = "cider"
-    reward_clip: float = 0.0
-    baseline: str = "critic"
-    actor_lr: float = 2e-5
-    critic_lr: float = 1e-3
-    encoder_lr: float = 1e-5
-    grad_clip: float = 5.0
-    max_len: int = 0  # 0: the training data's
-    resume: bool = False
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 42
-    max_val_images: int = 0
 
 
 class Critic(nn.Module):

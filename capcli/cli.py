@@ -528,7 +528,8 @@ def a2c_command(ctx: click.Context, no_entropy_annealing: bool, **options) -> No
       capcli a2c --checkpoint model_outputs/BEST_shapes_5_5.pth.tar --reward cider --baseline greedy
       capcli a2c --resume --epochs 10
     """
-    from capcli.a2c import A2CConfig, run_a2c
+    from capcli.a2c import run_a2c
+    from capcli.config import A2CConfig
     from capcli.progress import TerminalProgress
     from capcli.runlog import nothing_to_train
 
