@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from capcli.allocator import keep_freed_memory
-from capcli.paths import data_file
+from capcli.paths import data_file, train_files
 
 VOCAB = 2600
 IMAGE_SIZE = 256
@@ -124,7 +124,7 @@ def _bench_train(device: torch.device, precision: str, quick: bool, mode: str) -
     from capcli.data.hdf5 import find_prepared
     from capcli.distributed import DistInfo
     from capcli.progress import SILENT
-    from capcli.train import Trainer, output_paths
+    from capcli.train import Trainer
 
     batch = 32
     steps = 3 if quick else 6
@@ -138,7 +138,7 @@ def _bench_train(device: torch.device, precision: str, quick: bool, mode: str) -
         word_map = prepared.word_map()
         torch.manual_seed(0)
         trainer = Trainer(config, ModelConfig(vocab_size=len(word_map), encoder="resnet34"), prepared, word_map,
-                          output_paths(config.output_folder, prepared.name), device, DistInfo(), SILENT, None)
+                          train_files(config.output_folder, prepared.name), device, DistInfo(), SILENT, None)
         trainer.decoder.train()
         trainer.encoder.train(mode == "finetune")
         loader = trainer._loader(trainer.train_rows, trainer._epoch_indices(0, 0), images_per_step)

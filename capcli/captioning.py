@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from capcli.checkpoint import load_checkpoint
+from capcli.checkpoint import Checkpoint, read_checkpoint
 from capcli.data.transforms import ImageSkipped, load_square
 from capcli.data.vocab import END, PAD, START, Detokenizer
 from capcli.device import Precision, resolve_device, resolve_precision
@@ -38,7 +38,7 @@ class Captioner:
     device: torch.device
     precision: Precision
     path: str
-    checkpoint: dict
+    checkpoint: Checkpoint
 
     @property
     def banned(self) -> tuple[int, ...]:
@@ -67,14 +67,13 @@ def load_captioner(path: str, device: str = "auto", precision: str = "auto") -> 
     Raises:
         CheckpointError: missing, unsafe, corrupt or foreign file.
     """
-    ckpt = load_checkpoint(path)
-    _, encoder, decoder = model_from_checkpoint(path, ckpt)
+    ckpt = read_checkpoint(path)
+    encoder, decoder = model_from_checkpoint(ckpt)
     torch_device = resolve_device(device)
     encoder.to(torch_device).eval()
     decoder.to(torch_device).eval()
-    return Captioner(encoder, decoder, dict(ckpt["word_map"]), int(ckpt.get("image_size", 256)),
-                     int(ckpt.get("max_len", 50)), torch_device, resolve_precision(precision, torch_device),
-                     path, ckpt)
+    return Captioner(encoder, decoder, ckpt.word_map, ckpt.image_size, ckpt.max_len, torch_device,
+                     resolve_precision(precision, torch_device), path, ckpt)
 
 
 def find_best_checkpoint(output_folder: str) -> str:

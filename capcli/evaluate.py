@@ -59,8 +59,7 @@ def run_evaluate(captioner: Captioner, data_folder: str, name: str | None, split
                  progress: Progress = SILENT) -> EvaluateResult:
     start = time.monotonic()
     split = split.upper()
-    saved = captioner.checkpoint.get("data") or {}
-    prepared = find_prepared(data_folder, name or (saved.get("name") if saved.get("name") else None))
+    prepared = find_prepared(data_folder, name or captioner.checkpoint.data.name or None)
     if not os.path.exists(prepared.path("IMAGES", split)):
         raise DataError(f"{prepared.path('IMAGES', split)}: no {split.lower()} split in {prepared.folder}")
     images = Images(prepared.path("IMAGES", split), "images", max_images)

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 
 from capcli.errors import CapcliError
-from capcli.paths import lock_file
 from capcli.safeio import open_no_links, pid_alive
 
 
@@ -63,8 +62,8 @@ def _refusal(path: str, holder: dict | None) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(output_folder: str, name: str, note: Callable[[str], None] = lambda text: None) -> Iterator[str]:
-    """Hold the run's lock for the block.
+def run_lock(path: str, note: Callable[[str], None] = lambda text: None) -> Iterator[str]:
+    """Hold the run's lock (``capcli.paths.lock_file``) for the block.
 
     Args:
         note: told when a lock left by a process that is gone is taken over.
@@ -72,8 +71,7 @@ def run_lock(output_folder: str, name: str, note: Callable[[str], None] = lambda
     Raises:
         RunLocked: another live process holds it (naming its PID).
     """
-    os.makedirs(output_folder, exist_ok=True)
-    path = lock_file(output_folder, name)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd = open_no_links(path, os.O_RDWR | os.O_CREAT)
     try:
         try:
