@@ -204,7 +204,9 @@ class Checkpoint:
 
     @classmethod
     def from_dict(cls, path: str, raw: dict) -> Checkpoint:
-        """The checkpoint ``raw`` (loaded from ``path``), its model fields checked.
+        """The checkpoint ``raw`` (loaded from ``path``), its model fields checked. A missing or
+        malformed run-state field is only recorded: the model still captions, and
+        :meth:`check_resumable` names it when a run tries to continue from it.
 
         Raises:
             CheckpointError: not a model checkpoint, or a malformed ``model_config``, word map,
