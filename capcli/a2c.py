@@ -14,63 +14,31 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from capcli.checkpoint import load_checkpoint, save_checkpoint
+from capcli.checkpoint import A2CState, Checkpoint, DataRef, read_checkpoint
+from capcli.config import A2CConfig
 from capcli.data.datasets import ImageCaptions, Images
 from capcli.data.hdf5 import find_prepared
 from capcli.data.vocab import END, PAD, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
-from capcli.errors import CapcliError, CheckpointError, Interrupted
+from capcli.errors import CapcliError, CheckpointError
 from capcli.features import encode_images
-from capcli.feed import MetricsFeed
+from capcli.lifecycle import A2C, Lifecycle, NonFiniteLoss, existing_checkpoint, hold_run, refuse_overwrite
 from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import model_from_checkpoint
 from capcli.model.decoding import greedy
+from capcli.paths import a2c_files
 from capcli.progress import SILENT, Progress
-from capcli.runlock import run_lock
 from capcli.runlog import a2c_epoch_line, resume_command
 from capcli.scores import cider_d, corpus_bleu, ngrams
-
-
-@dataclass(frozen=True)
-class A2CConfig:
-    checkpoint: str | None = None
-    data_folder: str | None = None  # None: where the model's training data was
-    name: str | None = None
-    output_folder: str = "model_outputs"
-    overwrite: bool = False
-    epochs: int = 10
-    batch_size: int = 32  # images per batch
-    temperature: float = 1.0
-    entropy_weight: float = 0.01
-    entropy_annealing: bool = True
-    value_loss_weight: float = 0.5
-    freeze_encoder: bool = True
-    gamma: float = 1.0
-    reward: str = "cider"
-    reward_clip: float = 0.0
-    baseline: str = "critic"
-    actor_lr: float = 2e-5
-    critic_lr: float = 1e-3
-    encoder_lr: float = 1e-5
-    grad_clip: float = 5.0
-    max_len: int = 0  # 0: the training data's
-    resume: bool = False
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 42
-    max_val_images: int = 0
 
 
 class Critic(nn.Module):
@@ -147,16 +115,6 @@ class Rewarder:
 # --- the run ---------------------------------------------------------------------------------
 
 
-def a2c_paths(output_folder: str, name: str) -> dict[str, str]:
-    return {"checkpoint": os.path.join(output_folder, f"A2C_{name}.pth.tar"),
-            "best": os.path.join(output_folder, f"BEST_A2C_{name}.pth.tar"),
-            "feed": os.path.join(output_folder, f"metrics_{name}.jsonl")}
-
-
-class A2CInterrupted(Interrupted):
-    pass
-
-
 @dataclass
 class A2CResult:
     name: str
@@ -170,40 +128,30 @@ class A2CResult:
 
 
 class A2CTrainer:
+    """One A2C run: actor, critic, their optimisers, its step and its epoch (the rest is its :class:`Lifecycle`)."""
+
     def __init__(self, config: A2CConfig, progress: Progress = SILENT, explicit: frozenset = frozenset(),
                  hold: contextlib.ExitStack | None = None) -> None:
         """``explicit``: names of options the user gave; on ``--resume`` every other option comes
         from the run's checkpoint, so a resumed run keeps its reward, baseline and rates.
         ``hold``: the run's lock is entered on it as soon as the run's name is known."""
         self.progress = progress
-        if config.resume:
-            path = self._resume_path(config)
-            ckpt = load_checkpoint(path)
-            saved_config = ckpt.get("a2c_config") or {}
-            config = replace(A2CConfig(**{k: v for k, v in saved_config.items() if k in A2CConfig.__annotations__}),
-                             **{k: getattr(config, k) for k in explicit | {"resume", "epochs"}})
-        else:
-            if not config.checkpoint:
-                raise CapcliError("give --checkpoint (a trained model, e.g. model_outputs/BEST_shapes_5_5.pth.tar) "
-                                  "or --resume")
-            path = config.checkpoint
-            ckpt = load_checkpoint(path)
+        config, ckpt = self._source(config, explicit)
         self.config = config
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
-        self.model_config, self.encoder, self.decoder = model_from_checkpoint(path, ckpt)
-        saved = ckpt.get("data") or {}
-        self.prepared = find_prepared(config.data_folder or saved.get("folder") or "data_output",
-                                      config.name or saved.get("name"))
+        self.model_config = ckpt.model_config
+        self.encoder, self.decoder = model_from_checkpoint(ckpt)
+        self.prepared = find_prepared(config.data_folder or ckpt.data.folder or "data_output",
+                                      config.name or ckpt.data.name)
         self.name = self.prepared.name
-        self.paths = a2c_paths(config.output_folder, self.name)
+        self.files = a2c_files(config.output_folder, self.name)
         if hold is not None:
-            hold.enter_context(run_lock(config.output_folder, self.name, progress.message))
-        if not config.resume and os.path.exists(self.paths["checkpoint"]) and not config.overwrite:
-            raise CheckpointError(f"{self.paths['checkpoint']} exists: continue it with --resume, or start over with "
-                                  "--overwrite (which replaces the A2C checkpoints and the feed's a2c lines)")
-        self.word_map = dict(ckpt["word_map"])
+            hold.enter_context(hold_run(self.files, progress))
+        if not config.resume:
+            refuse_overwrite(self.files, A2C, config.overwrite)
+        self.word_map = ckpt.word_map
         if self.prepared.word_map() != self.word_map:
             raise CheckpointError(f"the checkpoint's vocabulary differs from {self.prepared.name}'s; fine-tune on the "
                                   "data the model was trained on")
@@ -212,18 +160,31 @@ class A2CTrainer:
         for m in (self.encoder, self.decoder, self.critic):
             m.to(self.device)
         cpu_kernels.enable(self.device, self.encoder, self.decoder)
-        self.image_size, self.source_train_config = int(ckpt.get("image_size", 256)), ckpt.get("train_config")
+        self.image_size, self.source_train_config = ckpt.image_size, ckpt.train_config
         self._build_optimizers(ckpt if config.resume else None)
-        if self.state["epoch"] >= config.epochs:
+        self.run = Lifecycle(A2C, self.files, self.state, self._snapshot)
+        if self.state.epoch >= config.epochs:
             return  # nothing to train: fit says so, and nothing (not even the feed) is touched
-        self.feed = MetricsFeed(self.paths["feed"], "a2c")
-        # a2c lines share the training run's feed; only this stage's lines of redone work are dropped
-        self.feed.truncate_after(self.state["step"] if config.resume else -1, stage="a2c")
+        self.feed = self.run.feed
+        self.run.open_feed(resumed=config.resume)  # a2c lines share the training run's feed
         self._build_data()
-        self.stop_signal: int | None = None
-        self.resume_hint = "capcli a2c --resume"
 
-    def _build_optimizers(self, resumed: dict | None) -> None:
+    @staticmethod
+    def _source(config: A2CConfig, explicit: frozenset) -> tuple[A2CConfig, Checkpoint]:
+        """The run's options and the checkpoint it starts from: on ``--resume`` the run's own, its
+        saved options overridden by the ones given."""
+        if config.resume:
+            # the run's name comes from the data: find it the way a new run would
+            prepared = find_prepared(config.data_folder or "data_output", config.name)
+            ckpt = read_checkpoint(existing_checkpoint(a2c_files(config.output_folder, prepared.name), A2C))
+            given = {k: getattr(config, k) for k in explicit | {"resume", "epochs"}}
+            return replace(ckpt.a2c_config or A2CConfig(), **given), ckpt
+        if not config.checkpoint:
+            raise CapcliError("give --checkpoint (a trained model, e.g. model_outputs/BEST_shapes_5_5.pth.tar) "
+                              "or --resume")
+        return config, read_checkpoint(config.checkpoint)
+
+    def _build_optimizers(self, resumed: Checkpoint | None) -> None:
         """Actor (decoder, and the encoder with --train-encoder) and critic optimisers, the scaler
         and the run state; from ``resumed``, the run's own checkpoint, when continuing."""
         actor_params = [p for p in self.decoder.parameters() if p.requires_grad]
@@ -234,29 +195,15 @@ class A2CTrainer:
         self.actor_opt = torch.optim.Adam(groups)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
-        self.state = {"epoch": 0, "step": 0, "epoch_step": 0, "best_score": -math.inf, "best_epoch": 0,
-                      "history": []}
+        self.state = A2CState()
         if resumed is not None:
-            missing = [k for k in ("critic", "actor_optimizer", "critic_optimizer")
-                       if not isinstance(resumed.get(k), dict)]
-            if missing or resumed.get("kind") != "a2c":
-                raise CheckpointError(f"{self.paths['checkpoint']}: cannot resume A2C from it "
-                                      f"({'missing ' + ', '.join(missing) if missing else 'not an A2C checkpoint'})")
-            self.critic.load_state_dict(resumed["critic"])
-            self.actor_opt.load_state_dict(resumed["actor_optimizer"])
-            self.critic_opt.load_state_dict(resumed["critic_optimizer"])
-            if resumed.get("scaler"):
-                self.scaler.load_state_dict(resumed["scaler"])
-            self.state.update({k: resumed[k] for k in self.state if k in resumed})
-
-    @staticmethod
-    def _resume_path(config: A2CConfig) -> str:
-        # the run's name comes from the data: find it the way a new run would
-        prepared = find_prepared(config.data_folder or "data_output", config.name)
-        path = a2c_paths(config.output_folder, prepared.name)["checkpoint"]
-        if not os.path.exists(path):
-            raise CheckpointError(f"--resume: no A2C checkpoint at {path} (start with --checkpoint first)")
-        return path
+            resumed.check_resumable("a2c")
+            self.critic.load_state_dict(resumed.critic)
+            self.actor_opt.load_state_dict(resumed.actor_optimizer)
+            self.critic_opt.load_state_dict(resumed.critic_optimizer)
+            if resumed.scaler:
+                self.scaler.load_state_dict(resumed.scaler)
+            self.state = resumed.state
 
     def _build_data(self) -> None:
         words = Detokenizer(self.word_map)
@@ -333,8 +280,8 @@ class A2CTrainer:
         actor, critic, mean_entropy = a2c_losses(logp, entropy, values, returns, advantages, mask)
         loss = actor + self.config.value_loss_weight * critic - entropy_weight * mean_entropy
         if not torch.isfinite(loss):
-            raise CapcliError(f"the A2C loss became {loss.item()} at step {self.state['step'] + 1}; stopped "
-                              f"without saving ({self.paths['checkpoint']} is untouched); try a lower --actor-lr")
+            raise NonFiniteLoss(f"the A2C loss became {loss.item()} at step {self.state.step + 1}; stopped "
+                                f"without saving ({self.files.checkpoint} is untouched); try a lower --actor-lr")
         self.actor_opt.zero_grad(set_to_none=True)
         self.critic_opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -345,8 +292,8 @@ class A2CTrainer:
         for opt in (self.actor_opt, self.critic_opt):
             self.scaler.step(opt)
         self.scaler.update()
-        self.state["step"] += 1
-        self.state["epoch_step"] += 1
+        self.state.step += 1
+        self.state.epoch_step += 1
         n = mask.sum().clamp(min=1)
         return {"reward": float(rewards.mean()), "advantage": float((advantages * mask).sum() / n),
                 "entropy": float(mean_entropy.detach()), "actor_loss": float(actor.detach()),
@@ -365,43 +312,30 @@ class A2CTrainer:
             hyps.extend(self.words(d.tokens) for d in decoded)
         return corpus_bleu(self.val_refs, hyps, 4), cider_d(self.val_refs, hyps)[0]
 
-    def _payload(self) -> dict:
-        return {"kind": "a2c", "model_config": asdict(self.model_config), "a2c_config": asdict(self.config),
-                "train_config": self.source_train_config, "word_map": self.word_map,
-                "data": {"folder": self.prepared.folder, "name": self.prepared.name},
-                "image_size": self.image_size, "max_len": self.max_len, **self.state,
-                "encoder": self.encoder.state_dict(), "decoder": self.decoder.state_dict(),
-                "critic": self.critic.state_dict(), "actor_optimizer": self.actor_opt.state_dict(),
-                "critic_optimizer": self.critic_opt.state_dict(), "scaler": self.scaler.state_dict(),
-                "saved_at": time.time()}
+    def _snapshot(self) -> Checkpoint:
+        return Checkpoint(
+            "a2c", self.model_config, self.word_map, self.encoder.state_dict(), self.decoder.state_dict(), self.state,
+            self.image_size, self.max_len, DataRef(self.prepared.folder, self.prepared.name),
+            train_config=self.source_train_config, a2c_config=self.config, critic=self.critic.state_dict(),
+            actor_optimizer=self.actor_opt.state_dict(), critic_optimizer=self.critic_opt.state_dict(),
+            scaler=self.scaler.state_dict(), saved_at=time.time())
 
     def fit(self) -> A2CResult:
-        start, first_epoch = time.monotonic(), self.state["epoch"]
-        if first_epoch >= self.config.epochs:
-            return A2CResult(self.name, first_epoch, self.state["best_score"], self.state["best_epoch"],
-                             self.paths["checkpoint"], self.paths["best"], 0.0)
-        in_main = threading.current_thread() is threading.main_thread()
-        signals = (signal.SIGINT, signal.SIGTERM) if in_main else ()
-        previous = {s: signal.signal(s, self._on_signal) for s in signals}
-        self.feed.write("start", epoch=self.state["epoch"], step=self.state["step"], epochs=self.config.epochs)
-        try:
-            for epoch in range(self.state["epoch"], self.config.epochs):
-                self._epoch(epoch)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-        self.feed.write("end", epoch=self.state["epoch"], step=self.state["step"], reason="completed")
-        return A2CResult(self.name, self.state["epoch"], self.state["best_score"], self.state["best_epoch"],
-                         self.paths["checkpoint"], self.paths["best"], time.monotonic() - start,
-                         self.state["epoch"] - first_epoch)
+        start, first_epoch = time.monotonic(), self.state.epoch
+        if first_epoch < self.config.epochs:  # else nothing to train: the caller says so
+            self.run.run(self.config.epochs, self._epoch)
+        return A2CResult(self.name, self.state.epoch, self.state.best_score, self.state.best_epoch,
+                         self.files.checkpoint, self.files.best, time.monotonic() - start,
+                         self.state.epoch - first_epoch)
 
     def _epoch(self, epoch: int) -> None:
+        """One pass over the training images (the rest of it when resuming mid-epoch), then validation."""
         weight = entropy_weight_at(epoch, self.config.epochs, self.config.entropy_weight,
                                    self.config.entropy_annealing)
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         order = torch.randperm(len(self.train), generator=generator).tolist()
         batches = [order[i:i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
-        done = self.state["epoch_step"]  # batches of this epoch done before an interruption
+        done = self.state.epoch_step  # batches of this epoch done before an interruption
         task = self.progress.task(f"a2c epoch {epoch + 1}/{self.config.epochs}", len(batches) - done, "batch")
         totals: Counter = Counter()
         started = time.monotonic()
@@ -411,39 +345,31 @@ class A2CTrainer:
             totals.update(figures)
             task.show(f"reward {totals['reward'] / steps:.3f} entropy {totals['entropy'] / steps:.2f}")
             task.advance()
-            if self.stop_signal is not None:
-                task.close()
-                save_checkpoint(self.paths["checkpoint"], self._payload())
-                raise A2CInterrupted(f"stopped by {signal.Signals(self.stop_signal).name} in A2C epoch {epoch + 1}; "
-                                     f"checkpoint saved to {self.paths['checkpoint']}; continue with: "
-                                     f"{self.resume_hint}", self.stop_signal)
+            self.run.after_step(task)  # a signal saves and stops here
         task.close()
         means = {k: v / max(len(batches) - done, 1) for k, v in totals.items()}
+        self._end_of_epoch(epoch, means, weight, started)
+
+    def _end_of_epoch(self, epoch: int, means: dict, weight: float, started: float) -> None:
+        """Validate, record the epoch in the state and the feed, save (``BEST_`` when the score improved)."""
         bleu4, cider = self.validate()
         score = cider if self.config.reward == "cider" else bleu4
-        improved = score > self.state["best_score"]
+        improved = score > self.state.best_score
         if improved:
-            self.state.update(best_score=score, best_epoch=epoch + 1)
-        self.state.update(epoch=epoch + 1, epoch_step=0)
-        self.state["history"].append({"epoch": epoch + 1, **means, "entropy_weight": weight, "val_bleu4": bleu4,
-                                      "val_cider_d": cider})
+            self.state.best_score, self.state.best_epoch = score, epoch + 1
+        self.state.epoch, self.state.epoch_step = epoch + 1, 0
+        self.state.history.append({"epoch": epoch + 1, **means, "entropy_weight": weight, "val_bleu4": bleu4,
+                                   "val_cider_d": cider})
         lr = self.actor_opt.param_groups[0]["lr"]
-        self.feed.write("epoch", split="train", epoch=epoch + 1, step=self.state["step"], lr=lr,
+        self.feed.write("epoch", split="train", epoch=epoch + 1, step=self.state.step, lr=lr,
                         entropy_weight=weight, **means)
-        self.feed.write("epoch", split="val", epoch=epoch + 1, step=self.state["step"], lr=lr, bleu4=bleu4,
+        self.feed.write("epoch", split="val", epoch=epoch + 1, step=self.state.step, lr=lr, bleu4=bleu4,
                         cider_d=cider, improved=improved)
-        payload = self._payload()
-        save_checkpoint(self.paths["checkpoint"], payload)
-        if improved:
-            save_checkpoint(self.paths["best"], payload)
+        self.run.save(best=improved)
         score_name = "CIDEr-D" if self.config.reward == "cider" else "BLEU-4"
         self.progress.message(a2c_epoch_line(epoch + 1, self.config.epochs, means,
                                              {"CIDEr-D": cider, "BLEU-4": bleu4}, score_name, lr,
                                              time.monotonic() - started, improved))
-
-    def _on_signal(self, signum, _frame) -> None:
-        self.stop_signal = signum
-        signal.signal(signum, signal.SIG_DFL)
 
 
 def run_a2c(config: A2CConfig, progress: Progress = SILENT, explicit: frozenset = frozenset(),
@@ -455,6 +381,6 @@ def run_a2c(config: A2CConfig, progress: Progress = SILENT, explicit: frozenset 
     """
     with contextlib.ExitStack() as hold:
         trainer = A2CTrainer(config, progress, explicit, hold)
-        trainer.resume_hint = resume_command("a2c", resume_args, [("--data-folder", trainer.prepared.folder),
+        trainer.run.resume_hint = resume_command("a2c", resume_args, [("--data-folder", trainer.prepared.folder),
                                                                   ("--name", trainer.name)])
         return trainer.fit()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from capcli.checkpoint import load_checkpoint
+from capcli.checkpoint import read_checkpoint
 from capcli.config import ModelConfig
 from capcli.errors import CapcliError
 from capcli.model.captioner import build_model, model_from_checkpoint
@@ -48,12 +48,12 @@ class ArchReport:
 def load_model(checkpoint: str | None, options: dict) -> tuple[nn.Module, nn.Module, ModelConfig, bool, int, str]:
     """(encoder, decoder, config, fine_tune, image size, source) from a checkpoint or options."""
     if checkpoint:
-        ckpt = load_checkpoint(checkpoint)
-        config, encoder, decoder = model_from_checkpoint(checkpoint, ckpt)
-        fine_tune = bool((ckpt.get("train_config") or {}).get("fine_tune_encoder", False))
-        if ckpt.get("kind") == "a2c":
-            fine_tune = not bool((ckpt.get("a2c_config") or {}).get("freeze_encoder", True))
-        return encoder, decoder, config, fine_tune, int(ckpt.get("image_size", 256)), checkpoint
+        ckpt = read_checkpoint(checkpoint)
+        encoder, decoder = model_from_checkpoint(ckpt)
+        fine_tune = bool(ckpt.train_config and ckpt.train_config.fine_tune_encoder)
+        if ckpt.kind == "a2c":
+            fine_tune = bool(ckpt.a2c_config and not ckpt.a2c_config.freeze_encoder)
+        return encoder, decoder, ckpt.model_config, fine_tune, ckpt.image_size, checkpoint
     fine_tune = options.pop("fine_tune_encoder")
     image_size = options.pop("image_size")
     config = ModelConfig(**options)

@@ -21,10 +21,12 @@ from collections.abc import Callable
 import torch
 
 from capcli.allocator import keep_freed_memory
+from capcli.paths import data_file, train_files
 
 VOCAB = 2600
 IMAGE_SIZE = 256
 CAPTIONS_PER_IMAGE = 5
+BENCH_DATA = "bench_5_1"  # the prepared data set bench writes for itself
 
 
 def machine_info(device: torch.device) -> dict:
@@ -99,10 +101,10 @@ def _synthetic_prepared(folder: str, images: dict[str, int]) -> None:
     rng = np.random.default_rng(0)
     word_map = {"<pad>": 0, "<unk>": 1, "<start>": 2, "<end>": 3}
     word_map.update({f"w{i}": i for i in range(4, VOCAB)})
-    write_json(os.path.join(folder, "WORDMAP_bench_5_1.json"), word_map)
+    write_json(data_file(folder, BENCH_DATA, "WORDMAP"), word_map)
     max_len = 20
     for split, count in images.items():
-        with ImageWriter(os.path.join(folder, f"{split}_IMAGES_bench_5_1.hdf5"), IMAGE_SIZE,
+        with ImageWriter(data_file(folder, BENCH_DATA, "IMAGES", split), IMAGE_SIZE,
                          CAPTIONS_PER_IMAGE) as writer:
             for first in range(0, count, 16):
                 n = min(16, count - first)
@@ -113,8 +115,8 @@ def _synthetic_prepared(folder: str, images: dict[str, int]) -> None:
             row = [2] + rng.integers(4, VOCAB, words).tolist() + [3]
             rows.append(row + [0] * (max_len + 2 - len(row)))
             lengths.append(words + 2)
-        write_json(os.path.join(folder, f"{split}_CAPTIONS_bench_5_1.json"), rows)
-        write_json(os.path.join(folder, f"{split}_CAPLENS_bench_5_1.json"), lengths)
+        write_json(data_file(folder, BENCH_DATA, "CAPTIONS", split), rows)
+        write_json(data_file(folder, BENCH_DATA, "CAPLENS", split), lengths)
 
 
 def _bench_train(device: torch.device, precision: str, quick: bool, mode: str) -> dict:
@@ -124,7 +126,7 @@ def _bench_train(device: torch.device, precision: str, quick: bool, mode: str) -
     from capcli.data.hdf5 import find_prepared
     from capcli.distributed import DistInfo
     from capcli.progress import SILENT
-    from capcli.train import Trainer, output_paths
+    from capcli.train import Trainer
 
     batch = 32
     steps = 3 if quick else 6
@@ -138,7 +140,7 @@ def _bench_train(device: torch.device, precision: str, quick: bool, mode: str) -
         word_map = prepared.word_map()
         torch.manual_seed(0)
         trainer = Trainer(config, ModelConfig(vocab_size=len(word_map), encoder="resnet34"), prepared, word_map,
-                          output_paths(config.output_folder, prepared.name), device, DistInfo(), SILENT, None)
+                          train_files(config.output_folder, prepared.name), device, DistInfo(), SILENT, None)
         trainer.decoder.train()
         trainer.encoder.train(mode == "finetune")
         loader = trainer._loader(trainer.train_rows, trainer._epoch_indices(0, 0), images_per_step)

@@ -6,14 +6,13 @@ file yields a result with an ``error`` and never stops the others.
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from capcli.checkpoint import load_checkpoint
+from capcli.checkpoint import Checkpoint, read_checkpoint
 from capcli.data.transforms import ImageSkipped, load_square
 from capcli.data.vocab import END, PAD, START, Detokenizer
 from capcli.device import Precision, resolve_device, resolve_precision
@@ -22,6 +21,7 @@ from capcli.features import encode_images
 from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import model_from_checkpoint
 from capcli.model.decoding import Decoded, beam_search
+from capcli.paths import best_checkpoint_pattern, best_checkpoints, checkpoint_files
 from capcli.progress import SILENT, Progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -39,7 +39,7 @@ class Captioner:
     device: torch.device
     precision: Precision
     path: str
-    checkpoint: dict
+    checkpoint: Checkpoint
 
     @property
     def banned(self) -> tuple[int, ...]:
@@ -68,26 +68,26 @@ def load_captioner(path: str, device: str = "auto", precision: str = "auto") -> 
     Raises:
         CheckpointError: missing, unsafe, corrupt or foreign file.
     """
-    ckpt = load_checkpoint(path)
-    _, encoder, decoder = model_from_checkpoint(path, ckpt)
+    ckpt = read_checkpoint(path)
+    encoder, decoder = model_from_checkpoint(ckpt)
     torch_device = resolve_device(device)
     encoder.to(torch_device).eval()
     decoder.to(torch_device).eval()
     cpu_kernels.enable(torch_device, encoder, decoder)
-    return Captioner(encoder, decoder, dict(ckpt["word_map"]), int(ckpt.get("image_size", 256)),
-                     int(ckpt.get("max_len", 50)), torch_device, resolve_precision(precision, torch_device),
-                     path, ckpt)
+    return Captioner(encoder, decoder, ckpt.word_map, ckpt.image_size, ckpt.max_len, torch_device,
+                     resolve_precision(precision, torch_device), path, ckpt)
 
 
 def find_best_checkpoint(output_folder: str) -> str:
     """The only ``BEST_*.pth.tar`` in ``output_folder``; an error listing the candidates otherwise."""
-    found = sorted(glob.glob(os.path.join(output_folder, "BEST_*.pth.tar")))
+    found = best_checkpoints(output_folder)
     if len(found) == 1:
         return found[0]
     if not found:
-        others = sorted(glob.glob(os.path.join(output_folder, "*.pth.tar")))
+        others = checkpoint_files(output_folder)
         hint = f" (checkpoints there: {', '.join(os.path.basename(p) for p in others)})" if others else ""
-        raise InputError(f"no BEST_*.pth.tar in {output_folder}{hint}; train first or pass --model FILE")
+        raise InputError(f"no {os.path.basename(best_checkpoint_pattern(output_folder))} in {output_folder}{hint}; "
+                         "train first or pass --model FILE")
     raise InputError(f"several models in {output_folder}: {', '.join(os.path.basename(p) for p in found)}; "
                      "choose one with --model")
 

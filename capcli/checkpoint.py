@@ -1,35 +1,37 @@
-"""The only place that calls ``torch.save`` / ``torch.load``.
+"""The checkpoint: a typed record of a run (:class:`Checkpoint`), and the only place that calls
+``torch.save`` / ``torch.load``.
 
-A checkpoint is a dict of state dicts and plain Python data (no pickled classes, numpy scalars
-or paths), written to a fresh temporary file, fsynced and renamed (``capcli.safeio``), and always
-read with ``weights_only=True`` so that a checkpoint file can never run code.
+On disk a checkpoint is one flat dict of state dicts and plain Python data (no pickled classes,
+numpy scalars or paths) with a format marker and version, written to a fresh temporary file,
+fsynced and renamed (``capcli.safeio``), and always read with ``weights_only=True`` so that a
+checkpoint file can never run code. A file that does not load gets one sentence of capcli's own
+(``capcli.load_failure``); a field that is missing or of the wrong type gets one naming it.
 
-A file that does not load gets one sentence of capcli's own: "unsafe" only for a file that asks
-to import something a checkpoint never needs (that is how a pickle runs code), "truncated or
-corrupt" for a file PyTorch cannot parse, "not a capcli checkpoint" for a valid PyTorch file
-that capcli did not write. PyTorch's own messages run to paragraphs and are never shown.
+Format version 1 (every released capcli): ``kind`` (train or a2c), ``model_config``,
+``train_config``, ``a2c_config``, ``word_map``, ``data`` (folder, name), ``image_size``,
+``max_len``, the run state's fields (:class:`TrainState` / :class:`A2CState`), ``encoder`` and
+``decoder`` weights, the optimiser, critic and scaler state dicts, and ``saved_at``.
 """
 
 from __future__ import annotations
 
-import io
+import dataclasses
+import math
 import os
-import pickle
-import re
 import warnings
-import zipfile
+from dataclasses import asdict, dataclass, field
 
 import torch
 
+from capcli.config import A2CConfig, ModelConfig, TrainConfig
+from capcli.data.vocab import END, PAD, START
 from capcli.errors import CheckpointError, os_error_message, shorten
+from capcli.load_failure import load_failure
 from capcli.safeio import atomic_write
 
 FORMAT = "capcli-checkpoint"
 VERSION = 1
 
-# "GLOBAL posix.system whose module posix is blocked", "GLOBAL __main__.Some was not an allowed global"
-_GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([A-Za-z_][\w.]*\.[A-Za-z_]\w*)\b")
-_SCAN_LIMIT = 1 << 20  # bytes of pickle scanned for the globals it names (bounds the scan's memory)
 
 
 class _KeepWriteError:
@@ -52,8 +54,8 @@ class _KeepWriteError:
         self.file.flush()
 
 
-def save_checkpoint(path: str, payload: dict) -> None:
-    """Atomically write ``payload`` (state dicts and plain data) to ``path``.
+def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
+    """Atomically write ``checkpoint`` to ``path``.
 
     Raises:
         OSError: the write failed (a full disk); ``path`` keeps its previous content.
@@ -61,15 +63,25 @@ def save_checkpoint(path: str, payload: dict) -> None:
     with atomic_write(path, sync=True) as f:
         out = _KeepWriteError(f)
         try:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, out)
+            torch.save({"format": FORMAT, "version": VERSION, **checkpoint.to_dict()}, out)
         except RuntimeError:
             if out.error is not None:
                 raise out.error from None
             raise
 
 
+def read_checkpoint(path: str) -> Checkpoint:
+    """Read a capcli checkpoint safely, every field checked (see :meth:`Checkpoint.from_dict`).
+
+    Raises:
+        CheckpointError: missing file, unsafe or corrupt content, not a capcli checkpoint, or a
+            missing or malformed field.
+    """
+    return Checkpoint.from_dict(path, load_checkpoint(path))
+
+
 def load_checkpoint(path: str) -> dict:
-    """Read a capcli checkpoint safely.
+    """Read a capcli checkpoint file safely, as the dict it holds (its format marker checked).
 
     Raises:
         CheckpointError: missing file, unsafe or corrupt content, or not a capcli checkpoint.
@@ -83,120 +95,13 @@ def load_checkpoint(path: str) -> dict:
     except OSError as exc:  # unreadable (permissions), not unparsable
         raise CheckpointError(os_error_message(_with_filename(exc, path))) from None
     except Exception as exc:  # the unpickler's refusal or a parse failure: many types, long texts
-        raise CheckpointError(f"{path}: {_load_failure(path, exc)}") from None
+        raise CheckpointError(f"{path}: {load_failure(path, exc)}") from None
     _check_format(path, data)
     return data
 
 
 def _with_filename(exc: OSError, path: str) -> OSError:
     return exc if exc.filename is not None else OSError(exc.errno, exc.strerror or str(exc), path)
-
-
-def _load_failure(path: str, exc: Exception) -> str:
-    """capcli's sentence for a file ``torch.load(weights_only=True)`` refused with ``exc``."""
-    names, plain = _scan_pickle(path)
-    unsafe = _named_global(exc) or next((name for name in names if not _allowed(name)), None)
-    if unsafe:
-        return (f"refused to load: unsafe file, it asks to import {unsafe}, which would run code "
-                "(a capcli checkpoint holds only weights and plain data)")
-    text = str(exc)
-    if "TorchScript" in text:
-        return "not a capcli checkpoint (a TorchScript archive; give a checkpoint written by capcli train)"
-    if os.path.getsize(path) == 0:
-        return "truncated or corrupt checkpoint (the file is empty); copy or save it again"
-    if plain or "Invalid magic number" in text:
-        return "not a capcli checkpoint (a pickle file, not one written by torch.save)"
-    ends_early = isinstance(exc, EOFError) or "central directory" in text
-    why = "it ends too early" if ends_early else "PyTorch cannot parse it"
-    return f"truncated or corrupt checkpoint ({why}); copy or save it again"
-
-
-def _named_global(exc: Exception) -> str | None:
-    """The disallowed global (``posix.system``) the weights-only unpickler stopped at, if any."""
-    found = _GLOBAL_IN_MESSAGE.search(str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
-    return found.group(1) if found else None
-
-
-class _Stub:
-    """Stands in for every global while scanning: accepts any construction, holds nothing."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        pass
-
-    def __setstate__(self, state) -> None:
-        pass
-
-    def __setitem__(self, key, value) -> None:
-        pass
-
-    def append(self, item) -> None:
-        pass
-
-    def extend(self, items) -> None:
-        pass
-
-
-class _GlobalsScan(pickle.Unpickler):
-    """Lists the globals a pickle names; ``find_class`` imports nothing, so nothing runs."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(io.BytesIO(data))
-        self.names: list[str] = []
-
-    def find_class(self, module: str, name: str) -> type:
-        self.names.append(f"{module}.{name}")
-        return _Stub
-
-    def persistent_load(self, pid) -> _Stub:
-        return _Stub()
-
-
-def _scan_pickle(path: str) -> tuple[list[str], bool]:
-    """The globals the file's pickle names (up to where it stops parsing), and whether the file is
-    one complete pickle of something other than a PyTorch file.
-
-    The weights-only unpickler names the first disallowed global itself, but stops earlier on a
-    pickle protocol it does not read (``pickle.dump`` writes protocol 4 or 5); this scan sees
-    the globals of such a file without importing or calling anything.
-    """
-    try:
-        is_zip = zipfile.is_zipfile(path)
-        if is_zip:  # torch.save's format: the pickle is */data.pkl
-            with zipfile.ZipFile(path) as archive:
-                inner = [n for n in archive.namelist() if n.endswith("data.pkl")]
-                if not inner:
-                    return [], False
-                with archive.open(inner[0]) as f:
-                    scan = _GlobalsScan(f.read(_SCAN_LIMIT))
-        else:
-            with open(path, "rb") as f:
-                scan = _GlobalsScan(f.read(_SCAN_LIMIT))
-    except Exception:  # noqa: BLE001 - any unreadable archive (zlib, lzma, zip errors): nothing to scan
-        return [], False
-    try:
-        value = scan.load()
-    except Exception:  # noqa: BLE001 - garbage stops the scan; the names found so far still count
-        return scan.names, False
-    legacy_torch = value == torch.serialization.MAGIC_NUMBER  # the first of a legacy file's pickles
-    return scan.names, not (is_zip or legacy_torch)
-
-
-def _allowed(name: str) -> bool:
-    """Whether ``weights_only=True`` would accept the global ``name``."""
-    try:
-        from torch._weights_only_unpickler import _get_allowed_globals
-
-        if name in _get_allowed_globals():
-            return True
-    except ImportError:  # a torch without this helper: trust torch's own namespaces
-        return name.startswith("torch.") or name in ("collections.OrderedDict", "builtins.set")
-    for entry in getattr(torch.serialization, "get_safe_globals", list)():
-        obj = entry[0] if isinstance(entry, tuple) else entry
-        given = entry[1] if isinstance(entry, tuple) else None
-        if name in (given, f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"):
-            return True
-    return False
-
 
 
 def _check_format(path: str, data: object) -> None:
@@ -215,3 +120,218 @@ def _check_format(path: str, data: object) -> None:
         raise CheckpointError(f"{path}: not a capcli checkpoint (format version {shorten(repr(version))})")
     if version > VERSION:
         raise CheckpointError(f"{path}: written by a newer capcli (format {version}); upgrade capcli")
+
+
+# --- the typed checkpoint ----------------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    """Where a run is, as train and a2c both count it."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps in all
+    epoch_step: int = 0  # steps of the epoch in progress (a resumed run skips them)
+    best_epoch: int = 0
+
+
+@dataclass
+class TrainState(RunState):
+    best_bleu4: float = 0.0
+    since_improvement: int = 0
+    bleu_history: list[float] = field(default_factory=list)
+    history: dict[str, list[float]] = field(default_factory=dict)  # train_loss, val_top5...: one per epoch
+
+
+@dataclass
+class A2CState(RunState):
+    best_score: float = -math.inf
+    history: list[dict] = field(default_factory=list)  # one dict of figures per epoch
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """The prepared data a model was trained on."""
+
+    folder: str | None = None
+    name: str | None = None
+
+
+_MODEL_FIELDS = ("model_config", "encoder", "decoder", "word_map")
+_STATE_DICTS = ("decoder_optimizer", "encoder_optimizer", "critic", "actor_optimizer", "critic_optimizer", "scaler")
+# what resuming each stage needs besides the model (a2c keeps default counts when they are missing)
+_RESUME_NEEDS = {"train": (*(f.name for f in dataclasses.fields(TrainState)), "decoder_optimizer"),
+                 "a2c": ("critic", "actor_optimizer", "critic_optimizer")}
+
+
+@dataclass
+class Checkpoint:
+    """One saved run: the model, the data it knows, the run's state and the optimisers' states."""
+
+    kind: str  # "train" or "a2c"
+    model_config: ModelConfig
+    word_map: dict[str, int]
+    encoder: dict  # weights (state dicts)
+    decoder: dict
+    state: TrainState | A2CState
+    image_size: int = 256
+    max_len: int = 50
+    data: DataRef = DataRef()
+    train_config: TrainConfig | None = None  # of the training run (an A2C checkpoint keeps its model's)
+    a2c_config: A2CConfig | None = None
+    decoder_optimizer: dict | None = None  # train
+    encoder_optimizer: dict | None = None  # train, with a trained encoder
+    critic: dict | None = None  # a2c
+    actor_optimizer: dict | None = None
+    critic_optimizer: dict | None = None
+    scaler: dict | None = None
+    saved_at: float | None = None
+    # not saved: where it was read from, and what it lacks for resuming (see check_resumable)
+    path: str = ""
+    absent: frozenset[str] = frozenset()
+    malformed: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        """The flat layout of format version 1."""
+        return {
+            "kind": self.kind, "model_config": asdict(self.model_config),
+            "train_config": asdict(self.train_config) if self.train_config else None,
+            "a2c_config": asdict(self.a2c_config) if self.a2c_config else None,
+            "word_map": dict(self.word_map), "data": asdict(self.data), "image_size": self.image_size,
+            "max_len": self.max_len, **asdict(self.state), "encoder": self.encoder, "decoder": self.decoder,
+            **{k: getattr(self, k) for k in _STATE_DICTS}, "saved_at": self.saved_at,
+        }
+
+    @classmethod
+    def from_dict(cls, path: str, raw: dict) -> Checkpoint:
+        """The checkpoint ``raw`` (loaded from ``path``), its model fields checked. A missing or
+        malformed run-state field is only recorded: the model still captions, and
+        :meth:`check_resumable` names it when a run tries to continue from it.
+
+        Raises:
+            CheckpointError: not a model checkpoint, or a malformed ``model_config``, word map,
+                ``image_size`` or ``max_len``, naming the field.
+        """
+        missing = [k for k in _MODEL_FIELDS if k not in raw]
+        if missing:
+            raise CheckpointError(f"{path}: not a captioning model checkpoint (missing {', '.join(missing)})")
+        config = _model_config(path, raw["model_config"])
+        _check_word_map(path, raw["word_map"], config.vocab_size)
+        sizes = {key: _positive(path, key, raw.get(key, default)) for key, default in (("image_size", 256),
+                                                                                    ("max_len", 50))}
+        kind = raw.get("kind", "train")
+        if kind not in ("train", "a2c"):
+            raise CheckpointError(f"{path}: kind is {shorten(repr(kind))}, expected train or a2c")
+        state, absent, malformed = _run_state(A2CState if kind == "a2c" else TrainState, raw)
+        state_dicts = {}
+        for key in _STATE_DICTS:
+            if isinstance(raw.get(key), dict):
+                state_dicts[key] = raw[key]
+            elif raw.get(key) is None:
+                absent.add(key)
+            else:
+                malformed.append(f"{key} is not a state dict")
+        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        return cls(kind, config, dict(raw["word_map"]), raw["encoder"], raw["decoder"], state, **sizes,
+                   data=DataRef(*(v if isinstance(v, str) else None for v in (data.get("folder"), data.get("name")))),
+                   train_config=_options(TrainConfig, raw.get("train_config")),
+                   a2c_config=_options(A2CConfig, raw.get("a2c_config")), **state_dicts,
+                   saved_at=raw.get("saved_at"), path=path, absent=frozenset(absent), malformed=tuple(malformed))
+
+    def check_resumable(self, stage: str) -> None:
+        """Raise unless ``capcli {stage} --resume`` can continue from this checkpoint.
+
+        Raises:
+            CheckpointError: another stage's checkpoint, or one naming what it lacks.
+        """
+        if stage == "train" and self.kind != "train":
+            raise CheckpointError(f"{self.path}: a {self.kind} checkpoint; `capcli train` continues training "
+                                  "checkpoints (`capcli a2c --resume` continues A2C runs)")
+        missing = [k for k in _RESUME_NEEDS[stage] if k in self.absent]
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + list(self.malformed)
+        if stage == "a2c" and not problems and self.kind != "a2c":
+            problems = ["not an A2C checkpoint"]
+        if problems:
+            what = "training" if stage == "train" else "A2C"
+            raise CheckpointError(f"{self.path}: cannot resume {what} from it ({'; '.join(problems)})")
+
+
+_STATE_TYPES = {"int": ((int,), "count"), "float": ((int, float), "number"), "list": ((list,), "list"),
+                "dict": ((dict,), "mapping")}
+
+
+def _run_state(cls: type, raw: dict) -> tuple[RunState, set[str], list[str]]:
+    """The run state in ``raw`` (defaults for what is missing), the fields missing, and the wrong ones."""
+    values, absent, malformed = {}, set(), []
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            absent.add(f.name)
+            continue
+        value = raw[f.name]
+        types, what = _STATE_TYPES[f.type.split("[")[0]]
+        if not isinstance(value, types) or isinstance(value, bool) or (what == "count" and value < 0):
+            malformed.append(f"{f.name} is not a {what}")
+        else:
+            values[f.name] = value
+    return cls(**values), absent, malformed
+
+
+def _options(cls: type, raw: object):
+    """A saved options dict as its config class, fields it no longer has left out."""
+    if not isinstance(raw, dict):
+        return None
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def _positive(path: str, key: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CheckpointError(f"{path}: {key} is {shorten(repr(value))}, not a positive whole number")
+    return value
+
+
+_FIELD_TYPES = {"int": int, "str": str, "float": (int, float), "bool": bool}  # ModelConfig's annotations
+_POSITIVE = ("vocab_size", "embed_dim", "attention_dim", "decoder_dim", "encoded_size")
+
+
+def _of_type(value: object, annotation: str) -> bool:
+    expected = _FIELD_TYPES.get(annotation)
+    if expected is None:
+        return True
+    return isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+
+
+def _model_config(path: str, raw: object) -> ModelConfig:
+    """``raw`` as a :class:`ModelConfig`, every field of the right type and range."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: model_config is a {type(raw).__name__}, not a mapping of fields")
+    fields = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+    unknown = [shorten(k) for k in raw if k not in fields]
+    if unknown:
+        raise CheckpointError(f"{path}: model_config has unknown field(s) {', '.join(unknown)} "
+                              "(written by a newer capcli, or edited)")
+    if "vocab_size" not in raw:
+        raise CheckpointError(f"{path}: model_config has no vocab_size")
+    for name, value in raw.items():
+        if not _of_type(value, fields[name]):
+            raise CheckpointError(f"{path}: model_config field {name} is {type(value).__name__} "
+                                  f"{shorten(repr(value))}, expected {fields[name]}")
+        if name in _POSITIVE and value < 1:
+            raise CheckpointError(f"{path}: model_config field {name} is {value}, expected a positive number")
+    if not 0 <= raw.get("dropout", 0.0) < 1:
+        raise CheckpointError(f"{path}: model_config field dropout is {raw['dropout']}, expected 0 <= dropout < 1")
+    return ModelConfig(**raw)
+
+
+def _check_word_map(path: str, word_map: object, vocab_size: int) -> None:
+    """A mapping of words to ids below ``vocab_size`` holding ``<start>``, ``<end>`` and ``<pad>``."""
+    if not isinstance(word_map, dict) or not word_map:
+        raise CheckpointError(f"{path}: the word map is not a mapping of words to ids")
+    for token in (START, END, PAD):
+        if token not in word_map:
+            raise CheckpointError(f"{path}: word map has no {token} (a hand-edited or foreign checkpoint)")
+    for word, index in word_map.items():
+        if not isinstance(word, str) or not isinstance(index, int) or isinstance(index, bool) \
+                or not 0 <= index < vocab_size:
+            raise CheckpointError(f"{path}: word map entry {shorten(repr(word))}: {shorten(repr(index))} is not "
+                                  f"a word with an id below vocab_size {vocab_size}")

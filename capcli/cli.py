@@ -528,7 +528,8 @@ def a2c_command(ctx: click.Context, no_entropy_annealing: bool, **options) -> No
       capcli a2c --checkpoint model_outputs/BEST_shapes_5_5.pth.tar --reward cider --baseline greedy
       capcli a2c --resume --epochs 10
     """
-    from capcli.a2c import A2CConfig, run_a2c
+    from capcli.a2c import run_a2c
+    from capcli.config import A2CConfig
     from capcli.progress import TerminalProgress
     from capcli.runlog import nothing_to_train
 
@@ -572,10 +573,11 @@ def metrics_command(output_folder: str, name: str | None, width: int | None, hei
     import sys
 
     from capcli.metrics import save_pngs, summary_text, terminal_charts
+    from capcli.paths import run_name_of_feed
     from capcli.runs import find_feed, read_summary
 
     path = find_feed(output_folder, name)
-    run_name = os.path.basename(path)[len("metrics_"):-len(".jsonl")]
+    run_name = run_name_of_feed(path)
     summary = read_summary(path)
     click.echo(summary_text(run_name, path, summary))
     if not no_charts:

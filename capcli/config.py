@@ -107,3 +107,35 @@ class TrainConfig:
     patience_stop: int = 20
     lr_decay: float = 0.8
     max_val_images: int = 0
+
+
+@dataclass(frozen=True)
+class A2CConfig:
+    """Options of ``capcli a2c``; saved in A2C checkpoints, and a resumed run takes the ones not given from there."""
+
+    checkpoint: str | None = None
+    data_folder: str | None = None  # None: where the model's training data was
+    name: str | None = None
+    output_folder: str = "model_outputs"
+    overwrite: bool = False
+    epochs: int = 10
+    batch_size: int = 32  # images per batch
+    temperature: float = 1.0
+    entropy_weight: float = 0.01
+    entropy_annealing: bool = True
+    value_loss_weight: float = 0.5
+    freeze_encoder: bool = True
+    gamma: float = 1.0
+    reward: str = "cider"
+    reward_clip: float = 0.0
+    baseline: str = "critic"
+    actor_lr: float = 2e-5
+    critic_lr: float = 1e-3
+    encoder_lr: float = 1e-5
+    grad_clip: float = 5.0
+    max_len: int = 0  # 0: the training data's
+    resume: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 42
+    max_val_images: int = 0

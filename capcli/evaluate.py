@@ -22,6 +22,7 @@ from capcli.data.hdf5 import PreparedData, find_prepared
 from capcli.data.jsonfiles import read_json, write_json
 from capcli.data.vocab import Detokenizer
 from capcli.errors import DataError
+from capcli.paths import checkpoint_stem, evaluation_file, results_file
 from capcli.progress import SILENT, Progress
 from capcli.scores import all_scores
 
@@ -58,8 +59,7 @@ def run_evaluate(captioner: Captioner, data_folder: str, name: str | None, split
                  progress: Progress = SILENT) -> EvaluateResult:
     start = time.monotonic()
     split = split.upper()
-    saved = captioner.checkpoint.get("data") or {}
-    prepared = find_prepared(data_folder, name or (saved.get("name") if saved.get("name") else None))
+    prepared = find_prepared(data_folder, name or captioner.checkpoint.data.name or None)
     if not os.path.exists(prepared.path("IMAGES", split)):
         raise DataError(f"{prepared.path('IMAGES', split)}: no {split.lower()} split in {prepared.folder}")
     images = Images(prepared.path("IMAGES", split), "images", max_images)
@@ -83,13 +83,12 @@ def run_evaluate(captioner: Captioner, data_folder: str, name: str | None, split
     scores = {k: all_scores(references, hypotheses[k]) for k in beams}
     ids = _image_ids(prepared, split, len(images))
     os.makedirs(output_folder, exist_ok=True)
-    model = os.path.basename(captioner.path).removesuffix(".pth.tar")  # e.g. BEST_shapes_5_5
-    stem = f"{model}_{split.lower()}"  # another model's evaluation never overwrites this one
+    stem = f"{checkpoint_stem(captioner.path)}_{split.lower()}"  # another model's evaluation never overwrites this one
     results_paths = {}
     for k in beams:
-        results_paths[k] = os.path.join(output_folder, f"results_{stem}_beam{k}.json")
+        results_paths[k] = results_file(output_folder, stem, k)
         write_json(results_paths[k], [{"image_id": i, "caption": " ".join(h)} for i, h in zip(ids, hypotheses[k])])
-    json_path = os.path.join(output_folder, f"evaluation_{stem}.json")
+    json_path = evaluation_file(output_folder, stem)
     write_json(json_path, {
         "model": captioner.path, "data": {"folder": prepared.folder, "name": prepared.name}, "split": split.lower(),
         "images": len(images), "length_penalty": length_penalty,

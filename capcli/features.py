@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from capcli.data.datasets import Images
 from capcli.data.hdf5 import PreparedData, atomic_hdf5
 from capcli.device import Precision
+from capcli.paths import features_file
 from capcli.progress import Progress
 
 
@@ -34,7 +35,7 @@ def cache_key(fingerprint: str, image_size: int) -> str:
 
 
 def features_path(prepared: PreparedData, split: str, key: str) -> str:
-    return os.path.join(prepared.folder, f"FEATURES_{split}_{prepared.name}_{key}.hdf5")
+    return features_file(prepared.folder, split, prepared.name, key)
 
 
 def encode_images(encoder, images: torch.Tensor, device: torch.device, precision: Precision,

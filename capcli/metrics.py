@@ -3,10 +3,9 @@ PNG pictures (matplotlib, from the ``plots`` extra)."""
 
 from __future__ import annotations
 
-import os
-
 from capcli import safeio
 from capcli.errors import CapcliError
+from capcli.paths import chart_files
 from capcli.runs import RunSummary
 
 CHARTS = (  # title, y label, [(series, label)]
@@ -92,8 +91,7 @@ def save_pngs(name: str, s: RunSummary, folder: str) -> list[str]:
         if any(s.series.get(k) for k, _ in keys):
             ax.legend()
 
-    def save(fig, file: str) -> str:
-        path = os.path.join(folder, file)
+    def save(fig, path: str) -> str:
         try:
             with safeio.atomic_write(path) as f:  # a fresh temporary name, renamed: never through a link
                 fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
@@ -102,8 +100,8 @@ def save_pngs(name: str, s: RunSummary, folder: str) -> list[str]:
         return path
 
     written = []
-    for file, (title, ylabel, keys) in zip((f"loss_plot_{name}.png", f"accuracy_plot_{name}.png",
-                                            f"bleu_scores_{name}.png"), CHARTS[:3]):
+    *single, together = chart_files(folder, name)
+    for file, (title, ylabel, keys) in zip(single, CHARTS[:3]):
         fig, ax = plt.subplots(figsize=(8, 5))
         draw(ax, keys, title, ylabel)
         written.append(save(fig, file))
@@ -112,5 +110,5 @@ def save_pngs(name: str, s: RunSummary, folder: str) -> list[str]:
         draw(ax, keys, title, ylabel)
     fig.suptitle(f"Training {name}")
     fig.tight_layout()
-    written.append(save(fig, f"training_visualization_{name}.png"))
+    written.append(save(fig, together))
     return written

@@ -24,13 +24,14 @@ import numpy as np
 
 from capcli.config import PrepConfig
 from capcli.data import shapes
-from capcli.data.hdf5 import ImageWriter, output_files
+from capcli.data.hdf5 import ImageWriter
 from capcli.data.jsonfiles import write_json
-from capcli.data.karpathy import SPLITS, SourceImage, read_karpathy_json, read_results_csv
+from capcli.data.karpathy import SourceImage, read_karpathy_json, read_results_csv
 from capcli.data.transforms import ImageSkipped, load_square
 from capcli.data.vocab import build_word_map, encode
 from capcli.errors import CapcliError, InputError
 from capcli.parallel import ordered_map, ordered_map_into
+from capcli.paths import SPLITS, data_file, data_file_names, shapes_source
 from capcli.progress import SILENT, Progress
 
 MANIFEST_VERSION = 1
@@ -80,8 +81,7 @@ def _shapes_generator(config: PrepConfig) -> dict:
 
 def _generate_shapes(config: PrepConfig, workers: int, progress: Progress) -> tuple[str, str]:
     """Write ``shapes/dataset_shapes.json`` + ``shapes/images/``; return both paths."""
-    folder = os.path.join(config.output_folder, "shapes")
-    image_folder = os.path.join(folder, "images")
+    json_path, image_folder = shapes_source(config.output_folder)
     os.makedirs(image_folder, exist_ok=True)
     total = config.num_images
     task = progress.task("generating shapes", total, "img")
@@ -92,15 +92,13 @@ def _generate_shapes(config: PrepConfig, workers: int, progress: Progress) -> tu
         entries.append(entry)
         task.advance()
     task.close()
-    json_path = os.path.join(folder, "dataset_shapes.json")
     write_json(json_path, {"dataset": "shapes", "generator": _shapes_generator(config), "images": entries})
     return json_path, image_folder
 
 
 def _shapes_source(config: PrepConfig, workers: int, progress: Progress) -> tuple[str, list[SourceImage]]:
     """The shapes set as a Karpathy source, reusing the generated one when its parameters match."""
-    json_path = os.path.join(config.output_folder, "shapes", "dataset_shapes.json")
-    image_folder = os.path.join(config.output_folder, "shapes", "images")
+    json_path, image_folder = shapes_source(config.output_folder)
     if not config.force and os.path.exists(json_path):
         try:
             header, images = read_karpathy_json(json_path, image_folder)
@@ -136,7 +134,7 @@ def _fingerprint(config: PrepConfig, source_path: str) -> str:
 
 def _up_to_date(config: PrepConfig, fingerprint: str) -> dict | None:
     """The existing manifest when it matches ``fingerprint`` and every file it lists is intact."""
-    path = os.path.join(config.output_folder, output_files(config.name)["MANIFEST"])
+    path = data_file(config.output_folder, config.name, "MANIFEST")
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
@@ -189,7 +187,7 @@ def _write_images(by_split: dict[str, list[SourceImage]], staging: str, config: 
     """Stream every split's images into its HDF5 file; return kept entries and their captions per
     split, and the skipped images. One pool of workers serves all splits in turn (a pool per split
     spent a tenth of a second starting and draining for each small split)."""
-    files = output_files(config.name)
+    files = data_file_names(config.name)
     kept, kept_captions = {s: [] for s in SPLITS}, {s: [] for s in SPLITS}
     skipped: dict[str, list[dict]] = {s: [] for s in SPLITS}  # per split: caption skips, then unreadable images
     batches: dict[str, list[list[tuple[SourceImage, list[list[str]]]]]] = {}
@@ -283,7 +281,7 @@ def run_prep(config: PrepConfig, progress: Progress = SILENT) -> PrepResult:
         manifest = _prepare(config, images, staging, workers, progress)
         manifest.update(fingerprint=fingerprint, source=os.path.abspath(source_path),
                         seconds=round(time.monotonic() - start, 3))
-        files = output_files(config.name)
+        files = data_file_names(config.name)
         manifest["files"] = {n: os.path.getsize(os.path.join(staging, n))
                              for key, n in files.items() if key != "MANIFEST"}
         write_json(os.path.join(staging, files["MANIFEST"]), manifest)
@@ -297,7 +295,7 @@ def run_prep(config: PrepConfig, progress: Progress = SILENT) -> PrepResult:
 def _prepare(config: PrepConfig, images: list[SourceImage], staging: str, workers: int,
              progress: Progress) -> dict:
     """Write every output file into ``staging`` and return the manifest (without file sizes)."""
-    files = output_files(config.name)
+    files = data_file_names(config.name)
     by_split: dict[str, list[SourceImage]] = {s: [] for s in SPLITS}
     for image in images:
         by_split[image.split].append(image)

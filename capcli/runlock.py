@@ -26,10 +26,6 @@ class RunLocked(CapcliError):
     """Another live process holds the run."""
 
 
-def lock_path(output_folder: str, name: str) -> str:
-    return os.path.join(output_folder, f"{name}.lock")
-
-
 def read_holder(path: str) -> dict | None:
     """What the lock file says about its last holder (None: empty or unreadable)."""
     try:
@@ -66,8 +62,8 @@ def _refusal(path: str, holder: dict | None) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(output_folder: str, name: str, note: Callable[[str], None] = lambda text: None) -> Iterator[str]:
-    """Hold the run's lock for the block.
+def run_lock(path: str, note: Callable[[str], None] = lambda text: None) -> Iterator[str]:
+    """Hold the run's lock (``capcli.paths.lock_file``) for the block.
 
     Args:
         note: told when a lock left by a process that is gone is taken over.
@@ -75,8 +71,7 @@ def run_lock(output_folder: str, name: str, note: Callable[[str], None] = lambda
     Raises:
         RunLocked: another live process holds it (naming its PID).
     """
-    os.makedirs(output_folder, exist_ok=True)
-    path = lock_path(output_folder, name)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd = open_no_links(path, os.O_RDWR | os.O_CREAT)
     try:
         try:

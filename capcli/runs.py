@@ -7,21 +7,15 @@ skipped and counted in ``RunSummary.skipped``.
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 from dataclasses import dataclass, field
 
 from capcli.errors import InputError
 from capcli.feed import parse_line, scan_feed, valid_line
+from capcli.paths import feed_pattern, run_feeds
 
 A2C_FIELDS = ("reward", "advantage", "entropy", "actor_loss", "critic_loss", "entropy_weight", "bleu4", "cider_d")
-
-
-def run_feeds(output_folder: str) -> dict[str, str]:
-    """Run name → path of its ``metrics_{name}.jsonl`` in ``output_folder``, by name."""
-    feeds = sorted(glob.glob(os.path.join(output_folder, "metrics_*.jsonl")))
-    return {os.path.basename(p)[len("metrics_"):-len(".jsonl")]: p for p in feeds}
 
 
 def find_feed(output_folder: str, name: str | None = None) -> str:
@@ -36,7 +30,8 @@ def find_feed(output_folder: str, name: str | None = None) -> str:
     if len(feeds) == 1:
         return next(iter(feeds.values()))
     if not feeds:
-        raise InputError(f"no metrics_*.jsonl in {output_folder} (no run has written there yet)")
+        raise InputError(f"no {os.path.basename(feed_pattern(output_folder))} in {output_folder} "
+                         "(no run has written there yet)")
     raise InputError(f"several runs in {output_folder}: {', '.join(feeds)} (choose one with --name)")
 
 

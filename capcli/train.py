@@ -8,10 +8,6 @@ With a frozen encoder the CNN features are cached on disk and the CNN never runs
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,7 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from capcli.checkpoint import save_checkpoint
+from capcli.checkpoint import Checkpoint, DataRef, TrainState
 from capcli.config import ModelConfig, TrainConfig
 from capcli.data.datasets import ImageCaptions, Images
 from capcli.data.hdf5 import PreparedData, find_prepared
@@ -28,27 +24,19 @@ from capcli.data.jsonfiles import write_json
 from capcli.data.vocab import END, PAD, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
 from capcli.distributed import DistInfo, barrier, init_distributed, shutdown, unwrap
-from capcli.errors import CapcliError, DataError, Interrupted
+from capcli.errors import CapcliError, DataError
 from capcli.features import cache_key, encode_images, encoder_fingerprint, ensure_features, features_path
-from capcli.feed import MetricsFeed
+from capcli.lifecycle import TRAIN, Lifecycle, NonFiniteLoss, hold_run
 from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import build_model
 from capcli.model.decoding import greedy
 from capcli.model.encoder import load_pretrained
 from capcli.model.loss import caption_loss
+from capcli.paths import RunFiles, train_files
 from capcli.progress import SILENT, Progress
-from capcli.runlock import run_lock
 from capcli.runlog import nothing_to_train, resume_command, running_figures, train_epoch_line
 from capcli.scores import corpus_bleu4
 from capcli.train_setup import dataset_defaults, model_config_for, resume_source, warn_random_encoder
-
-
-class TrainingInterrupted(Interrupted):
-    """SIGINT/SIGTERM: a checkpoint was saved; the message says how to resume."""
-
-
-class NonFiniteLoss(CapcliError):
-    """The loss became NaN or infinite; nothing was saved."""
 
 
 @dataclass
@@ -65,10 +53,8 @@ class TrainResult:
 
 
 def output_paths(output_folder: str, name: str) -> dict[str, str]:
-    files = {"checkpoint": f"checkpoint_{name}.pth.tar", "best": f"BEST_{name}.pth.tar",
-             "feed": f"metrics_{name}.jsonl", "bleu": f"bleu_scores_{name}.json",
-             "metrics": f"training_metrics_{name}.json"}
-    return {k: os.path.join(output_folder, v) for k, v in files.items()}
+    """The run's file names by role (``checkpoint``, ``best``, ``feed``...); see :func:`capcli.paths.train_files`."""
+    return asdict(train_files(output_folder, name))
 
 
 def run_train(config: TrainConfig, model_options: dict | None = None, given: frozenset = frozenset(),
@@ -91,66 +77,60 @@ def run_train(config: TrainConfig, model_options: dict | None = None, given: fro
         for split in ("TRAIN", "VAL"):  # present and whole, before anything reads or writes
             prepared.images_meta(split)
         config, model_options = dataset_defaults(prepared, config, model_options or {}, given)
-        paths = output_paths(config.output_folder, prepared.name)
+        files = train_files(config.output_folder, prepared.name)
         if config.epochs == 0:  # nothing can be trained: no lock, no folder, nothing written
-            return _nothing_to_train(prepared.name, paths, None, 0)
-        lock = run_lock(config.output_folder, prepared.name, progress.message) if dist_info.is_main \
-            else contextlib.nullcontext()
-        with lock:
-            ckpt = resume_source(config, paths)
-            done = int(ckpt["epoch"]) if ckpt is not None else 0
-            if config.epochs <= done:
-                return _nothing_to_train(prepared.name, paths, ckpt, config.epochs)
+            return _nothing_to_train(prepared.name, files, None, 0)
+        with hold_run(files, progress, dist_info.is_main):
+            ckpt = resume_source(config, files)
+            if config.epochs <= (ckpt.state.epoch if ckpt is not None else 0):
+                return _nothing_to_train(prepared.name, files, ckpt, config.epochs)
             word_map = prepared.word_map()
             model_config = model_config_for(ckpt, model_options, given, len(word_map))
             warn_random_encoder(config, prepared.name, ckpt, progress)
-            trainer = Trainer(config, model_config, prepared, word_map, paths, device, dist_info, progress, ckpt)
-            trainer.resume_hint = resume_command("train", resume_args, [("--name", prepared.name)])
+            trainer = Trainer(config, model_config, prepared, word_map, files, device, dist_info, progress, ckpt)
+            trainer.run.resume_hint = resume_command("train", resume_args, [("--name", prepared.name)])
             return trainer.fit()
     finally:
         shutdown(dist_info)
 
 
-def _nothing_to_train(name: str, paths: dict, ckpt: dict | None, epochs: int) -> TrainResult:
+def _nothing_to_train(name: str, files: RunFiles, ckpt: Checkpoint | None, epochs: int) -> TrainResult:
     """The result of a call whose --epochs asks for no more epochs than the run has: nothing is written."""
     if ckpt is None:
         return TrainResult(name, 0, 0.0, 0, "", "", nothing_to_train(0, epochs), 0.0)
-    return TrainResult(name, int(ckpt["epoch"]), float(ckpt["best_bleu4"]), int(ckpt["best_epoch"]),
-                       paths["checkpoint"], paths["best"], nothing_to_train(ckpt["epoch"], epochs), 0.0)
+    state = ckpt.state
+    return TrainResult(name, state.epoch, float(state.best_bleu4), state.best_epoch, files.checkpoint, files.best,
+                       nothing_to_train(state.epoch, epochs), 0.0)
 
 
 class Trainer:
-    """One training run: model, optimisers, data and bookkeeping."""
+    """One training run: model, optimisers, data, its step and its epoch (the rest is its :class:`Lifecycle`)."""
 
     def __init__(self, config: TrainConfig, model_config: ModelConfig, prepared: PreparedData, word_map: dict,
-                 paths: dict, device: torch.device, dist_info: DistInfo, progress: Progress, ckpt: dict | None):
+                 files: RunFiles, device: torch.device, dist_info: DistInfo, progress: Progress,
+                 ckpt: Checkpoint | None):
         self.config, self.model_config, self.prepared, self.word_map = config, model_config, prepared, word_map
-        self.paths, self.device, self.dist, self.progress = paths, device, dist_info, progress
+        self.files, self.device, self.dist, self.progress = files, device, dist_info, progress
         self.precision = resolve_precision(config.precision, device)
         torch.manual_seed(config.seed)
         self.encoder, self.decoder = build_model(model_config)
         if ckpt is None and config.pretrained:
             load_pretrained(self.encoder, config.pretrained_weights, progress=dist_info.is_main)
         if ckpt is not None:
-            self.encoder.load_state_dict(ckpt["encoder"])
-            self.decoder.load_state_dict(ckpt["decoder"])
+            self.encoder.load_state_dict(ckpt.encoder)
+            self.decoder.load_state_dict(ckpt.decoder)
         self.encoder.set_fine_tune(config.fine_tune_encoder)
         self.encoder.to(device)
         self.decoder.to(device)
         cpu_kernels.enable(device, self.encoder, self.decoder, compiled=config.compile)
         if ckpt is None and not config.pretrained:
             self._calibrate_encoder()
-        self.state = {"epoch": 0, "step": 0, "epoch_step": 0, "best_bleu4": 0.0, "best_epoch": 0,
-                      "since_improvement": 0, "bleu_history": [], "history": {}}
         self._build_optimizers(ckpt)
-        self.feed = MetricsFeed(paths["feed"], "train") if dist_info.is_main else None
-        if ckpt is not None:
-            self.state.update({k: ckpt[k] for k in self.state})
-        if self.feed:  # drop lines of work about to be redone (all of them for a new run)
-            self.feed.truncate_after(self.state["step"] if ckpt is not None else -1)
+        self.state: TrainState = ckpt.state if ckpt is not None else TrainState()
+        self.run = Lifecycle(TRAIN, files, self.state, self._snapshot, dist_info.is_main, config.save_every)
+        self.feed = self.run.feed
+        self.run.open_feed(resumed=ckpt is not None)
         self._build_data()
-        self.stop_signal: int | None = None
-        self.resume_hint = "capcli train --resume"
 
     def _calibrate_encoder(self, images: int = 64, batch_size: int = 32) -> None:
         """A random encoder gets BatchNorm statistics from the first training images (see
@@ -159,7 +139,7 @@ class Trainer:
         with self.precision.autocast():
             self.encoder.calibrate_batchnorm(x.to(self.device).float().div_(255.0) for x, _ in loader)
 
-    def _build_optimizers(self, ckpt: dict | None) -> None:
+    def _build_optimizers(self, ckpt: Checkpoint | None) -> None:
         dec_params = [p for p in self.decoder.parameters() if p.requires_grad]
         self.decoder_opt = torch.optim.Adam(dec_params, lr=self.config.decoder_lr)
         enc_params = [p for p in self.encoder.parameters() if p.requires_grad]
@@ -168,11 +148,11 @@ class Trainer:
         self.trained_params = dec_params + enc_params
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
         if ckpt is not None:
-            self.decoder_opt.load_state_dict(ckpt["decoder_optimizer"])
-            if self.encoder_opt is not None and ckpt.get("encoder_optimizer"):
-                self.encoder_opt.load_state_dict(ckpt["encoder_optimizer"])
-            if ckpt.get("scaler"):
-                self.scaler.load_state_dict(ckpt["scaler"])
+            self.decoder_opt.load_state_dict(ckpt.decoder_optimizer)
+            if self.encoder_opt is not None and ckpt.encoder_optimizer:
+                self.encoder_opt.load_state_dict(ckpt.encoder_optimizer)
+            if ckpt.scaler:
+                self.scaler.load_state_dict(ckpt.scaler)
         self.train_decoder = self.decoder
         self.train_encoder = self.encoder
         if self.dist.enabled:
@@ -258,9 +238,9 @@ class Trainer:
                                                 self._image_of(features, cpi))
             loss, top5 = caption_loss(logits, alphas, captions, lengths, self.config.alpha_c)
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the training loss became {loss.item()} at epoch {self.state['epoch'] + 1} "
-                                f"step {self.state['step'] + 1}; stopped without saving (the last good checkpoint "
-                                f"is untouched: {self.paths['checkpoint']}); try a lower learning rate or "
+            raise NonFiniteLoss(f"the training loss became {loss.item()} at epoch {self.state.epoch + 1} "
+                                f"step {self.state.step + 1}; stopped without saving (the last good checkpoint "
+                                f"is untouched: {self.files.checkpoint}); try a lower learning rate or "
                                 f"--precision fp32")
         self.scaler.scale(loss).backward()
         for o in optimizers:
@@ -278,31 +258,21 @@ class Trainer:
         self.decoder.train()
         self.encoder.train(self.encoder_opt is not None)
         torch.manual_seed(self.config.seed * 100_003 + epoch)
-        skip = self.state["epoch_step"]
+        skip = self.state.epoch_step
         loader = self._loader(self.train_rows, self._epoch_indices(epoch, skip), self.images_per_batch)
         task = self.progress.task(f"epoch {epoch + 1}/{self.config.epochs}", len(loader), "batch")
         totals, log_every = [0.0, 0.0, 0], max(1, len(loader) // 20)
-        last_save = time.monotonic()
         for x, captions, lengths in loader:
             loss, top5 = self.train_step(x, captions, lengths)
-            self.state["step"] += 1
-            self.state["epoch_step"] += 1
+            self.state.step += 1
+            self.state.epoch_step += 1
             totals = [totals[0] + loss, totals[1] + top5, totals[2] + 1]
             task.show(running_figures(*totals))
             task.advance()
-            if self.feed and self.state["epoch_step"] % log_every == 0:
-                self.feed.write("step", split="train", epoch=epoch + 1, step=self.state["step"], loss=loss,
+            if self.feed and self.state.epoch_step % log_every == 0:
+                self.feed.write("step", split="train", epoch=epoch + 1, step=self.state.step, loss=loss,
                                 top5=top5, lr=self.decoder_opt.param_groups[0]["lr"])
-            if self.stop_signal is not None:
-                task.close()
-                self._save(best=False)
-                raise TrainingInterrupted(
-                    f"stopped by {signal.Signals(self.stop_signal).name} at epoch {epoch + 1} step "
-                    f"{self.state['step']}; checkpoint saved to {self.paths['checkpoint']}; continue with: "
-                    f"{self.resume_hint}", self.stop_signal)
-            if self.config.save_every and time.monotonic() - last_save >= self.config.save_every * 60:
-                self._save(best=False)
-                last_save = time.monotonic()
+            self.run.after_step(task)  # a signal saves and stops here; --save-every saves
         task.close()
         n = max(totals[2], 1)
         return totals[0] / n, totals[1] / n
@@ -331,29 +301,19 @@ class Trainer:
         bleu4 = corpus_bleu4(self.val_refs[:len(hypotheses)], hypotheses)
         return loss_sum / max(batches, 1), top5_sum / max(batches, 1), bleu4
 
-    def _payload(self) -> dict:
-        return {
-            "kind": "train", "model_config": asdict(self.model_config), "train_config": asdict(self.config),
-            "word_map": dict(self.word_map), "data": {"folder": self.prepared.folder, "name": self.prepared.name},
-            "image_size": self.image_size, "max_len": self.max_len,
-            **self.state,
-            "encoder": unwrap(self.encoder).state_dict(), "decoder": unwrap(self.decoder).state_dict(),
-            "decoder_optimizer": self.decoder_opt.state_dict(),
-            "encoder_optimizer": self.encoder_opt.state_dict() if self.encoder_opt else None,
-            "scaler": self.scaler.state_dict(), "saved_at": time.time(),
-        }
-
-    def _save(self, best: bool) -> None:
-        if not self.dist.is_main:
-            return
-        payload = self._payload()
-        save_checkpoint(self.paths["checkpoint"], payload)
-        if best:
-            save_checkpoint(self.paths["best"], payload)
+    def _snapshot(self) -> Checkpoint:
+        """The run as of now, with the weights of the unwrapped (not DDP, not compiled) model."""
+        return Checkpoint(
+            "train", self.model_config, dict(self.word_map), unwrap(self.encoder).state_dict(),
+            unwrap(self.decoder).state_dict(), self.state, self.image_size, self.max_len,
+            DataRef(self.prepared.folder, self.prepared.name), train_config=self.config,
+            decoder_optimizer=self.decoder_opt.state_dict(),
+            encoder_optimizer=self.encoder_opt.state_dict() if self.encoder_opt else None,
+            scaler=self.scaler.state_dict(), saved_at=time.time())
 
     def _write_summaries(self) -> None:
-        write_json(self.paths["bleu"], self.state["bleu_history"])
-        write_json(self.paths["metrics"], self.state["history"])
+        write_json(self.files.bleu, self.state.bleu_history)
+        write_json(self.files.metrics, self.state.history)
 
     def _end_of_epoch(self, epoch: int, train: tuple, val: tuple) -> str | None:
         """Record the epoch, adjust the learning rate, save; returns a reason to stop or None."""
@@ -361,61 +321,43 @@ class Trainer:
         st = self.state
         for key, value in (("train_loss", train_loss), ("train_top5", train_top5), ("val_loss", val_loss),
                            ("val_top5", val_top5)):
-            st["history"].setdefault(key, []).append(value)
-        st["bleu_history"].append(bleu4)
-        improved = bleu4 > st["best_bleu4"] or st["best_epoch"] == 0  # the first epoch always gives a BEST
+            st.history.setdefault(key, []).append(value)
+        st.bleu_history.append(bleu4)
+        improved = bleu4 > st.best_bleu4 or st.best_epoch == 0  # the first epoch always gives a BEST
         if improved:
-            st.update(best_bleu4=bleu4, best_epoch=epoch + 1, since_improvement=0)
+            st.best_bleu4, st.best_epoch, st.since_improvement = bleu4, epoch + 1, 0
         else:
-            st["since_improvement"] += 1
-            if st["since_improvement"] % self.config.patience_lr == 0:
+            st.since_improvement += 1
+            if st.since_improvement % self.config.patience_lr == 0:
                 for opt in self.optimizers:
                     for group in opt.param_groups:
                         group["lr"] *= self.config.lr_decay
-        st.update(epoch=epoch + 1, epoch_step=0)
+        st.epoch, st.epoch_step = epoch + 1, 0
         lr = self.decoder_opt.param_groups[0]["lr"]
         if self.feed:
-            self.feed.write("epoch", split="train", epoch=epoch + 1, step=st["step"], loss=train_loss,
+            self.feed.write("epoch", split="train", epoch=epoch + 1, step=st.step, loss=train_loss,
                             top5=train_top5, lr=lr)
-            self.feed.write("epoch", split="val", epoch=epoch + 1, step=st["step"], loss=val_loss, top5=val_top5,
-                            bleu4=bleu4, lr=lr, best_bleu4=st["best_bleu4"], improved=improved)
+            self.feed.write("epoch", split="val", epoch=epoch + 1, step=st.step, loss=val_loss, top5=val_top5,
+                            bleu4=bleu4, lr=lr, best_bleu4=st.best_bleu4, improved=improved)
             self._write_summaries()
-        self._save(best=improved)
+        self.run.save(best=improved)
         if self.dist.is_main:
             self.progress.message(train_epoch_line(epoch + 1, self.config.epochs, train, val, lr,
                                                    time.monotonic() - self.epoch_started, improved))
-        if st["since_improvement"] >= self.config.patience_stop:
-            return f"no BLEU-4 gain for {st['since_improvement']} epochs"
+        if st.since_improvement >= self.config.patience_stop:
+            return f"no BLEU-4 gain for {st.since_improvement} epochs"
         return None
 
-    def fit(self) -> TrainResult:
-        start = time.monotonic()
-        reason = "completed"
-        first_epoch = self.state["epoch"]
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
-        previous = {s: signal.signal(s, self._on_signal) for s in signals}
-        if self.feed:  # the total lets followers of the feed show progress and an ETA
-            self.feed.write("start", epoch=self.state["epoch"], step=self.state["step"], epochs=self.config.epochs)
-        try:
-            for epoch in range(self.state["epoch"], self.config.epochs):
-                self.epoch_started = time.monotonic()
-                train = self._train_epoch(epoch)
-                stop = self._end_of_epoch(epoch, train, self.validate())
-                if stop:
-                    reason = stop
-                    break
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-        if self.feed:
-            self.feed.write("end", epoch=self.state["epoch"], step=self.state["step"], reason=reason,
-                            bleu4=self.state["best_bleu4"])
-        return TrainResult(self.prepared.name, self.state["epoch"], self.state["best_bleu4"], self.state["best_epoch"],
-                           self.paths["checkpoint"], self.paths["best"], reason, time.monotonic() - start,
-                           self.state["epoch"] - first_epoch)
+    def _epoch(self, epoch: int) -> str | None:
+        """Train and validate one epoch, then record and save it; returns a reason to stop or None."""
+        self.epoch_started = time.monotonic()
+        train = self._train_epoch(epoch)
+        return self._end_of_epoch(epoch, train, self.validate())
 
-    def _on_signal(self, signum, _frame) -> None:
-        self.stop_signal = signum
-        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+    def fit(self) -> TrainResult:
+        start, first_epoch = time.monotonic(), self.state.epoch
+        reason = self.run.run(self.config.epochs, self._epoch, end=lambda: {"bleu4": self.state.best_bleu4})
+        return TrainResult(self.prepared.name, self.state.epoch, self.state.best_bleu4, self.state.best_epoch,
+                           self.files.checkpoint, self.files.best, reason, time.monotonic() - start,
+                           self.state.epoch - first_epoch)
 

@@ -3,21 +3,22 @@ the checkpoint it resumes, its architecture, and the warning a random encoder de
 
 from __future__ import annotations
 
-import os
 from dataclasses import fields, replace
 
-from capcli.checkpoint import load_checkpoint
+from capcli.checkpoint import Checkpoint, read_checkpoint
 from capcli.config import ARCHITECTURE_FIELDS, SHAPES_TRAIN_DEFAULTS, ModelConfig, TrainConfig, is_shapes
 from capcli.data.hdf5 import PreparedData
 from capcli.errors import CheckpointError
+from capcli.lifecycle import TRAIN, existing_checkpoint, refuse_overwrite
+from capcli.paths import RunFiles
 from capcli.progress import Progress
 
 
-def model_config_for(ckpt: dict | None, options: dict, given: frozenset, vocab_size: int) -> ModelConfig:
+def model_config_for(ckpt: Checkpoint | None, options: dict, given: frozenset, vocab_size: int) -> ModelConfig:
     """The checkpoint's architecture on resume (a given option that conflicts with it is an error)."""
     if ckpt is None:
         return ModelConfig(vocab_size=vocab_size, **options)
-    saved = ModelConfig(**ckpt["model_config"])
+    saved = ckpt.model_config
     for field in ARCHITECTURE_FIELDS:
         if field in given and options.get(field) != getattr(saved, field):
             flag = "--" + field.replace("_", "-")
@@ -29,38 +30,23 @@ def model_config_for(ckpt: dict | None, options: dict, given: frozenset, vocab_s
     return saved
 
 
-_TRAIN_STATE = ("epoch", "step", "epoch_step", "best_bleu4", "best_epoch", "since_improvement", "bleu_history",
-                "history", "decoder_optimizer")
-
-
-def _resumable(path: str) -> dict:
+def _resumable(path: str) -> Checkpoint:
     """A training checkpoint that ``train`` can continue, checked before anything is built from it."""
     from capcli.model.captioner import model_from_checkpoint
 
-    ckpt = load_checkpoint(path)
-    model_from_checkpoint(path, ckpt)  # architecture, word map and weights, each with its own sentence
-    if ckpt.get("kind", "train") != "train":
-        raise CheckpointError(f"{path}: a {ckpt['kind']} checkpoint; `capcli train` continues training checkpoints "
-                              "(`capcli a2c --resume` continues A2C runs)")
-    missing = [k for k in _TRAIN_STATE if k not in ckpt]
-    wrong = [k for k in ("epoch", "step", "epoch_step", "best_epoch") if k in ckpt
-             and (not isinstance(ckpt[k], int) or isinstance(ckpt[k], bool) or ckpt[k] < 0)]
-    if missing or wrong:
-        problems = ([f"missing {', '.join(missing)}"] if missing else []) + [f"{k} is not a count" for k in wrong]
-        raise CheckpointError(f"{path}: cannot resume training from it ({'; '.join(problems)})")
+    ckpt = read_checkpoint(path)
+    model_from_checkpoint(ckpt)  # weights that fit the architecture
+    ckpt.check_resumable("train")
     return ckpt
 
 
-def resume_source(config: TrainConfig, paths: dict) -> dict | None:
+def resume_source(config: TrainConfig, files: RunFiles) -> Checkpoint | None:
+    """The checkpoint a run continues (``--checkpoint`` or ``--resume``), or None for a new run."""
     if config.checkpoint:
         return _resumable(config.checkpoint)
     if config.resume:
-        if not os.path.exists(paths["checkpoint"]):
-            raise CheckpointError(f"--resume: no checkpoint at {paths['checkpoint']} (train without --resume first)")
-        return _resumable(paths["checkpoint"])
-    if os.path.exists(paths["checkpoint"]) and not config.overwrite:
-        raise CheckpointError(f"{paths['checkpoint']} exists: continue it with --resume, or start over with "
-                              "--overwrite (which replaces its checkpoints and metrics)")
+        return _resumable(existing_checkpoint(files, TRAIN))
+    refuse_overwrite(files, TRAIN, config.overwrite)
     return None
 
 
@@ -80,7 +66,7 @@ def dataset_defaults(prepared: PreparedData, config: TrainConfig, model_options:
     return config, {**model_options, **{k: v for k, v in defaults.items() if k in model_fields}}
 
 
-def warn_random_encoder(config: TrainConfig, name: str, ckpt: dict | None, progress: Progress) -> None:
+def warn_random_encoder(config: TrainConfig, name: str, ckpt: Checkpoint | None, progress: Progress) -> None:
     if ckpt is None and not config.pretrained and not is_shapes(name):
         frozen = "frozen " if not config.fine_tune_encoder else ""
         progress.message(f"warning: --no-pretrained: the {frozen}encoder starts from random weights, so on real "

@@ -12,7 +12,7 @@ import subprocess
 
 import h5py
 
-from capcli.data.hdf5 import output_files
+from capcli.paths import data_file_names
 from tests.conftest import TINY_TRAIN, karpathy_entry, write_image, write_karpathy
 
 NAME = "shapes_5_1"
@@ -136,7 +136,7 @@ def test_train_overwrite_replaces_links_at_checkpoints_summaries_and_temps(train
 def test_prep_replaces_links_at_every_output_and_generated_image(run, tmp_path):
     out = tmp_path / "data"
     traps = Traps(tmp_path / "outside")
-    finals = [str(out / n) for n in output_files(NAME).values()]
+    finals = [str(out / n) for n in data_file_names(NAME).values()]
     generated = [str(out / "shapes" / "dataset_shapes.json")] + \
         [str(out / "shapes" / "images" / f"shapes_{i:06d}.jpg") for i in range(10)]
     for path in finals + generated:

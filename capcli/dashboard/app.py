@@ -10,7 +10,6 @@ saying so in one line.
 
 from __future__ import annotations
 
-import glob
 import os
 import threading
 import time
@@ -38,6 +37,7 @@ from capcli.dashboard.widgets import (
     write_error_log,
 )
 from capcli.metrics import CHARTS as METRIC_CHARTS
+from capcli.paths import checkpoint_files, checkpoint_stem, feed_file, feed_pattern, is_best, run_name_of_feed
 from capcli.runs import FeedTail, RunSummary, run_feeds, summarize
 
 __all__ = ["ERROR_LOG", "HELP", "Dashboard", "HelpScreen", "downsample"]
@@ -150,7 +150,7 @@ class Dashboard(App):
 
     def _feed_path(self) -> str | None:
         if self.run_name:
-            return os.path.join(self.output_folder, f"metrics_{self.run_name}.jsonl")
+            return feed_file(self.output_folder, self.run_name)
         feeds = run_feeds(self.output_folder)  # waits while there is none (or several: the CLI says so)
         return next(iter(feeds.values())) if len(feeds) == 1 else None
 
@@ -198,7 +198,7 @@ class Dashboard(App):
         s = self.summary
         path = self.tail.path if self.tail else None
         if path is None or not self.feed_exists or not self.lines:
-            where = path or os.path.join(self.output_folder, "metrics_*.jsonl")
+            where = path or feed_pattern(self.output_folder)
             panel.update(f"waiting for {escape(where)}…")
             return
         age = time.time() - (s.last_time or time.time())
@@ -211,7 +211,7 @@ class Dashboard(App):
         eta = "–"
         if total and s.mean_epoch_seconds and not s.ended:
             eta = age_text(max(total - (epoch or 0), 0) * s.mean_epoch_seconds)
-        lines = [f"{escape(os.path.basename(path)[8:-6])}  [b]{escape(s.stage or '?')}[/b]  {state}",
+        lines = [f"{escape(run_name_of_feed(path))}  [b]{escape(s.stage or '?')}[/b]  {state}",
                  f"epoch {epoch or 0}{f'/{total}' if total else ''}  step {s.last_step}",
                  f"best BLEU-4 {best}",
                  f"lr {'–' if lr is None else f'{lr:.2e}'}  per epoch {per_epoch}",
@@ -247,7 +247,7 @@ class Dashboard(App):
     @work(thread=True, exclusive=True, group="checkpoints")
     def refresh_checkpoints(self) -> None:
         found = {}
-        for path in sorted(glob.glob(os.path.join(self.output_folder, "*.pth.tar"))):
+        for path in checkpoint_files(self.output_folder):
             try:
                 mtime = os.path.getmtime(path)
                 known = self.checkpoints.get(path)
@@ -263,10 +263,10 @@ class Dashboard(App):
     def _apply_checkpoints(self, found: dict[str, CheckpointInfo]) -> None:
         self.checkpoints = found
         if self.chosen not in found:  # nothing chosen yet, or the file went away: prefer a BEST model
-            best = [p for p in found if os.path.basename(p).startswith("BEST_")]
+            best = [p for p in found if is_best(p)]
             self.chosen = (best or list(found) or [None])[0]
         now = time.time()
-        rows = [f"{escape(os.path.basename(c.path).removesuffix('.pth.tar')[:19]):<19} e{c.epoch:<3}"
+        rows = [f"{escape(checkpoint_stem(c.path)[:19]):<19} e{c.epoch:<3}"
                 f"{'–' if c.bleu4 is None else f'{c.bleu4:.3f}':>5} {age_text(now - c.mtime):>4}"
                 for c in found.values()]
         self.query_one("#checkpoints", Static).update("\n".join(rows) or "no checkpoints yet")

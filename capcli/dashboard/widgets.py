@@ -130,20 +130,18 @@ class CheckpointInfo:
 
 
 def read_checkpoint_info(path: str, mtime: float) -> CheckpointInfo:
-    from capcli.checkpoint import load_checkpoint
+    from capcli.checkpoint import A2CState, read_checkpoint
 
-    ckpt = load_checkpoint(path)
-    kind = ckpt.get("kind", "?")
-    epoch = int(ckpt.get("epoch", 0))
-    if kind == "a2c":
-        history = ckpt.get("history") or [{}]
-        bleu = history[-1].get("val_bleu4")
-        total = (ckpt.get("a2c_config") or {}).get("epochs")
+    ckpt = read_checkpoint(path)
+    epoch, state = ckpt.state.epoch, ckpt.state
+    if isinstance(state, A2CState):
+        last = state.history[-1] if state.history else {}
+        bleu = last.get("val_bleu4") if isinstance(last, dict) else None
+        total = ckpt.a2c_config.epochs if ckpt.a2c_config else None
     else:
-        history = ckpt.get("bleu_history") or []
-        bleu = history[epoch - 1] if 0 < epoch <= len(history) else None
-        total = (ckpt.get("train_config") or {}).get("epochs")
-    return CheckpointInfo(path, kind, epoch, bleu, total, mtime)
+        bleu = state.bleu_history[epoch - 1] if 0 < epoch <= len(state.bleu_history) else None
+        total = ckpt.train_config.epochs if ckpt.train_config else None
+    return CheckpointInfo(path, ckpt.kind, epoch, bleu, total, mtime)
 
 
 def age_text(seconds: float) -> str:

@@ -1,4 +1,4 @@
-"""The prepared-data file set, written and read side by side.
+"""The prepared-data file set, written and read side by side (its names: ``capcli.paths``).
 
 Per split: ``{SPLIT}_IMAGES_{name}.hdf5`` (dataset ``images``, uint8, (N, 3, S, S), RGB, root
 attribute ``captions_per_image``), ``{SPLIT}_CAPTIONS_{name}.json`` (N × captions_per_image
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import os
 import sys
 from collections.abc import Iterator
@@ -23,8 +22,8 @@ import h5py
 import numpy as np
 
 from capcli.data.jsonfiles import read_json
-from capcli.data.karpathy import SPLITS
 from capcli.errors import DataError, first_line
+from capcli.paths import data_file, name_candidates, prepared_names
 from capcli.safeio import atomic_path
 
 
@@ -85,17 +84,6 @@ def atomic_hdf5(path: str) -> Iterator[tuple[h5py.File, _GuardedFile]]:
         guard.check()
 
 
-def output_files(name: str) -> dict[str, str]:
-    """Every file name prep writes for ``name``, keyed by role (``WORDMAP``, ``TRAIN_IMAGES``...)."""
-    files = {"WORDMAP": f"WORDMAP_{name}.json"}
-    for split in SPLITS:
-        files[f"{split}_IMAGES"] = f"{split}_IMAGES_{name}.hdf5"
-        files[f"{split}_CAPTIONS"] = f"{split}_CAPTIONS_{name}.json"
-        files[f"{split}_CAPLENS"] = f"{split}_CAPLENS_{name}.json"
-    files["MANIFEST"] = f"MANIFEST_{name}.json"
-    return files
-
-
 class ImageWriter:
     """Streams slabs of (3, S, S) uint8 images into a growing HDF5 ``images`` dataset, written as
     :func:`atomic_hdf5` writes (``path`` appears when the writer closes without an error)."""
@@ -140,9 +128,7 @@ class PreparedData:
 
     def path(self, kind: str, split: str | None = None) -> str:
         """``kind`` is IMAGES, CAPTIONS, CAPLENS (with a split), WORDMAP or MANIFEST."""
-        ext = "hdf5" if kind == "IMAGES" else "json"
-        prefix = f"{split}_{kind}" if split else kind
-        return os.path.join(self.folder, f"{prefix}_{self.name}.{ext}")
+        return data_file(self.folder, self.name, kind, split)
 
     def word_map(self) -> dict[str, int]:
         data = read_json(self.path("WORDMAP"), DataError)
@@ -187,14 +173,9 @@ def find_prepared(folder: str, name: str | None = None) -> PreparedData:
     """
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: no such folder (run `capcli prep` first)")
-    names = sorted(os.path.basename(p)[len("WORDMAP_"):-len(".json")]
-                   for p in glob.glob(os.path.join(folder, "WORDMAP_*.json")))
+    names = prepared_names(folder)
     if name is not None:
-        candidates = [name]
-        if name.count("_") >= 2:  # dataset_cpi_mwf → the tutorial's long form
-            dataset, cpi, mwf = name.rsplit("_", 2)
-            candidates.append(f"{dataset}_{cpi}_cap_per_img_{mwf}_min_word_freq")
-        for candidate in candidates:
+        for candidate in name_candidates(name):
             if candidate in names:
                 return PreparedData(folder, candidate)
         raise DataError(f"no prepared data named {name!r} in {folder} "

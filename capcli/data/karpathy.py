@@ -22,7 +22,6 @@ from capcli.data.jsonfiles import read_json, require_regular_file
 from capcli.data.vocab import tokenize
 from capcli.errors import InputError
 
-SPLITS = ("TRAIN", "VAL", "TEST")
 _KARPATHY_SPLITS = {"train": "TRAIN", "restval": "TRAIN", "val": "VAL", "test": "TEST"}
 
 

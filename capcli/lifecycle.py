@@ -1,0 +1,154 @@
+"""The life of a run, shared by ``train`` and ``a2c``: what each keeps is its step, its epoch and its state.
+
+A run holds its lock (``capcli.runlock``) while it writes; refuses to resume what is not there and
+to replace what is there without ``--overwrite``; drops the feed lines of work it is about to
+redo; writes the feed's start and end lines; saves the latest checkpoint after every epoch (and
+every ``--save-every`` minutes) and ``BEST_`` when the epoch improved; and on SIGINT/SIGTERM
+finishes the step, saves, and stops with the exact command that resumes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from capcli.checkpoint import Checkpoint, RunState, save_checkpoint
+from capcli.errors import CapcliError, CheckpointError, Interrupted
+from capcli.feed import MetricsFeed
+from capcli.paths import RunFiles
+from capcli.progress import Progress
+from capcli.runlock import run_lock
+
+
+class NonFiniteLoss(CapcliError):
+    """The loss became NaN or infinite; nothing was saved."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The words and feed rules that differ between the two stages of a run."""
+
+    name: str  # the command, and the feed's stage
+    checkpoint: str  # what its checkpoint is called in messages
+    first_run: str  # how to make one when --resume finds none
+    overwrite_replaces: str  # what --overwrite replaces
+    where: str  # where a signal stopped it, from epoch and step
+    truncates_own_lines: bool  # a new or resumed run drops only this stage's feed lines (else every stage's)
+
+
+TRAIN = Stage("train", "checkpoint", "train without --resume first", "its checkpoints and metrics",
+              "at epoch {epoch} step {step}", truncates_own_lines=False)
+A2C = Stage("a2c", "A2C checkpoint", "start with --checkpoint first",
+            "the A2C checkpoints and the feed's a2c lines", "in A2C epoch {epoch}", truncates_own_lines=True)
+
+
+def hold_run(files: RunFiles, progress: Progress, writer: bool = True) -> contextlib.AbstractContextManager:
+    """The run's lock, for the process that writes its files (other DDP ranks hold nothing)."""
+    return run_lock(files.lock, progress.message) if writer else contextlib.nullcontext()
+
+
+def existing_checkpoint(files: RunFiles, stage: Stage) -> str:
+    """The checkpoint ``--resume`` continues.
+
+    Raises:
+        CheckpointError: there is none yet.
+    """
+    if not os.path.exists(files.checkpoint):
+        raise CheckpointError(f"--resume: no {stage.checkpoint} at {files.checkpoint} ({stage.first_run})")
+    return files.checkpoint
+
+
+def refuse_overwrite(files: RunFiles, stage: Stage, overwrite: bool) -> None:
+    """A new run never replaces an existing one unless told to.
+
+    Raises:
+        CheckpointError: the run's checkpoint exists and ``overwrite`` is not set.
+    """
+    if os.path.exists(files.checkpoint) and not overwrite:
+        raise CheckpointError(f"{files.checkpoint} exists: continue it with --resume, or start over with "
+                              f"--overwrite (which replaces {stage.overwrite_replaces})")
+
+
+class Lifecycle:
+    """One run from its first epoch to its last: signals, the feed's start and end lines, saving.
+
+    Args:
+        snapshot: the run's checkpoint as of now (called only when saving).
+        writer: whether this process writes the run's files (DDP rank 0).
+        save_every: minutes between saves inside an epoch (0: only at epoch ends).
+    """
+
+    def __init__(self, stage: Stage, files: RunFiles, state: RunState, snapshot: Callable[[], Checkpoint],
+                 writer: bool = True, save_every: float = 0.0) -> None:
+        self.stage, self.files, self.state, self.snapshot = stage, files, state, snapshot
+        self.feed = MetricsFeed(files.feed, stage.name) if writer else None
+        self.writer, self.save_every = writer, save_every
+        self.resume_hint = f"capcli {stage.name} --resume"
+        self.stop_signal: int | None = None
+        self._last_save = time.monotonic()
+
+    def open_feed(self, resumed: bool) -> None:
+        """Drop the feed lines of work about to be redone: all of them for a new run."""
+        if self.feed:
+            self.feed.truncate_after(self.state.step if resumed else -1,
+                                     stage=self.stage.name if self.stage.truncates_own_lines else None)
+
+    def run(self, epochs: int, epoch: Callable[[int], str | None], end: Callable[[], dict] = dict) -> str:
+        """Run ``epoch(i)`` for the epochs left up to ``epochs`` until one returns a reason to stop.
+
+        Returns:
+            Why the run ended ("completed" or the epoch's reason), as the feed's end line says.
+        """
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
+        previous = {s: signal.signal(s, self._on_signal) for s in signals}
+        reason = "completed"
+        if self.feed:  # the total lets followers of the feed show progress and an ETA
+            self.feed.write("start", epoch=self.state.epoch, step=self.state.step, epochs=epochs)
+        try:
+            for index in range(self.state.epoch, epochs):
+                self._last_save = time.monotonic()
+                stop = epoch(index)
+                if stop:
+                    reason = stop
+                    break
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if self.feed:
+            self.feed.write("end", epoch=self.state.epoch, step=self.state.step, reason=reason, **end())
+        return reason
+
+    def after_step(self, task) -> None:
+        """Between two steps: after a signal, save and stop; with ``save_every``, save when it is due.
+
+        Raises:
+            Interrupted: a signal came; the checkpoint is saved and the message says how to resume.
+        """
+        if self.stop_signal is not None:
+            task.close()
+            self.save(best=False)
+            where = self.stage.where.format(epoch=self.state.epoch + 1, step=self.state.step)
+            raise Interrupted(f"stopped by {signal.Signals(self.stop_signal).name} {where}; checkpoint saved to "
+                              f"{self.files.checkpoint}; continue with: {self.resume_hint}", self.stop_signal)
+        if self.save_every and time.monotonic() - self._last_save >= self.save_every * 60:
+            self.save(best=False)
+            self._last_save = time.monotonic()
+
+    def save(self, best: bool) -> None:
+        """The latest checkpoint, and ``BEST_`` too when ``best`` (only the writing process saves)."""
+        if not self.writer:
+            return
+        checkpoint = self.snapshot()
+        save_checkpoint(self.files.checkpoint, checkpoint)
+        if best:
+            save_checkpoint(self.files.best, checkpoint)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop_signal = signum
+        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
