@@ -56,7 +56,8 @@ def run_demo(data_folder: str = "data_output", output_folder: str = "model_outpu
     failed = next((r.error for r in results if r.error), None)
     if failed:
         raise CapcliError(f"demo: cannot caption a test image: {failed}")
-    written = pictures.write_pictures(results, output_folder, caption=False, attention=True, originals=originals)
+    written = pictures.write_pictures(results, output_folder, caption=False, attention=True, originals=originals,
+                                      name_each=True)
     captions = [DemoCaption(r, originals.get(os.path.basename(r.image), []), written[r.image]) for r in results]
     return DemoResult(prep, train, evaluation, captions, output_folder)
 

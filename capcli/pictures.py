@@ -134,17 +134,17 @@ def picture_names(images: list[str]) -> dict[str, str]:
 
 
 def write_pictures(results: list[CaptionResult], folder: str, caption: bool = True, attention: bool = False,
-                   originals: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+                   originals: dict[str, list[str]] | None = None, name_each: bool = False) -> dict[str, list[str]]:
     """Write ``caption_result.png``, ``attention_visualization.png`` (``attention``, where the decoder
     has attention) and ``caption_comparison.png`` (images with ``originals``, keyed by file name) for
-    every captioned image; with several images each name gets the image's (``caption_result_dog.png``).
-    Returns the paths written per image."""
+    every captioned image; with several images (or ``name_each``) each name gets the image's
+    (``caption_result_dog.png``). Returns the paths written per image."""
     originals = originals or {}
     good = [r for r in results if r.error is None]
     if not good or not (caption or attention or originals):
         return {}
     os.makedirs(folder, exist_ok=True)
-    names = picture_names([r.image for r in results]) if len(results) > 1 else {}
+    names = picture_names([r.image for r in results]) if name_each or len(results) > 1 else {}
 
     def path(base: str, image: str) -> str:
         return os.path.join(folder, f"{base}_{names[image]}.png" if names else f"{base}.png")
