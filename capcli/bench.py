@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from capcli.allocator import keep_freed_memory
+from capcli.allocator import tune_for_device
 from capcli.paths import data_file, train_files
 
 VOCAB = 2600
@@ -41,7 +41,7 @@ def machine_info(device: torch.device) -> dict:
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "cpu_bf16": cpu_supports_bf16(),
             "cpu_amx": cpu_has_amx(), "threads": torch.get_num_threads(),
-            "malloc_keeps_freed_memory": keep_freed_memory()}
+            "malloc_keeps_freed_memory": tune_for_device(str(device))}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda_bf16"] = torch.cuda.is_bf16_supported()
@@ -296,8 +296,9 @@ class _StageTimer:
 
 def _measure(kind: str, args: tuple) -> dict:
     """Run one measurement (in a fresh process, allocator set up as the CLI's) and add its peak memory."""
-    keep_freed_memory()
     device = torch.device(args[0]) if args and isinstance(args[0], str) else None
+    if device is not None:  # prep has no model and, as `capcli prep`, leaves malloc alone
+        tune_for_device(str(device))
     if device is not None and device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     functions = {"encoder": _bench_encoder, "train": _bench_train, "beam": _bench_beam, "prep": _bench_prep}

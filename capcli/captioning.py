@@ -162,3 +162,16 @@ def original_captions(captions_file: str) -> dict[str, list[str]]:
     else:
         images = read_karpathy_json(captions_file, "")[1]
     return {os.path.basename(img.ref): [" ".join(c) for c in img.captions] for img in images}
+
+
+def check_word_map(captioner: Captioner, word_map_file: str) -> None:
+    """A word map given with the checkpoint must be the checkpoint's own (the seed's ``-wm`` option).
+
+    Raises:
+        InputError: the file holds another word map.
+    """
+    from capcli.data.jsonfiles import read_json
+
+    if read_json(word_map_file) != captioner.word_map:
+        raise InputError(f"{word_map_file}: this word map differs from the one in {captioner.path}; "
+                         "leave out --word-map (the checkpoint holds its own)")

@@ -8,19 +8,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Names the CLI offers as choices, kept here (no torch import) so `capcli --help` stays instant.
+# The model's tables (capcli.model.encoder.ENCODER_DIMS, capcli.model.captioner.DECODERS) hold
+# the same names; tests check that they agree.
 DATASETS = ("shapes", "flickr8k", "flickr30k", "coco")
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+DECODERS = ("attention", "plain")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SPLITS = ("test", "val", "train")
+REWARDS = ("cider", "bleu4")  # capcli a2c --reward
+BASELINES = ("critic", "greedy")  # capcli a2c --baseline
 
 
 def is_shapes(name: str) -> bool:
     """Whether the prepared data set ``name`` (``{dataset}_{cpi}_{min_word_freq}``) is the synthetic one."""
     return name.rsplit("_", 2)[0] == "shapes"
 
-# The shapes dataset's own defaults. Its scenes are simple enough for 192-pixel images, and no
-# pretrained weights can be assumed, so a small encoder is trained along with the decoder — a
-# frozen random ResNet keeps too little colour and shape information (a linear probe on its
-# pooled features finds the colour of a lone shape 31–46 % of the time). Tuned to reach a
-# validation BLEU-4 above 0.5 within 10 minutes on a 2-core CPU; any option given wins.
+# The shapes dataset's own defaults (any option given wins): no pretrained weights can be assumed
+# offline and a frozen random ResNet keeps too little colour, so a small encoder is trained with the
+# decoder on 192-pixel images. Figures and how to reproduce them: docs/performance.md.
 SHAPES_IMAGE_SIZE = 192
+DEMO_EPOCHS = 3  # `capcli demo`: a first look in a few minutes
 SHAPES_TRAIN_DEFAULTS = {
     "encoder": "resnet18", "fine_tune_encoder": True, "encoder_lr": 5e-4, "decoder_lr": 1e-3,
     "embed_dim": 256, "attention_dim": 256, "decoder_dim": 256, "batch_size": 32, "epochs": 9,

@@ -13,14 +13,12 @@ from dataclasses import dataclass
 
 from capcli import pictures
 from capcli.captioning import CaptionResult, caption_files, load_captioner, original_captions
-from capcli.config import SHAPES_IMAGE_SIZE, PrepConfig, TrainConfig
+from capcli.config import DEMO_EPOCHS, SHAPES_IMAGE_SIZE, PrepConfig, TrainConfig
 from capcli.errors import CapcliError
 from capcli.evaluate import EvaluateResult, run_evaluate
 from capcli.prep import PrepResult, run_prep
 from capcli.progress import SILENT, Progress
 from capcli.train import TrainResult, output_paths, run_train
-
-DEMO_EPOCHS = 3
 
 
 @dataclass(frozen=True)
@@ -54,18 +52,12 @@ def run_demo(data_folder: str = "data_output", output_folder: str = "model_outpu
     originals = original_captions(os.path.join(data_folder, "shapes", "dataset_shapes.json"))
     images_folder = os.path.join(data_folder, "shapes", "images")
     chosen = [os.path.join(images_folder, image_id) for image_id in evaluation.image_ids[:3]]
-    captions = []
-    for result in caption_files(captioner, chosen, beam_size=3):
-        if result.error:
-            raise CapcliError(f"demo: cannot caption a test image: {result.error}")
-        stem = os.path.splitext(os.path.basename(result.image))[0]
-        refs = originals.get(os.path.basename(result.image), [])
-        written = [
-            pictures.attention_picture(result.pixels, result.words, result.attention,
-                                       os.path.join(output_folder, f"attention_visualization_{stem}.png")),
-            pictures.comparison_picture(result.pixels, result.caption, refs,
-                                        os.path.join(output_folder, f"caption_comparison_{stem}.png")),
-        ]
-        captions.append(DemoCaption(result, refs, written))
+    results = caption_files(captioner, chosen, beam_size=3)
+    failed = next((r.error for r in results if r.error), None)
+    if failed:
+        raise CapcliError(f"demo: cannot caption a test image: {failed}")
+    written = pictures.write_pictures(results, output_folder, caption=False, attention=True, originals=originals,
+                                      name_each=True)
+    captions = [DemoCaption(r, originals.get(os.path.basename(r.image), []), written[r.image]) for r in results]
     return DemoResult(prep, train, evaluation, captions, output_folder)
 

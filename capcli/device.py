@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from capcli.config import PRECISIONS
 from capcli.errors import CapcliError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,5 +1,5 @@
 """The caption pictures (Pillow only): image with caption, attention per word, and generated vs
-original captions.
+original captions; :func:`write_pictures` is the one writer `capcli caption` and the demo share.
 
 Attention (one weight per encoder pixel, 14 × 14) is upsampled smoothly to the image size and
 blended over the image as a heat map, one panel per word with the word as its title.
@@ -8,13 +8,18 @@ blended over the image as a heat map, one panel per word with the word as its ti
 from __future__ import annotations
 
 import math
+import os
 import textwrap
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from capcli.safeio import atomic_write
+
+if TYPE_CHECKING:
+    from capcli.captioning import CaptionResult
 
 PANEL = 224
 _BACKGROUND = (255, 255, 255)
@@ -116,3 +121,42 @@ def comparison_picture(pixels: np.ndarray, generated: str, references: list[str]
     lines = ["Generated:", f"  {generated}", "", "Original captions:"] + [f"  {i + 1}. {r}"
                                                                         for i, r in enumerate(references)]
     return _save(_stack(image, _text_block(lines, max(image.width, 560), 16)), path)
+
+
+def picture_names(images: list[str]) -> dict[str, str]:
+    """A distinct name part per image: its file stem, numbered when two images share one."""
+    names, seen = {}, {}
+    for image in images:
+        stem = os.path.splitext(os.path.basename(image))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        names[image] = stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"
+    return names
+
+
+def write_pictures(results: list[CaptionResult], folder: str, caption: bool = True, attention: bool = False,
+                   originals: dict[str, list[str]] | None = None, name_each: bool = False) -> dict[str, list[str]]:
+    """Write ``caption_result.png``, ``attention_visualization.png`` (``attention``, where the decoder
+    has attention) and ``caption_comparison.png`` (images with ``originals``, keyed by file name) for
+    every captioned image; with several images (or ``name_each``) each name gets the image's
+    (``caption_result_dog.png``). Returns the paths written per image."""
+    originals = originals or {}
+    good = [r for r in results if r.error is None]
+    if not good or not (caption or attention or originals):
+        return {}
+    os.makedirs(folder, exist_ok=True)
+    names = picture_names([r.image for r in results]) if name_each or len(results) > 1 else {}
+
+    def path(base: str, image: str) -> str:
+        return os.path.join(folder, f"{base}_{names[image]}.png" if names else f"{base}.png")
+
+    written: dict[str, list[str]] = {}
+    for r in good:
+        paths = written.setdefault(r.image, [])
+        if caption:
+            paths.append(caption_picture(r.pixels, r.caption, path("caption_result", r.image), r.score))
+        if attention and r.attention is not None:
+            paths.append(attention_picture(r.pixels, r.words, r.attention, path("attention_visualization", r.image)))
+        references = originals.get(os.path.basename(r.image))
+        if references:
+            paths.append(comparison_picture(r.pixels, r.caption, references, path("caption_comparison", r.image)))
+    return written

@@ -27,11 +27,48 @@ def test_every_command_has_help_with_example_and_defaults(run, name):
         if not isinstance(param, click.Option) or param.name == "help":
             continue
         assert param.help, f"{name} {param.opts[0]} has no help"
+        if param.hidden:  # only an old option name is hidden, and it says what replaced it
+            assert param.deprecated, f"{name} {param.opts[0]} is hidden without being deprecated"
+            continue
         assert param.opts[0] in result.output
         record = param.get_help_record(ctx)[1]
         default = param.get_default(ctx)
         if not param.is_flag and default is not None and not repr(default).endswith("UNSET"):
             assert "default:" in record, f"{name} {param.opts[0]} hides its default"
+
+
+def test_choices_are_the_models_own_names():
+    from capcli import device
+    from capcli.config import DECODERS, ENCODERS, PRECISIONS
+    from capcli.model.captioner import DECODERS as MODEL_DECODERS
+    from capcli.model.encoder import ENCODER_DIMS
+
+    assert ENCODERS == tuple(ENCODER_DIMS)
+    assert DECODERS == tuple(MODEL_DECODERS)
+    assert device.PRECISIONS is PRECISIONS
+    choices = {(c, p.name): tuple(p.type.choices) for c in ("train", "arch") for p in cli.commands[c].params
+               if isinstance(p.type, click.Choice)}
+    assert choices[("train", "encoder")] == choices[("arch", "encoder")] == ENCODERS
+    assert choices[("train", "decoder")] == choices[("arch", "decoder")] == DECODERS
+
+
+def test_option_defaults_are_the_configs_defaults():
+    from capcli.a2c import A2CConfig
+    from capcli.config import ModelConfig, PrepConfig, TrainConfig
+    from capcli.options import default
+
+    checked = 0
+    for command, config in (("train", TrainConfig), ("train", ModelConfig), ("a2c", A2CConfig), ("prep", PrepConfig)):
+        ctx = click.Context(cli.commands[command])
+        for param in cli.commands[command].params:
+            if not isinstance(param, click.Option) or param.name not in config.__dataclass_fields__ \
+                    or param.is_flag or callable(param.default):
+                continue
+            value = param.get_default(ctx)
+            if value is not None and not repr(value).endswith("UNSET"):
+                assert value == default(config, param.name), (command, param.name)
+                checked += 1
+    assert checked > 40
 
 
 def test_unknown_option_values_exit_2(run):

@@ -160,9 +160,15 @@ def test_arch_counts_and_shapes(run, decoder, fine_tune):
 
 
 def test_arch_from_checkpoint_and_graph_message(run_folder, run, monkeypatch):
-    result = run("arch", "--checkpoint", run_folder / f"BEST_{NAME}.pth.tar")
+    result = run("arch", "-m", run_folder / f"BEST_{NAME}.pth.tar")
     assert result.exit_code == 0, result.output
     assert "resnet18 encoder (frozen)" in result.stdout and "32×32" in result.stdout
+    # the old option name still works, says what replaced it, and prints the same report
+    old = run("arch", "--checkpoint", run_folder / f"BEST_{NAME}.pth.tar")
+    assert old.exit_code == 0 and old.stdout == result.stdout
+    assert "deprecated" in old.stderr and "-m/--model" in old.stderr
+    both = run("arch", "-m", run_folder / f"BEST_{NAME}.pth.tar", "--checkpoint", run_folder / "other.pth.tar")
+    assert both.exit_code == 2 and "give -m/--model only" in both.output
     monkeypatch.setitem(sys.modules, "torchviz", None)
     result = run("arch", "--encoder", "resnet18", "--vocab-size", 10, "--image-size", 32, "--graph",
                  run_folder / "g.png")

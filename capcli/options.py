@@ -1,0 +1,278 @@
+"""Every command-line option, declared once.
+
+Shared bundles (device / precision / seed, folders, architecture, decoding) are decorators the
+commands stack; choices come from the name tables in :mod:`capcli.config` (the model's own
+tables hold the same names) and defaults from the config dataclasses, so a default is written
+in one place. Nothing here imports torch at module level: ``capcli --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import click
+
+from capcli.config import (
+    BASELINES,
+    DATASETS,
+    DECODERS,
+    DEMO_EPOCHS,
+    ENCODERS,
+    PRECISIONS,
+    REWARDS,
+    SPLITS,
+    A2CConfig,
+    ModelConfig,
+    PrepConfig,
+    TrainConfig,
+)
+
+Decorator = Callable[[Callable], Callable]
+
+
+def default(config: type, field: str):
+    """The default of ``config``'s dataclass field ``field``: the one place an option's default lives."""
+    return next(f.default for f in dataclasses.fields(config) if f.name == field)
+
+
+def from_config(config: type, *decls: str, field: str | None = None, **attrs) -> Decorator:
+    """``click.option`` whose default, shown in ``--help``, is ``config``'s for the option's field."""
+    name = field or next(d for d in decls if d.startswith("--"))[2:].replace("-", "_")
+    return click.option(*decls, default=default(config, name), show_default=True, **attrs)
+
+
+def bundle(*options: Decorator) -> Decorator:
+    """One decorator applying ``options`` as if they were stacked in this order over the command."""
+    def apply(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
+def option_given(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave option ``name`` (rather than Click filling in its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def given_args(ctx: click.Context, leave_out: tuple[str, ...] = ("overwrite", "checkpoint")) -> list[str]:
+    """The options the user gave, as command-line words (for the command that resumes a run)."""
+    words: list[str] = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in leave_out or not option_given(ctx, param.name):
+            continue
+        value = ctx.params.get(param.name)
+        long = max(param.opts, key=len)
+        if param.is_flag and param.secondary_opts:
+            words.append(long if value else max(param.secondary_opts, key=len))
+        elif param.is_flag:
+            words += [long] if value else []
+        else:
+            words += [long, str(value)]
+    return words
+
+
+def _tune_allocator(ctx: click.Context, param: click.Parameter, device: str) -> str:
+    """Once the device is known, a CPU run keeps freed memory for reuse (CAPCLI_MALLOC_TUNING decides)."""
+    if not ctx.resilient_parsing:
+        from capcli.allocator import tune_for_device
+
+        tune_for_device(device)
+    return device
+
+
+def _parse_beams(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    try:
+        beams = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected beam sizes like 1,3,5") from None
+    if not beams or min(beams) < 1:
+        raise click.BadParameter(f"{value!r}: beam sizes are whole numbers ≥ 1")
+    return list(dict.fromkeys(beams))
+
+
+def _default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+# --- shared bundles ------------------------------------------------------------------------------
+
+device_option = from_config(TrainConfig, "--device", callback=_tune_allocator, help="auto, cpu, cuda or cuda:N.")
+
+
+def precision_option(help: str = "Autocast precision for inference.") -> Decorator:
+    return from_config(TrainConfig, "--precision", type=click.Choice(PRECISIONS), help=help)
+
+
+def run_options(config: type, seed_help: str,
+                precision_help: str = "auto: bf16 on CPUs with native bf16, fp16/bf16 autocast on CUDA, "
+                                      "else fp32.") -> Decorator:
+    """Where and how a training run computes: --device, --precision, --seed."""
+    return bundle(device_option, precision_option(precision_help),
+                  from_config(config, "--seed", type=int, help=seed_help))
+
+
+def data_folder_option(help: str = "Folder of prepared data (from `capcli prep`).", **attrs) -> Decorator:
+    attrs.setdefault("default", default(TrainConfig, "data_folder"))
+    return click.option("--data-folder", show_default=True, type=click.Path(file_okay=False), help=help, **attrs)
+
+
+def output_folder_option(help: str = "Where checkpoints, metrics and summaries are written.") -> Decorator:
+    return from_config(TrainConfig, "--output-folder", type=click.Path(file_okay=False), help=help)
+
+
+def name_option(help: str = "Run name, e.g. flickr8k_5_5 [default: the only run there].") -> Decorator:
+    return click.option("--name", default=None, help=help)
+
+
+model_option = click.option("-m", "--model", default=None, type=click.Path(dir_okay=False),
+                            help="Checkpoint [default: the only BEST_*.pth.tar in --output-folder].")
+
+architecture_options = bundle(
+    from_config(ModelConfig, "--encoder", type=click.Choice(ENCODERS), help="ResNet encoder."),
+    from_config(ModelConfig, "--decoder", type=click.Choice(DECODERS),
+                help="LSTM decoder with soft attention, or ImgCap's plain one."),
+    from_config(ModelConfig, "--embed-dim", type=click.IntRange(1), help="Word embedding size."),
+    from_config(ModelConfig, "--attention-dim", type=click.IntRange(1), help="Attention size."),
+    from_config(ModelConfig, "--decoder-dim", type=click.IntRange(1), help="LSTM hidden size."),
+    click.option("--one-hot", "--one_hot", is_flag=True, help="Fixed one-hot word vectors instead of embeddings."),
+)
+
+decoding_options = bundle(
+    click.option("--length-penalty", default=0.0, show_default=True, type=click.FloatRange(0),
+                 help="Rank finished captions by log-probability / length^this (0: the sum)."),
+    output_folder_option("Where models are found and results are written."),
+    device_option,
+    precision_option(),
+)
+
+prep_workers_option = click.option("--workers", default=_default_workers, show_default="CPU cores, at most 8",
+                                   type=click.IntRange(1, 256), help="Image decoding processes.")
+num_images_option = from_config(PrepConfig, "--num-images", type=click.IntRange(10),
+                                help="shapes only: images in total, split 80/10/10 into train/val/test.")
+beams_option = click.option("-b", "--beam", "--beam-size", "beams", default="1,3,5", show_default=True,
+                            callback=_parse_beams, help="Comma-separated beam sizes.")
+split_option = click.option("--split", type=click.Choice(SPLITS), default=SPLITS[0], show_default=True,
+                            help="Which split's images to caption and score.")
+demo_epochs_option = click.option("--epochs", default=DEMO_EPOCHS, show_default=True, type=click.IntRange(1),
+                                  help="Training epochs.")
+
+# --- one command's own options ------------------------------------------------------------------
+
+prep_options = bundle(
+    click.option("--dataset", type=click.Choice(DATASETS), default=None,
+                 help="Dataset name [default: shapes; the JSON's own name with --json; flickr30k with --csv]."),
+    click.option("--json", "json_path", type=click.Path(dir_okay=False),
+                 help="Karpathy split file (dataset_*.json) of a real dataset."),
+    click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
+                 help="Flickr30k Kaggle results.csv (image_name| comment_number| comment), split by image."),
+    click.option("--image-folder", type=click.Path(file_okay=False),
+                 help="Folder holding the dataset's images (with --json or --csv)."),
+    from_config(PrepConfig, "--output-folder", type=click.Path(file_okay=False),
+                help="Where the prepared files are written."),
+    from_config(PrepConfig, "--captions-per-image", type=click.IntRange(1, 100),
+                help="Captions stored per image (sampled, or repeated when an image has fewer)."),
+    from_config(PrepConfig, "--min-word-freq", type=click.IntRange(1),
+                help="Words seen fewer times in training captions become <unk>."),
+    from_config(PrepConfig, "--max-len", type=click.IntRange(1, 1000),
+                help="Longest caption kept, in words; longer captions are dropped."),
+    click.option("--image-size", default=None, type=click.IntRange(16, 2048),
+                 help="Side of the square RGB images stored in HDF5 [default: 256; 192 for shapes]."),
+    prep_workers_option,
+    from_config(PrepConfig, "--seed", type=int,
+                help="Seed for caption sampling, the CSV split and the shapes generator."),
+    num_images_option,
+    from_config(PrepConfig, "--val-fraction", type=click.FloatRange(0, 0.5),
+                help="--csv only: share of images put in the validation split."),
+    from_config(PrepConfig, "--test-fraction", type=click.FloatRange(0, 0.5),
+                help="--csv only: share of images put in the test split."),
+    click.option("--force", is_flag=True, help="Rebuild even when the output is up to date."),
+)
+
+
+def _train(*decls: str, **attrs) -> Decorator:
+    return from_config(TrainConfig, *decls, **attrs)
+
+
+train_options = bundle(
+    data_folder_option(),
+    name_option("Prepared data set name, e.g. flickr8k_5_5 [default: the only one]."),
+    output_folder_option(),
+    _train("--epochs", type=click.IntRange(0), help="Total epochs (on --resume: the total, not additional ones)."),
+    _train("--batch-size", "--batch_size", type=click.IntRange(1),
+           help="Captions per training batch: batch-size ÷ captions-per-image whole images, each with all "
+                "its captions (so an image is encoded once per step)."),
+    click.option("--resume", is_flag=True, help="Continue from model_outputs/checkpoint_{name}.pth.tar."),
+    click.option("--checkpoint", type=click.Path(dir_okay=False), help="Continue from this checkpoint file."),
+    click.option("--overwrite", is_flag=True, help="Start a new run even though this run's checkpoint exists."),
+    architecture_options,
+    click.option("--pretrained/--no-pretrained", default=default(TrainConfig, "pretrained"),
+                 help="Start the encoder from torchvision's ImageNet weights, downloaded into $TORCH_HOME when "
+                      "not there [default: yes, except on shapes]."),
+    click.option("--pretrained-weights", type=click.Path(dir_okay=False),
+                 help="ImageNet weights file to load instead of torchvision's download (offline machines)."),
+    click.option("--fine-tune-encoder/--frozen-encoder", "--fine_tune_encoder",
+                 default=default(TrainConfig, "fine_tune_encoder"),
+                 help="Train ResNet stages 2-4 too (no feature cache then) [default: frozen; trained on shapes]."),
+    _train("--teacher-forcing", type=click.FloatRange(0, 1),
+           help="Chance of feeding the true previous word (ImgCap used 0.9)."),
+    from_config(ModelConfig, "--dropout", type=click.FloatRange(0, 1), help="Dropout before the output layer."),
+    _train("--decoder-lr", type=float, help="Decoder learning rate."),
+    _train("--encoder-lr", type=float, help="Encoder learning rate (fine-tuning)."),
+    _train("--grad-clip", type=float, help="Clip gradients to ± this value."),
+    _train("--alpha-c", type=float, help="Weight of the doubly stochastic attention penalty."),
+    _train("--workers", type=click.IntRange(0), help="DataLoader worker processes."),
+    click.option("--compile", "compile_", is_flag=True, help="torch.compile the decoder for training."),
+    run_options(TrainConfig, "Random seed (data order, init, dropout)."),
+    click.option("--no-feature-cache", is_flag=True, help="Run the frozen encoder on every batch instead of caching."),
+    _train("--save-every", type=click.FloatRange(0),
+           help="Also checkpoint every this many minutes inside an epoch (0: only at epoch ends)."),
+    _train("--max-val-images", type=click.IntRange(0), help="Validate on at most this many images (0: all)."),
+    _train("--patience-lr", type=click.IntRange(1),
+           help="Epochs without BLEU-4 gain before the learning rates are multiplied by --lr-decay."),
+    _train("--lr-decay", type=click.FloatRange(0, 1, min_open=True),
+           help="Learning-rate factor applied after --patience-lr epochs without gain."),
+    _train("--patience-stop", type=click.IntRange(1), help="Epochs without BLEU-4 gain before training stops."),
+)
+
+
+def _a2c(*decls: str, **attrs) -> Decorator:
+    return from_config(A2CConfig, *decls, **attrs)
+
+
+a2c_options = bundle(
+    click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+                 help="The trained model to start from, e.g. model_outputs/BEST_shapes_5_5.pth.tar."),
+    data_folder_option("Folder of prepared data [default: where the model's training data was].",
+                       default=default(A2CConfig, "data_folder")),
+    name_option("Prepared data set name [default: the one the model was trained on]."),
+    output_folder_option("Where A2C checkpoints are written and the metrics feed is appended."),
+    click.option("--overwrite", is_flag=True, help="Start a new A2C run even though A2C_{name}.pth.tar exists."),
+    _a2c("--epochs", type=click.IntRange(1), help="Total A2C epochs."),
+    _a2c("--batch-size", "--batch_size", type=click.IntRange(1), help="Images per batch (one sampled caption each)."),
+    _a2c("--temperature", type=click.FloatRange(0.05), help="Sampling temperature (higher: more exploration)."),
+    _a2c("--entropy-weight", "--entropy_weight", type=click.FloatRange(0), help="Initial weight of the entropy bonus."),
+    click.option("--no-entropy-annealing", "--no_entropy_annealing", is_flag=True,
+                 help="Keep the entropy weight constant (default: anneal linearly to a tenth)."),
+    _a2c("--value-loss-weight", "--value_loss_weight", type=click.FloatRange(0),
+         help="Weight of the critic's squared error."),
+    _a2c("--freeze-encoder/--train-encoder", "--freeze_encoder", field="freeze_encoder",
+         help="Keep every encoder weight fixed."),
+    _a2c("--gamma", type=click.FloatRange(0, 1), help="Discount factor."),
+    _a2c("--reward", type=click.Choice(REWARDS),
+         help="Caption reward: CIDEr-D (document frequencies from the training references) or BLEU-4."),
+    _a2c("--reward-clip", type=click.FloatRange(0), help="Clip rewards to ± this (0: no clipping)."),
+    _a2c("--baseline", type=click.Choice(BASELINES),
+         help="critic: return − value; greedy: reward of the greedy caption (self-critical training)."),
+    _a2c("--actor-lr", type=float, help="Decoder learning rate."),
+    _a2c("--critic-lr", type=float, help="Critic learning rate."),
+    _a2c("--encoder-lr", type=float, help="Encoder learning rate (with --train-encoder)."),
+    _a2c("--grad-clip", type=click.FloatRange(0, min_open=True), help="Clip the gradient norm to this."),
+    _a2c("--max-len", type=click.IntRange(0), help="Longest sampled caption (0: the data's maximum)."),
+    _a2c("--max-val-images", type=click.IntRange(0), help="Validate on at most this many images (0: all)."),
+    click.option("--resume", is_flag=True, help="Continue from model_outputs/A2C_{name}.pth.tar."),
+    run_options(A2CConfig, "Random seed (data order, critic, sampling)."),
+)
