@@ -147,8 +147,7 @@ def _bench_train(device: torch.device, precision: str, quick: bool, mode: str) -
         batches = [b for b, _ in zip(loader, range(steps))]
         pairs = sum(int(b[1].shape[0] * b[1].shape[1]) for b in batches)
         # warm-up: every batch once, since oneDNN makes its bf16 kernels per matrix shape (the
-        # decoder's shrinking row counts) the first time it meets one, which a real run pays once;
-        # with 2 warm-up steps the first timed pass ran 0.25 s a step against 0.22 s for later ones
+        # decoder's shrinking row counts) the first time it meets one, which a real run pays once
         for b in batches:
             trainer.train_step(*b)
         times = []
@@ -328,8 +327,7 @@ def compare_captions(batched: list[tuple[list[int], float]], single: list[tuple[
     """How many images got another caption one at a time than in the batch, and the largest gap
     between the two captions' scores (summed log-probabilities) among them. Where the two row
     counts' matrix kernels round a near-tie differently, the search can go on to another caption
-    of nearly the same score (untrained bench model: gaps 0 to 0.36 against scores near −89); a
-    decoding bug would typically leave larger ones."""
+    of nearly the same score (docs/performance.md); a decoding bug would typically leave larger ones."""
     differing = [abs(a[1] - b[1]) for a, b in zip(batched, single) if a[0] != b[0]]
     return {"images": len(batched), "differing": len(differing), "largest_score_gap": max(differing, default=None)}
 
