@@ -129,7 +129,7 @@ def train_command(ctx: click.Context, **params) -> None:
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("-i", "--img", "img", multiple=True, type=click.Path(),
               help="An image (or folder) to caption; repeatable.")
-@options.model_option
+@options.model_option()
 @click.option("-wm", "--word-map", "--word_map", "word_map", default=None, type=click.Path(dir_okay=False),
               help="Word map JSON (optional: the checkpoint holds its own; if given it must match).")
 @click.option("-b", "--beam-size", "--beam", "--beam_size", "beam_size", default=5, show_default=True,
@@ -180,7 +180,7 @@ def _load_model(model: str | None, output_folder: str, device: str, precision: s
 
 
 @cli.command("evaluate")
-@options.model_option
+@options.model_option()
 @options.data_folder_option("Folder of prepared data.")
 @options.name_option("Prepared data set name [default: the one the model was trained on].")
 @options.split_option
@@ -291,8 +291,7 @@ def metrics_command(output_folder: str, name: str | None, width: int | None, hei
 
 
 @cli.command("arch")
-@click.option("-m", "--model", default=None, type=click.Path(dir_okay=False),
-              help="Describe the model in this checkpoint (else build one from the options below).")
+@options.model_option("Describe the model in this checkpoint (else build one from the options below).")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), hidden=True,
               deprecated="use -m/--model", help="Old name of -m/--model.")
 @options.architecture_options

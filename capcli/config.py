@@ -12,8 +12,8 @@ from dataclasses import dataclass
 # The model's tables (capcli.model.encoder.ENCODER_DIMS, capcli.model.captioner.DECODERS) hold
 # the same names; tests check that they agree.
 DATASETS = ("shapes", "flickr8k", "flickr30k", "coco")
-ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-DECODERS = ("attention", "plain")
+ENCODER_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+DECODER_NAMES = ("attention", "plain")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SPLITS = ("test", "val", "train")
 REWARDS = ("cider", "bleu4")  # capcli a2c --reward

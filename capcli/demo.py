@@ -16,9 +16,10 @@ from capcli.captioning import CaptionResult, caption_files, load_captioner, orig
 from capcli.config import DEMO_EPOCHS, SHAPES_IMAGE_SIZE, PrepConfig, TrainConfig
 from capcli.errors import CapcliError
 from capcli.evaluate import EvaluateResult, run_evaluate
+from capcli.paths import train_files
 from capcli.prep import PrepResult, run_prep
 from capcli.progress import SILENT, Progress
-from capcli.train import TrainResult, output_paths, run_train
+from capcli.train import TrainResult, run_train
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def run_demo(data_folder: str = "data_output", output_folder: str = "model_outpu
     prep = run_prep(PrepConfig(output_folder=data_folder, num_images=num_images, workers=workers,
                                image_size=SHAPES_IMAGE_SIZE), progress)
     config = TrainConfig(data_folder=data_folder, output_folder=output_folder, name=prep.name, epochs=epochs,
-                         resume=os.path.exists(output_paths(output_folder, prep.name)["checkpoint"]))
+                         resume=os.path.exists(train_files(output_folder, prep.name).checkpoint))
     progress.message(f"Training {epochs} epochs on {prep.name} (resnet18 trained with the decoder)…")
     train = run_train(config, given=frozenset({"epochs"}), progress=progress)  # the shapes defaults otherwise
     captioner = load_captioner(train.best_checkpoint)

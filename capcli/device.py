@@ -19,13 +19,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _cpu_probe(name: str) -> bool:
+    """One of torch.cpu's instruction-set probes (private API: False where this torch lacks it)."""
+    probe = getattr(torch.cpu, name, None)
+    return bool(probe()) if callable(probe) else False
+
+
 def cpu_has_amx() -> bool:
-    return bool(torch.cpu._is_amx_tile_supported())
+    return _cpu_probe("_is_amx_tile_supported")
 
 
 def cpu_supports_bf16() -> bool:
     """Native bf16 matrix instructions (AVX512-BF16 or AMX); without them bf16 is emulated and slow."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or cpu_has_amx())
+    return _cpu_probe("_is_avx512_bf16_supported") or cpu_has_amx()
 
 
 @dataclass(frozen=True)

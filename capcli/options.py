@@ -17,9 +17,9 @@ import click
 from capcli.config import (
     BASELINES,
     DATASETS,
-    DECODERS,
+    DECODER_NAMES,
     DEMO_EPOCHS,
-    ENCODERS,
+    ENCODER_NAMES,
     PRECISIONS,
     REWARDS,
     SPLITS,
@@ -128,12 +128,14 @@ def name_option(help: str = "Run name, e.g. flickr8k_5_5 [default: the only run 
     return click.option("--name", default=None, help=help)
 
 
-model_option = click.option("-m", "--model", default=None, type=click.Path(dir_okay=False),
-                            help="Checkpoint [default: the only BEST_*.pth.tar in --output-folder].")
+def model_option(help: str = "Checkpoint [default: the only BEST_*.pth.tar in --output-folder].") -> Decorator:
+    """The checkpoint to use, ``-m/--model`` in every command that reads one."""
+    return click.option("-m", "--model", default=None, type=click.Path(dir_okay=False), help=help)
+
 
 architecture_options = bundle(
-    from_config(ModelConfig, "--encoder", type=click.Choice(ENCODERS), help="ResNet encoder."),
-    from_config(ModelConfig, "--decoder", type=click.Choice(DECODERS),
+    from_config(ModelConfig, "--encoder", type=click.Choice(ENCODER_NAMES), help="ResNet encoder."),
+    from_config(ModelConfig, "--decoder", type=click.Choice(DECODER_NAMES),
                 help="LSTM decoder with soft attention, or ImgCap's plain one."),
     from_config(ModelConfig, "--embed-dim", type=click.IntRange(1), help="Word embedding size."),
     from_config(ModelConfig, "--attention-dim", type=click.IntRange(1), help="Attention size."),

@@ -105,6 +105,12 @@ def results_file(output_folder: str, stem: str, beam: int) -> str:
     return _in(output_folder, f"results_{stem}_beam{beam}.json")
 
 
+def picture_file(output_folder: str, kind: str, image_name: str | None = None) -> str:
+    """The pictures of ``caption`` and the demo: ``{kind}.png``, or ``{kind}_{image_name}.png`` for one of
+    several images, ``kind`` being ``caption_result``, ``attention_visualization`` or ``caption_comparison``."""
+    return _in(output_folder, f"{kind}_{image_name}.png" if image_name else f"{kind}.png")
+
+
 def chart_files(output_folder: str, name: str) -> list[str]:
     """``capcli metrics --save-png``: loss, top-5 and BLEU-4 charts, then all four together."""
     return [_in(output_folder, f"{kind}_{name}.png")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from capcli.paths import picture_file
 from capcli.safeio import atomic_write
 
 if TYPE_CHECKING:
@@ -146,8 +147,8 @@ def write_pictures(results: list[CaptionResult], folder: str, caption: bool = Tr
     os.makedirs(folder, exist_ok=True)
     names = picture_names([r.image for r in results]) if name_each or len(results) > 1 else {}
 
-    def path(base: str, image: str) -> str:
-        return os.path.join(folder, f"{base}_{names[image]}.png" if names else f"{base}.png")
+    def path(kind: str, image: str) -> str:
+        return picture_file(folder, kind, names.get(image))
 
     written: dict[str, list[str]] = {}
     for r in good:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -50,11 +50,6 @@ class TrainResult:
     stop_reason: str
     seconds: float
     epochs_trained: int = 0  # in this call: 0 when --epochs asked for nothing more
-
-
-def output_paths(output_folder: str, name: str) -> dict[str, str]:
-    """The run's file names by role (``checkpoint``, ``best``, ``feed``...); see :func:`capcli.paths.train_files`."""
-    return asdict(train_files(output_folder, name))
 
 
 def run_train(config: TrainConfig, model_options: dict | None = None, given: frozenset = frozenset(),

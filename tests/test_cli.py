@@ -39,17 +39,17 @@ def test_every_command_has_help_with_example_and_defaults(run, name):
 
 def test_choices_are_the_models_own_names():
     from capcli import device
-    from capcli.config import DECODERS, ENCODERS, PRECISIONS
+    from capcli.config import DECODER_NAMES, ENCODER_NAMES, PRECISIONS
     from capcli.model.captioner import DECODERS as MODEL_DECODERS
     from capcli.model.encoder import ENCODER_DIMS
 
-    assert ENCODERS == tuple(ENCODER_DIMS)
-    assert DECODERS == tuple(MODEL_DECODERS)
+    assert ENCODER_NAMES == tuple(ENCODER_DIMS)
+    assert DECODER_NAMES == tuple(MODEL_DECODERS)
     assert device.PRECISIONS is PRECISIONS
     choices = {(c, p.name): tuple(p.type.choices) for c in ("train", "arch") for p in cli.commands[c].params
                if isinstance(p.type, click.Choice)}
-    assert choices[("train", "encoder")] == choices[("arch", "encoder")] == ENCODERS
-    assert choices[("train", "decoder")] == choices[("arch", "decoder")] == DECODERS
+    assert choices[("train", "encoder")] == choices[("arch", "encoder")] == ENCODER_NAMES
+    assert choices[("train", "decoder")] == choices[("arch", "decoder")] == DECODER_NAMES
 
 
 def test_option_defaults_are_the_configs_defaults():

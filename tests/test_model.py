@@ -87,6 +87,38 @@ def test_captions_sharing_their_image_train_as_with_repeated_features(decoder_na
     torch.testing.assert_close(ours_grads, expected_grads)
 
 
+@pytest.mark.parametrize("kernels", [False, True])
+def test_captions_sharing_their_image_keep_no_more_for_backward_than_repeated_features(kernels):
+    """Each word's attention takes views of the running captions' pixels: the tensors saved for
+    the backward pass are no larger than with the features repeated per caption (a per-word
+    gather kept a copy of every caption's pixels for every word)."""
+    from capcli.model import cpu
+
+    torch.manual_seed(0)
+    _, decoder = build_model(ModelConfig(vocab_size=13, encoder="resnet18", embed_dim=16, attention_dim=8,
+                                         decoder_dim=12, dropout=0.0))
+    if kernels:
+        assert cpu.enable(torch.device("cpu"), decoder=decoder)
+    features = torch.randn(4, 14, 14, 512)
+    image_of = torch.arange(4).repeat_interleave(5)
+    captions, lengths = torch.randint(3, 13, (20, 14)), torch.full((20,), 14)
+
+    def saved_bytes(*inputs) -> int:
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            decoder(*inputs)
+        return sum(storages.values())
+
+    shared = saved_bytes(features, captions, lengths, 1.0, image_of)
+    repeated = saved_bytes(features[image_of], captions, lengths)
+    assert shared <= repeated + features.nbytes, (shared, repeated)  # + the per-image features themselves
+
+
 @pytest.mark.parametrize("decoder_name", ["attention", "plain"])
 def test_output_layer_run_once_after_the_loop_gives_the_per_word_logits_and_gradients(decoder_name):
     """Pure teacher forcing runs the output layer once over every real position; a teacher-forcing

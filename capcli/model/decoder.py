@@ -57,8 +57,17 @@ class DecoderState:
             image_of = torch.arange(self.rows, device=self.h.device)[rows]
         return replace(self, h=self.h[rows], c=self.c[rows], image_of=image_of)
 
-    def per_row(self, per_image: torch.Tensor) -> torch.Tensor:
+    def unshared(self) -> DecoderState:
+        """Every per-image tensor copied out to one entry per row (``image_of`` None): a training
+        batch then takes views of its running rows at every word instead of gathering copies."""
+        if self.image_of is None:
+            return self
+        return replace(self, pixels=self.per_row(self.pixels), projected=self.per_row(self.projected), image_of=None)
+
+    def per_row(self, per_image: torch.Tensor | None) -> torch.Tensor | None:
         """A per-image tensor's entry for every row: (rows, …)."""
+        if per_image is None:
+            return None
         if self.image_of is None:
             return per_image[:self.rows]
         return per_image.index_select(0, self.image_of)
@@ -120,7 +129,7 @@ class _Decoder(nn.Module):
         if image_of is None:
             state = self.init_state(features[order])
         else:
-            state = self.init_state(features).select(image_of[order])  # a row per caption
+            state = self.init_state(features).select(image_of[order]).unshared()  # a row per caption
         # with pure teacher forcing no input depends on a prediction: the output layer runs once, after the loop
         once = teacher_forcing >= 1.0
         running = (lengths - 1).tolist()  # words to predict per caption
@@ -165,6 +174,9 @@ class AttentionDecoder(_Decoder):
     def init_state(self, features: torch.Tensor, decoding: bool = False) -> DecoderState:
         pixels = features.flatten(1, 2)  # (batch, num_pixels, encoder_dim)
         mean = pixels.mean(dim=1)  # (batch, encoder_dim)
+        device_type = pixels.device.type
+        if torch.is_autocast_enabled(device_type):  # cast once here, not at every word's weighted sum
+            pixels = pixels.to(torch.get_autocast_dtype(device_type))
         state = DecoderState(self.init_h(mean), self.init_c(mean), pixels, self.attention.encoder_att(pixels),
                              decoding=decoding)
         return state if self.kernels is None else self.kernels.prepare(self, state)

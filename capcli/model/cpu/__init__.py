@@ -5,7 +5,9 @@ Nothing here runs unless :func:`enable` is called, once, after the device is kno
 ``a2c``, the captioning service and ``bench`` do). Every kernel may decline a call (it returns
 None, and the textbook form runs); a kernel that fails, e.g. an operator this torch build lacks
 or calls differently, is switched off with one debug line and the textbook form runs from then
-on. Private torch APIs are used here only, and only on the torch versions they were tested on.
+on. (The sigmoid form's backward pass runs inside ``loss.backward()``, past any fallback; it uses
+public operators only.) Private torch APIs are used here only, and only on the torch versions
+they were tested on.
 Figures and how to reproduce them: docs/performance.md.
 """
 
@@ -34,6 +36,9 @@ def enable(device: torch.device, encoder=None, decoder=None, compiled: bool = Fa
     """Give ``encoder`` and ``decoder`` (either may be None) the CPU kernels when they run on the
     CPU; returns whether they got them. ``compiled``: the decoder's step is compiled, so it keeps
     the textbook form (the compiler fuses it itself)."""
+    for module in (encoder, decoder):
+        if module is not None:
+            module.kernels = None
     if device.type != "cpu":
         return False
     if torch_release() not in TESTED_TORCH:
@@ -86,16 +91,17 @@ class DecoderKernels(_Kernels):
         self.table_cell = TableCell()
 
     def prepare(self, decoder, state):
-        """``state`` with what the kernels need once per image: pixels in the autocast dtype (cast
-        once, not every word); for decoding without gradients e^(−2p), otherwise p in fp32."""
+        """``state`` with what the kernels need once per image: for decoding without gradients
+        e^(−2p), otherwise p in fp32 (the sigmoid form works in fp32)."""
         if not self.on or state.projected is None:
             return state
-        pixels = state.pixels
-        if torch.is_autocast_enabled("cpu"):
-            pixels = pixels.to(torch.get_autocast_dtype("cpu"))
-        if state.decoding and not torch.is_grad_enabled():
-            return replace(state, pixels=pixels, prepared=cpu_attention.decoding_factors(state.projected))
-        return replace(state, pixels=pixels, projected=state.projected.float())
+        try:
+            if state.decoding and not torch.is_grad_enabled():
+                return replace(state, prepared=cpu_attention.decoding_factors(state.projected))
+            return replace(state, projected=state.projected.float())
+        except _FAILURES as exc:
+            self._failed("attention", exc)
+            return state
 
     def attend(self, attention, state):
         if not self.on:
