@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Torch comes from this pinned pair only; the constraints file stops anything pulling another.
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install lint clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
+
+# On a machine with a CUDA GPU: the `gpu` tests and the bench on the GPU, figures in gpu-check/*.json.
+gpu-check: $(VENV)/.installed-test
+	@if ! $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		echo "gpu-check: no CUDA device here; skipped"; exit 0; fi; \
+	rm -rf gpu-check && mkdir gpu-check && \
+	$(BIN)/python -c "import json, torch; print(json.dumps({'gpu': torch.cuda.get_device_name(), 'torch': torch.__version__, 'cuda': torch.version.cuda}))" > gpu-check/device.json && \
+	CAPCLI_GPU_CHECK_OUT=gpu-check $(BIN)/python -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py && \
+	$(BIN)/capcli bench --device cuda --quick --json gpu-check/bench.json
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check capcli tests
