@@ -14,7 +14,7 @@ import click
 
 from capcli import __version__, options, render
 from capcli.config import DATASETS, SHAPES_IMAGE_SIZE
-from capcli.errors import CapcliError, Interrupted, os_error_message
+from capcli.errors import CapcliError, Interrupted, os_error_message, out_of_memory_message
 from capcli.options import option_given
 from capcli.progress import close_open_bars
 
@@ -27,7 +27,8 @@ class _Failure(click.ClickException):
 
 class CapcliGroup(click.Group):
     """The one error boundary: service errors and failures of the machine (a full disk, a
-    read-only folder) become one line and exit code 1; an interrupt exits 128 + the signal."""
+    read-only folder, memory running out) become one line and exit code 1; an interrupt exits
+    128 + the signal."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -42,6 +43,11 @@ class CapcliGroup(click.Group):
             raise _Failure(os_error_message(exc)) from None
         except KeyboardInterrupt:
             raise _Failure("interrupted", 130) from None
+        except RuntimeError as exc:  # torch's out-of-memory errors; anything else is a bug, with its traceback
+            message = out_of_memory_message(exc)
+            if message is None:
+                raise
+            raise _Failure(message) from None
         finally:
             close_open_bars()  # a loop that raised leaves its bar drawn; the error gets its own line
 

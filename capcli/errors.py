@@ -60,3 +60,14 @@ def os_error_message(exc: OSError) -> str:
     """One line for a failure of the machine rather than of capcli: the file and what to do."""
     reason = _OS_HINTS.get(exc.errno) or exc.strerror or first_line(exc)
     return f"{exc.filename}: {reason}" if exc.filename is not None else reason
+
+
+def out_of_memory_message(exc: BaseException) -> str | None:
+    """The user's line for torch running out of GPU (or CPU) memory; None for any other error."""
+    text = str(exc)
+    on_gpu = type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in text
+    if not on_gpu and "DefaultCPUAllocator: can't allocate memory" not in text:
+        return None
+    where = "the GPU" if on_gpu else "the machine"
+    return (f"{where} ran out of memory ({first_line(exc, 120)}); use a smaller --batch-size, "
+            "--precision bf16 or fp16 on a GPU, or a smaller --encoder; checkpoints already saved are kept")

@@ -222,3 +222,30 @@ def test_hdf5_on_a_full_disk_with_small_writes_never_crashes_the_interpreter(mou
     assert done.returncode == 1, (done.returncode, done.stderr[-2000:])  # -11 would be the HDF5 crash
     assert done.stdout.split() == [str(errno.ENOSPC), str(target)] and "Traceback" not in done.stderr
     assert os.listdir(disk) == []  # no temporary file, no half-written cache
+
+
+@pytest.mark.parametrize("error, said", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.11 GiB total)"),
+     "the GPU ran out of memory"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 21474836480 bytes"), "the machine ran out of memory")])
+def test_running_out_of_memory_in_training_is_one_line(data, tmp_path, run, monkeypatch, error, said):
+    """A batch too large for the GPU (or the machine): one line that says what to change, exit 1;
+    the run's lock is released."""
+    from capcli.train import Trainer
+
+    def too_big(self, *batch):
+        raise error
+
+    monkeypatch.setattr(Trainer, "train_step", too_big)
+    out = tmp_path / "out"
+    result = run("train", "--data-folder", data, "--output-folder", out, *TINY_TRAIN, "--epochs", 1)
+    assert result.exit_code == 1, result.output
+    assert said in result.output and "--batch-size" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()[-1]) < 400
+    def bug(self, *batch):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Trainer, "train_step", bug)
+    result = run("train", "--data-folder", data, "--output-folder", out, *TINY_TRAIN, "--epochs", 1)
+    assert isinstance(result.exception, RuntimeError) and str(result.exception) == "a bug"  # bugs keep their traceback
