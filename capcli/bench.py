@@ -143,7 +143,7 @@ def _bench_train(device: torch.device, precision: str, quick: bool, mode: str) -
                           train_files(config.output_folder, prepared.name), device, DistInfo(), SILENT, None)
         trainer.decoder.train()
         trainer.encoder.train(mode == "finetune")
-        loader = trainer._loader(trainer.train_rows, trainer._epoch_indices(0, 0), images_per_step)
+        loader = trainer._loader(trainer.train_rows, trainer._epoch_batches(0, 0))  # images_per_step a batch
         batches = [b for b, _ in zip(loader, range(steps))]
         pairs = sum(int(b[1].shape[0] * b[1].shape[1]) for b in batches)
         # warm-up: every batch once, since oneDNN makes its bf16 kernels per matrix shape (the

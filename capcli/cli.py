@@ -128,7 +128,8 @@ def train_command(ctx: click.Context, **params) -> None:
     given = frozenset(k for k in (*model_options, *params) if option_given(ctx, k))
     config = TrainConfig(compile=params.pop("compile_"), feature_cache=not params.pop("no_feature_cache"), **params)
     result = run_train(config, model_options, given, TerminalProgress(), options.given_args(ctx))
-    render.train_result(result)
+    if result.main_rank:  # the other torchrun ranks print nothing
+        render.train_result(result)
 
 
 @cli.command("caption")

@@ -4,7 +4,8 @@ A run holds its lock (``capcli.runlock``) while it writes; refuses to resume wha
 to replace what is there without ``--overwrite``; drops the feed lines of work it is about to
 redo; writes the feed's start and end lines; saves the latest checkpoint after every epoch (and
 every ``--save-every`` minutes) and ``BEST_`` when the epoch improved; and on SIGINT/SIGTERM
-finishes the step, saves, and stops with the exact command that resumes it.
+finishes the step, saves, and stops with the exact command that resumes it. Under torchrun a
+signal to any rank stops every rank after the same step, and rank 0 alone saves.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from capcli.checkpoint import Checkpoint, RunState, save_checkpoint
+from capcli.distributed import DistInfo, barrier, max_over_ranks
 from capcli.errors import CapcliError, CheckpointError, Interrupted
 from capcli.feed import MetricsFeed
 from capcli.paths import RunFiles
@@ -79,15 +81,16 @@ class Lifecycle:
 
     Args:
         snapshot: the run's checkpoint as of now (called only when saving).
-        writer: whether this process writes the run's files (DDP rank 0).
+        ranks: the torchrun ranks (rank 0 alone writes the run's files); one process when None.
         save_every: minutes between saves inside an epoch (0: only at epoch ends).
     """
 
     def __init__(self, stage: Stage, files: RunFiles, state: RunState, snapshot: Callable[[], Checkpoint],
-                 writer: bool = True, save_every: float = 0.0) -> None:
+                 ranks: DistInfo | None = None, save_every: float = 0.0) -> None:
         self.stage, self.files, self.state, self.snapshot = stage, files, state, snapshot
-        self.feed = MetricsFeed(files.feed, stage.name) if writer else None
-        self.writer, self.save_every = writer, save_every
+        self.ranks = ranks or DistInfo()
+        self.writer, self.save_every = self.ranks.is_main, save_every
+        self.feed = MetricsFeed(files.feed, stage.name) if self.writer else None
         self.resume_hint = f"capcli {stage.name} --resume"
         self.stop_signal: int | None = None
         self._last_save = time.monotonic()
@@ -128,14 +131,21 @@ class Lifecycle:
         """Between two steps: after a signal, save and stop; with ``save_every``, save when it is due.
 
         Raises:
-            Interrupted: a signal came; the checkpoint is saved and the message says how to resume.
+            Interrupted: a signal came (to any rank); the checkpoint is saved and the message says
+                how to resume.
         """
-        if self.stop_signal is not None:
+        signum = max_over_ranks(self.stop_signal or 0, self.ranks)  # every rank stops after the same step
+        if signum:
             task.close()
             self.save(best=False)
+            barrier(self.ranks)  # no rank exits before the checkpoint is written (torchrun stops the rest then)
+            name = signal.Signals(signum).name
             where = self.stage.where.format(epoch=self.state.epoch + 1, step=self.state.step)
-            raise Interrupted(f"stopped by {signal.Signals(self.stop_signal).name} {where}; checkpoint saved to "
-                              f"{self.files.checkpoint}; continue with: {self.resume_hint}", self.stop_signal)
+            if not self.writer:
+                raise Interrupted(f"rank {self.ranks.rank}: stopped by {name} {where} with every rank; "
+                                  "rank 0 saved the checkpoint", signum)
+            raise Interrupted(f"stopped by {name} {where}; checkpoint saved to "
+                              f"{self.files.checkpoint}; continue with: {self.resume_hint}", signum)
         if self.save_every and time.monotonic() - self._last_save >= self.save_every * 60:
             self.save(best=False)
             self._last_save = time.monotonic()

@@ -23,9 +23,19 @@ from capcli.data.hdf5 import PreparedData, find_prepared
 from capcli.data.jsonfiles import write_json
 from capcli.data.vocab import END, PAD, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
-from capcli.distributed import DistInfo, barrier, init_distributed, shutdown, unwrap
+from capcli.distributed import (
+    DistInfo,
+    collective_errors,
+    gather_lists,
+    init_distributed,
+    my_batches,
+    padded_share,
+    shutdown,
+    sum_over_ranks,
+    unwrap,
+)
 from capcli.errors import CapcliError, DataError
-from capcli.features import cache_key, encode_images, encoder_fingerprint, ensure_features, features_path
+from capcli.features import cache_key, encode_images, encoder_fingerprint, ensure_features
 from capcli.lifecycle import TRAIN, Lifecycle, NonFiniteLoss, hold_run
 from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import build_model
@@ -50,43 +60,58 @@ class TrainResult:
     stop_reason: str
     seconds: float
     epochs_trained: int = 0  # in this call: 0 when --epochs asked for nothing more
+    main_rank: bool = True  # False on the other torchrun ranks, which print nothing
 
 
 def run_train(config: TrainConfig, model_options: dict | None = None, given: frozenset = frozenset(),
               progress: Progress = SILENT, resume_args: Sequence[str] = ()) -> TrainResult:
-    """Train (or resume) as ``config`` says.
+    """Train (or resume) as ``config`` says; under torchrun on every rank, rank 0 alone printing and writing.
 
     Args:
         model_options: architecture fields for a new run (see :class:`ModelConfig`).
         given: the names of the options the user gave: they win over the data set's defaults, and
             architecture ones are checked against a resumed checkpoint.
         resume_args: the options as given, for the resume command an interrupted run prints.
+
+    Raises:
+        RankLost: under torchrun, another rank died or did not answer within the timeout.
     """
     device = resolve_device(config.device)
     dist_info = init_distributed(device)
     if dist_info.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
+    if not dist_info.is_main:
+        progress = SILENT
     try:
-        prepared = find_prepared(config.data_folder, config.name)
-        for split in ("TRAIN", "VAL"):  # present and whole, before anything reads or writes
-            prepared.images_meta(split)
-        config, model_options = dataset_defaults(prepared, config, model_options or {}, given)
-        files = train_files(config.output_folder, prepared.name)
-        if config.epochs == 0:  # nothing can be trained: no lock, no folder, nothing written
-            return _nothing_to_train(prepared.name, files, None, 0)
-        with hold_run(files, progress, dist_info.is_main):
-            ckpt = resume_source(config, files)
-            if config.epochs <= (ckpt.state.epoch if ckpt is not None else 0):
-                return _nothing_to_train(prepared.name, files, ckpt, config.epochs)
-            word_map = prepared.word_map()
-            model_config = model_config_for(ckpt, model_options, given, len(word_map))
-            warn_random_encoder(config, prepared.name, ckpt, progress)
-            trainer = Trainer(config, model_config, prepared, word_map, files, device, dist_info, progress, ckpt)
-            trainer.run.resume_hint = resume_command("train", resume_args, [("--name", prepared.name)])
-            return trainer.fit()
+        with collective_errors(dist_info):
+            result = _train(config, model_options or {}, given, progress, resume_args, device, dist_info)
+        result.main_rank = dist_info.is_main
+        return result
     finally:
         shutdown(dist_info)
+
+
+def _train(config: TrainConfig, model_options: dict, given: frozenset, progress: Progress,
+           resume_args: Sequence[str], device: torch.device, dist_info: DistInfo) -> TrainResult:
+    """The run on this rank, inside the collective-error boundary of :func:`run_train`."""
+    prepared = find_prepared(config.data_folder, config.name)
+    for split in ("TRAIN", "VAL"):  # present and whole, before anything reads or writes
+        prepared.images_meta(split)
+    config, model_options = dataset_defaults(prepared, config, model_options, given)
+    files = train_files(config.output_folder, prepared.name)
+    if config.epochs == 0:  # nothing can be trained: no lock, no folder, nothing written
+        return _nothing_to_train(prepared.name, files, None, 0)
+    with hold_run(files, progress, dist_info.is_main):
+        ckpt = resume_source(config, files)
+        if config.epochs <= (ckpt.state.epoch if ckpt is not None else 0):
+            return _nothing_to_train(prepared.name, files, ckpt, config.epochs)
+        word_map = prepared.word_map()
+        model_config = model_config_for(ckpt, model_options, given, len(word_map))
+        warn_random_encoder(config, prepared.name, ckpt, progress)
+        trainer = Trainer(config, model_config, prepared, word_map, files, device, dist_info, progress, ckpt)
+        trainer.run.resume_hint = resume_command("train", resume_args, [("--name", prepared.name)])
+        return trainer.fit()
 
 
 def _nothing_to_train(name: str, files: RunFiles, ckpt: Checkpoint | None, epochs: int) -> TrainResult:
@@ -122,7 +147,7 @@ class Trainer:
             self._calibrate_encoder()
         self._build_optimizers(ckpt)
         self.state: TrainState = ckpt.state if ckpt is not None else TrainState()
-        self.run = Lifecycle(TRAIN, files, self.state, self._snapshot, dist_info.is_main, config.save_every)
+        self.run = Lifecycle(TRAIN, files, self.state, self._snapshot, dist_info, config.save_every)
         self.feed = self.run.feed
         self.run.open_feed(resumed=ckpt is not None)
         self._build_data()
@@ -169,10 +194,9 @@ class Trainer:
         if fingerprint is None:
             return self.prepared.path("IMAGES", split), "images"
         key = cache_key(fingerprint, self.prepared.images_meta(split)[1])
-        if self.dist.is_main:  # rank 0 computes; the others wait and then read the finished file
-            ensure_features(self.encoder, self.prepared, split, key, self.device, self.precision, self.progress)
-        barrier(self.dist)
-        return features_path(self.prepared, split, key), "features"
+        # every rank encodes a share; rank 0 writes the file the others read once it is finished
+        return ensure_features(self.encoder, self.prepared, split, key, self.device, self.precision, self.progress,
+                               self.dist), "features"
 
     def _build_data(self) -> None:
         fingerprint = encoder_fingerprint(self.encoder) if self.cached else None
@@ -203,16 +227,17 @@ class Trainer:
             return encode_images(self.train_encoder, x, self.device, self.precision, train=True)
         return encode_images(self.encoder, x, self.device, self.precision)
 
-    def _loader(self, dataset, indices: list[int] | None, batch_size: int) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, sampler=indices, shuffle=False,
-                          num_workers=self.config.workers, persistent_workers=False,
+    def _loader(self, dataset, batches: Sequence[Sequence[int]]) -> DataLoader:
+        return DataLoader(dataset, batch_sampler=batches, num_workers=self.config.workers, persistent_workers=False,
                           pin_memory=self.device.type == "cuda")
 
-    def _epoch_indices(self, epoch: int, skip_steps: int) -> list[int]:
-        """This rank's image order for ``epoch``: fixed by (seed, epoch), so resume redoes it exactly."""
+    def _epoch_batches(self, epoch: int, skip_steps: int) -> list[list[int]]:
+        """This rank's image batches for ``epoch``: the order is fixed by (seed, epoch), so resume redoes
+        it exactly; under torchrun it is padded by repeating images so every rank has as many batches."""
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.train_rows), generator=generator)[self.dist.rank::self.dist.world]
-        return order[skip_steps * self.images_per_batch:].tolist()
+        order = padded_share(torch.randperm(len(self.train_rows), generator=generator).tolist(), self.dist)
+        size = self.images_per_batch
+        return [order[i:i + size] for i in range(skip_steps * size, len(order), size)]
 
     @staticmethod
     def _image_of(features: torch.Tensor, cpi: int) -> torch.Tensor:
@@ -254,7 +279,7 @@ class Trainer:
         self.encoder.train(self.encoder_opt is not None)
         torch.manual_seed(self.config.seed * 100_003 + epoch)
         skip = self.state.epoch_step
-        loader = self._loader(self.train_rows, self._epoch_indices(epoch, skip), self.images_per_batch)
+        loader = self._loader(self.train_rows, self._epoch_batches(epoch, skip))
         task = self.progress.task(f"epoch {epoch + 1}/{self.config.epochs}", len(loader), "batch")
         totals, log_every = [0.0, 0.0, 0], max(1, len(loader) // 20)
         for x, captions, lengths in loader:
@@ -269,21 +294,39 @@ class Trainer:
                                 top5=top5, lr=self.decoder_opt.param_groups[0]["lr"])
             self.run.after_step(task)  # a signal saves and stops here; --save-every saves
         task.close()
-        n = max(totals[2], 1)
-        return totals[0] / n, totals[1] / n
+        loss_sum, top5_sum, n = sum_over_ranks(totals, self.dist)  # the epoch's figures over every rank
+        return loss_sum / max(n, 1), top5_sum / max(n, 1)
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float, float]:
-        """Validation loss and top-5 (teacher forced), and BLEU-4 from batched greedy decoding."""
+        """Validation loss and top-5 (teacher forced), and BLEU-4 from batched greedy decoding.
+
+        Under torchrun each rank takes every world-th batch and every rank gets all the results,
+        joined in batch order: the same figures as one process, and the same decisions on every rank.
+        """
         self.decoder.eval()
         self.encoder.eval()
-        loss_sum = top5_sum = batches = 0.0
+        results = sorted(gather_lists(self._validate_batches(), self.dist), key=lambda result: result[0])
+        loss_sum = top5_sum = 0.0
         hypotheses = []
+        for _, loss, top5, words in results:  # summed in batch order, as one process sums them
+            loss_sum, top5_sum = loss_sum + loss, top5_sum + top5
+            hypotheses.extend(words)
+        bleu4 = corpus_bleu4(self.val_refs[:len(hypotheses)], hypotheses)
+        batches = max(len(results), 1)
+        return loss_sum / batches, top5_sum / batches, bleu4
+
+    def _validate_batches(self) -> list[tuple[int, float, float, list[list[str]]]]:
+        """(batch number, loss, top-5, decoded words of each image) for this rank's validation batches."""
         start, end = self.word_map[START], self.word_map[END]
         banned = (self.word_map[PAD], self.word_map[START])  # as captioning and evaluation decode
         # --batch-size images a batch (not captions): no gradients here, and greedy decoding is
         # cheaper per image in large batches
-        for x, captions, lengths in self._loader(self.val_rows, None, self.config.batch_size):
+        size, count = self.config.batch_size, len(self.val_rows)
+        numbers = my_batches(-(-count // size), self.dist)
+        batches = [range(k * size, min((k + 1) * size, count)) for k in numbers]
+        results = []
+        for k, (x, captions, lengths) in zip(numbers, self._loader(self.val_rows, batches)):
             captions, lengths = captions.flatten(0, 1).to(self.device), lengths.flatten().to(self.device)
             with self.precision.autocast():
                 image_features = self._features(x, False)  # each image encoded once for loss and BLEU
@@ -291,10 +334,8 @@ class Trainer:
                                               self._image_of(image_features, self.cpi))
                 loss, top5 = caption_loss(logits, alphas, captions, lengths, self.config.alpha_c)
                 decoded = greedy(self.decoder, image_features, start, end, self.max_len, banned, attention=False)
-            loss_sum, top5_sum, batches = loss_sum + loss.item(), top5_sum + top5.item(), batches + 1
-            hypotheses.extend(self.to_words(d.tokens) for d in decoded)
-        bleu4 = corpus_bleu4(self.val_refs[:len(hypotheses)], hypotheses)
-        return loss_sum / max(batches, 1), top5_sum / max(batches, 1), bleu4
+            results.append((k, loss.item(), top5.item(), [self.to_words(d.tokens) for d in decoded]))
+        return results
 
     def _snapshot(self) -> Checkpoint:
         """The run as of now, with the weights of the unwrapped (not DDP, not compiled) model."""
