@@ -3,7 +3,7 @@
 A run holds its lock (``capcli.runlock``) while it writes; refuses to resume what is not there and
 to replace what is there without ``--overwrite``; drops the feed lines of work it is about to
 redo; writes the feed's start and end lines; saves the latest checkpoint after every epoch (and
-every ``--save-every`` minutes) and ``BEST_`` when the epoch improved; and on SIGINT/SIGTERM
+every ``--save-every`` minutes) and ``BEST_`` when the epoch improved; and on SIGINT/SIGTERM/SIGHUP
 finishes the step, saves, and stops with the exact command that resumes it. Under torchrun a
 signal to any rank stops every rank after the same step, and rank 0 alone saves.
 """
@@ -108,7 +108,8 @@ class Lifecycle:
             Why the run ended ("completed" or the epoch's reason), as the feed's end line says.
         """
         in_main_thread = threading.current_thread() is threading.main_thread()
-        signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
+        # SIGHUP: the SSH session that started the run dropped
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if in_main_thread else ()
         previous = {s: signal.signal(s, self._on_signal) for s in signals}
         reason = "completed"
         if self.feed:  # the total lets followers of the feed show progress and an ETA

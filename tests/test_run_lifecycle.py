@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from capcli.checkpoint import load_checkpoint
 from capcli.feed import read_feed
 from tests.conftest import TINY_TRAIN, run_subprocess
 
@@ -64,7 +65,6 @@ def test_ctrl_c_exits_130_with_a_command_that_resumes(data, tmp_path, run):
     words = shlex.split(hint)
     assert words[:2] == ["capcli", "train"] and "--resume" in words and "--overwrite" not in words
     assert str(out) in words and str(data) in words and words[words.index("--epochs") + 1] == "50"
-    from capcli.checkpoint import load_checkpoint
 
     stopped_at = load_checkpoint(str(out / "checkpoint_shapes_5_1.pth.tar"))["step"]
     words[words.index("--epochs") + 1] = "1"  # the pasted command, asking only to finish the first epoch
@@ -74,13 +74,16 @@ def test_ctrl_c_exits_130_with_a_command_that_resumes(data, tmp_path, run):
     assert resumed["epoch"] == 1 and resumed["step"] == 11 > stopped_at  # 32 images, 3 a batch: 11 steps
 
 
-def test_sigterm_exit_code_is_143(data, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: the SSH session dropped
+def test_sigterm_or_sighup_saves_and_exits_128_plus_the_signal(data, tmp_path, signum):
     out = tmp_path / "out"
     proc = run_subprocess(*train_args(data, out, "--epochs", 50))
     _wait_for_feed(out / "metrics_shapes_5_1.jsonl")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM and "continue with: capcli train" in err
+    assert proc.returncode == 128 + signum and "continue with: capcli train" in err
+    assert f"stopped by {signal.Signals(signum).name}" in err
+    assert load_checkpoint(str(out / "checkpoint_shapes_5_1.pth.tar"))["step"] >= 1
 
 
 def test_two_processes_on_one_run_one_trains_the_other_refuses(data, tmp_path):
@@ -201,7 +204,6 @@ def test_pretrained_downloads_into_torch_home_and_trains(real_data, tmp_path, ru
     assert result.exit_code == 0, result.output
     cached = tmp_path / "th" / "hub" / "checkpoints" / name
     assert cached.read_bytes() == served.with_name(name).read_bytes()
-    from capcli.checkpoint import load_checkpoint
 
     saved = load_checkpoint(str(tmp_path / "out" / "checkpoint_flickr8k_2_1.pth.tar"))
     assert saved["train_config"]["pretrained"] is True
