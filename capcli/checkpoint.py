@@ -33,7 +33,6 @@ FORMAT = "capcli-checkpoint"
 VERSION = 1
 
 
-
 class _KeepWriteError:
     """The file ``torch.save`` writes through. PyTorch's zip writer turns a failed write (a full
     disk) into an opaque ``RuntimeError`` ("enforce fail ... unexpected pos"); the first

@@ -62,9 +62,16 @@ class _Kernels:
     def __init__(self) -> None:
         self.on = True
 
-    def _failed(self, name: str, exc: Exception) -> None:
-        log.debug("CPU kernel %s failed (%s: %s); using the textbook form", name, type(exc).__name__, exc)
-        self.on = False
+    def _run(self, name: str, kernel, *args, declined=None):
+        """``kernel(*args)``, or ``declined`` once the kernels are off or when this call fails."""
+        if not self.on:
+            return declined
+        try:
+            return kernel(*args)
+        except _FAILURES as exc:
+            log.debug("CPU kernel %s failed (%s: %s); using the textbook form", name, type(exc).__name__, exc)
+            self.on = False
+            return declined
 
 
 class EncoderKernels(_Kernels):
@@ -73,13 +80,7 @@ class EncoderKernels(_Kernels):
         self.fused = cpu_encoder.FusedEncoder()
 
     def infer(self, encoder, images: torch.Tensor) -> torch.Tensor | None:
-        if not self.on:
-            return None
-        try:
-            return self.fused(encoder, images)
-        except _FAILURES as exc:
-            self._failed("fused encoder", exc)
-            return None
+        return self._run("fused encoder", self.fused, encoder, images)
 
 
 class DecoderKernels(_Kernels):
@@ -93,32 +94,21 @@ class DecoderKernels(_Kernels):
     def prepare(self, decoder, state):
         """``state`` with what the kernels need once per image: for decoding without gradients
         e^(−2p), otherwise p in fp32 (the sigmoid form works in fp32)."""
-        if not self.on or state.projected is None:
+        if state.projected is None:
             return state
-        try:
-            if state.decoding and not torch.is_grad_enabled():
-                return replace(state, prepared=cpu_attention.decoding_factors(state.projected))
-            return replace(state, projected=state.projected.float())
-        except _FAILURES as exc:
-            self._failed("attention", exc)
-            return state
+        return self._run("attention", _prepared, state, declined=state)
 
     def attend(self, attention, state):
-        if not self.on:
-            return None
-        try:
-            if state.prepared is not None:
-                return cpu_attention.product_form(attention, state)
-            return cpu_attention.sigmoid_form(attention, state)
-        except _FAILURES as exc:
-            self._failed("attention", exc)
-            return None
+        form = cpu_attention.product_form if state.prepared is not None else cpu_attention.sigmoid_form
+        return self._run("attention", form, attention, state)
 
     def cell(self, decoder, words, rest, state):
-        if not self.on or not state.decoding or torch.is_grad_enabled():
+        if not state.decoding or torch.is_grad_enabled():
             return None
-        try:
-            return self.table_cell(decoder, words, rest, state.h, state.c)
-        except _FAILURES as exc:
-            self._failed("decoding cell", exc)
-            return None
+        return self._run("decoding cell", self.table_cell, decoder, words, rest, state.h, state.c)
+
+
+def _prepared(state):
+    if state.decoding and not torch.is_grad_enabled():
+        return replace(state, prepared=cpu_attention.decoding_factors(state.projected))
+    return replace(state, projected=state.projected.float())
