@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from capcli.captioning import Captioner
+from capcli.content import ContentReport, format_report, shapes_report
 from capcli.data.datasets import Images
 from capcli.data.hdf5 import PreparedData, find_prepared
 from capcli.data.jsonfiles import read_json, write_json
@@ -41,6 +42,7 @@ class EvaluateResult:
     json_path: str
     results_paths: dict[int, str]
     seconds: float
+    content: ContentReport | None = None  # shapes only: does each caption name the drawn objects
 
 
 def _image_ids(prepared: PreparedData, split: str, count: int) -> list[str]:
@@ -88,16 +90,18 @@ def run_evaluate(captioner: Captioner, data_folder: str, name: str | None, split
     for k in beams:
         results_paths[k] = results_file(output_folder, stem, k)
         write_json(results_paths[k], [{"image_id": i, "caption": " ".join(h)} for i, h in zip(ids, hypotheses[k])])
+    captions = {k: [" ".join(h) for h in hypotheses[k]] for k in beams}
+    reference_texts = [[" ".join(r) for r in refs] for refs in references]
+    content = shapes_report(prepared.folder, prepared.name, ids, captions, reference_texts)
     json_path = evaluation_file(output_folder, stem)
     write_json(json_path, {
         "model": captioner.path, "data": {"folder": prepared.folder, "name": prepared.name}, "split": split.lower(),
         "images": len(images), "length_penalty": length_penalty,
         "scores": {str(k): scores[k] for k in beams}, "results_files": {str(k): p for k, p in results_paths.items()},
+        **({"content": content.to_dict()} if content else {}),
     })
-    captions = {k: [" ".join(h) for h in hypotheses[k]] for k in beams}
-    return EvaluateResult(prepared.name, split.lower(), len(images), scores, captions,
-                          [[" ".join(r) for r in refs] for refs in references], ids, json_path, results_paths,
-                          time.monotonic() - start)
+    return EvaluateResult(prepared.name, split.lower(), len(images), scores, captions, reference_texts, ids,
+                          json_path, results_paths, time.monotonic() - start, content)
 
 
 def format_table(result: EvaluateResult) -> str:
@@ -106,4 +110,6 @@ def format_table(result: EvaluateResult) -> str:
     lines = [header, "-" * len(header)]
     for k, scores in result.scores.items():
         lines.append(f"{k:>4}  " + "  ".join(f"{scores[n]:>8.4f}" for n in SCORE_NAMES))
+    if result.content is not None:
+        lines += ["", format_report(result.content)]
     return "\n".join(lines)

@@ -31,7 +31,7 @@ SIZES = {"small": (15, 21), "large": (36, 46)}  # radius range in pixels on the 
 
 # Synonyms are few on purpose: variety comes from the sentence templates, and a caption a model
 # cannot predict from the pixels (a random synonym) only lowers every score's ceiling.
-_SIZE_WORDS = {"small": ("small",), "large": ("large", "big")}
+SIZE_WORDS = {"small": ("small",), "large": ("large", "big")}
 _RELATION_WORDS = {
     "left": ("left of", "to the left of"),
     "right": ("right of", "to the right of"),
@@ -143,7 +143,7 @@ def render(seed: int, index: int) -> tuple[Image.Image, list[Shape]]:
 
 
 def _noun_phrase(s: Shape, rng: random.Random, size: bool = True, det: str = "a") -> str:
-    words = ([rng.choice(_SIZE_WORDS[s.size])] if size else []) + [s.colour, s.shape]
+    words = ([rng.choice(SIZE_WORDS[s.size])] if size else []) + [s.colour, s.shape]
     if det == "a" and words[0][0] in "aeiou":
         det = "an"
     return " ".join([det, *words])
@@ -155,7 +155,7 @@ def _rel(a: Shape, b: Shape, rng: random.Random) -> str:
 
 def _one(s: Shape, rng: random.Random) -> list[str]:
     pic, bg = rng.choice(_PICTURE_WORDS), rng.choice(_BACKGROUND_WORDS)
-    size = rng.choice(_SIZE_WORDS[s.size])
+    size = rng.choice(SIZE_WORDS[s.size])
     return [
         f"{_noun_phrase(s, rng)} on a {bg} background",
         f"there is {_noun_phrase(s, rng)} in the {pic}",
