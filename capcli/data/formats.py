@@ -109,6 +109,8 @@ def _detect_json(path: str, text: str) -> Detected:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
+        if _second_line_is_an_object(text):
+            return Detected(JSONL, text)  # JSON lines with a broken first line: a bad row
         raise InputError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     if isinstance(data, list):
         return Detected(JSONL, text, data)
@@ -120,3 +122,11 @@ def _detect_json(path: str, text: str) -> Detected:
     raise InputError(f"{path}: line 1: a JSON file capcli cannot read: expected a Karpathy split file "
                      "('images' with 'sentences'), COCO captions ('images' and 'annotations' lists), "
                      "one object per line (JSONL) or a list of objects")
+
+
+def _second_line_is_an_object(text: str) -> bool:
+    lines = [line for line in text.split("\n", 20)[:20] if line.strip()]
+    try:
+        return len(lines) > 1 and isinstance(json.loads(lines[1]), dict)
+    except ValueError:
+        return False
