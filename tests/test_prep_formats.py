@@ -166,7 +166,7 @@ def test_flickr8k_split_lists_given_as_options(tmp_path, run, flickr8k):
 # --- Kaggle captions.txt ----------------------------------------------------------------------------
 
 
-def test_kaggle_captions_txt_with_quoted_commas(tmp_path, run):
+def _kaggle(tmp_path):
     folder = tmp_path / "Images"
     rows = ["image,caption"]
     for i in range(10):
@@ -174,9 +174,13 @@ def test_kaggle_captions_txt_with_quoted_commas(tmp_path, run):
         rows += [f'{2000 + i}.jpg,"A child, in pink, climbs stairs {i} ."'] + \
                 [f"{2000 + i}.jpg,A girl going into building {i} number {k} ." for k in range(1, 5)]
     (tmp_path / "captions.txt").write_text("\n".join(rows) + "\n")
+    return tmp_path / "captions.txt", folder
+
+
+def test_kaggle_captions_txt_with_quoted_commas(tmp_path, run):
+    path, folder = _kaggle(tmp_path)
     out = tmp_path / "out"
-    _prep(run, out, "--captions", tmp_path / "captions.txt", "--image-folder", folder,
-          "--val-fraction", 0.2, "--test-fraction", 0.2)
+    _prep(run, out, "--captions", path, "--image-folder", folder, "--val-fraction", 0.2, "--test-fraction", 0.2)
     sources = _sources(out, "flickr8k_5_1")
     assert [len(sources[s]) for s in SPLITS] == [6, 2, 2]
     refs = _references(out, "flickr8k_5_1")
@@ -348,3 +352,29 @@ def test_jsonl_then_train_then_evaluate_without_references_files(tmp_path, run):
     for split in SPLITS:  # a folder prepared before REFERENCES existed still trains and evaluates
         os.remove(data / f"{split}_REFERENCES_birds_5_1.json")
     _train_and_evaluate(run, data, tmp_path / "models", "birds_5_1")
+
+
+def _results_csv(tmp_path):
+    folder = tmp_path / "flickr30k_images"
+    rows = ["image_name| comment_number| comment"]
+    for i in range(10):
+        write_image(folder / f"{3000 + i}.jpg", distinct_colour(90 + i))
+        rows += [f"{3000 + i}.jpg| {k}| A man number {i} , view {k} ." for k in range(5)]
+    (tmp_path / "results.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "results.csv", folder
+
+
+@pytest.mark.parametrize("kind", ["flickr8k", "kaggle", "results.csv", "csv", "tsv"])
+def test_each_other_format_then_train_then_evaluate(tmp_path, run, request, kind):
+    if kind == "flickr8k":
+        path, folder, _ = request.getfixturevalue("flickr8k")
+    elif kind == "kaggle":
+        path, folder = _kaggle(tmp_path)
+    elif kind == "results.csv":
+        path, folder = _results_csv(tmp_path)
+    else:
+        path, folder, _, _ = _generic(tmp_path, kind)
+    data = tmp_path / "data"
+    _prep(run, data, "--captions", path, "--image-folder", folder, "--dataset", "any", "--val-fraction", 0.2,
+          "--test-fraction", 0.2)
+    _train_and_evaluate(run, data, tmp_path / "models", "any_5_1")
