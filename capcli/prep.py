@@ -83,8 +83,10 @@ def _with_dataset(config: PrepConfig) -> PrepConfig:
     if not config.caption_files:
         return replace(config, dataset="shapes")
     name = suggest_dataset(config.caption_files)
-    if name is None or name == "shapes":
-        raise InputError(f"cannot tell which dataset {config.caption_files[0]} holds; add --dataset NAME")
+    if name is None or name == "shapes" or dataset_name_problem(name):  # a Karpathy file names itself
+        raise InputError(f"cannot tell which dataset {config.caption_files[0]} holds"
+                         + (f" ({dataset_name_problem(name)})" if name and name != "shapes" else "")
+                         + "; add --dataset NAME")
     return replace(config, dataset=name)
 
 

@@ -271,6 +271,16 @@ def test_unsafe_dataset_names_are_refused(tmp_path, run, name):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_dataset_name_from_the_file_must_be_safe_too(tmp_path, run):
+    write_image(tmp_path / "images" / "a.jpg")
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps({"dataset": "../../escape", "images": [
+        {"filename": "a.jpg", "split": "train", "sentences": [{"tokens": ["a", "dog"]}]}]}))
+    result = run("prep", "--json", path, "--image-folder", tmp_path / "images", "--output-folder", tmp_path / "o")
+    assert result.exit_code == 1 and "not a safe dataset name" in result.output and "--dataset NAME" in result.output
+    assert not (tmp_path / "escape_5_5").exists() and not (tmp_path / "o").exists()
+
+
 def test_shapes_writes_references(data):
     manifest = json.load(open(data / "MANIFEST_shapes_5_1.json"))
     source = {e["filename"]: e for e in json.load(open(data / "shapes" / "dataset_shapes.json"))["images"]}
