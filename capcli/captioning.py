@@ -154,13 +154,10 @@ def caption_files(captioner: Captioner, paths: list[str], beam_size: int = 5, le
 
 
 def original_captions(captions_file: str) -> dict[str, list[str]]:
-    """Image file name → its original captions, from a Karpathy JSON or a Flickr30k results.csv."""
-    from capcli.data.karpathy import read_karpathy_json, read_results_csv
+    """Image file name → its original captions, from a caption file of any format ``capcli prep`` reads."""
+    from capcli.data.sources import SourceOptions, read_source
 
-    if captions_file.lower().endswith(".csv"):
-        images = read_results_csv(captions_file, "", 0, 0.0, 0.0)
-    else:
-        images = read_karpathy_json(captions_file, "")[1]
+    images = read_source([captions_file], SourceOptions()).images
     return {os.path.basename(img.ref): [" ".join(c) for c in img.captions] for img in images}
 
 

@@ -13,7 +13,7 @@ import errno
 import click
 
 from capcli import __version__, options, render
-from capcli.config import DATASETS, SHAPES_IMAGE_SIZE
+from capcli.config import SHAPES_IMAGE_SIZE
 from capcli.errors import CapcliError, Interrupted, os_error_message, out_of_memory_message
 from capcli.options import option_given
 from capcli.progress import close_open_bars
@@ -67,40 +67,33 @@ def cli() -> None:
 
 @cli.command("prep")
 @options.prep_options
-def prep_command(dataset: str | None, json_path: str | None, csv_path: str | None, **params) -> None:
-    """Prepare a dataset: word map, HDF5 images, encoded captions and a manifest.
+def prep_command(dataset: str | None, **params) -> None:
+    """Prepare a dataset: word map, HDF5 images, encoded captions, every image's reference
+    captions and a manifest.
+
+    The caption file's format is told from its content (README: "Preparing data"). Raw captions
+    are tokenised as the COCO caption evaluation does (lower case, punctuation dropped). Rows that
+    cannot be used are skipped and listed with their file and line. Without a split in the file,
+    images are split deterministically by a hash of their names (--val-fraction, --test-fraction).
 
     \b
     Example:
       capcli prep                                  # synthetic shapes, no download
       capcli prep --json data/dataset_flickr8k.json --image-folder data/Flicker8k_Dataset
-      capcli prep --csv flickr30k/results.csv --image-folder flickr30k/flickr30k_images
+      capcli prep --captions Flickr8k_text/Flickr8k.token.txt --image-folder Flicker8k_Dataset
+      capcli prep --captions annotations/captions_train2014.json \\
+                  --captions annotations/captions_val2014.json --image-folder coco
+      capcli prep --captions my_captions.jsonl --dataset birds --image-folder photos
     """
     from capcli.config import PrepConfig
     from capcli.prep import run_prep
     from capcli.progress import TerminalProgress
 
-    if dataset is None:
-        dataset = _infer_dataset(json_path, csv_path)
+    params["captions"], params["split_lists"] = tuple(params["captions"]), tuple(params["split_lists"])
     if params["image_size"] is None:
-        params["image_size"] = SHAPES_IMAGE_SIZE if dataset == "shapes" else 256
-    config = PrepConfig(dataset=dataset, json_path=json_path, csv_path=csv_path, **params)
-    render.prep_result(run_prep(config, TerminalProgress()))
-
-
-def _infer_dataset(json_path: str | None, csv_path: str | None) -> str:
-    """The dataset a caption file holds, when --dataset was not given."""
-    if csv_path:
-        return "flickr30k"
-    if not json_path:
-        return "shapes"
-    from capcli.data.karpathy import dataset_name_of
-
-    name = dataset_name_of(json_path)
-    if name not in DATASETS or name == "shapes":
-        raise click.UsageError(f"cannot tell which dataset {json_path} holds; add --dataset "
-                               f"({'|'.join(d for d in DATASETS if d != 'shapes')})")
-    return name
+        given = params["json_path"] or params["csv_path"] or params["captions"]
+        params["image_size"] = SHAPES_IMAGE_SIZE if dataset == "shapes" or not (dataset or given) else 256
+    render.prep_result(run_prep(PrepConfig(dataset=dataset, **params), TerminalProgress()))
 
 
 @cli.command("train")
@@ -144,7 +137,8 @@ def train_command(ctx: click.Context, **params) -> None:
 @click.option("-v", "--visualize-attention", "--visualize_attention", "visualize", is_flag=True,
               help="Also write attention_visualization.png (one panel per word).")
 @click.option("-cj", "--captions-json", "--captions_json", "captions_json", default=None,
-              type=click.Path(dir_okay=False), help="Original captions (Karpathy JSON or results.csv) to compare with.")
+              type=click.Path(dir_okay=False),
+              help="Original captions to compare with (any caption file `capcli prep` reads).")
 @click.option("--json", "as_json", is_flag=True, help='Print a JSON list of {"image", "caption", "score"}.')
 @click.option("--no-pictures", is_flag=True, help="Do not write caption_result.png.")
 @options.decoding_options

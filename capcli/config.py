@@ -6,18 +6,32 @@ checkpoints and manifests with ``dataclasses.asdict`` and never changed during a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # Names the CLI offers as choices, kept here (no torch import) so `capcli --help` stays instant.
 # The model's tables (capcli.model.encoder.ENCODER_DIMS, capcli.model.captioner.DECODERS) hold
 # the same names; tests check that they agree.
-DATASETS = ("shapes", "flickr8k", "flickr30k", "coco")
+DATASETS = ("shapes", "flickr8k", "flickr30k", "coco")  # the well-known ones; `prep --dataset` takes any safe name
 ENCODER_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 DECODER_NAMES = ("attention", "plain")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SPLITS = ("test", "val", "train")
 REWARDS = ("cider", "bleu4")  # capcli a2c --reward
 BASELINES = ("critic", "greedy")  # capcli a2c --baseline
+
+
+# `capcli prep --dataset NAME`: the prefix of every prepared file, so letters, digits, "-", "_" and
+# "." only, and not starting with "." (no hidden files, no "..", no path separators).
+DATASET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def dataset_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a dataset (None when it can)."""
+    if DATASET_NAME.fullmatch(name):
+        return None
+    return (f"{name!r} is not a safe dataset name: use letters, digits, '-', '_' and '.' "
+            "(up to 100, not starting with '.')")
 
 
 def is_shapes(name: str) -> bool:
@@ -40,13 +54,19 @@ SHAPES_TRAIN_DEFAULTS = {
 class PrepConfig:
     """Options of ``capcli prep``.
 
-    ``json_path``/``csv_path`` name a real dataset's caption file; with neither, the synthetic
-    ``shapes`` dataset is generated under ``output_folder/shapes``.
+    ``captions`` (and the older ``json_path``/``csv_path``) name a real dataset's caption files,
+    their format told from their content (:mod:`capcli.data.sources`); with none, the synthetic
+    ``shapes`` dataset is generated under ``output_folder/shapes``. ``split_lists`` are files of
+    image names, one per line, whose file name says the split (``Flickr_8k.trainImages.txt``).
     """
 
-    dataset: str = "shapes"
+    dataset: str | None = "shapes"  # None: the caption files' own name (``prep._with_dataset``)
     json_path: str | None = None
     csv_path: str | None = None
+    captions: tuple[str, ...] = ()
+    split_lists: tuple[str, ...] = ()
+    image_column: str | None = None
+    caption_column: str | None = None
     image_folder: str | None = None
     output_folder: str = "data_output"
     captions_per_image: int = 5
@@ -59,6 +79,11 @@ class PrepConfig:
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     force: bool = False
+
+    @property
+    def caption_files(self) -> tuple[str, ...]:
+        """Every caption file given, ``--json`` and ``--csv`` first."""
+        return tuple(p for p in (self.json_path, self.csv_path, *self.captions) if p)
 
     @property
     def name(self) -> str:

@@ -16,7 +16,6 @@ import click
 
 from capcli.config import (
     BASELINES,
-    DATASETS,
     DECODER_NAMES,
     DEMO_EPOCHS,
     ENCODER_NAMES,
@@ -164,15 +163,42 @@ demo_epochs_option = click.option("--epochs", default=DEMO_EPOCHS, show_default=
 
 # --- one command's own options ------------------------------------------------------------------
 
+def _dataset_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from capcli.config import dataset_name_problem
+
+    problem = dataset_name_problem(value) if value is not None else None
+    if problem:
+        raise click.BadParameter(problem, ctx, param)
+    return value
+
+
 prep_options = bundle(
-    click.option("--dataset", type=click.Choice(DATASETS), default=None,
-                 help="Dataset name [default: shapes; the JSON's own name with --json; flickr30k with --csv]."),
+    click.option("--dataset", default=None, callback=_dataset_name, metavar="NAME",
+                 help="Dataset name, the start of every prepared file's name: letters, digits, - _ . "
+                      "[default: shapes without a caption file; else the file's own: a Karpathy file's "
+                      "'dataset', coco, flickr8k, flickr30k, or the file's name]."),
+    click.option("--captions", "captions", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+                 help="Caption file, its format told from its content: Karpathy dataset_*.json, COCO "
+                      "captions_*.json, Flickr8k.token.txt, Kaggle captions.txt, Flickr30k results.csv, "
+                      "or any CSV/TSV/JSONL with an image and a caption column (optional split column). "
+                      "Repeatable: e.g. COCO's captions_train2014.json and captions_val2014.json, whose "
+                      "names give their splits."),
     click.option("--json", "json_path", type=click.Path(dir_okay=False),
-                 help="Karpathy split file (dataset_*.json) of a real dataset."),
+                 help="A caption file (as --captions), e.g. Karpathy's dataset_flickr8k.json."),
     click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
-                 help="Flickr30k Kaggle results.csv (image_name| comment_number| comment), split by image."),
+                 help="A caption file (as --captions), e.g. Flickr30k's results.csv."),
+    click.option("--split-list", "split_lists", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+                 help="Image names of one split, one per line, the file's name saying which (train, val/dev, "
+                      "test); repeatable. Images in no list are skipped. [default: Flickr_8k.{train,dev,test}"
+                      "Images.txt next to a Flickr8k.token.txt]"),
+    click.option("--image-column", default=None, metavar="NAME",
+                 help="CSV/TSV/JSONL: the image column [default: image, image_name, filename, file_name...]."),
+    click.option("--caption-column", default=None, metavar="NAME",
+                 help="CSV/TSV/JSONL: the caption column, text or a JSON list of texts [default: caption, "
+                      "captions, comment, text, sentence...]."),
     click.option("--image-folder", type=click.Path(file_okay=False),
-                 help="Folder holding the dataset's images (with --json or --csv)."),
+                 help="Folder holding the dataset's images (with a caption file); for COCO captions_*.json "
+                      "also the folder holding train2014/ and val2014/."),
     from_config(PrepConfig, "--output-folder", type=click.Path(file_okay=False),
                 help="Where the prepared files are written."),
     from_config(PrepConfig, "--captions-per-image", type=click.IntRange(1, 100),
@@ -185,12 +211,12 @@ prep_options = bundle(
                  help="Side of the square RGB images stored in HDF5 [default: 256; 192 for shapes]."),
     prep_workers_option,
     from_config(PrepConfig, "--seed", type=int,
-                help="Seed for caption sampling, the CSV split and the shapes generator."),
+                help="Seed for caption sampling, the split by image and the shapes generator."),
     num_images_option,
     from_config(PrepConfig, "--val-fraction", type=click.FloatRange(0, 0.5),
-                help="--csv only: share of images put in the validation split."),
+                help="Images without a split (no split column or list): share put in the validation split."),
     from_config(PrepConfig, "--test-fraction", type=click.FloatRange(0, 0.5),
-                help="--csv only: share of images put in the test split."),
+                help="Images without a split (no split column or list): share put in the test split."),
     click.option("--force", is_flag=True, help="Rebuild even when the output is up to date."),
 )
 

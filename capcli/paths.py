@@ -6,7 +6,9 @@ A run (output folder + run name, e.g. ``shapes_5_5``) has ``checkpoint_{name}.pt
 ``a2c``, one ``metrics_{name}.jsonl`` feed for both, the seed's ``bleu_scores_{name}.json`` and
 ``training_metrics_{name}.json``, and ``{name}.lock``. Prepared data (``capcli prep``) is
 ``WORDMAP_{name}.json``, per split ``{SPLIT}_IMAGES_{name}.hdf5``, ``{SPLIT}_CAPTIONS_{name}.json`` and
-``{SPLIT}_CAPLENS_{name}.json``, and ``MANIFEST_{name}.json``; readers also accept the
+``{SPLIT}_CAPLENS_{name}.json``, ``{SPLIT}_REFERENCES_{name}.json`` (every raw reference caption
+of each image, for evaluation; absent from folders prepared before it existed or by the tutorial's
+code), and ``MANIFEST_{name}.json``; readers also accept the
 a-PyTorch-Tutorial-to-Image-Captioning name ``{dataset}_{cpi}_cap_per_img_{mwf}_min_word_freq``.
 """
 
@@ -121,7 +123,7 @@ def chart_files(output_folder: str, name: str) -> list[str]:
 
 
 def data_file(folder: str, name: str, kind: str, split: str | None = None) -> str:
-    """``kind`` is IMAGES, CAPTIONS, CAPLENS (with a split), WORDMAP or MANIFEST."""
+    """``kind`` is IMAGES, CAPTIONS, CAPLENS, REFERENCES (with a split), WORDMAP or MANIFEST."""
     return _in(folder, data_file_names(name)[f"{split}_{kind}" if split else kind])
 
 
@@ -132,6 +134,9 @@ def data_file_names(name: str) -> dict[str, str]:
         files[f"{split}_IMAGES"] = f"{split}_IMAGES_{name}.hdf5"
         files[f"{split}_CAPTIONS"] = f"{split}_CAPTIONS_{name}{_JSON}"
         files[f"{split}_CAPLENS"] = f"{split}_CAPLENS_{name}{_JSON}"
+        # a JSON list, one entry per image in HDF5 order: all its reference captions, each the
+        # coco_tokenize tokens joined by single spaces (not sampled, not length-filtered, no <unk>)
+        files[f"{split}_REFERENCES"] = f"{split}_REFERENCES_{name}{_JSON}"
     files["MANIFEST"] = f"MANIFEST_{name}{_JSON}"
     return files
 

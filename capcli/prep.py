@@ -1,7 +1,9 @@
 """``capcli prep``: turn a caption source into the seed's prepared file set.
 
-Sources are the synthetic ``shapes`` set (generated here), a Karpathy split JSON or a Flickr30k
-``results.csv``. Images are decoded in worker processes and streamed into HDF5, so memory does
+Sources are the synthetic ``shapes`` set (generated here) or caption files of any format
+:mod:`capcli.data.sources` reads (Karpathy, COCO, Flickr8k, Kaggle, results.csv, CSV/TSV/JSONL).
+Rows of a caption file that cannot be used are skipped and listed in the manifest (``bad_rows``)
+with their file and line. Images are decoded in worker processes and streamed into HDF5, so memory does
 not grow with the dataset. Everything is written into a staging folder and renamed into place
 at the end (the manifest last), so an interrupted prep never leaves a file that looks complete.
 """
@@ -18,15 +20,17 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from capcli.config import PrepConfig
+from capcli.config import PrepConfig, dataset_name_problem
 from capcli.data import shapes
 from capcli.data.hdf5 import ImageWriter
 from capcli.data.jsonfiles import write_json
-from capcli.data.karpathy import SourceImage, read_karpathy_json, read_results_csv
+from capcli.data.karpathy import SourceImage, read_karpathy_json
+from capcli.data.readers import Columns
+from capcli.data.sources import Source, SourceOptions, read_source, suggest_dataset
 from capcli.data.transforms import ImageSkipped, load_square
 from capcli.data.vocab import build_word_map, encode
 from capcli.errors import CapcliError, InputError
@@ -34,7 +38,7 @@ from capcli.parallel import ordered_map, ordered_map_into
 from capcli.paths import SPLITS, data_file, data_file_names, shapes_source
 from capcli.progress import SILENT, Progress
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: {SPLIT}_REFERENCES files, bad_rows, captions tokenised by coco_tokenize
 
 
 @dataclass
@@ -49,22 +53,41 @@ class PrepResult:
     vocab_size: int = 0
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    bad_rows: list[dict] = field(default_factory=list)  # caption rows skipped: {"file", "where", "reason"}
 
 
 def _check_config(config: PrepConfig) -> None:
-    if config.json_path and config.csv_path:
-        raise InputError("give either --json or --csv, not both")
-    if (config.json_path or config.csv_path) and not config.image_folder:
-        raise InputError("--image-folder is required with --json or --csv")
-    if config.dataset == "shapes" and (config.json_path or config.csv_path):
-        raise InputError("--dataset shapes is generated; drop --json/--csv or name the real dataset")
-    if config.dataset != "shapes" and not (config.json_path or config.csv_path):
-        raise InputError(f"--dataset {config.dataset} needs its caption file: --json FILE (or --csv FILE) "
-                         "and --image-folder DIR")
+    files = config.caption_files
+    problem = dataset_name_problem(config.dataset) if config.dataset is not None else None
+    if problem:
+        raise InputError(f"--dataset: {problem}")
+    if files and not config.image_folder:
+        raise InputError("--image-folder is required with a caption file (--captions, --json or --csv)")
+    if config.dataset == "shapes" and files:
+        raise InputError("--dataset shapes is generated; drop the caption files or name the real dataset")
+    if config.dataset not in ("shapes", None) and not files:
+        raise InputError(f"--dataset {config.dataset} needs its caption file: --captions FILE (or --json FILE, "
+                         "--csv FILE) and --image-folder DIR")
+    if config.split_lists and not files:
+        raise InputError("--split-list needs a caption file (--captions FILE)")
     if config.image_folder and not os.path.isdir(config.image_folder):
         raise InputError(f"{config.image_folder}: no such image folder")
-    if config.dataset == "shapes" and config.num_images < 10:
+    if not files and config.num_images < 10:
         raise InputError("--num-images must be at least 10 (80/10/10 train/val/test)")
+
+
+def _with_dataset(config: PrepConfig) -> PrepConfig:
+    """``config`` with its dataset named: given, ``shapes`` without caption files, else the files' own."""
+    if config.dataset is not None:
+        return config
+    if not config.caption_files:
+        return replace(config, dataset="shapes")
+    name = suggest_dataset(config.caption_files)
+    if name is None or name == "shapes" or dataset_name_problem(name):  # a Karpathy file names itself
+        raise InputError(f"cannot tell which dataset {config.caption_files[0]} holds"
+                         + (f" ({dataset_name_problem(name)})" if name and name != "shapes" else "")
+                         + "; add --dataset NAME")
+    return replace(config, dataset=name)
 
 
 def _file_sha256(path: str) -> str:
@@ -96,38 +119,36 @@ def _generate_shapes(config: PrepConfig, workers: int, progress: Progress) -> tu
     return json_path, image_folder
 
 
-def _shapes_source(config: PrepConfig, workers: int, progress: Progress) -> tuple[str, list[SourceImage]]:
+def _shapes_source(config: PrepConfig, workers: int, progress: Progress) -> Source:
     """The shapes set as a Karpathy source, reusing the generated one when its parameters match."""
     json_path, image_folder = shapes_source(config.output_folder)
     if not config.force and os.path.exists(json_path):
         try:
             header, images = read_karpathy_json(json_path, image_folder)
             if header.get("generator") == _shapes_generator(config):
-                return json_path, images
+                return Source("karpathy", images, [json_path])
         except InputError:
             pass  # a damaged file: generate it again
     json_path, image_folder = _generate_shapes(config, workers, progress)
-    return json_path, read_karpathy_json(json_path, image_folder)[1]
+    return Source("karpathy", read_karpathy_json(json_path, image_folder)[1], [json_path])
 
 
-def _load_source(config: PrepConfig, workers: int, progress: Progress) -> tuple[str, list[SourceImage]]:
-    """The caption file and its images, generating the shapes set first when asked for it."""
+def _load_source(config: PrepConfig, workers: int, progress: Progress) -> Source:
+    """The caption files and their images, generating the shapes set first when asked for it."""
     if config.dataset == "shapes":
         return _shapes_source(config, workers, progress)
-    if config.csv_path:
-        images = read_results_csv(config.csv_path, config.image_folder, config.seed,
-                                  config.val_fraction, config.test_fraction)
-        return config.csv_path, images
-    return config.json_path, read_karpathy_json(config.json_path, config.image_folder)[1]
+    options = SourceOptions(config.image_folder, config.seed, config.val_fraction, config.test_fraction,
+                            config.split_lists, Columns(config.image_column, config.caption_column))
+    return read_source(config.caption_files, options)
 
 
-def _fingerprint(config: PrepConfig, source_path: str) -> str:
+def _fingerprint(config: PrepConfig, source_files: list[str]) -> str:
     """Identifies the inputs and the options that change the output."""
     options = asdict(config)
     for key in ("force", "workers", "output_folder"):
         options.pop(key)
     options["image_folder"] = os.path.abspath(config.image_folder) if config.image_folder else None
-    options["source_sha256"] = _file_sha256(source_path)
+    options["source_sha256"] = [_file_sha256(path) for path in source_files]
     options["manifest_version"] = MANIFEST_VERSION
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
 
@@ -182,15 +203,19 @@ def _decode_batch(paths: list[str], out: np.ndarray) -> list[str | None]:
     return reasons
 
 
+_Chosen = tuple[SourceImage, list[list[str]]]  # an image and the captions stored for it
+
+
 def _write_images(by_split: dict[str, list[SourceImage]], staging: str, config: PrepConfig, workers: int,
-                  progress: Progress) -> tuple[dict[str, list[dict]], dict[str, list[list[list[str]]]], list[dict]]:
-    """Stream every split's images into its HDF5 file; return kept entries and their captions per
-    split, and the skipped images. One pool of workers serves all splits in turn (a pool per split
-    spent a tenth of a second starting and draining for each small split)."""
+                  progress: Progress) -> tuple[dict[str, list[dict]], dict[str, list[_Chosen]], list[dict]]:
+    """Stream every split's images into its HDF5 file; return kept entries (for the manifest) and
+    kept images with their chosen captions per split, and the skipped images. One pool of workers
+    serves all splits in turn (a pool per split spent a tenth of a second starting and draining for
+    each small split)."""
     files = data_file_names(config.name)
-    kept, kept_captions = {s: [] for s in SPLITS}, {s: [] for s in SPLITS}
+    kept, kept_images = {s: [] for s in SPLITS}, {s: [] for s in SPLITS}
     skipped: dict[str, list[dict]] = {s: [] for s in SPLITS}  # per split: caption skips, then unreadable images
-    batches: dict[str, list[list[tuple[SourceImage, list[list[str]]]]]] = {}
+    batches: dict[str, list[list[_Chosen]]] = {}
     for split in SPLITS:
         candidates = []
         for image in by_split[split]:
@@ -218,12 +243,12 @@ def _write_images(by_split: dict[str, list[SourceImage]], staging: str, config: 
                     for (image, chosen), reason in zip(batch, reasons):
                         if reason is None:
                             kept[split].append({"source": image.ref, "path": image.path})
-                            kept_captions[split].append(chosen)
+                            kept_images[split].append((image, chosen))
                         else:
                             skipped[split].append({"split": split, "source": image.ref, "reason": reason})
                     task.advance(len(batch))
             task.close()
-    return kept, kept_captions, [entry for split in SPLITS for entry in skipped[split]]
+    return kept, kept_images, [entry for split in SPLITS for entry in skipped[split]]
 
 
 def _commit(staging: str, output_folder: str, names: Iterable[str], manifest_name: str) -> None:
@@ -267,19 +292,22 @@ def run_prep(config: PrepConfig, progress: Progress = SILENT) -> PrepResult:
     """
     start = time.monotonic()
     _check_config(config)
+    config = _with_dataset(config)
     os.makedirs(config.output_folder, exist_ok=True)
     workers = max(1, config.workers)
-    source_path, images = _load_source(config, workers, progress)
-    fingerprint = _fingerprint(config, source_path)
+    source = _load_source(config, workers, progress)
+    fingerprint = _fingerprint(config, source.files)
     manifest = None if config.force else _up_to_date(config, fingerprint)
     if manifest is not None:
         return PrepResult(config.name, config.output_folder, True, manifest["counts"],
-                          manifest["skipped"], manifest["vocab_size"], time.monotonic() - start)
+                          manifest["skipped"], manifest["vocab_size"], time.monotonic() - start,
+                          bad_rows=manifest.get("bad_rows", []))
     _remove_stale_staging(config.output_folder, config.name)
     staging = tempfile.mkdtemp(prefix=f".prep-{config.name}-{os.getpid()}-", dir=config.output_folder)
     try:
-        manifest = _prepare(config, images, staging, workers, progress)
-        manifest.update(fingerprint=fingerprint, source=os.path.abspath(source_path),
+        manifest = _prepare(config, source, staging, workers, progress)
+        manifest.update(fingerprint=fingerprint, source=os.path.abspath(source.files[0]),
+                        sources=[os.path.abspath(p) for p in source.files], format=source.format,
                         seconds=round(time.monotonic() - start, 3))
         files = data_file_names(config.name)
         manifest["files"] = {n: os.path.getsize(os.path.join(staging, n))
@@ -289,23 +317,24 @@ def run_prep(config: PrepConfig, progress: Progress = SILENT) -> PrepResult:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return PrepResult(config.name, config.output_folder, False, manifest["counts"], manifest["skipped"],
-                      manifest["vocab_size"], time.monotonic() - start, _peak_rss_mb())
+                      manifest["vocab_size"], time.monotonic() - start, _peak_rss_mb(), manifest["bad_rows"])
 
 
-def _prepare(config: PrepConfig, images: list[SourceImage], staging: str, workers: int,
-             progress: Progress) -> dict:
+def _prepare(config: PrepConfig, source: Source, staging: str, workers: int, progress: Progress) -> dict:
     """Write every output file into ``staging`` and return the manifest (without file sizes)."""
     files = data_file_names(config.name)
     by_split: dict[str, list[SourceImage]] = {s: [] for s in SPLITS}
-    for image in images:
+    for image in source.images:
         by_split[image.split].append(image)
-    kept, captions, skipped = _write_images(by_split, staging, config, workers, progress)
+    kept, kept_images, skipped = _write_images(by_split, staging, config, workers, progress)
+    skipped = source.skipped + skipped
+    captions = {s: [chosen for _, chosen in kept_images[s]] for s in SPLITS}
     if not kept["TRAIN"]:
         raise CapcliError(f"no usable training image ({len(skipped)} skipped; first reason: "
                           f"{skipped[0]['reason'] if skipped else 'the source has no training images'})")
     if not kept["VAL"]:
         raise CapcliError("no usable validation image (training selects its best epoch on the validation split): "
-                          "give the caption file a val split, or a --val-fraction above 0 with --csv")
+                          "give the caption file a val split, or a --val-fraction above 0")
     word_map = build_word_map((c for caps in captions["TRAIN"] for c in caps), config.min_word_freq)
     write_json(os.path.join(staging, files["WORDMAP"]), word_map)
     for split in SPLITS:
@@ -313,8 +342,10 @@ def _prepare(config: PrepConfig, images: list[SourceImage], staging: str, worker
         write_json(os.path.join(staging, files[f"{split}_CAPTIONS"]), rows)
         write_json(os.path.join(staging, files[f"{split}_CAPLENS"]),
                    [len(c) + 2 for caps in captions[split] for c in caps])
+        write_json(os.path.join(staging, files[f"{split}_REFERENCES"]),
+                   [image.references for image, _ in kept_images[split]])
     return {
         "version": MANIFEST_VERSION, "name": config.name, "options": asdict(config),
         "counts": {s: len(kept[s]) for s in SPLITS}, "vocab_size": len(word_map),
-        "images": kept, "skipped": skipped,
+        "images": kept, "skipped": skipped, "bad_rows": source.bad_rows,
     }

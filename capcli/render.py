@@ -21,13 +21,19 @@ def prep_result(result) -> None:
         click.echo(f"{result.output_folder}: {result.name} is up to date ({counts} images); "
                    "use --force to rebuild.")
         return
+    for bad in result.bad_rows[:10]:
+        click.echo(f"skipped {bad['file']}: {bad['where']}: {bad['reason']}", err=True)
+    if len(result.bad_rows) > 10:
+        click.echo(f"... and {len(result.bad_rows) - 10} more bad rows (see bad_rows in the manifest)", err=True)
     for skip in result.skipped[:10]:
-        click.echo(f"skipped {skip['split']} {skip['source']}: {skip['reason']}", err=True)
+        split = f"{skip['split']} " if skip.get("split") else ""
+        click.echo(f"skipped {split}{skip['source']}: {skip['reason']}", err=True)
     if len(result.skipped) > 10:
         click.echo(f"... and {len(result.skipped) - 10} more (see the manifest)", err=True)
+    rows = f"{len(result.bad_rows)} bad caption row(s) and " if result.bad_rows else ""
     click.echo(f"Prepared {result.name} in {result.output_folder}/ in {result.seconds:.1f} s: "
                f"{counts} images, vocabulary {result.vocab_size} tokens, "
-               f"{len(result.skipped)} image(s) skipped, peak memory {result.peak_rss_mb:.0f} MB.")
+               f"{rows}{len(result.skipped)} image(s) skipped, peak memory {result.peak_rss_mb:.0f} MB.")
     real = not is_shapes(result.name)
     click.echo(f"Next: capcli train --data-folder {shlex.quote(result.output_folder)} --name {result.name}"
                + (" --pretrained --output-folder model_outputs   # ImageNet weights, downloaded once" if real else ""))

@@ -72,7 +72,7 @@ def test_option_defaults_are_the_configs_defaults():
 
 
 def test_unknown_option_values_exit_2(run):
-    for args in (["prep", "--dataset", "imagenet"], ["prep", "--max-len", "0"], ["prep", "--workers", "x"],
+    for args in (["prep", "--dataset", "../imagenet"], ["prep", "--max-len", "0"], ["prep", "--workers", "x"],
                  ["prep", "--bogus"]):
         result = run(*args)
         assert result.exit_code == 2, args

@@ -115,11 +115,30 @@ def test_structurally_wrong_json_names_the_entry(tmp_path, run):
     _prep_fails_cleanly(run, tmp_path, "--json", path, "images[1]", "banana")
 
 
-def test_malformed_csv_names_the_line(tmp_path, run):
+def test_a_malformed_csv_row_is_skipped_and_named(tmp_path, run):
+    rows = ["image_name| comment_number| comment"]
+    for i in range(6):
+        write_image(tmp_path / "images" / f"{i}.jpg")
+        rows += [f"{i}.jpg| 0| a dog", f"{i}.jpg| 1| a cat"]
+    rows.insert(3, "1.jpg")  # line 4: no comment
+    path = tmp_path / "results.csv"
+    path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    result = run("prep", "--csv", path, "--image-folder", tmp_path / "images", "--output-folder", out,
+                 "--val-fraction", 0.2, "--test-fraction", 0.2, "--image-size", 16, "--min-word-freq", 1)
+    assert result.exit_code == 0, result.output
+    assert f"skipped {path}: line 4: expected 'image_name| comment_number| comment'" in result.output
+    assert "1 bad caption row(s)" in result.output
+    manifest = json.load(open(out / "MANIFEST_flickr30k_5_1.json"))
+    assert manifest["bad_rows"] == [{"file": str(path), "where": "line 4", "reason": manifest["bad_rows"][0]["reason"]}]
+    assert sum(manifest["counts"].values()) == 6
+
+
+def test_a_results_csv_without_its_header_is_one_line_error(tmp_path, run):
     write_image(tmp_path / "images" / "1.jpg")
     path = tmp_path / "results.csv"
-    path.write_text("image_name| comment_number| comment\n1.jpg| 0| a dog\n1.jpg| 1| a cat\n1.jpg\n")
-    _prep_fails_cleanly(run, tmp_path, "--csv", path, f"{path}: line 4")
+    path.write_text("1.jpg| 0| a dog\n1.jpg| 1| a cat\n")
+    _prep_fails_cleanly(run, tmp_path, "--csv", path, f"{path}: line 1: no image column")
 
 
 def test_missing_inputs_are_one_line_errors(tmp_path, run):

@@ -62,7 +62,7 @@ def test_sigkill_leaves_no_final_file_and_rerun_completes(tmp_path, shapes_sourc
     assert _final_files(out) == {}
     result = run(*_prep_args(shapes_source, out))
     assert result.exit_code == 0, result.output
-    assert len(_final_files(out)) == 11
+    assert len(_final_files(out)) == 14  # word map, per split IMAGES, CAPTIONS, CAPLENS, REFERENCES, manifest
     assert not [d for d in os.listdir(out) if d.startswith(".prep-")]  # stale staging removed
 
 

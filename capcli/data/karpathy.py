@@ -1,8 +1,9 @@
-"""Reading caption sources: Karpathy split JSON files and the Flickr30k Kaggle ``results.csv``.
+"""Karpathy split JSON files, and :class:`SourceImage`, what every caption source becomes.
 
-Both produce a list of :class:`SourceImage` with tokenised captions and a split (``TRAIN``,
-``VAL`` or ``TEST``; Karpathy's ``restval`` counts as training). Malformed files raise
-:class:`~capcli.errors.InputError` naming the file and the place.
+A source image has tokenised captions, its raw reference captions (for evaluation) and a split
+(``TRAIN``, ``VAL`` or ``TEST``; Karpathy's ``restval`` counts as training). A malformed Karpathy
+file raises :class:`~capcli.errors.InputError` naming the file and the entry. The other formats
+are read in :mod:`capcli.data.sources`; ``read_results_csv`` is kept here for its callers.
 
 An image name that leads out of the image folder (an absolute path, or ``..`` climbing above it)
 is never opened: its :class:`SourceImage` has no path and a ``problem`` that prep records as the
@@ -13,13 +14,12 @@ in from elsewhere) while the caption file may come from anyone.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from dataclasses import dataclass, field
 
-from capcli.data.jsonfiles import read_json, require_regular_file
-from capcli.data.vocab import tokenize
+from capcli.data.jsonfiles import read_json
+from capcli.data.vocab import coco_tokenize
 from capcli.errors import InputError
 
 _KARPATHY_SPLITS = {"train": "TRAIN", "restval": "TRAIN", "val": "VAL", "test": "TEST"}
@@ -33,6 +33,8 @@ class SourceImage:
     path: str  # where the image file is expected on disk; "" when ``problem`` forbids opening it
     split: str
     captions: list[list[str]] = field(default_factory=list)
+    # every reference caption as evaluation reads it: coco_tokenize tokens joined by spaces
+    references: list[str] = field(default_factory=list)
     problem: str | None = None  # why the image must be skipped without being opened
 
 
@@ -48,19 +50,22 @@ def source_image(ref: str, image_folder: str, split: str) -> SourceImage:
     return SourceImage(ref, os.path.join(image_folder, ref), split)
 
 
-def _sentence_tokens(sentence: object, where: str) -> list[str]:
+def _sentence_tokens(sentence: object, where: str) -> tuple[list[str], str]:
+    """(training tokens, reference) of one sentence: its ``tokens`` as given (else its ``raw``
+    tokenised), and its ``raw`` text (else its tokens) through :func:`coco_tokenize`."""
     if not isinstance(sentence, dict):
         raise InputError(f"{where}: expected an object with 'tokens'")
-    tokens = sentence.get("tokens")
-    if tokens is None and isinstance(sentence.get("raw"), str):
-        return tokenize(sentence["raw"])
+    tokens, raw = sentence.get("tokens"), sentence.get("raw")
+    if tokens is None and isinstance(raw, str):
+        tokens = coco_tokenize(raw)
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         raise InputError(f"{where}: 'tokens' must be a list of strings")
-    return [t.lower() for t in tokens if t.strip()]
+    tokens = [t.lower() for t in tokens if t.strip()]
+    return tokens, " ".join(coco_tokenize(raw if isinstance(raw, str) else " ".join(tokens)))
 
 
-def read_karpathy_json(path: str, image_folder: str) -> tuple[dict, list[SourceImage]]:
-    """Read a Karpathy ``dataset_*.json``.
+def read_karpathy_json(path: str, image_folder: str, data: object = None) -> tuple[dict, list[SourceImage]]:
+    """Read a Karpathy ``dataset_*.json`` (``data``: its content, when already parsed).
 
     Returns:
         The file's other top-level fields (``dataset``, ...) and its images in file order.
@@ -68,7 +73,8 @@ def read_karpathy_json(path: str, image_folder: str) -> tuple[dict, list[SourceI
     Raises:
         InputError: unreadable or malformed file, naming the entry at fault.
     """
-    data = read_json(path)
+    if data is None:
+        data = read_json(path)
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
         raise InputError(f"{path}: expected a top-level object with an 'images' list (Karpathy format)")
@@ -86,25 +92,16 @@ def read_karpathy_json(path: str, image_folder: str) -> tuple[dict, list[SourceI
             raise InputError(f"{where}: missing 'sentences' list")
         ref = os.path.join(entry.get("filepath") or "", entry["filename"])
         image = source_image(ref, image_folder, split)
-        image.captions = [_sentence_tokens(s, f"{where}.sentences[{j}]") for j, s in enumerate(sentences)]
+        for j, sentence in enumerate(sentences):
+            tokens, reference = _sentence_tokens(sentence, f"{where}.sentences[{j}]")
+            image.captions.append(tokens)
+            if reference:
+                image.references.append(reference)
         out.append(image)
     return {k: v for k, v in data.items() if k != "images"}, out
 
 
-def _parse_csv_row(row: list[str], where: str) -> tuple[str, str]:
-    """(image name, comment) of one ``image_name| comment_number| comment`` row."""
-    cells = [c.strip() for c in row]
-    if len(cells) == 2:
-        # The published Flickr30k file has a row whose number and comment lost their separator.
-        number, _, comment = cells[1].partition(" ")
-        if number.isdigit() and comment:
-            cells = [cells[0], number, comment]
-    if len(cells) != 3 or not cells[0] or not cells[2]:
-        raise InputError(f"{where}: expected 'image_name| comment_number| comment', got {'|'.join(row)!r}")
-    return cells[0], cells[2]
-
-
-def _split_by_image(names: list[str], seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
+def split_by_image(names: list[str], seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
     """Deterministic split of image names, independent of row order."""
     order = sorted(names, key=lambda n: hashlib.sha256(f"{seed}:{n}".encode()).hexdigest())
     n = len(order)
@@ -118,38 +115,19 @@ def _split_by_image(names: list[str], seed: int, val_fraction: float, test_fract
 
 def read_results_csv(path: str, image_folder: str, seed: int, val_fraction: float,
                      test_fraction: float) -> list[SourceImage]:
-    """Read a Flickr30k Kaggle ``results.csv`` and split it by image (never by caption row)."""
-    by_name: dict[str, SourceImage] = {}
-    require_regular_file(path)
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = csv.reader(f, delimiter="|")
-            header = next(rows, None)
-            if header is None or [h.strip() for h in header][:1] != ["image_name"]:
-                raise InputError(f"{path}: line 1: expected the header 'image_name| comment_number| comment'")
-            for row in rows:
-                if not any(c.strip() for c in row):
-                    continue
-                name, comment = _parse_csv_row(row, f"{path}: line {rows.line_num}")
-                image = by_name.setdefault(name, source_image(name, image_folder, "TRAIN"))
-                image.captions.append(tokenize(comment))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except csv.Error as exc:
-        raise InputError(f"{path}: line {rows.line_num}: {exc}") from None
-    splits = _split_by_image(list(by_name), seed, val_fraction, test_fraction)
-    for name, image in by_name.items():
-        image.split = splits[name]
-    return list(by_name.values())
+    """Read a Flickr30k Kaggle ``results.csv`` and split it by image (never by caption row); rows
+    it cannot use are skipped (``capcli prep`` reports them: :func:`capcli.data.sources.read_source`)."""
+    from capcli.data.sources import SourceOptions, read_source  # sources builds on this module
+
+    options = SourceOptions(image_folder, seed, val_fraction, test_fraction)
+    return read_source([path], options).images
 
 
-def dataset_name_of(path: str) -> str | None:
+def dataset_name_of(path: str, data: object = None) -> str | None:
     """The ``dataset`` field of a Karpathy JSON, or the ``dataset_NAME.json`` part of its name."""
     base = os.path.basename(path)
     if base.startswith("dataset_") and base.endswith(".json"):
         return base[len("dataset_"):-len(".json")]
-    header, _ = read_karpathy_json(path, "")
+    header, _ = read_karpathy_json(path, "", data)
     dataset = header.get("dataset")
     return dataset if isinstance(dataset, str) else None

@@ -13,12 +13,49 @@ from collections.abc import Iterable, Sequence
 PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
 SPECIAL_TOKENS = (PAD, UNK, START, END)
 
-_TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]+")
+# Tokens of a raw caption, after lower-casing: numbers with inner points or commas ("3.5", "1,000"),
+# words (letters and digits, joined by inner hyphens or apostrophes: "t-shirt", "o'clock"), or any
+# other single character.
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)+|[^\W_]+(?:[-'][^\W_]+)*|\S")
+# Suffixes the Penn Treebank tokenizer splits off a word: "dog's" -> "dog 's", "don't" -> "do n't".
+_CLITIC = re.compile(r"(?<=[^\W_])(n't|'s|'re|'ve|'ll|'d|'m)$")
+# Tokens the COCO caption evaluation removes after its PTB tokenizer (pycocoevalcap's PUNCTUATIONS:
+# quotes, brackets, . ? ! , : ; - -- ...); here every token made only of these characters.
+_DROPPED = frozenset(".?!,:;-'\"`()[]{}")
+_NORMALISE = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-",
+                            "\u2014": "-", "\u2026": "..."})
+
+
+def coco_tokenize(text: str) -> list[str]:
+    """The tokens of a raw caption as the COCO caption evaluation leaves them, in pure Python.
+
+    The evaluation (pycocoevalcap) runs Stanford's PTB tokenizer with lower-casing and then drops
+    the punctuation tokens. This does the same without Java: lower-case; numbers ("3.5", "1,000"),
+    hyphenated words and words with an inner apostrophe stay whole; the clitics n't 's 're 've 'll
+    'd 'm are split off ("dog's" -> "dog 's"); every other symbol is a token of its own ("$", "%",
+    "&"); tokens made only of quotes, brackets or . ? ! , : ; - are dropped. Curly quotes and dashes
+    count as their plain forms. Every caption capcli reads from a raw text goes through here, for
+    training and as an evaluation reference.
+
+    Example:
+        >>> coco_tokenize('A dog\'s "red" ball, (3.5 m) -- well-known!')
+        ['a', 'dog', "'s", 'red', 'ball', '3.5', 'm', 'well-known']
+    """
+    tokens = []
+    for token in _TOKEN.findall(text.translate(_NORMALISE).lower()):
+        if all(ch in _DROPPED for ch in token):
+            continue
+        clitic = _CLITIC.search(token)
+        if clitic:
+            tokens.extend((token[:clitic.start()], clitic.group()))
+        else:
+            tokens.append(token)
+    return tokens
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens of a raw caption, punctuation dropped (needs no NLTK data)."""
-    return [t for t in _TOKEN.findall(text.lower()) if any(ch.isalnum() for ch in t)]
+    """The tokens of a raw caption: :func:`coco_tokenize` (the one way capcli tokenises raw text)."""
+    return coco_tokenize(text)
 
 
 def build_word_map(captions: Iterable[Sequence[str]], min_word_freq: int) -> dict[str, int]:
