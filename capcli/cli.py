@@ -142,7 +142,7 @@ def train_command(ctx: click.Context, **params) -> None:
 @click.option("-b", "--beam-size", "--beam", "--beam_size", "beam_size", default=5, show_default=True,
               type=click.IntRange(1, 100), help="Beam width (1: greedy).")
 @click.option("-v", "--visualize-attention", "--visualize_attention", "visualize", is_flag=True,
-              help="Also write attention_visualization.png (one panel per word).")
+              help="Also write attention_visualization.png (one panel per word, one colour scale).")
 @click.option("--per-word", is_flag=True,
               help="Attention pictures: scale each word's map to its own min-max (default: one colour scale "
                    "for the whole caption, 0 to its highest weight).")
@@ -163,6 +163,7 @@ def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | 
     Example:
       capcli caption photo.jpg --beam 10
       capcli caption -i dog.jpg -m model_outputs/BEST_flickr8k_5_5.pth.tar -v
+      capcli caption dog.jpg -v --per-word     # each word's attention on its own scale
       capcli caption test_images/ --json
     """
     from capcli.captioning import caption_files, check_word_map, expand_inputs, original_captions
