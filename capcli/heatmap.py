@@ -44,9 +44,17 @@ def font(size: int):
         return ImageFont.load_default()
 
 
+def attention_array(attention) -> np.ndarray:
+    """Attention as float32 numpy, from a tensor of any dtype or device (bfloat16 under autocast)
+    or an array."""
+    if hasattr(attention, "detach"):  # a torch.Tensor, without importing torch here
+        attention = attention.detach().float().cpu().numpy()
+    return np.asarray(attention, dtype=np.float32)
+
+
 def attention_grid(weights) -> np.ndarray:
     """One word's attention, (num_pixels,) weights, as its square (side, side) grid."""
-    weights = np.asarray(weights, dtype=np.float32)
+    weights = attention_array(weights)
     side = int(round(math.sqrt(weights.size)))
     if side * side != weights.size:
         raise ValueError(f"attention over {weights.size} pixels is not a square grid")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
-from capcli.heatmap import ColourScale, blend, font, legend, upsample_attention
+from capcli.heatmap import ColourScale, attention_array, blend, font, legend, upsample_attention
 from capcli.paths import picture_file
 from capcli.safeio import atomic_write
 
@@ -85,8 +85,9 @@ def word_panels(pixels: np.ndarray, attention, per_word: bool = False,
                 size: int = PANEL) -> tuple[list[Image.Image], list[float], ColourScale]:
     """One panel per word, its attention over the image, all on one :class:`ColourScale` (or
     each on its own min-max with ``per_word``); also each map's peak and the scale."""
+    attention = attention_array(attention)  # (words, num_pixels)
     maps = [upsample_attention(weights, size) for weights in attention]  # each (size, size)
-    scale = ColourScale.for_maps(maps, np.asarray(attention).shape[1], per_word)
+    scale = ColourScale.for_maps(maps, attention.shape[1], per_word)
     base = np.asarray(_panel(pixels, size))
     panels = [Image.fromarray(blend(base, scale.fractions(heat)).clip(0, 255).astype(np.uint8)) for heat in maps]
     return panels, [float(heat.max()) for heat in maps], scale

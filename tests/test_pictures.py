@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage.transform import pyramid_expand
 
@@ -61,6 +62,9 @@ def test_one_scale_for_all_words_or_each_words_own():
     assert sharp == pytest.approx(diffuse, abs=1)  # each word's own max reaches the top colour
     tops = [np.asarray(p).reshape(-1, 3)[_luma(p).argmax()] for p in panels]
     assert np.abs(tops[0].astype(int) - tops[1]).max() <= 1
+    # attention as the decoder leaves it under autocast: a bfloat16 tensor
+    panels, bf16_peaks, _ = word_panels(grey, torch.from_numpy(attention).to(torch.bfloat16))
+    assert bf16_peaks == pytest.approx(peaks, rel=0.02)
 
 
 def test_legend_ticks_and_colour_bar():
