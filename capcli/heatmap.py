@@ -33,7 +33,7 @@ _BACKGROUND = (255, 255, 255)
 _EPSILON = 1e-12
 _LEAST_TOP = 4.0  # the shared scale's top is at least this many times the uniform weight
 _ALPHA_LOW, _ALPHA_HIGH = 0.15, 0.85  # the ramp's cover over the image at no and at the most attention
-_KEEP_COLOUR = 0.4  # how much of the image's own colour stays under the ramp
+_KEEP_COLOUR = 0.15  # how much of the image's own colour stays under the ramp
 _LEGEND_GREY = 128.0  # the legend shows the ramp as it looks over a mid-grey image
 
 
