@@ -111,7 +111,8 @@ def expand_inputs(items: list[str]) -> list[str]:
 class CaptionResult:
     image: str
     words: list[str] | None = None
-    score: float | None = None
+    score: float | None = None  # the beam search's summed log-probability (Decoded.score)
+    finished: bool = True  # the caption ended with <end> (its log-probability counted in ``score``)
     attention: torch.Tensor | None = None  # (len(words), 14 * 14) or None
     pixels: np.ndarray | None = None  # (S, S, 3) uint8, the model's input, for pictures
     error: str | None = None
@@ -146,6 +147,7 @@ def caption_files(captioner: Captioner, paths: list[str], beam_size: int = 5, le
             for result, decoded, array in zip(good, captioner.decode(images, beam_size, length_penalty), arrays):
                 result.words = to_words(decoded.tokens)
                 result.score = decoded.score
+                result.finished = decoded.finished
                 result.attention = decoded.attention
                 result.pixels = array.transpose(1, 2, 0)
         task.advance(len(batch))

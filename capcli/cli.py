@@ -135,7 +135,10 @@ def train_command(ctx: click.Context, **params) -> None:
 @click.option("-b", "--beam-size", "--beam", "--beam_size", "beam_size", default=5, show_default=True,
               type=click.IntRange(1, 100), help="Beam width (1: greedy).")
 @click.option("-v", "--visualize-attention", "--visualize_attention", "visualize", is_flag=True,
-              help="Also write attention_visualization.png (one panel per word).")
+              help="Also write attention_visualization.png (one panel per word, one colour scale).")
+@click.option("--per-word", is_flag=True,
+              help="Attention pictures: scale each word's map to its own min-max (default: one colour scale "
+                   "for the whole caption, 0 to its highest weight).")
 @click.option("-cj", "--captions-json", "--captions_json", "captions_json", default=None,
               type=click.Path(dir_okay=False),
               help="Original captions to compare with (any caption file `capcli prep` reads).")
@@ -143,7 +146,7 @@ def train_command(ctx: click.Context, **params) -> None:
 @click.option("--no-pictures", is_flag=True, help="Do not write caption_result.png.")
 @options.decoding_options
 def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | None, word_map: str | None,
-                    beam_size: int, length_penalty: float, visualize: bool, captions_json: str | None,
+                    beam_size: int, length_penalty: float, visualize: bool, per_word: bool, captions_json: str | None,
                     as_json: bool, no_pictures: bool, output_folder: str, device: str, precision: str) -> None:
     """Caption images (files or folders) with beam search.
 
@@ -154,6 +157,7 @@ def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | 
     Example:
       capcli caption photo.jpg --beam 10
       capcli caption -i dog.jpg -m model_outputs/BEST_flickr8k_5_5.pth.tar -v
+      capcli caption dog.jpg -v --per-word     # each word's attention on its own scale
       capcli caption test_images/ --json
     """
     from capcli.captioning import caption_files, check_word_map, expand_inputs, original_captions
@@ -168,7 +172,7 @@ def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | 
         check_word_map(captioner, word_map)
     originals = original_captions(captions_json) if captions_json else {}
     results = caption_files(captioner, paths, beam_size, length_penalty, progress=TerminalProgress())
-    written = write_pictures(results, output_folder, not no_pictures, visualize, originals)
+    written = write_pictures(results, output_folder, not no_pictures, visualize, originals, per_word=per_word)
     render.captions(results, originals, written, as_json, visualize and not captioner.decoder.has_attention)
     if any(r.error for r in results):
         raise SystemExit(1)

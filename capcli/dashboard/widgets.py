@@ -52,12 +52,13 @@ def heatmap_text(pixels: np.ndarray, weights, width: int, height: int, strength:
     with upper half-blocks (foreground = top pixel, background = bottom pixel)."""
     from PIL import Image
 
-    from capcli.pictures import heat_colours, upsample_attention
+    from capcli.heatmap import heat_colours, per_word_fractions, upsample_attention
 
     rows = height * 2
     base = np.asarray(Image.fromarray(pixels).resize((width, rows), Image.BILINEAR), dtype=np.float32)
     if weights is not None:
-        heat = np.asarray(Image.fromarray(upsample_attention(weights, 64)).resize((width, rows), Image.BILINEAR))
+        heat = per_word_fractions(upsample_attention(weights, 64))  # one word at a time: its own min-max
+        heat = np.asarray(Image.fromarray(heat).resize((width, rows), Image.BILINEAR))
         base = base * (1 - strength) + heat_colours(heat) * strength
     rgb = base.clip(0, 255).astype(int)
     text = Text()
