@@ -13,7 +13,7 @@ from dataclasses import dataclass
 # The model's tables (capcli.model.encoder.ENCODER_DIMS, capcli.model.captioner.DECODERS) hold
 # the same names; tests check that they agree.
 DATASETS = ("shapes", "flickr8k", "flickr30k", "coco")  # the well-known ones; `prep --dataset` takes any safe name
-ENCODER_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+ENCODER_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet-small")
 DECODER_NAMES = ("attention", "plain")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SPLITS = ("test", "val", "train")

@@ -32,7 +32,7 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])  # BasicBlock and Bottleneck
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet-small"])  # BasicBlock, Bottleneck, narrow
 def test_fused_inference_gives_the_eager_features(name):
     encoder, images = _calibrated(name, 0)
     with torch.no_grad():
@@ -84,3 +84,21 @@ def test_inference_in_training_mode_or_without_fused_convolutions_is_the_eager_f
     with torch.no_grad():
         training = encoder(images)
     assert torch.equal(encoder.infer(images), training)
+
+
+def test_the_small_resnet_is_narrow_trains_whole_and_has_no_imagenet_weights():
+    from capcli.errors import CapcliError
+    from capcli.model.encoder import load_pretrained
+
+    encoder = Encoder("resnet-small", encoded_size=8)
+    with torch.no_grad():
+        features = encoder(torch.rand(2, 3, 128, 128))
+    assert features.shape == (2, 8, 8, 128) and encoder.dim == 128
+    assert sum(p.numel() for p in encoder.parameters()) < 0.1 * sum(p.numel() for p in Encoder("resnet18").parameters())
+    encoder.set_fine_tune(True)
+    assert all(p.requires_grad for p in encoder.parameters())  # nothing pretrained to keep frozen
+    resnet18 = Encoder("resnet18")
+    resnet18.set_fine_tune(True)
+    assert not resnet18.resnet[0].weight.requires_grad and resnet18.resnet[5][0].conv1.weight.requires_grad
+    with pytest.raises(CapcliError, match="resnet-small has no ImageNet weights.*--no-pretrained"):
+        load_pretrained(encoder)

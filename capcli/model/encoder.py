@@ -22,10 +22,12 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.resnet import BasicBlock
 
 from capcli.errors import CapcliError, first_line, os_error_message
 
-ENCODER_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
+SMALL = "resnet-small"  # no ImageNet weights: for small images trained from scratch (the shapes set)
+ENCODER_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048, SMALL: 128}
 _WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
             "resnet101": "ResNet101_Weights", "resnet152": "ResNet152_Weights"}
 _MEAN = (0.485, 0.456, 0.406)
@@ -38,10 +40,12 @@ class Encoder(nn.Module):
         if name not in ENCODER_DIMS:
             raise CapcliError(f"unknown encoder {name!r} (choose from {', '.join(ENCODER_DIMS)})")
         self.name, self.dim = name, ENCODER_DIMS[name]
-        resnet = getattr(torchvision.models, name)(weights=None)
-        # children: conv1 bn1 relu maxpool layer1 layer2 layer3 layer4 (avgpool fc dropped)
+        if name == SMALL:
+            layers = small_resnet()
+        else:  # children: conv1 bn1 relu maxpool layer1 layer2 layer3 layer4 (avgpool fc dropped)
+            layers = list(getattr(torchvision.models, name)(weights=None).children())[:-2]
         # channels-last (NHWC) convolutions: faster on the CPU (docs/performance.md) and what GPU tensor cores want
-        self.resnet = nn.Sequential(*list(resnet.children())[:-2]).to(memory_format=torch.channels_last)
+        self.resnet = nn.Sequential(*layers).to(memory_format=torch.channels_last)
         self.pool = nn.AdaptiveAvgPool2d((encoded_size, encoded_size))
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
@@ -49,11 +53,12 @@ class Encoder(nn.Module):
         self.kernels = None  # capcli.model.cpu's fused inference, once enabled
 
     def set_fine_tune(self, fine_tune: bool) -> None:
-        """Freeze everything; with ``fine_tune`` train ResNet stages 2–4 (the seed's choice)."""
+        """Freeze everything; with ``fine_tune`` train ResNet stages 2–4 (the seed's choice), or the
+        whole of ``resnet-small``, which has no pretrained stem to keep."""
         for p in self.parameters():
             p.requires_grad = False
         if fine_tune:
-            for stage in list(self.resnet.children())[5:]:
+            for stage in list(self.resnet.children())[5 if self.name != SMALL else 0:]:
                 for p in stage.parameters():
                     p.requires_grad = True
 
@@ -94,6 +99,27 @@ class Encoder(nn.Module):
         self.train(was_training)
 
 
+def small_resnet(width: int = 32, blocks: int = 2) -> list[nn.Module]:
+    """A narrow three-stage ResNet in torchvision's layout (conv1 bn1 relu maxpool layer1–3): stages of
+    ``blocks`` basic blocks at ``width``, 2×, 4× channels; output stride 16 (8 × 8 features from 128 pixels).
+
+    Small synthetic images need neither ResNet-18's width nor its fourth stage, and train from scratch
+    several times faster with this one (figures in docs/performance.md).
+    """
+    layers: list[nn.Module] = [nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                               nn.MaxPool2d(3, 2, 1)]
+    channels = width
+    for stage in range(3):
+        planes, stride = width * 2 ** stage, 1 if stage == 0 else 2
+        shortcut = None
+        if stride != 1 or channels != planes:
+            shortcut = nn.Sequential(nn.Conv2d(channels, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+        layers.append(nn.Sequential(BasicBlock(channels, planes, stride, shortcut),
+                                    *(BasicBlock(planes, planes) for _ in range(blocks - 1))))
+        channels = planes
+    return layers
+
+
 def imagenet_url(name: str) -> str:
     """The address of torchvision's ImageNet weights (``IMAGENET1K_V1``) for encoder ``name``."""
     return getattr(torchvision.models, _WEIGHTS[name]).IMAGENET1K_V1.url
@@ -129,6 +155,8 @@ def load_pretrained(encoder: Encoder, weights_file: str | None = None, progress:
         CapcliError: a missing, corrupt or unfitting file, or a failed download (naming the
             cache path, the address and ``--pretrained-weights FILE``).
     """
+    if encoder.name == SMALL:
+        raise CapcliError(f"{SMALL} has no ImageNet weights; train it from scratch with --no-pretrained")
     if weights_file:
         path, state = weights_file, _load_file(weights_file)
     else:
