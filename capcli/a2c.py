@@ -27,14 +27,14 @@ from capcli.checkpoint import A2CState, Checkpoint, DataRef, read_checkpoint
 from capcli.config import A2CConfig
 from capcli.data.datasets import ImageCaptions, Images
 from capcli.data.hdf5 import find_prepared
-from capcli.data.vocab import END, PAD, START, Detokenizer
+from capcli.data.vocab import END, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
 from capcli.errors import CapcliError, CheckpointError
 from capcli.features import encode_images
 from capcli.lifecycle import A2C, Lifecycle, NonFiniteLoss, existing_checkpoint, hold_run, refuse_overwrite
 from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import model_from_checkpoint
-from capcli.model.decoding import greedy
+from capcli.model.decoding import banned_words, greedy
 from capcli.paths import a2c_files
 from capcli.progress import SILENT, Progress
 from capcli.runlog import a2c_epoch_line, resume_command
@@ -228,7 +228,7 @@ class A2CTrainer:
         batch = features.shape[0]
         start, end = self.word_map[START], self.word_map[END]
         ban = torch.zeros(len(self.word_map), dtype=torch.bool, device=self.device)
-        ban[[self.word_map[PAD], self.word_map[START]]] = True  # never sampled
+        ban[list(banned_words(self.word_map))] = True  # never sampled
         state = self.decoder.init_state(features)
         words = torch.full((batch,), start, dtype=torch.long, device=self.device)
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
@@ -271,7 +271,7 @@ class A2CTrainer:
             self.decoder.eval()
             with torch.no_grad(), self.precision.autocast():
                 base = greedy(self.decoder, features.detach(), self.word_map[START], self.word_map[END],
-                              self.max_len, (self.word_map[PAD], self.word_map[START]), attention=False)
+                              self.max_len, banned_words(self.word_map), attention=False)
             greedy_rewards = clip_rewards(torch.tensor(self.rewarder(references, [self.words(d.tokens) for d in base]),
                                                        device=self.device), self.config.reward_clip)
             advantages = (rewards - greedy_rewards).unsqueeze(1).expand(-1, steps) * mask
@@ -308,7 +308,7 @@ class A2CTrainer:
         for x, _ in DataLoader(self.val, batch_size=32):
             with self.precision.autocast():
                 decoded = greedy(self.decoder, self._features(x), self.word_map[START], self.word_map[END],
-                                 self.max_len, (self.word_map[PAD], self.word_map[START]), attention=False)
+                                 self.max_len, banned_words(self.word_map), attention=False)
             hyps.extend(self.words(d.tokens) for d in decoded)
         return corpus_bleu(self.val_refs, hyps, 4), cider_d(self.val_refs, hyps)[0]
 

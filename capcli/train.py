@@ -21,7 +21,7 @@ from capcli.config import ModelConfig, TrainConfig
 from capcli.data.datasets import ImageCaptions, Images
 from capcli.data.hdf5 import PreparedData, find_prepared
 from capcli.data.jsonfiles import write_json
-from capcli.data.vocab import END, PAD, START, Detokenizer
+from capcli.data.vocab import END, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
 from capcli.distributed import (
     DistInfo,
@@ -39,7 +39,7 @@ from capcli.features import cache_key, encode_images, encoder_fingerprint, ensur
 from capcli.lifecycle import TRAIN, Lifecycle, NonFiniteLoss, hold_run
 from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import build_model
-from capcli.model.decoding import greedy
+from capcli.model.decoding import banned_words, greedy
 from capcli.model.encoder import load_pretrained
 from capcli.model.loss import caption_loss
 from capcli.paths import RunFiles, train_files
@@ -319,7 +319,7 @@ class Trainer:
     def _validate_batches(self) -> list[tuple[int, float, float, list[list[str]]]]:
         """(batch number, loss, top-5, decoded words of each image) for this rank's validation batches."""
         start, end = self.word_map[START], self.word_map[END]
-        banned = (self.word_map[PAD], self.word_map[START])  # as captioning and evaluation decode
+        banned = banned_words(self.word_map)  # as captioning and evaluation decode
         # --batch-size images a batch (not captions): no gradients here, and greedy decoding is
         # cheaper per image in large batches
         size, count = self.config.batch_size, len(self.val_rows)
