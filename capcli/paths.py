@@ -6,7 +6,8 @@ A run (output folder + run name, e.g. ``shapes_5_5``) has ``checkpoint_{name}.pt
 ``a2c``, one ``metrics_{name}.jsonl`` feed for both, the seed's ``bleu_scores_{name}.json`` and
 ``training_metrics_{name}.json``, and ``{name}.lock``. Prepared data (``capcli prep``) is
 ``WORDMAP_{name}.json``, per split ``{SPLIT}_IMAGES_{name}.hdf5``, ``{SPLIT}_CAPTIONS_{name}.json`` and
-``{SPLIT}_CAPLENS_{name}.json``, and ``MANIFEST_{name}.json``; readers also accept the
+``{SPLIT}_CAPLENS_{name}.json`` (and, from newer preps, ``{SPLIT}_REFERENCES_{name}.json``), and
+``MANIFEST_{name}.json``; readers also accept the
 a-PyTorch-Tutorial-to-Image-Captioning name ``{dataset}_{cpi}_cap_per_img_{mwf}_min_word_freq``.
 """
 
@@ -123,6 +124,12 @@ def chart_files(output_folder: str, name: str) -> list[str]:
 def data_file(folder: str, name: str, kind: str, split: str | None = None) -> str:
     """``kind`` is IMAGES, CAPTIONS, CAPLENS (with a split), WORDMAP or MANIFEST."""
     return _in(folder, data_file_names(name)[f"{split}_{kind}" if split else kind])
+
+
+def references_file(folder: str, name: str, split: str) -> str:
+    """``{SPLIT}_REFERENCES_{name}.json``: every raw reference caption of each image, tokenised (newer
+    preps write it; evaluation and validation fall back on the caption rows without it)."""
+    return _in(folder, f"{split}_REFERENCES_{name}{_JSON}")
 
 
 def data_file_names(name: str) -> dict[str, str]:

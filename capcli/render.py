@@ -102,6 +102,10 @@ def evaluation(result, checkpoint: str) -> None:
     click.echo(f"{result.name} {result.split}: {result.images} images, one caption each "
                f"({result.seconds:.0f} s, {checkpoint})")
     click.echo(format_table(result))
+    for note in result.notes:
+        click.echo(note)
+    if result.java:
+        click.echo(f"Java metrics ran on {result.java}")
     click.echo(f"Wrote {result.json_path} and {', '.join(result.results_paths.values())}")
 
 
