@@ -76,15 +76,16 @@ def java_setup(metrics: Sequence[str]) -> JavaSetup:
         return setup
     names = " and ".join(m.upper() for m in wanted)
     if not coco_installed():
-        setup.unavailable.update(dict.fromkeys(wanted, f"{names} not run: pycocoevalcap is not installed ({GET_COCO})"))
-        return setup
-    setup.java = find_java()
-    if setup.java is None:
-        setup.unavailable.update(dict.fromkeys(wanted, f"{names} not run: no java on PATH or in JAVA_HOME ({GET_JAVA})"))
-        return setup
-    setup.version = java_version(setup.java)
-    if setup.version is None:
-        setup.unavailable.update(dict.fromkeys(wanted, f"{names} not run: {setup.java} -version failed ({GET_JAVA})"))
+        missing = f"pycocoevalcap is not installed ({GET_COCO})"
+    else:
+        setup.java = find_java()
+        if setup.java is None:
+            missing = f"no java on PATH or in JAVA_HOME ({GET_JAVA})"
+        else:
+            setup.version = java_version(setup.java)
+            missing = f"{setup.java} -version failed ({GET_JAVA})" if setup.version is None else ""
+    if missing:
+        setup.unavailable.update(dict.fromkeys(wanted, f"{names} not run: {missing}"))
     return setup
 
 
