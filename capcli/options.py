@@ -20,6 +20,7 @@ from capcli.config import (
     DECODER_NAMES,
     DEMO_EPOCHS,
     ENCODER_NAMES,
+    MONITORS,
     PRECISIONS,
     REWARDS,
     SPLITS,
@@ -249,11 +250,14 @@ train_options = bundle(
     _train("--save-every", type=click.FloatRange(0),
            help="Also checkpoint every this many minutes inside an epoch (0: only at epoch ends)."),
     _train("--max-val-images", type=click.IntRange(0), help="Validate on at most this many images (0: all)."),
+    _train("--monitor", type=click.Choice(MONITORS),
+           help="Validation score (greedy captions) that picks the BEST checkpoint and drives --patience-lr "
+                "and --patience-stop: BLEU-4 or CIDEr-D. A resumed run keeps its own."),
     _train("--patience-lr", type=click.IntRange(1),
-           help="Epochs without BLEU-4 gain before the learning rates are multiplied by --lr-decay."),
+           help="Epochs without --monitor gain before the learning rates are multiplied by --lr-decay."),
     _train("--lr-decay", type=click.FloatRange(0, 1, min_open=True),
            help="Learning-rate factor applied after --patience-lr epochs without gain."),
-    _train("--patience-stop", type=click.IntRange(1), help="Epochs without BLEU-4 gain before training stops."),
+    _train("--patience-stop", type=click.IntRange(1), help="Epochs without --monitor gain before training stops."),
 )
 
 
