@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from capcli.checkpoint import A2CState, Checkpoint, DataRef, read_checkpoint
 from capcli.config import A2CConfig
 from capcli.data.datasets import ImageCaptions, Images
-from capcli.data.hdf5 import find_prepared
+from capcli.data.hdf5 import find_prepared, split_references
 from capcli.data.vocab import END, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
 from capcli.errors import CapcliError, CheckpointError
@@ -214,9 +214,8 @@ class A2CTrainer:
         self.train_refs = [[words(r) for r in train_rows[i * self.cpi:(i + 1) * self.cpi]]
                            for i in range(len(self.train))]
         self.rewarder = Rewarder(self.config.reward, self.train_refs)
-        val_rows, _ = self.prepared.captions("VAL")
         self.val = Images(self.prepared.path("IMAGES", "VAL"), "images", self.config.max_val_images)
-        self.val_refs = [[words(r) for r in val_rows[i * self.cpi:(i + 1) * self.cpi]] for i in range(len(self.val))]
+        self.val_refs = split_references(self.prepared, "VAL", len(self.val)).captions  # raw ones when prep wrote them
         self.max_len = self.config.max_len or (len(train_rows[0]) - 2 if train_rows else 50)
         self.words = words
 

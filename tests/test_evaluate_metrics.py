@@ -178,3 +178,27 @@ def test_meteor_for_real_and_spice_in_one_line(evaluated, run, monkeypatch):
         assert len(spice_lines) == 1 and spice_lines[0].startswith("SPICE not run: ")
         assert report["metrics"]["not_run"]["spice"] == spice_lines[0]
     assert _java_children() == []  # no METEOR or SPICE JVM left behind
+
+
+def test_validation_scores_against_the_val_references_file(data, tmp_path, run, monkeypatch):
+    from capcli import train
+    from tests.conftest import TINY_TRAIN
+
+    data_copy = tmp_path / "data"
+    shutil.copytree(data, data_copy, ignore=shutil.ignore_patterns("shapes"))
+    prepared = find_prepared(str(data_copy))
+    count = len(prepared.captions("VAL")[0]) // 5
+    references = [[f"raw reference {i} one", f"raw reference {i} two"] for i in range(count)]
+    with open(references_file(str(data_copy), NAME, "VAL"), "w") as f:
+        json.dump(references, f)
+    seen = []
+
+    def spy(refs, hyps, n_max=4):
+        seen.append(refs)
+        return real(refs, hyps, n_max)
+
+    real = train.bleu
+    monkeypatch.setattr(train, "bleu", spy)
+    result = run("train", "--data-folder", data_copy, "--output-folder", tmp_path / "out", *TINY_TRAIN, "--epochs", 1)
+    assert result.exit_code == 0, result.output
+    assert seen == [[[r.split() for r in refs] for refs in references]]
