@@ -26,15 +26,15 @@ from torch.utils.data import DataLoader
 from capcli.checkpoint import A2CState, Checkpoint, DataRef, read_checkpoint
 from capcli.config import A2CConfig
 from capcli.data.datasets import ImageCaptions, Images
-from capcli.data.hdf5 import find_prepared
-from capcli.data.vocab import END, PAD, START, Detokenizer
+from capcli.data.hdf5 import find_prepared, split_references
+from capcli.data.vocab import END, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
 from capcli.errors import CapcliError, CheckpointError
 from capcli.features import encode_images
 from capcli.lifecycle import A2C, Lifecycle, NonFiniteLoss, existing_checkpoint, hold_run, refuse_overwrite
 from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import model_from_checkpoint
-from capcli.model.decoding import greedy
+from capcli.model.decoding import banned_words, greedy
 from capcli.paths import a2c_files
 from capcli.progress import SILENT, Progress
 from capcli.runlog import a2c_epoch_line, resume_command
@@ -214,9 +214,8 @@ class A2CTrainer:
         self.train_refs = [[words(r) for r in train_rows[i * self.cpi:(i + 1) * self.cpi]]
                            for i in range(len(self.train))]
         self.rewarder = Rewarder(self.config.reward, self.train_refs)
-        val_rows, _ = self.prepared.captions("VAL")
         self.val = Images(self.prepared.path("IMAGES", "VAL"), "images", self.config.max_val_images)
-        self.val_refs = [[words(r) for r in val_rows[i * self.cpi:(i + 1) * self.cpi]] for i in range(len(self.val))]
+        self.val_refs = split_references(self.prepared, "VAL", len(self.val)).captions  # raw ones when prep wrote them
         self.max_len = self.config.max_len or (len(train_rows[0]) - 2 if train_rows else 50)
         self.words = words
 
@@ -228,7 +227,7 @@ class A2CTrainer:
         batch = features.shape[0]
         start, end = self.word_map[START], self.word_map[END]
         ban = torch.zeros(len(self.word_map), dtype=torch.bool, device=self.device)
-        ban[[self.word_map[PAD], self.word_map[START]]] = True  # never sampled
+        ban[list(banned_words(self.word_map))] = True  # never sampled
         state = self.decoder.init_state(features)
         words = torch.full((batch,), start, dtype=torch.long, device=self.device)
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
@@ -271,7 +270,7 @@ class A2CTrainer:
             self.decoder.eval()
             with torch.no_grad(), self.precision.autocast():
                 base = greedy(self.decoder, features.detach(), self.word_map[START], self.word_map[END],
-                              self.max_len, (self.word_map[PAD], self.word_map[START]), attention=False)
+                              self.max_len, banned_words(self.word_map), attention=False)
             greedy_rewards = clip_rewards(torch.tensor(self.rewarder(references, [self.words(d.tokens) for d in base]),
                                                        device=self.device), self.config.reward_clip)
             advantages = (rewards - greedy_rewards).unsqueeze(1).expand(-1, steps) * mask
@@ -308,7 +307,7 @@ class A2CTrainer:
         for x, _ in DataLoader(self.val, batch_size=32):
             with self.precision.autocast():
                 decoded = greedy(self.decoder, self._features(x), self.word_map[START], self.word_map[END],
-                                 self.max_len, (self.word_map[PAD], self.word_map[START]), attention=False)
+                                 self.max_len, banned_words(self.word_map), attention=False)
             hyps.extend(self.words(d.tokens) for d in decoded)
         return corpus_bleu(self.val_refs, hyps, 4), cider_d(self.val_refs, hyps)[0]
 

@@ -14,13 +14,13 @@ import torch
 
 from capcli.checkpoint import Checkpoint, read_checkpoint
 from capcli.data.transforms import ImageSkipped, load_square
-from capcli.data.vocab import END, PAD, START, Detokenizer
+from capcli.data.vocab import END, START, Detokenizer
 from capcli.device import Precision, resolve_device, resolve_precision
 from capcli.errors import InputError
 from capcli.features import encode_images
 from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import model_from_checkpoint
-from capcli.model.decoding import Decoded, beam_search
+from capcli.model.decoding import Decoded, banned_words, beam_search
 from capcli.paths import best_checkpoint_pattern, best_checkpoints, checkpoint_files
 from capcli.progress import SILENT, Progress
 
@@ -43,7 +43,7 @@ class Captioner:
 
     @property
     def banned(self) -> tuple[int, ...]:
-        return (self.word_map[PAD], self.word_map[START])
+        return banned_words(self.word_map)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (batch, 3, S, S) → encoder features (batch, 14, 14, C)."""

@@ -136,10 +136,11 @@ class RunState:
 
 @dataclass
 class TrainState(RunState):
-    best_bleu4: float = 0.0
+    best_bleu4: float = 0.0  # the validation BLEU-4 of the best epoch
     since_improvement: int = 0
     bleu_history: list[float] = field(default_factory=list)
-    history: dict[str, list[float]] = field(default_factory=dict)  # train_loss, val_top5...: one per epoch
+    history: dict[str, list[float]] = field(default_factory=dict)  # train_loss, val_cider_d...: one per epoch
+    best_score: float = 0.0  # the best epoch's score on the run's --monitor (BLEU-4 before it existed)
 
 
 @dataclass
@@ -159,7 +160,9 @@ class DataRef:
 _MODEL_FIELDS = ("model_config", "encoder", "decoder", "word_map")
 _STATE_DICTS = ("decoder_optimizer", "encoder_optimizer", "critic", "actor_optimizer", "critic_optimizer", "scaler")
 # what resuming each stage needs besides the model (a2c keeps default counts when they are missing)
-_RESUME_NEEDS = {"train": (*(f.name for f in dataclasses.fields(TrainState)), "decoder_optimizer"),
+_SINCE_MONITOR = ("best_score",)  # older checkpoints lack it and still resume
+_RESUME_NEEDS = {"train": (*(f.name for f in dataclasses.fields(TrainState) if f.name not in _SINCE_MONITOR),
+                           "decoder_optimizer"),
                  "a2c": ("critic", "actor_optimizer", "critic_optimizer")}
 
 
@@ -222,6 +225,8 @@ class Checkpoint:
         if kind not in ("train", "a2c"):
             raise CheckpointError(f"{path}: kind is {shorten(repr(kind))}, expected train or a2c")
         state, absent, malformed = _run_state(A2CState if kind == "a2c" else TrainState, raw)
+        if isinstance(state, TrainState) and "best_score" in absent:
+            state.best_score = state.best_bleu4  # runs from before --monitor selected on BLEU-4
         state_dicts = {}
         for key in _STATE_DICTS:
             if isinstance(raw.get(key), dict):

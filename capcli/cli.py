@@ -190,26 +190,28 @@ def _load_model(model: str | None, output_folder: str, device: str, precision: s
 @options.name_option("Prepared data set name [default: the one the model was trained on].")
 @options.split_option
 @options.beams_option
+@options.metrics_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per batch.")
 @click.option("--max-images", default=0, show_default=True, type=click.IntRange(0),
               help="Evaluate on at most this many images (0: all).")
 @options.decoding_options
 def evaluate_command(model: str | None, data_folder: str, name: str | None, split: str, beams: list[int],
-                     length_penalty: float, batch_size: int, max_images: int, output_folder: str, device: str,
-                     precision: str) -> None:
-    """Score a model on a split: BLEU-1..4, CIDEr-D and ROUGE-L per beam size.
+                     metrics: list[str] | None, length_penalty: float, batch_size: int, max_images: int,
+                     output_folder: str, device: str, precision: str) -> None:
+    """Score a model on a split per beam size: BLEU-1..4, ROUGE-L and CIDEr-D as pycocoevalcap computes
+    them, against every raw reference; METEOR and SPICE too where Java and the coco extra are there.
 
     \b
     Example:
       capcli evaluate --split test --beam 1,3,5
-      capcli evaluate -m model_outputs/BEST_A2C_shapes_5_5.pth.tar --beam 3
+      capcli evaluate -m model_outputs/BEST_A2C_shapes_5_5.pth.tar --beam 3 --metrics bleu,cider
     """
     from capcli.evaluate import run_evaluate
     from capcli.progress import TerminalProgress
 
     captioner = _load_model(model, output_folder, device, precision)
     result = run_evaluate(captioner, data_folder, name, split, beams, output_folder, length_penalty,
-                          batch_size, max_images, TerminalProgress())
+                          batch_size, max_images, TerminalProgress(), metrics)
     render.evaluation(result, captioner.path)
 
 

@@ -18,6 +18,8 @@ DECODER_NAMES = ("attention", "plain")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SPLITS = ("test", "val", "train")
 REWARDS = ("cider", "bleu4")  # capcli a2c --reward
+MONITORS = ("bleu4", "cider")  # capcli train --monitor: the validation score that picks BEST
+MONITOR_LABELS = {"bleu4": "BLEU-4", "cider": "CIDEr-D"}
 BASELINES = ("critic", "greedy")  # capcli a2c --baseline
 
 
@@ -140,6 +142,7 @@ class TrainConfig:
     patience_stop: int = 20
     lr_decay: float = 0.8
     max_val_images: int = 0
+    monitor: str = "bleu4"  # the validation score that decides BEST, learning-rate decay and early stopping
 
 
 @dataclass(frozen=True)

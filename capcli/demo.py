@@ -19,6 +19,7 @@ from capcli.evaluate import EvaluateResult, run_evaluate
 from capcli.paths import train_files
 from capcli.prep import PrepResult, run_prep
 from capcli.progress import SILENT, Progress
+from capcli.scores import PYTHON_METRICS
 from capcli.train import TrainResult, run_train
 
 
@@ -49,7 +50,7 @@ def run_demo(data_folder: str = "data_output", output_folder: str = "model_outpu
     train = run_train(config, given=frozenset({"epochs"}), progress=progress)  # the shapes defaults otherwise
     captioner = load_captioner(train.best_checkpoint)
     evaluation = run_evaluate(captioner, data_folder, prep.name, "test", [1, 3, 5], output_folder,
-                              progress=progress)
+                              progress=progress, metrics=PYTHON_METRICS)  # no Java, no download
     originals = original_captions(os.path.join(data_folder, "shapes", "dataset_shapes.json"))
     images_folder = os.path.join(data_folder, "shapes", "images")
     chosen = [os.path.join(images_folder, image_id) for image_id in evaluation.image_ids[:3]]

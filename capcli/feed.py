@@ -26,6 +26,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "time": _NUMBER, "stage": _STR, "event": _STR, "split": _STR, "epoch": _INT, "step": _INT,
     "loss": _NUMBER, "top5": _NUMBER, "bleu4": _NUMBER, "lr": _NUMBER,
     "epochs": _INT, "reason": _STR, "improved": _BOOL, "best_bleu4": _NUMBER,  # start, end, val lines
+    "monitor": _STR, "best_score": _NUMBER,  # train's val and end lines: the score that picks BEST, its best
     "reward": _NUMBER, "advantage": _NUMBER, "entropy": _NUMBER, "actor_loss": _NUMBER,  # a2c epochs
     "critic_loss": _NUMBER, "entropy_weight": _NUMBER, "cider_d": _NUMBER,
 }

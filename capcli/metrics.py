@@ -4,6 +4,7 @@ PNG pictures (matplotlib, from the ``plots`` extra)."""
 from __future__ import annotations
 
 from capcli import safeio
+from capcli.config import MONITOR_LABELS
 from capcli.errors import CapcliError
 from capcli.paths import chart_files
 from capcli.runs import RunSummary
@@ -13,11 +14,28 @@ CHARTS = (  # title, y label, [(series, label)]
     ("Top-5 accuracy", "top-5 %", [("train_top5", "train"), ("val_top5", "val")]),
     ("Validation BLEU-4", "BLEU-4", [("bleu4", "val BLEU-4"), ("a2c_val_bleu4", "a2c val BLEU-4")]),
     ("A2C reward", "reward", [("a2c_reward", "mean reward"), ("a2c_entropy", "entropy")]),
-)
+    ("Validation CIDEr-D", "CIDEr-D", [("cider_d", "val CIDEr-D"), ("a2c_val_cider_d", "a2c val CIDEr-D")]),
+)  # the seed's PNGs are the first four; the terminal and the dashboard show every one
 
 
 def _fmt(value, spec: str = ".4f") -> str:
     return "–" if value is None else format(value, spec)
+
+
+def best_label(s: RunSummary) -> str:
+    """``BLEU-4``, or ``CIDEr-D (monitor)`` for a run that picks BEST on CIDEr-D."""
+    return "BLEU-4" if s.monitor == "bleu4" else f"{MONITOR_LABELS.get(s.monitor, s.monitor)} (monitor)"
+
+
+def best_text(s: RunSummary, epoch: str = "at epoch {}", other: str = " ({} {})") -> str:
+    """The best epoch's monitored score, the epoch and the other score: ``0.4123 at epoch 3 (CIDEr-D 1.2345)``
+    (the pieces as ``epoch`` and ``other`` place them), or ``–``."""
+    if s.best_epoch is None:
+        return "–"
+    first, (name, value) = (s.best_bleu4, ("CIDEr-D", s.best_cider_d)) if s.monitor == "bleu4" else \
+        (s.best_cider_d, ("BLEU-4", s.best_bleu4))
+    extra = other.format(name, _fmt(value)) if value is not None else ""
+    return f"{_fmt(first)} {epoch.format(s.best_epoch)}{extra}"
 
 
 def summary_text(name: str, path: str, s: RunSummary) -> str:
@@ -27,7 +45,7 @@ def summary_text(name: str, path: str, s: RunSummary) -> str:
         ("run", f"{name}  ({path}, {s.lines} lines, {state})"),
         ("epochs done", f"{s.epochs_done}" + (f" of {s.total_epochs['train']}" if "train" in s.total_epochs else "")
          + f"  (last step {s.last_step})"),
-        ("best val BLEU-4", f"{_fmt(s.best_bleu4)} at epoch {s.best_epoch}" if s.best_bleu4 is not None else "–"),
+        (f"best val {best_label(s)}", best_text(s)),
         ("last train loss / top-5", f"{_fmt(s.last.get('train_loss'))} / {_fmt(s.last.get('train_top5'), '.2f')} %"),
         ("last val loss / top-5", f"{_fmt(s.last.get('val_loss'))} / {_fmt(s.last.get('val_top5'), '.2f')} %"),
         ("mean time per epoch", "–" if s.mean_epoch_seconds is None else f"{s.mean_epoch_seconds:.1f} s"),

@@ -19,6 +19,7 @@ from capcli.config import (
     DECODER_NAMES,
     DEMO_EPOCHS,
     ENCODER_NAMES,
+    MONITORS,
     PRECISIONS,
     REWARDS,
     SPLITS,
@@ -93,6 +94,18 @@ def _parse_beams(ctx: click.Context, param: click.Parameter, value: str) -> list
     return list(dict.fromkeys(beams))
 
 
+def _parse_metrics(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    from capcli.scores import METRIC_KEYS
+
+    if value is None:
+        return None
+    metrics = [v.strip().lower() for v in value.split(",") if v.strip()]
+    unknown = [m for m in metrics if m not in METRIC_KEYS]
+    if unknown or not metrics:
+        raise click.BadParameter(f"{value!r}: expected a comma-separated list of {','.join(METRIC_KEYS)}")
+    return list(dict.fromkeys(metrics))
+
+
 def _default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -156,6 +169,10 @@ num_images_option = from_config(PrepConfig, "--num-images", type=click.IntRange(
                                 help="shapes only: images in total, split 80/10/10 into train/val/test.")
 beams_option = click.option("-b", "--beam", "--beam-size", "beams", default="1,3,5", show_default=True,
                             callback=_parse_beams, help="Comma-separated beam sizes.")
+metrics_option = click.option(
+    "--metrics", default=None, callback=_parse_metrics, metavar="LIST", show_default="all that can run",
+    help="Comma-separated metrics of bleu,meteor,rouge,cider,spice. METEOR and SPICE need Java and "
+         "pip install 'capcli[coco]'; SPICE also downloads Stanford CoreNLP on first use.")
 split_option = click.option("--split", type=click.Choice(SPLITS), default=SPLITS[0], show_default=True,
                             help="Which split's images to caption and score.")
 demo_epochs_option = click.option("--epochs", default=DEMO_EPOCHS, show_default=True, type=click.IntRange(1),
@@ -259,11 +276,14 @@ train_options = bundle(
     _train("--save-every", type=click.FloatRange(0),
            help="Also checkpoint every this many minutes inside an epoch (0: only at epoch ends)."),
     _train("--max-val-images", type=click.IntRange(0), help="Validate on at most this many images (0: all)."),
+    _train("--monitor", type=click.Choice(MONITORS),
+           help="Validation score (greedy captions) that picks the BEST checkpoint and drives --patience-lr "
+                "and --patience-stop: BLEU-4 or CIDEr-D. A resumed run keeps its own."),
     _train("--patience-lr", type=click.IntRange(1),
-           help="Epochs without BLEU-4 gain before the learning rates are multiplied by --lr-decay."),
+           help="Epochs without --monitor gain before the learning rates are multiplied by --lr-decay."),
     _train("--lr-decay", type=click.FloatRange(0, 1, min_open=True),
            help="Learning-rate factor applied after --patience-lr epochs without gain."),
-    _train("--patience-stop", type=click.IntRange(1), help="Epochs without BLEU-4 gain before training stops."),
+    _train("--patience-stop", type=click.IntRange(1), help="Epochs without --monitor gain before training stops."),
 )
 
 

@@ -127,6 +127,12 @@ def data_file(folder: str, name: str, kind: str, split: str | None = None) -> st
     return _in(folder, data_file_names(name)[f"{split}_{kind}" if split else kind])
 
 
+def references_file(folder: str, name: str, split: str) -> str:
+    """``{SPLIT}_REFERENCES_{name}.json``: every raw reference caption of each image, tokenised (newer
+    preps write it; evaluation and validation fall back on the caption rows without it)."""
+    return data_file(folder, name, "REFERENCES", split)
+
+
 def data_file_names(name: str) -> dict[str, str]:
     """Every file name prep writes for ``name``, keyed by role (``WORDMAP``, ``TRAIN_IMAGES``...)."""
     files = {"WORDMAP": f"{_WORDMAP_PREFIX}{name}{_JSON}"}

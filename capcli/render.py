@@ -12,7 +12,7 @@ import statistics
 
 import click
 
-from capcli.config import is_shapes
+from capcli.config import MONITOR_LABELS, is_shapes
 
 
 def prep_result(result) -> None:
@@ -43,8 +43,11 @@ def train_result(result) -> None:
     if result.epochs_trained == 0:
         click.echo(f"Nothing was trained ({result.stop_reason}).")
         return
-    click.echo(f"Trained {result.name}: {result.epochs_done} epoch(s), best validation BLEU-4 "
-               f"{result.best_bleu4:.4f} at epoch {result.best_epoch} ({result.stop_reason}, {result.seconds:.0f} s).")
+    best = f"BLEU-4 {result.best_bleu4:.4f}"
+    if result.monitor != "bleu4":
+        best = f"{MONITOR_LABELS[result.monitor]} {result.best_score:.4f} (BLEU-4 {result.best_bleu4:.4f})"
+    click.echo(f"Trained {result.name}: {result.epochs_done} epoch(s), best validation {best} at epoch "
+               f"{result.best_epoch} ({result.stop_reason}, {result.seconds:.0f} s).")
     click.echo(f"Checkpoints: {result.checkpoint}, {result.best_checkpoint}")
 
 
@@ -108,6 +111,10 @@ def evaluation(result, checkpoint: str) -> None:
     click.echo(f"{result.name} {result.split}: {result.images} images, one caption each "
                f"({result.seconds:.0f} s, {checkpoint})")
     click.echo(format_table(result))
+    for note in result.notes:
+        click.echo(note)
+    if result.java:
+        click.echo(f"Java metrics ran on {result.java}")
     click.echo(f"Wrote {result.json_path} and {', '.join(result.results_paths.values())}")
 
 

@@ -48,8 +48,10 @@ class RunSummary:
     stage: str | None = None  # of the last line: train or a2c
     epochs_done: int = 0
     last_step: int = 0
-    best_bleu4: float | None = None
+    best_bleu4: float | None = None  # the validation BLEU-4 of the best epoch
     best_epoch: int | None = None
+    best_cider_d: float | None = None  # its CIDEr-D (runs from before --monitor measured none)
+    monitor: str = "bleu4"  # the score the run picks BEST on (feeds from before --monitor: BLEU-4)
     last: dict = field(default_factory=dict)  # train_loss, val_loss, train_top5, val_top5, lr
     mean_epoch_seconds: float | None = None
     lr_changes: list[tuple[int, float]] = field(default_factory=list)  # (epoch, new lr)
@@ -74,6 +76,20 @@ def _add_a2c_line(s: RunSummary, line: dict) -> None:
         s.a2c = {**(s.a2c or {}), "val_bleu4": line.get("bleu4"), "val_cider_d": line.get("cider_d")}
         s.add("a2c_val_bleu4", epoch, line.get("bleu4"))
         s.add("a2c_val_cider_d", epoch, line.get("cider_d"))
+
+
+def _track_best(s: RunSummary, line: dict) -> None:
+    """A training val line is the best epoch when the run said so (``improved``); a line without
+    that flag when its monitored score beats the best so far."""
+    s.monitor = line.get("monitor") or s.monitor
+    key = "cider_d" if s.monitor == "cider" else "bleu4"
+    value = line.get(key)
+    best_value = s.best_cider_d if key == "cider_d" else s.best_bleu4
+    improved = line.get("improved")
+    if improved is None:
+        improved = _finite(value) and (best_value is None or value > best_value)
+    if improved and (_finite(line.get("bleu4")) or _finite(line.get("cider_d"))):
+        s.best_bleu4, s.best_cider_d, s.best_epoch = line.get("bleu4"), line.get("cider_d"), line.get("epoch")
 
 
 def summarize(lines: list, skipped: int = 0) -> RunSummary:
@@ -119,9 +135,8 @@ def summarize(lines: list, skipped: int = 0) -> RunSummary:
         if split == "val":
             s.epochs_done = max(s.epochs_done, epoch or 0)
             s.add("bleu4", epoch, line.get("bleu4"))
-            bleu = line.get("bleu4")
-            if _finite(bleu) and (s.best_bleu4 is None or bleu > s.best_bleu4):
-                s.best_bleu4, s.best_epoch = bleu, epoch
+            s.add("cider_d", epoch, line.get("cider_d"))
+            _track_best(s, line)
             lr = line.get("lr")
             if _finite(lr):
                 if last_lr is not None and lr != last_lr:

@@ -1,8 +1,10 @@
 """``capcli train``: supervised training of the captioner, with resume and a live metrics feed.
 
 Each epoch trains on every caption row, then measures validation loss / top-5 (teacher forced)
-and validation BLEU-4 from real batched greedy decoding, appends JSON lines to the metrics
-feed, writes the seed's JSON summaries and a checkpoint (``BEST_`` too when BLEU-4 improves).
+and validation BLEU-4 and CIDEr-D from real batched greedy decoding (against every raw reference
+when prep wrote them), appends JSON lines to the metrics feed, writes the seed's JSON summaries
+and a checkpoint (``BEST_`` too when the ``--monitor`` score improves; it also drives the
+learning-rate decay and early stopping).
 With a frozen encoder the CNN features are cached on disk and the CNN never runs again.
 """
 
@@ -19,9 +21,9 @@ from torch.utils.data import DataLoader
 from capcli.checkpoint import Checkpoint, DataRef, TrainState
 from capcli.config import ModelConfig, TrainConfig
 from capcli.data.datasets import ImageCaptions, Images
-from capcli.data.hdf5 import PreparedData, find_prepared
+from capcli.data.hdf5 import PreparedData, find_prepared, split_references
 from capcli.data.jsonfiles import write_json
-from capcli.data.vocab import END, PAD, START, Detokenizer
+from capcli.data.vocab import END, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
 from capcli.distributed import (
     DistInfo,
@@ -39,14 +41,15 @@ from capcli.features import cache_key, encode_images, encoder_fingerprint, ensur
 from capcli.lifecycle import TRAIN, Lifecycle, NonFiniteLoss, hold_run
 from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import build_model
-from capcli.model.decoding import greedy
+from capcli.model.decoding import banned_words, greedy
 from capcli.model.encoder import load_pretrained
 from capcli.model.loss import caption_loss
 from capcli.paths import RunFiles, train_files
 from capcli.progress import SILENT, Progress
 from capcli.runlog import nothing_to_train, resume_command, running_figures, train_epoch_line
-from capcli.scores import corpus_bleu4
-from capcli.train_setup import dataset_defaults, model_config_for, resume_source, warn_random_encoder
+from capcli.scores import bleu, cider_d
+from capcli.selection import best_figures, no_gain, record_epoch
+from capcli.train_setup import dataset_defaults, model_config_for, monitor_for, resume_source, warn_random_encoder
 
 
 @dataclass
@@ -61,6 +64,8 @@ class TrainResult:
     seconds: float
     epochs_trained: int = 0  # in this call: 0 when --epochs asked for nothing more
     main_rank: bool = True  # False on the other torchrun ranks, which print nothing
+    monitor: str = "bleu4"  # the score BEST was picked on
+    best_score: float = 0.0  # the best epoch's --monitor score
 
 
 def run_train(config: TrainConfig, model_options: dict | None = None, given: frozenset = frozenset(),
@@ -101,11 +106,12 @@ def _train(config: TrainConfig, model_options: dict, given: frozenset, progress:
     config, model_options = dataset_defaults(prepared, config, model_options, given)
     files = train_files(config.output_folder, prepared.name)
     if config.epochs == 0:  # nothing can be trained: no lock, no folder, nothing written
-        return _nothing_to_train(prepared.name, files, None, 0)
+        return _nothing_to_train(prepared.name, files, None, config)
     with hold_run(files, progress, dist_info.is_main):
         ckpt = resume_source(config, files)
+        config = monitor_for(config, ckpt, given)
         if config.epochs <= (ckpt.state.epoch if ckpt is not None else 0):
-            return _nothing_to_train(prepared.name, files, ckpt, config.epochs)
+            return _nothing_to_train(prepared.name, files, ckpt, config)
         word_map = prepared.word_map()
         model_config = model_config_for(ckpt, model_options, given, len(word_map))
         warn_random_encoder(config, prepared.name, ckpt, progress)
@@ -114,13 +120,14 @@ def _train(config: TrainConfig, model_options: dict, given: frozenset, progress:
         return trainer.fit()
 
 
-def _nothing_to_train(name: str, files: RunFiles, ckpt: Checkpoint | None, epochs: int) -> TrainResult:
+def _nothing_to_train(name: str, files: RunFiles, ckpt: Checkpoint | None, config: TrainConfig) -> TrainResult:
     """The result of a call whose --epochs asks for no more epochs than the run has: nothing is written."""
     if ckpt is None:
-        return TrainResult(name, 0, 0.0, 0, "", "", nothing_to_train(0, epochs), 0.0)
+        return TrainResult(name, 0, 0.0, 0, "", "", nothing_to_train(0, config.epochs), 0.0, monitor=config.monitor)
     state = ckpt.state
     return TrainResult(name, state.epoch, float(state.best_bleu4), state.best_epoch, files.checkpoint, files.best,
-                       nothing_to_train(state.epoch, epochs), 0.0)
+                       nothing_to_train(state.epoch, config.epochs), 0.0, monitor=config.monitor,
+                       best_score=float(state.best_score))
 
 
 class Trainer:
@@ -217,8 +224,7 @@ class Trainer:
         self.val_rows = ImageCaptions(*source, captions[:limit], caplens[:limit], self.cpi)
         self.max_len = len(captions[0]) - 2 if captions else 50
         self.to_words = Detokenizer(self.word_map)
-        self.val_refs = [[self.to_words(row) for row in captions[i * self.cpi:(i + 1) * self.cpi]]
-                         for i in range(val_count)]
+        self.val_refs = split_references(self.prepared, "VAL", val_count).captions
 
     def _features(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         if self.cached:
@@ -298,8 +304,8 @@ class Trainer:
         return loss_sum / max(n, 1), top5_sum / max(n, 1)
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float, float]:
-        """Validation loss and top-5 (teacher forced), and BLEU-4 from batched greedy decoding.
+    def validate(self) -> tuple[float, float, float, float]:
+        """Validation loss and top-5 (teacher forced), and BLEU-4 and CIDEr-D from batched greedy decoding.
 
         Under torchrun each rank takes every world-th batch and every rank gets all the results,
         joined in batch order: the same figures as one process, and the same decisions on every rank.
@@ -312,14 +318,15 @@ class Trainer:
         for _, loss, top5, words in results:  # summed in batch order, as one process sums them
             loss_sum, top5_sum = loss_sum + loss, top5_sum + top5
             hypotheses.extend(words)
-        bleu4 = corpus_bleu4(self.val_refs[:len(hypotheses)], hypotheses)
+        references = self.val_refs[:len(hypotheses)]
+        bleu4, cider = bleu(references, hypotheses, 4)[3], cider_d(references, hypotheses)[0]
         batches = max(len(results), 1)
-        return loss_sum / batches, top5_sum / batches, bleu4
+        return loss_sum / batches, top5_sum / batches, bleu4, cider
 
     def _validate_batches(self) -> list[tuple[int, float, float, list[list[str]]]]:
         """(batch number, loss, top-5, decoded words of each image) for this rank's validation batches."""
         start, end = self.word_map[START], self.word_map[END]
-        banned = (self.word_map[PAD], self.word_map[START])  # as captioning and evaluation decode
+        banned = banned_words(self.word_map)  # as captioning and evaluation decode
         # --batch-size images a batch (not captions): no gradients here, and greedy decoding is
         # cheaper per image in large batches
         size, count = self.config.batch_size, len(self.val_rows)
@@ -353,16 +360,10 @@ class Trainer:
 
     def _end_of_epoch(self, epoch: int, train: tuple, val: tuple) -> str | None:
         """Record the epoch, adjust the learning rate, save; returns a reason to stop or None."""
-        (train_loss, train_top5), (val_loss, val_top5, bleu4) = train, val
+        (train_loss, train_top5), (val_loss, val_top5, bleu4, cider) = train, val
         st = self.state
-        for key, value in (("train_loss", train_loss), ("train_top5", train_top5), ("val_loss", val_loss),
-                           ("val_top5", val_top5)):
-            st.history.setdefault(key, []).append(value)
-        st.bleu_history.append(bleu4)
-        improved = bleu4 > st.best_bleu4 or st.best_epoch == 0  # the first epoch always gives a BEST
-        if improved:
-            st.best_bleu4, st.best_epoch, st.since_improvement = bleu4, epoch + 1, 0
-        else:
+        improved = record_epoch(st, self.config.monitor, epoch, train, val)
+        if not improved:
             st.since_improvement += 1
             if st.since_improvement % self.config.patience_lr == 0:
                 for opt in self.optimizers:
@@ -374,14 +375,15 @@ class Trainer:
             self.feed.write("epoch", split="train", epoch=epoch + 1, step=st.step, loss=train_loss,
                             top5=train_top5, lr=lr)
             self.feed.write("epoch", split="val", epoch=epoch + 1, step=st.step, loss=val_loss, top5=val_top5,
-                            bleu4=bleu4, lr=lr, best_bleu4=st.best_bleu4, improved=improved)
+                            bleu4=bleu4, cider_d=cider, lr=lr, best_bleu4=st.best_bleu4, monitor=self.config.monitor,
+                            best_score=st.best_score, improved=improved)
             self._write_summaries()
         self.run.save(best=improved)
         if self.dist.is_main:
             self.progress.message(train_epoch_line(epoch + 1, self.config.epochs, train, val, lr,
                                                    time.monotonic() - self.epoch_started, improved))
         if st.since_improvement >= self.config.patience_stop:
-            return f"no BLEU-4 gain for {st.since_improvement} epochs"
+            return no_gain(st, self.config.monitor)
         return None
 
     def _epoch(self, epoch: int) -> str | None:
@@ -392,8 +394,9 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         start, first_epoch = time.monotonic(), self.state.epoch
-        reason = self.run.run(self.config.epochs, self._epoch, end=lambda: {"bleu4": self.state.best_bleu4})
+        reason = self.run.run(self.config.epochs, self._epoch,
+                              end=lambda: best_figures(self.state, self.config.monitor))
         return TrainResult(self.prepared.name, self.state.epoch, self.state.best_bleu4, self.state.best_epoch,
                            self.files.checkpoint, self.files.best, reason, time.monotonic() - start,
-                           self.state.epoch - first_epoch)
-
+                           self.state.epoch - first_epoch, monitor=self.config.monitor,
+                           best_score=self.state.best_score)

@@ -40,6 +40,21 @@ def _resumable(path: str) -> Checkpoint:
     return ckpt
 
 
+def monitor_for(config: TrainConfig, ckpt: Checkpoint | None, given: frozenset) -> TrainConfig:
+    """A resumed run keeps the --monitor it selects BEST on (runs from before --monitor: bleu4).
+
+    Raises:
+        CheckpointError: ``--monitor`` given with another score than the resumed run's.
+    """
+    if ckpt is None:
+        return config
+    saved = ckpt.train_config.monitor if ckpt.train_config else "bleu4"
+    if "monitor" in given and config.monitor != saved:
+        raise CheckpointError(f"--monitor {config.monitor} conflicts with the run being resumed (its BEST is picked "
+                              f"on {saved}); drop --monitor or start a new run")
+    return replace(config, monitor=saved)
+
+
 def resume_source(config: TrainConfig, files: RunFiles) -> Checkpoint | None:
     """The checkpoint a run continues (``--checkpoint`` or ``--resume``), or None for a new run."""
     if config.checkpoint:

@@ -108,7 +108,8 @@ def test_missing_foreign_and_ambiguous_checkpoints(trained, run, tmp_path):
 
 def test_evaluate_table_files_and_agreement_with_caption(trained, run, tmp_path):
     data, out = trained
-    result = run("evaluate", "--data-folder", data, "--output-folder", out, "--beam", "1,3,5", "--precision", "fp32")
+    result = run("evaluate", "--data-folder", data, "--output-folder", out, "--beam", "1,3,5", "--precision", "fp32",
+                 "--metrics", "bleu,cider,rouge")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["beam"])

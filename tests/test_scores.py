@@ -19,18 +19,24 @@ def test_bleu_by_hand():
     assert corpus_bleu(refs, hyp, 1) == pytest.approx(5 / 6)
     assert corpus_bleu(refs, hyp, 2) == pytest.approx(math.sqrt(5 / 6 * 3 / 5))
     assert corpus_bleu(refs, hyp, 3) == pytest.approx((5 / 6 * 3 / 5 * 1 / 4) ** (1 / 3))
-    assert corpus_bleu(refs, hyp, 4) == 0.0  # no 4-gram match, no smoothing
+    four = (5 / 6 * 3 / 5 * 1 / 4 * (1e-15 / 3)) ** (1 / 4)  # no 4-gram match: (0 + 1e-15) / 3
+    assert corpus_bleu(refs, hyp, 4) == pytest.approx(four) and corpus_bleu(refs, hyp, 4) < 1e-4
 
 
 def test_bleu_edge_cases():
     # a hypothesis shorter than 4 words: "a cat" vs "a cat sat here": p1 = 2/2, p2 = 1/1, no
-    # trigram at all (so BLEU-3/4 are 0); brevity penalty exp(1 - 4/2) = e^-1.
+    # trigram at all: p3 = (0 + 1e-15) / (0 + 1e-9) = 1e-6 (the COCO code's constants), so
+    # BLEU-3 = (1e-6)^(1/3) · BP; brevity penalty exp(1 - 4/2) = e^-1.
     refs, hyp = [[_w("a cat sat here")]], [_w("a cat")]
     assert corpus_bleu(refs, hyp, 1) == pytest.approx(math.exp(-1))
     assert corpus_bleu(refs, hyp, 2) == pytest.approx(math.exp(-1))
-    assert corpus_bleu(refs, hyp, 3) == 0.0 and corpus_bleu(refs, hyp, 4) == 0.0
-    # no overlap at all
-    assert corpus_bleu([[_w("red circle left of blue square")]], [_w("a green star")], 1) == 0.0
+    assert corpus_bleu(refs, hyp, 3) == pytest.approx(1e-2 * math.exp(-1))
+    assert corpus_bleu(refs, hyp, 4) == pytest.approx(1e-6 ** (2 / 4) * math.exp(-1))
+    # no overlap at all: (1e-15 / 3)^1, times BP exp(1 - 6/3)
+    assert corpus_bleu([[_w("red circle left of blue square")]], [_w("a green star")], 1) == pytest.approx(
+        1e-15 / 3 * math.exp(-1), abs=1e-20)
+    # an empty hypothesis: brevity penalty exp(1 - 1/ratio) with ratio ≈ 0 is 0
+    assert corpus_bleu([[_w("a b")]], [[]], 1) == 0.0
     # identical caption and reference: every precision 1, BP 1
     same = _w("a small red circle above a big blue star")
     for n in (1, 2, 3, 4):

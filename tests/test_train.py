@@ -40,7 +40,7 @@ def test_two_epochs_write_every_file_and_feed_line(data, tmp_path, run):
     assert lines[-1]["event"] == "end"
     assert len(json.load(open(out / f"bleu_scores_{name}.json"))) == 2
     metrics = json.load(open(out / f"training_metrics_{name}.json"))
-    assert set(metrics) == {"train_loss", "train_top5", "val_loss", "val_top5"}
+    assert set(metrics) == {"train_loss", "train_top5", "val_loss", "val_top5", "val_cider_d"}
     assert all(len(v) == 2 for v in metrics.values())
     ckpt = load_checkpoint(str(out / f"checkpoint_{name}.pth.tar"))
     assert ckpt["epoch"] == 2 and ckpt["model_config"]["encoder"] == "resnet18"

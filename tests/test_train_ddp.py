@@ -58,8 +58,8 @@ def _train_args(data, out, *extra):
     return ("train", "--data-folder", data, "--output-folder", out, *TINY, *ONE_IMAGE_A_STEP, *extra)
 
 
-def _single_process_validation(data, out, tmp_path) -> tuple[float, float, float]:
-    """Validation loss, top-5 and BLEU-4 of the run's checkpoint, computed by this one process."""
+def _single_process_validation(data, out, tmp_path) -> tuple[float, float, float, float]:
+    """Validation loss, top-5, BLEU-4 and CIDEr-D of the run's checkpoint, computed by this one process."""
     from capcli.data.hdf5 import find_prepared
     from capcli.distributed import DistInfo
     from capcli.paths import train_files
@@ -103,8 +103,8 @@ def test_two_ranks_on_49_images_step_alike_and_validate_as_one(odd_data, tmp_pat
     assert done.stdout.count("Trained") == 1  # one printer
     assert len(re.findall(r"^epoch 1/1  train loss", done.stderr, re.M)) == 1
     # rank 0 decoded validation images 0-4, rank 1 image 5; together they equal one process
-    val_loss, val_top5, bleu4 = _single_process_validation(odd_data, out, tmp_path)
-    assert ckpt["bleu_history"] == [bleu4]
+    val_loss, val_top5, bleu4, cider = _single_process_validation(odd_data, out, tmp_path)
+    assert ckpt["bleu_history"] == [bleu4] and ckpt["history"]["val_cider_d"] == [cider]
     assert ckpt["history"]["val_loss"][0] == pytest.approx(val_loss, rel=1e-6)
     assert ckpt["history"]["val_top5"][0] == pytest.approx(val_top5, rel=1e-6)
 

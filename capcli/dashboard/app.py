@@ -37,13 +37,14 @@ from capcli.dashboard.widgets import (
     write_error_log,
 )
 from capcli.metrics import CHARTS as METRIC_CHARTS
+from capcli.metrics import best_label, best_text
 from capcli.paths import checkpoint_files, checkpoint_stem, feed_file, feed_pattern, is_best, run_name_of_feed
 from capcli.runs import FeedTail, RunSummary, run_feeds, summarize
 
 __all__ = ["ERROR_LOG", "HELP", "Dashboard", "HelpScreen", "downsample"]
 
 BEAMS = (1, 3, 5, 10)
-CHARTS = {str(i + 1): (title, series) for i, (title, _, series) in enumerate(METRIC_CHARTS)}  # key 1-4
+CHARTS = {str(i + 1): (title, series) for i, (title, _, series) in enumerate(METRIC_CHARTS)}  # key 1-5
 
 
 
@@ -136,7 +137,7 @@ class Dashboard(App):
     def on_mount(self) -> None:
         self.query_one("#run").border_title = "Run"
         self.query_one("#checkpoints").border_title = "Checkpoints"
-        self.query_one("#chart").border_title = "Chart (1-4)"
+        self.query_one("#chart").border_title = f"Chart (1-{len(CHARTS)})"
         self.query_one("#query").border_title = "Caption query"
         self._show_settings()
         self._draw_chart()
@@ -204,7 +205,6 @@ class Dashboard(App):
         age = time.time() - (s.last_time or time.time())
         state = f"ended: {escape(s.ended)}" if s.ended else ("stale" if age > self.stale_seconds else "live")
         epoch = (s.a2c or {}).get("epoch", 0) if s.stage == "a2c" else s.epochs_done
-        best = f"{s.best_bleu4:.4f} (epoch {s.best_epoch})" if s.best_bleu4 is not None else "–"
         lr = s.last.get("lr")
         per_epoch = f"{s.mean_epoch_seconds:.0f}s" if s.mean_epoch_seconds else "–"
         total = self._total_epochs()
@@ -213,7 +213,7 @@ class Dashboard(App):
             eta = age_text(max(total - (epoch or 0), 0) * s.mean_epoch_seconds)
         lines = [f"{escape(run_name_of_feed(path))}  [b]{escape(s.stage or '?')}[/b]  {state}",
                  f"epoch {epoch or 0}{f'/{total}' if total else ''}  step {s.last_step}",
-                 f"best BLEU-4 {best}",
+                 f"best {escape(best_label(s))} {escape(best_text(s, '(epoch {})', ', {} {}'))}",
                  f"lr {'–' if lr is None else f'{lr:.2e}'}  per epoch {per_epoch}",
                  f"ETA {eta}  last update {age_text(age)} ago"]
         if s.skipped:
@@ -239,7 +239,7 @@ class Dashboard(App):
                 drawn = True
         if not drawn:
             plt.title(f"{title}: no data yet")
-        chart.border_title = f"Chart {self.chart_key}/4: {title}"
+        chart.border_title = f"Chart {self.chart_key}/{len(CHARTS)}: {title}"
         chart.refresh()
 
     # --- checkpoints ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ ERROR_LOG = "dashboard_error.log"
 HELP = """\
 [b]capcli dashboard — keys[/b]
 
-  1 2 3 4   chart: loss, top-5, BLEU-4, A2C
+  1 2 3 4 5 chart: loss, top-5, BLEU-4, A2C, CIDEr-D
   i         type an image path (Tab completes)
   enter     caption it (in the path box)
   escape    leave the path box

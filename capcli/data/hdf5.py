@@ -3,7 +3,9 @@
 Per split: ``{SPLIT}_IMAGES_{name}.hdf5`` (dataset ``images``, uint8, (N, 3, S, S), RGB, root
 attribute ``captions_per_image``), ``{SPLIT}_CAPTIONS_{name}.json`` (N × captions_per_image
 encoded rows; row j belongs to image j // captions_per_image) and ``{SPLIT}_CAPLENS_{name}.json``
-(true length + 2). One ``WORDMAP_{name}.json`` and, from capcli, ``MANIFEST_{name}.json``.
+(true length + 2); from newer preps ``{SPLIT}_REFERENCES_{name}.json``, per image in HDF5 order
+the list of all its raw reference captions, each its ``coco_tokenize`` tokens joined by single
+spaces. One ``WORDMAP_{name}.json`` and, from capcli, ``MANIFEST_{name}.json``.
 
 Readers also accept the a-PyTorch-Tutorial-to-Image-Captioning naming
 (``{dataset}_{cpi}_cap_per_img_{mwf}_min_word_freq``).
@@ -22,8 +24,9 @@ import h5py
 import numpy as np
 
 from capcli.data.jsonfiles import read_json
+from capcli.data.vocab import Detokenizer
 from capcli.errors import DataError, first_line
-from capcli.paths import data_file, name_candidates, prepared_names
+from capcli.paths import data_file, name_candidates, prepared_names, references_file
 from capcli.safeio import atomic_path
 
 
@@ -163,6 +166,45 @@ class PreparedData:
         """Encoded caption rows and their lengths (true length + 2) for ``split``."""
         return (read_json(self.path("CAPTIONS", split), DataError),
                 read_json(self.path("CAPLENS", split), DataError))
+
+
+RAW_REFERENCES = "coco_tokenize: every raw reference, lower-case, punctuation removed as the COCO PTBTokenizer does"
+CAPTION_ROWS = "caption rows: captions_per_image encoded references per image, rare words as <unk>"
+
+
+@dataclass(frozen=True)
+class References:
+    """The reference captions of a split's images, as scores take them."""
+
+    captions: list[list[list[str]]]  # per image in HDF5 order, each reference's tokens
+    source: str  # the file they were read from
+    tokenization: str  # RAW_REFERENCES or CAPTION_ROWS
+
+
+def split_references(prepared: PreparedData, split: str, count: int) -> References:
+    """The references of the split's first ``count`` images: every raw reference from the REFERENCES
+    file when prep wrote one, else (older prepared folders) the image's encoded caption rows.
+
+    Raises:
+        DataError: a REFERENCES file that is not a list of lists of strings, or that has fewer
+            entries than ``count`` (or the caption files, without it, have too few rows).
+    """
+    path = references_file(prepared.folder, prepared.name, split)
+    if os.path.exists(path):
+        data = read_json(path, DataError)
+        if not (isinstance(data, list) and len(data) >= count and all(
+                isinstance(refs, list) and refs and all(isinstance(r, str) for r in refs) for refs in data[:count])):
+            raise DataError(f"{path}: expected, for each of the split's {count} images, a non-empty list of "
+                            "reference captions (strings); rebuild it with `capcli prep --force`")
+        return References([[r.split() for r in refs] for refs in data[:count]], path, RAW_REFERENCES)
+    cpi = prepared.images_meta(split)[0]
+    rows, _ = prepared.captions(split)
+    if len(rows) < count * cpi:
+        raise DataError(f"{prepared.path('CAPTIONS', split)}: {len(rows)} caption rows for {count} images × {cpi}; "
+                        "rebuild it with `capcli prep --force`")
+    words = Detokenizer(prepared.word_map())
+    return References([[words(r) for r in rows[i * cpi:(i + 1) * cpi]] for i in range(count)],
+                      prepared.path("CAPTIONS", split), CAPTION_ROWS)
 
 
 def find_prepared(folder: str, name: str | None = None) -> PreparedData:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from capcli.data.vocab import PAD, START, UNK
+
 
 @dataclass
 class Decoded:
@@ -27,6 +29,12 @@ class Decoded:
     score: float
     finished: bool
     attention: torch.Tensor | None
+
+
+def banned_words(word_map: dict[str, int]) -> tuple[int, ...]:
+    """The ids no decoder may generate: ``<pad>``, ``<start>`` and ``<unk>`` (an unknown word is
+    no word: scored against raw references it could only lose, and papers' decoders ban it too)."""
+    return tuple(word_map[w] for w in (PAD, START, UNK) if w in word_map)
 
 
 def _penalised(score: float, length: int, length_penalty: float) -> float:
@@ -42,7 +50,7 @@ def beam_search(decoder, features: torch.Tensor, start: int, end: int, max_len: 
     ``<end>`` is set aside and the image's beam shrinks by one; an image stops with ``k`` finished
     captions or after ``max_len`` words. The finished caption with the best summed log-probability
     (divided by length ** ``length_penalty`` when that is not 0) wins; with none finished, the best
-    unfinished one. Word ids in ``banned`` (``<pad>``, ``<start>``) are never generated. With
+    unfinished one. Word ids in ``banned`` (:func:`banned_words`) are never generated. With
     ``attention`` False the attention maps are not kept (``Decoded.attention`` is None).
     """
     if beam_size < 1:
