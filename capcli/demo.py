@@ -9,18 +9,22 @@ resumes from the run's checkpoint (nothing to do once the demo's epochs are done
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 
 from capcli import pictures
 from capcli.captioning import CaptionResult, caption_files, load_captioner, original_captions
+from capcli.content import drawn_objects, judge
 from capcli.config import DEMO_EPOCHS, SHAPES_IMAGE_SIZE, PrepConfig, TrainConfig
 from capcli.errors import CapcliError
 from capcli.evaluate import EvaluateResult, run_evaluate
-from capcli.paths import train_files
+from capcli.paths import shapes_source, train_files
 from capcli.prep import PrepResult, run_prep
 from capcli.progress import SILENT, Progress
 from capcli.scores import PYTHON_METRICS
 from capcli.train import TrainResult, run_train
+
+SHOWN, SHOWN_SEED, SHOWN_BEAM = 3, 0, 3  # test images captioned with pictures at the end
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class DemoCaption:
     result: CaptionResult
     references: list[str]
     pictures: list[str]
+    right: tuple[bool, bool]  # (colour + shape, with sizes): does the caption name exactly what was drawn
 
 
 @dataclass(frozen=True)
@@ -51,15 +56,17 @@ def run_demo(data_folder: str = "data_output", output_folder: str = "model_outpu
     captioner = load_captioner(train.best_checkpoint)
     evaluation = run_evaluate(captioner, data_folder, prep.name, "test", [1, 3, 5], output_folder,
                               progress=progress, metrics=PYTHON_METRICS)  # no Java, no download
-    originals = original_captions(os.path.join(data_folder, "shapes", "dataset_shapes.json"))
-    images_folder = os.path.join(data_folder, "shapes", "images")
-    chosen = [os.path.join(images_folder, image_id) for image_id in evaluation.image_ids[:3]]
-    results = caption_files(captioner, chosen, beam_size=3)
+    source, images_folder = shapes_source(data_folder)
+    originals, drawn = original_captions(source), drawn_objects(source)
+    # a few test images at random (the same ones every run), not the first ones: no hand-picked successes
+    picked = random.Random(SHOWN_SEED).sample(evaluation.image_ids, min(SHOWN, len(evaluation.image_ids)))
+    results = caption_files(captioner, [os.path.join(images_folder, i) for i in picked], beam_size=SHOWN_BEAM)
     failed = next((r.error for r in results if r.error), None)
     if failed:
         raise CapcliError(f"demo: cannot caption a test image: {failed}")
     written = pictures.write_pictures(results, output_folder, caption=False, attention=True, originals=originals,
                                       name_each=True)
-    captions = [DemoCaption(r, originals.get(os.path.basename(r.image), []), written[r.image]) for r in results]
+    captions = [DemoCaption(r, originals.get(os.path.basename(r.image), []), written[r.image],
+                            judge(r.caption, drawn[os.path.basename(r.image)])) for r in results]
     return DemoResult(prep, train, evaluation, captions, output_folder)
 

@@ -119,6 +119,7 @@ def evaluation(result, checkpoint: str) -> None:
 
 
 def demo_result(result, data_folder: str, output_folder: str) -> None:
+    from capcli.demo import SHOWN_BEAM
     from capcli.evaluate import format_table
 
     prep_result(result.prep)
@@ -127,9 +128,17 @@ def demo_result(result, data_folder: str, output_folder: str) -> None:
                f"({train.seconds:.0f} s) → {train.best_checkpoint}")
     click.echo(f"\nTest split, {result.evaluation.images} images, one caption each:")
     click.echo(format_table(result.evaluation))
+    content = result.evaluation.content
+    if content is not None and SHOWN_BEAM in content.beams:
+        s, refs = content.beams[SHOWN_BEAM], content.references
+        click.echo(f"\nContent accuracy at beam {SHOWN_BEAM}: {s.colour_shape:.0%} of the test captions name exactly the "
+                   f"coloured shapes drawn, {s.with_size:.0%} with their sizes too (the reference captions: "
+                   f"{refs.colour_shape:.0%} and {refs.with_size:.0%})")
     for item in result.captions:
+        verdict = ("right" if item.right[1] else "right colours and shapes, wrong sizes") if item.right[0] \
+            else "wrong: not exactly the shapes drawn"
         click.echo(f"\n{item.result.image}")
-        click.echo(f"  generated: {item.result.caption}")
+        click.echo(f"  generated: {item.result.caption}  [{verdict}]")
         for ref in item.references:
             click.echo(f"  reference: {ref}")
         click.echo(f"  pictures:  {', '.join(item.pictures)}")
