@@ -21,7 +21,7 @@ _GAP = "  "
 
 
 def ago(when: float | None, now: float) -> str:
-    """``12s ago``, ``5m ago``, ``3h ago`` within a day, else the local date and time."""
+    """``12s ago``, ``5m ago``, ``3h ago``, ``4d ago`` within 30 days, else the local date."""
     if when is None:
         return "–"
     seconds = max(0, int(now - when))
@@ -31,7 +31,9 @@ def ago(when: float | None, now: float) -> str:
         return f"{seconds // 60}m ago"
     if seconds < 86400:
         return f"{seconds // 3600}h ago"
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
+    if seconds < 30 * 86400:
+        return f"{seconds // 86400}d ago"
+    return time.strftime("%Y-%m-%d", time.localtime(when))
 
 
 def _score(value: float | None, spec: str) -> str:

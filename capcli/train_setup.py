@@ -10,7 +10,7 @@ from capcli.config import ARCHITECTURE_FIELDS, SHAPES_TRAIN_DEFAULTS, ModelConfi
 from capcli.data.hdf5 import PreparedData
 from capcli.errors import CheckpointError
 from capcli.lifecycle import TRAIN, existing_checkpoint, refuse_overwrite
-from capcli.paths import RunFiles, config_file
+from capcli.paths import RunFiles, config_file, prepared_names
 from capcli.progress import Progress
 from capcli.runconfig import check_run_name, saved_data_name
 from capcli.runlog import nothing_to_train
@@ -47,7 +47,8 @@ def data_name(config: TrainConfig) -> str | None:
     saved configuration names (so ``--resume --run-name X`` finds it among several data sets)."""
     check_run_name(config.run_name)
     if config.name is None and config.resume and config.run_name:
-        return saved_data_name(config_file(config.output_folder, config.run_name))
+        saved = saved_data_name(config_file(config.output_folder, config.run_name))
+        return saved if saved in prepared_names(config.data_folder) else None
     return config.name
 
 
