@@ -37,11 +37,10 @@ from capcli.model.captioner import model_from_checkpoint
 from capcli.model.decoding import banned_words, greedy
 from capcli.paths import a2c_files, tensorboard_folder
 from capcli.progress import SILENT, Progress
-from capcli.runconfig import check_run_name, write_run_config
+from capcli.runconfig import preflight_checks, write_run_config
 from capcli.runlog import a2c_epoch_line, resume_command
 from capcli.samples import image_names, validation_samples
 from capcli.scores import cider_d, corpus_bleu, ngrams
-from capcli.tensorboard import check_available as check_tensorboard
 from capcli.throughput import StepMeter
 
 
@@ -184,9 +183,7 @@ class A2CTrainer:
     def _source(config: A2CConfig, explicit: frozenset) -> tuple[A2CConfig, Checkpoint]:
         """The run's options and the checkpoint it starts from: on ``--resume`` the run's own, its
         saved options overridden by the ones given."""
-        check_run_name(config.run_name)
-        if config.tensorboard:
-            check_tensorboard()  # before anything is written
+        preflight_checks(config.run_name, config.tensorboard)  # before anything is read or written
         if config.resume:
             # the run: --run-name, else the data's name (found the way a new run would)
             run = config.run_name or find_prepared(config.data_folder or "data_output", config.name).name
@@ -231,6 +228,7 @@ class A2CTrainer:
         self.val = Images(self.prepared.path("IMAGES", "VAL"), "images", self.config.max_val_images)
         self.val_refs = split_references(self.prepared, "VAL", len(self.val)).captions  # raw ones when prep wrote them
         self.sample_names = image_names(self.prepared, "VAL", min(len(self.val), 3))
+        self.samples: list[dict] = []  # of the latest validation (see validate)
         self.max_len = self.config.max_len or (len(train_rows[0]) - 2 if train_rows else 50)
         self.words = words
 

@@ -47,11 +47,19 @@ def saved_data_name(path: str) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def check_run_name(name: str | None) -> None:
-    """Raise :class:`~capcli.errors.InputError` (one line) unless ``name`` is None or a safe run name."""
+def preflight_checks(run_name: str | None, tensorboard: bool) -> None:
+    """What ``train`` and ``a2c`` check before reading or writing anything.
+
+    Raises:
+        InputError: ``run_name`` is not None and not a safe run name (one line).
+        TensorBoardMissing: ``tensorboard`` asked for without the tensorboard package.
+    """
     from capcli.config import run_name_problem
     from capcli.errors import InputError
+    from capcli.tensorboard import check_available
 
-    problem = run_name_problem(name) if name is not None else None
+    problem = run_name_problem(run_name) if run_name is not None else None
     if problem:
         raise InputError(problem)
+    if tensorboard:
+        check_available()

@@ -50,15 +50,14 @@ from capcli.runlog import resume_command, running_figures, train_epoch_line
 from capcli.samples import image_names, validation_samples
 from capcli.scores import bleu, cider_d
 from capcli.selection import best_figures, no_gain, record_epoch
-from capcli.tensorboard import check_available as check_tensorboard
 from capcli.throughput import StepMeter
 from capcli.train_setup import (
     TrainResult,
-    data_name,
     dataset_defaults,
     model_config_for,
     monitor_for,
     nothing_to_train_result,
+    preflight,
     resume_source,
     run_named,
     warn_random_encoder,
@@ -97,9 +96,7 @@ def run_train(config: TrainConfig, model_options: dict | None = None, given: fro
 def _train(config: TrainConfig, model_options: dict, given: frozenset, progress: Progress,
            resume_args: Sequence[str], device: torch.device, dist_info: DistInfo) -> TrainResult:
     """The run on this rank, inside the collective-error boundary of :func:`run_train`."""
-    if config.tensorboard:
-        check_tensorboard()  # before anything is written
-    prepared = find_prepared(config.data_folder, data_name(config))
+    prepared = find_prepared(config.data_folder, preflight(config))
     for split in ("TRAIN", "VAL"):  # present and whole, before anything reads or writes
         prepared.images_meta(split)
     config, model_options = dataset_defaults(prepared, run_named(config, prepared), model_options, given)
@@ -221,6 +218,7 @@ class Trainer:
         self.to_words = Detokenizer(self.word_map)
         self.val_refs = split_references(self.prepared, "VAL", val_count).captions
         self.sample_names = image_names(self.prepared, "VAL", min(val_count, 3))
+        self.samples: list[dict] = []  # of the latest validation (see validate)
 
     def _features(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         if self.cached:

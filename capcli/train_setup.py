@@ -12,7 +12,7 @@ from capcli.errors import CheckpointError
 from capcli.lifecycle import TRAIN, existing_checkpoint, refuse_overwrite
 from capcli.paths import RunFiles, config_file, prepared_names
 from capcli.progress import Progress
-from capcli.runconfig import check_run_name, saved_data_name
+from capcli.runconfig import preflight_checks, saved_data_name
 from capcli.runlog import nothing_to_train
 
 
@@ -42,10 +42,17 @@ def nothing_to_train_result(name: str, files: RunFiles, ckpt: Checkpoint | None,
                        best_score=float(state.best_score))
 
 
-def data_name(config: TrainConfig) -> str | None:
-    """The prepared data to train on: ``--name``; when resuming a named run without it, the data its
-    saved configuration names (so ``--resume --run-name X`` finds it among several data sets)."""
-    check_run_name(config.run_name)
+def preflight(config: TrainConfig) -> str | None:
+    """Check what can be checked before anything is read or written (a safe ``--run-name``; with
+    ``--tensorboard``, the package) and return the prepared data to train on: ``--name``; when resuming
+    a named run without it, the data its saved configuration names (so ``--resume --run-name X``
+    finds it among several data sets).
+
+    Raises:
+        InputError: an unsafe run name.
+        TensorBoardMissing: ``--tensorboard`` without the tensorboard package.
+    """
+    preflight_checks(config.run_name, config.tensorboard)
     if config.name is None and config.resume and config.run_name:
         saved = saved_data_name(config_file(config.output_folder, config.run_name))
         return saved if saved in prepared_names(config.data_folder) else None
