@@ -12,7 +12,7 @@ import errno
 
 import click
 
-from capcli import __version__, options, render
+from capcli import __version__, cli_runs, options, render
 from capcli.config import SHAPES_IMAGE_SIZE
 from capcli.errors import CapcliError, Interrupted, os_error_message, out_of_memory_message
 from capcli.options import option_given
@@ -351,7 +351,6 @@ def dashboard_command(output_folder: str, name: str | None, poll: float) -> None
 
     if name is None and len(run_feeds(output_folder)) > 1:
         find_feed(output_folder)  # several runs and no --name: its error lists them (no runs yet: wait)
-
     app = Dashboard(output_folder, name, poll_seconds=poll)
     app.run()
     if app.return_code:  # an unexpected error ended it: one line naming the log with its traceback
@@ -387,6 +386,9 @@ def bench_command(quick: bool, json_path: str | None, device: str, prep_workers:
     if json_path:
         write_json(json_path, report)
         click.echo(f"wrote {json_path}")
+
+
+cli.add_command(cli_runs.runs_command)
 
 
 def main() -> None:
