@@ -49,14 +49,16 @@ def is_shapes(name: str) -> bool:
     return name.rsplit("_", 2)[0] == "shapes"
 
 # The shapes dataset's own defaults (any option given wins): no pretrained weights can be assumed
-# offline and a frozen random ResNet keeps too little colour, so a small encoder is trained with the
-# decoder on 192-pixel images. Figures and how to reproduce them: docs/performance.md.
-SHAPES_IMAGE_SIZE = 192
-DEMO_EPOCHS = 3  # `capcli demo`: a first look in a few minutes
+# offline, so a narrow ResNet (``resnet-small``) is trained from scratch on 128-pixel images: first
+# on the captions' concepts (capcli/concepts.py), then with the decoder, one caption of each image a
+# step. Figures and how to reproduce them: docs/performance.md.
+SHAPES_IMAGE_SIZE = 128
+SHAPES_IMAGES = 10_000  # prep's default: enough scenes for an encoder trained from scratch to tell the shapes apart
+DEMO_EPOCHS = 3  # `capcli demo`: a first look within minutes
 SHAPES_TRAIN_DEFAULTS = {
-    "encoder": "resnet18", "fine_tune_encoder": True, "encoder_lr": 5e-4, "decoder_lr": 1e-3,
-    "embed_dim": 256, "attention_dim": 256, "decoder_dim": 256, "batch_size": 32, "epochs": 9,
-    "patience_lr": 1, "lr_decay": 0.5,
+    "encoder": "resnet-small", "encoded_size": 8, "fine_tune_encoder": True, "encoder_lr": 1e-3, "decoder_lr": 1e-3,
+    "embed_dim": 256, "attention_dim": 256, "decoder_dim": 256, "batch_size": 160, "captions_per_step": 1,
+    "concept_epochs": 3, "epochs": 8, "patience_lr": 1, "lr_decay": 0.5,
 }
 
 
@@ -85,7 +87,7 @@ class PrepConfig:
     image_size: int = 256
     workers: int = 1
     seed: int = 42
-    num_images: int = 2000
+    num_images: int = SHAPES_IMAGES
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     force: bool = False
@@ -153,6 +155,9 @@ class TrainConfig:
     lr_decay: float = 0.8
     max_val_images: int = 0
     monitor: str = "bleu4"  # the validation score that decides BEST, learning-rate decay and early stopping
+    captions_per_step: int = 0  # 0: every caption of each image in a batch; k: k of them at random
+    concept_epochs: int = 0  # a new run first trains the encoder on caption concepts (capcli/concepts.py)
+    concept_lr: float = 2e-3
 
 
 @dataclass(frozen=True)

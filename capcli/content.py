@@ -170,6 +170,20 @@ class ContentReport:
                 "references": self.references.to_dict()}
 
 
+def split_drawn(data_folder: str, name: str, image_names: Sequence[str]) -> list[Drawn] | None:
+    """The objects drawn in each of ``image_names`` when ``name`` is the shapes set prepared in
+    ``data_folder`` with its generator file beside it; None otherwise (or if an image is unknown)."""
+    from capcli.config import is_shapes
+    from capcli.paths import shapes_source
+
+    source = shapes_source(data_folder)[0]
+    if not is_shapes(name) or not os.path.isfile(source):
+        return None
+    drawn = drawn_objects(source)
+    found = [drawn.get(os.path.basename(n)) for n in image_names]
+    return None if any(d is None for d in found) else found
+
+
 def shapes_report(data_folder: str, name: str, image_ids: Sequence[str], captions: Mapping[int, Sequence[str]],
                   references: Sequence[Sequence[str]]) -> ContentReport | None:
     """The content accuracy of ``captions`` (beam size → one caption per image) when ``name`` is the

@@ -1,6 +1,6 @@
 """``capcli demo``: the embedded end-to-end run on the synthetic shapes dataset.
 
-Prep (2,000 scenes) → a short training run with the shapes defaults → evaluation on the test
+Prep (10,000 scenes) → a short training run with the shapes defaults → evaluation on the test
 split → captions with attention pictures for three test images next to their reference
 captions. Running it again reuses what exists: prep is skipped when up to date and training
 resumes from the run's checkpoint (nothing to do once the demo's epochs are done).
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from capcli import pictures
 from capcli.captioning import CaptionResult, caption_files, load_captioner, original_captions
+from capcli.config import DEMO_EPOCHS, SHAPES_IMAGE_SIZE, SHAPES_IMAGES, PrepConfig, TrainConfig
 from capcli.content import drawn_objects, judge
-from capcli.config import DEMO_EPOCHS, SHAPES_IMAGE_SIZE, PrepConfig, TrainConfig
 from capcli.errors import CapcliError
 from capcli.evaluate import EvaluateResult, run_evaluate
 from capcli.paths import shapes_source, train_files
@@ -44,14 +44,16 @@ class DemoResult:
     output_folder: str
 
 
-def run_demo(data_folder: str = "data_output", output_folder: str = "model_outputs", num_images: int = 2000,
-             workers: int = 1, epochs: int = DEMO_EPOCHS, progress: Progress = SILENT) -> DemoResult:
+def run_demo(data_folder: str = "data_output", output_folder: str = "model_outputs",
+             num_images: int = SHAPES_IMAGES, workers: int = 1, epochs: int = DEMO_EPOCHS,
+             progress: Progress = SILENT) -> DemoResult:
     """Run every demo stage on the shapes dataset and return what each produced."""
     prep = run_prep(PrepConfig(output_folder=data_folder, num_images=num_images, workers=workers,
                                image_size=SHAPES_IMAGE_SIZE), progress)
     config = TrainConfig(data_folder=data_folder, output_folder=output_folder, name=prep.name, epochs=epochs,
                          resume=os.path.exists(train_files(output_folder, prep.name).checkpoint))
-    progress.message(f"Training {epochs} epochs on {prep.name} (resnet18 trained with the decoder)…")
+    progress.message(f"Training {epochs} epochs on {prep.name} (a small ResNet trained from scratch: first on "
+                     "the captions' concepts, then with the decoder)…")
     train = run_train(config, given=frozenset({"epochs"}), progress=progress)  # the shapes defaults otherwise
     captioner = load_captioner(train.best_checkpoint)
     evaluation = run_evaluate(captioner, data_folder, prep.name, "test", [1, 3, 5], output_folder,

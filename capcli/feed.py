@@ -19,7 +19,9 @@ live run. The events and the fields they add:
     ``bleu4``, ``cider_d``, ``improved`` (this epoch saved ``BEST_``), ``monitor`` and
     ``best_score`` (train: the score that picks BEST and its best), ``best_bleu4``, and
     ``samples``: up to 3 validation images, each ``{"image": its source name, "generated": the
-    greedy caption, "references": [its reference captions]}``.
+    greedy caption, "references": [its reference captions]}``. On the shapes set, ``content``: the
+    share of validation images whose greedy caption names exactly the drawn coloured shapes
+    (:mod:`capcli.content`).
 ``heartbeat``
     written every :data:`HEARTBEAT_SECONDS` by a daemon thread of the process that holds the run,
     from its first to its last line (through validation and saving too), with the current
@@ -67,6 +69,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "pairs_per_s": _NUMBER, "images_per_s": _NUMBER, "data_wait": _NUMBER,  # step lines
     "mem_mb": _NUMBER, "peak_mem_mb": _NUMBER,
     "samples": _LIST,  # val epoch lines (see samples_of)
+    "content": _NUMBER,  # val epoch lines on the shapes set: capcli.content's colour + shape accuracy
 }
 # magnitudes no run writes (the writer turns NaN and infinities into null): larger counts would
 # overflow float arithmetic, larger values the charts

@@ -235,7 +235,7 @@ prep_options = bundle(
     from_config(PrepConfig, "--max-len", type=click.IntRange(1, 1000),
                 help="Longest caption kept, in words; longer captions are dropped."),
     click.option("--image-size", default=None, type=click.IntRange(16, 2048),
-                 help="Side of the square RGB images stored in HDF5 [default: 256; 192 for shapes]."),
+                 help="Side of the square RGB images stored in HDF5 [default: 256; 128 for shapes]."),
     prep_workers_option,
     from_config(PrepConfig, "--seed", type=int,
                 help="Seed for caption sampling, the split by image and the shapes generator."),
@@ -297,6 +297,13 @@ train_options = bundle(
     _train("--lr-decay", type=click.FloatRange(0, 1, min_open=True),
            help="Learning-rate factor applied after --patience-lr epochs without gain."),
     _train("--patience-stop", type=click.IntRange(1), help="Epochs without --monitor gain before training stops."),
+    _train("--captions-per-step", type=click.IntRange(0),
+           help="Train on this many of each image's captions per step, picked at random (0: all of them): "
+                "cheaper steps, so more images for the same time."),
+    _train("--concept-epochs", type=click.IntRange(0),
+           help="A new run first trains the encoder this many epochs to recognise the words and word pairs "
+                "of each image's captions (helps an encoder trained from scratch; needs --fine-tune-encoder)."),
+    _train("--concept-lr", type=float, help="Learning rate of that concept pretraining."),
 )
 
 

@@ -131,8 +131,8 @@ def demo_result(result, data_folder: str, output_folder: str) -> None:
     content = result.evaluation.content
     if content is not None and SHOWN_BEAM in content.beams:
         s, refs = content.beams[SHOWN_BEAM], content.references
-        click.echo(f"\nContent accuracy at beam {SHOWN_BEAM}: {s.colour_shape:.0%} of the test captions name exactly the "
-                   f"coloured shapes drawn, {s.with_size:.0%} with their sizes too (the reference captions: "
+        click.echo(f"\nContent accuracy at beam {SHOWN_BEAM}: {s.colour_shape:.0%} of the test captions name exactly "
+                   f"the coloured shapes drawn, {s.with_size:.0%} with their sizes too (the reference captions: "
                    f"{refs.colour_shape:.0%} and {refs.with_size:.0%})")
     for item in result.captions:
         verdict = ("right" if item.right[1] else "right colours and shapes, wrong sizes") if item.right[0] \

@@ -22,12 +22,15 @@ def _figure(value: float | None, spec: str) -> str:
 
 
 def train_epoch_line(epoch: int, epochs: int, train: tuple[float, float], val: tuple[float, float, float, float],
-                     lr: float, seconds: float, best: bool) -> str:
+                     lr: float, seconds: float, best: bool, content: float | None = None) -> str:
     """``epoch 3/9  train loss 2.314 top-5 71.2 | val loss 2.501 top-5 68.0 BLEU-4 0.4123 CIDEr-D 1.2345 |
-    lr 1.0e-03 | 1:02 | saved BEST`` (``saved`` alone when the epoch did not improve the --monitor score)."""
+    lr 1.0e-03 | 1:02 | saved BEST`` (``saved`` alone when the epoch did not improve the --monitor score);
+    on the shapes set ``content 0.812`` (:mod:`capcli.content`) after CIDEr-D."""
     (train_loss, train_top5), (val_loss, val_top5, bleu4, cider) = train, val
+    seen = f" content {content:.3f}" if content is not None else ""
     return (f"epoch {epoch}/{epochs}  train loss {train_loss:.3f} top-5 {train_top5:.1f} | "
-            f"val loss {val_loss:.3f} top-5 {val_top5:.1f} BLEU-4 {bleu4:.4f} CIDEr-D {cider:.4f} | lr {lr:.1e} | "
+            f"val loss {val_loss:.3f} top-5 {val_top5:.1f} BLEU-4 {bleu4:.4f} CIDEr-D {cider:.4f}{seen} | "
+            f"lr {lr:.1e} | "
             f"{_duration(seconds)} | saved{' BEST' if best else ''}")
 
 

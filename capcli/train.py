@@ -18,8 +18,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from capcli.checkpoint import Checkpoint, DataRef, TrainState
+from capcli.concepts import pretrain_encoder
 from capcli.config import ModelConfig, TrainConfig
-from capcli.data.datasets import ImageCaptions, Images
+from capcli.content import score as content_score
+from capcli.content import split_drawn
+from capcli.data.datasets import ImageCaptions, Images, pick_captions
 from capcli.data.hdf5 import PreparedData, find_prepared, split_references
 from capcli.data.jsonfiles import write_json
 from capcli.data.vocab import END, START, Detokenizer
@@ -138,6 +141,8 @@ class Trainer:
         cpu_kernels.enable(device, self.encoder, self.decoder, compiled=config.compile)
         if ckpt is None and not config.pretrained:
             self._calibrate_encoder()
+        if ckpt is None and config.concept_epochs and config.fine_tune_encoder:  # before DDP shares rank 0's weights
+            pretrain_encoder(self.encoder, prepared, word_map, config, device, self.precision, progress)
         self._build_optimizers(ckpt)
         self.state: TrainState = ckpt.state if ckpt is not None else TrainState()
         self.run = Lifecycle(TRAIN, files, self.state, self._snapshot, dist_info, config.save_every,
@@ -219,6 +224,9 @@ class Trainer:
         self.val_refs = split_references(self.prepared, "VAL", val_count).captions
         self.sample_names = image_names(self.prepared, "VAL", min(val_count, 3))
         self.samples: list[dict] = []  # of the latest validation (see validate)
+        self.val_drawn = split_drawn(self.prepared.folder, self.prepared.name,
+                                     image_names(self.prepared, "VAL", val_count))
+        self.content: float | None = None  # shapes only: the latest validation's content accuracy
 
     def _features(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         if self.cached:
@@ -249,6 +257,8 @@ class Trainer:
 
         ``x``: a batch of images (or their features), ``captions`` (images, cpi, L) all their captions.
         """
+        if self.config.captions_per_step:
+            captions, lengths = pick_captions(captions, lengths, self.config.captions_per_step)
         cpi = captions.shape[1]
         captions, lengths = captions.flatten(0, 1).to(self.device), lengths.flatten().to(self.device)
         optimizers = self.optimizers
@@ -316,6 +326,8 @@ class Trainer:
             hypotheses.extend(words)
         references = self.val_refs[:len(hypotheses)]
         self.samples = validation_samples(self.sample_names, hypotheses, references)  # for the feed
+        if self.val_drawn is not None:
+            self.content = content_score(hypotheses, self.val_drawn[:len(hypotheses)]).colour_shape
         bleu4, cider = bleu(references, hypotheses, 4)[3], cider_d(references, hypotheses)[0]
         batches = max(len(results), 1)
         return loss_sum / batches, top5_sum / batches, bleu4, cider
@@ -373,12 +385,13 @@ class Trainer:
                             top5=train_top5, lr=lr)
             self.feed.write("epoch", split="val", epoch=epoch + 1, step=st.step, loss=val_loss, top5=val_top5,
                             bleu4=bleu4, cider_d=cider, lr=lr, best_bleu4=st.best_bleu4, monitor=self.config.monitor,
-                            best_score=st.best_score, improved=improved, samples=self.samples)
+                            best_score=st.best_score, improved=improved, samples=self.samples,
+                            content=self.content)
             self._write_summaries()
         self.run.save(best=improved)
         if self.dist.is_main:
             self.progress.message(train_epoch_line(epoch + 1, self.config.epochs, train, val, lr,
-                                                   time.monotonic() - self.epoch_started, improved))
+                                                   time.monotonic() - self.epoch_started, improved, self.content))
         if st.since_improvement >= self.config.patience_stop:
             return no_gain(st, self.config.monitor)
         return None

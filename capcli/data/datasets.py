@@ -70,3 +70,14 @@ class Images(Dataset):
 
     def __getitem__(self, i: int):
         return torch.from_numpy(self.source.data[i]), i
+
+
+def pick_captions(captions: torch.Tensor, lengths: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k`` of each image's captions at random (torch's generator): (images, cpi, L) rows and their
+    (images, cpi) lengths → (images, k, L) and (images, k). ``k`` ≥ cpi keeps them all."""
+    images, cpi = lengths.shape
+    if k >= cpi:
+        return captions, lengths
+    chosen = torch.rand(images, cpi).argsort(dim=1)[:, :k]  # k different captions of each image
+    rows = torch.gather(captions, 1, chosen[:, :, None].expand(-1, -1, captions.shape[2]))
+    return rows, torch.gather(lengths, 1, chosen)
