@@ -140,9 +140,10 @@ def name_option(help: str = "Run name, e.g. flickr8k_5_5 [default: the only run 
     return click.option("--name", default=None, help=help)
 
 
-def model_option(help: str = "Checkpoint [default: the only BEST_*.pth.tar in --output-folder].") -> Decorator:
-    """The checkpoint to use, ``-m/--model`` in every command that reads one."""
-    return click.option("-m", "--model", default=None, type=click.Path(dir_okay=False), help=help)
+def model_option(help: str = "Checkpoint, or a bundle of `capcli export` (its folder or model.safetensors) "
+                              "[default: the only BEST_*.pth.tar in --output-folder].") -> Decorator:
+    """The checkpoint or bundle to use, ``-m/--model`` in every command that reads one."""
+    return click.option("-m", "--model", default=None, type=click.Path(), help=help)
 
 
 architecture_options = bundle(
