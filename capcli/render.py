@@ -176,12 +176,11 @@ def _size(n: int) -> str:
 def export_result(result) -> None:
     """The bundle written, and the checkpoint's and bundle's sizes (and what the difference was)."""
     share = result.optimizer_bytes / result.checkpoint_bytes
-    critic = f"; critic {_size(result.critic_bytes)}" if result.critic_bytes else ""
+    critic = f", critic {_size(result.critic_bytes)}" if result.critic_bytes else ""
     click.echo(f"wrote {result.bundle} (model.safetensors, word_map.json, config.json, README.md)")
-    click.echo(f"checkpoint {_size(result.checkpoint_bytes):>10}  {result.checkpoint} "
-               f"(optimizer state {_size(result.optimizer_bytes)}, {share:.0%} of it{critic})")
-    click.echo(f"bundle     {_size(result.bundle_bytes):>10}  {result.bundle} "
-               f"({result.bundle_bytes / result.checkpoint_bytes:.0%} of the checkpoint; weights "
-               f"{_size(result.weights_bytes)})")
+    click.echo(f"checkpoint {_size(result.checkpoint_bytes):>9}  {result.checkpoint}")
+    click.echo(f"{'':>20}  optimizer state {_size(result.optimizer_bytes)} ({share:.0%}){critic}")
+    click.echo(f"bundle     {_size(result.bundle_bytes):>9}  {result.bundle_bytes / result.checkpoint_bytes:.0%} "
+               f"of the checkpoint (weights {_size(result.weights_bytes)})")
     for path in result.evaluations:
-        click.echo(f"the model card shows the test scores of {path}")
+        click.echo(f"model card: test scores of {path}")

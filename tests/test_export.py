@@ -69,9 +69,10 @@ def test_export_writes_a_bundle_without_optimizer_state_and_reports_both_sizes(e
     assert 0 < optimizer_bytes and bundle_bytes < os.path.getsize(checkpoint)
     # both sizes printed, and the optimiser state's share of the checkpoint
     mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
-    assert re.search(rf"checkpoint +{re.escape(mb(os.path.getsize(checkpoint)))} .*{BEST} \(optimizer state "
-                     rf"{re.escape(mb(optimizer_bytes))}, \d+% of it\)", done.stdout), done.stdout
-    assert re.search(rf"bundle +{re.escape(mb(bundle_bytes))} .*{BUNDLE} \(\d+% of the checkpoint", done.stdout)
+    assert re.search(rf"checkpoint +{re.escape(mb(os.path.getsize(checkpoint)))} .*{BEST}\n +optimizer state "
+                     rf"{re.escape(mb(optimizer_bytes))} \(\d+%\)\n", done.stdout), done.stdout
+    assert re.search(rf"bundle +{re.escape(mb(bundle_bytes))}  \d+% of the checkpoint", done.stdout), done.stdout
+    assert f"wrote {out / BUNDLE} " in done.stdout
     config = json.loads((bundle / "config.json").read_text())
     assert config["format"] == "capcli-bundle" and config["version"] == 1 and config["stage"] == "train"
     assert config["model_config"] == json.loads((out / f"BEST_{NAME}.meta.json").read_text())["model_config"]
@@ -135,7 +136,8 @@ def test_evaluate_scores_equal_and_the_card_shows_them(exported, run):
     # exported again: the card shows the checkpoint's test scores (not the bundle's own evaluation)
     result = run("export", "-m", out / BEST)
     assert result.exit_code == 0, result.output
-    assert f"evaluation_BEST_{NAME}_test.json" in result.output and "bundle_test" not in result.output
+    assert f"model card: test scores of {out / f'evaluation_BEST_{NAME}_test.json'}" in result.output
+    assert "bundle_test" not in result.output
     card = (out / BUNDLE / "README.md").read_text()
     assert f"`evaluation_BEST_{NAME}_test.json`: split test" in card
     assert f"| 2 | {scores[BEST]['2']['bleu1']:.4f} |" in card
