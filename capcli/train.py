@@ -142,7 +142,7 @@ class Trainer:
         if ckpt is None and not config.pretrained:
             self._calibrate_encoder()
         if ckpt is None and config.concept_epochs and config.fine_tune_encoder:  # before DDP shares rank 0's weights
-            pretrain_encoder(self.encoder, prepared, word_map, config, device, self.precision, progress)
+            pretrain_encoder(self.encoder, prepared, config, device, self.precision, progress)
         self._build_optimizers(ckpt)
         self.state: TrainState = ckpt.state if ckpt is not None else TrainState()
         self.run = Lifecycle(TRAIN, files, self.state, self._snapshot, dist_info, config.save_every,
