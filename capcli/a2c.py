@@ -162,7 +162,8 @@ class A2CTrainer:
         cpu_kernels.enable(self.device, self.encoder, self.decoder)
         self.image_size, self.source_train_config = ckpt.image_size, ckpt.train_config
         self._build_optimizers(ckpt if config.resume else None)
-        self.run = Lifecycle(A2C, self.files, self.state, self._snapshot)
+        self.run = Lifecycle(A2C, self.files, self.state, self._snapshot,
+                             names={"run": self.name, "data": self.prepared.name})
         if self.state.epoch >= config.epochs:
             return  # nothing to train: fit says so, and nothing (not even the feed) is touched
         self.feed = self.run.feed

@@ -2,7 +2,8 @@
 
 A run holds its lock (``capcli.runlock``) while it writes; refuses to resume what is not there and
 to replace what is there without ``--overwrite``; drops the feed lines of work it is about to
-redo; writes the feed's start and end lines; saves the latest checkpoint after every epoch (and
+redo; writes the feed's start line, a heartbeat every few seconds while it runs and an end line
+(also when a signal stops it: ``stopped by SIGINT``); saves the latest checkpoint after every epoch (and
 every ``--save-every`` minutes) and ``BEST_`` when the epoch improved; and on SIGINT/SIGTERM/SIGHUP
 finishes the step, saves, and stops with the exact command that resumes it. Under torchrun a
 signal to any rank stops every rank after the same step, and rank 0 alone saves.
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from capcli.checkpoint import Checkpoint, RunState, save_checkpoint
 from capcli.distributed import DistInfo, barrier, max_over_ranks
 from capcli.errors import CapcliError, CheckpointError, Interrupted
-from capcli.feed import MetricsFeed
+from capcli.feed import Heartbeat, MetricsFeed
 from capcli.paths import RunFiles
 from capcli.progress import Progress
 from capcli.runlock import run_lock
@@ -86,8 +87,9 @@ class Lifecycle:
     """
 
     def __init__(self, stage: Stage, files: RunFiles, state: RunState, snapshot: Callable[[], Checkpoint],
-                 ranks: DistInfo | None = None, save_every: float = 0.0) -> None:
+                 ranks: DistInfo | None = None, save_every: float = 0.0, names: dict | None = None) -> None:
         self.stage, self.files, self.state, self.snapshot = stage, files, state, snapshot
+        self.names = names or {}  # run and data: the start line names them
         self.ranks = ranks or DistInfo()
         self.writer, self.save_every = self.ranks.is_main, save_every
         self.feed = MetricsFeed(files.feed, stage.name) if self.writer else None
@@ -113,20 +115,30 @@ class Lifecycle:
         previous = {s: signal.signal(s, self._on_signal) for s in signals}
         reason = "completed"
         if self.feed:  # the total lets followers of the feed show progress and an ETA
-            self.feed.write("start", epoch=self.state.epoch, step=self.state.step, epochs=epochs)
+            self.feed.write("start", epoch=self.state.epoch, step=self.state.step, epochs=epochs, **self.names)
+        beating = Heartbeat(self.feed, self._where) if self.feed else contextlib.nullcontext()
         try:
-            for index in range(self.state.epoch, epochs):
-                self._last_save = time.monotonic()
-                stop = epoch(index)
-                if stop:
-                    reason = stop
-                    break
+            with beating:
+                for index in range(self.state.epoch, epochs):
+                    self._last_save = time.monotonic()
+                    stop = epoch(index)
+                    if stop:
+                        reason = stop
+                        break
+        except Interrupted as exc:  # saved: the feed says the run was stopped, not that it died
+            if self.feed:
+                self.feed.write("end", **self._where(), reason=f"stopped by {signal.Signals(exc.signum).name}",
+                                **end())
+            raise
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         if self.feed:
-            self.feed.write("end", epoch=self.state.epoch, step=self.state.step, reason=reason, **end())
+            self.feed.write("end", **self._where(), reason=reason, **end())
         return reason
+
+    def _where(self) -> dict:
+        return {"epoch": self.state.epoch, "step": self.state.step}
 
     def after_step(self, task) -> None:
         """Between two steps: after a signal, save and stop; with ``save_every``, save when it is due.

@@ -53,6 +53,12 @@ def a2c_files(output_folder: str, name: str) -> RunFiles:
                     feed=feed_file(output_folder, name), lock=lock_file(output_folder, name))
 
 
+def config_file(output_folder: str, name: str, stage: str = "train") -> str:
+    """The configuration a run's stage started with: ``config_{name}.json`` (train) or
+    ``config_A2C_{name}.json``."""
+    return _in(output_folder, f"config_{'A2C_' if stage == 'a2c' else ''}{name}.json")
+
+
 def feed_file(output_folder: str, name: str) -> str:
     return _in(output_folder, f"{_FEED_PREFIX}{name}{_FEED_EXT}")
 

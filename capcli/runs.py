@@ -1,19 +1,40 @@
-"""Reading runs: find a run's metrics feed and summarise it (``capcli metrics`` and the dashboard).
+"""Reading runs: find a run's metrics feed and summarise it (``capcli metrics`` and the dashboard),
+and list the runs of a folder with their state (``capcli runs``).
 
 A feed may be growing while it is read: only complete lines count, so a half-written last
 line is left for the next read. Lines that are not valid feed lines (``feed.valid_line``) are
 skipped and counted in ``RunSummary.skipped``.
+
+A run's state comes from its lock (``capcli.runlock``: the record of the process holding it,
+emptied when that process lets go) and its feed (the end line, the heartbeat):
+
+running
+    the lock names a live process of this machine (or of another host whose heartbeat is fresh).
+finished
+    the lock is free and the feed's last end line says ``completed``: every epoch done.
+stopped
+    the lock is free and the end line gives another reason: a signal (``stopped by SIGINT``) or
+    an early stop (no gain for --patience-stop epochs).
+crashed
+    the lock names a process that is gone (killed: SIGKILL, out of memory, power), or the lock is
+    free and the feed has no end line (an error ended the process), or another host's run whose
+    feed has been silent for more than ``feed.STALE_SECONDS``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import socket
+import time
 from dataclasses import dataclass, field
 
 from capcli.errors import InputError
-from capcli.feed import parse_line, scan_feed, valid_line
-from capcli.paths import feed_pattern, run_feeds
+from capcli.feed import STALE_SECONDS, parse_line, scan_feed, valid_line
+from capcli.paths import config_file, feed_file, feed_pattern, lock_file, run_feeds
+from capcli.runlock import read_holder
+from capcli.safeio import pid_alive
 
 A2C_FIELDS = ("reward", "advantage", "entropy", "actor_loss", "critic_loss", "entropy_weight", "bleu4", "cider_d")
 
@@ -56,10 +77,12 @@ class RunSummary:
     mean_epoch_seconds: float | None = None
     lr_changes: list[tuple[int, float]] = field(default_factory=list)  # (epoch, new lr)
     ended: str | None = None  # the end reason, when the run finished
-    last_time: float | None = None
+    last_time: float | None = None  # of the last line (heartbeats included)
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # name → (epoch or step, value)
     a2c: dict | None = None  # last a2c epoch's figures and best validation scores
     total_epochs: dict[str, int] = field(default_factory=dict)  # stage → --epochs of its latest start
+    names: dict[str, str] = field(default_factory=dict)  # run and data, from the latest start line naming them
+    a2c_best: dict | None = None  # the a2c val line that saved BEST_A2C (bleu4, cider_d, epoch)
 
     def add(self, name: str, x, y) -> None:
         if _finite(x) and _finite(y):
@@ -74,6 +97,8 @@ def _add_a2c_line(s: RunSummary, line: dict) -> None:
         s.add("a2c_entropy", epoch, line.get("entropy"))
     elif event == "epoch" and split == "val":
         s.a2c = {**(s.a2c or {}), "val_bleu4": line.get("bleu4"), "val_cider_d": line.get("cider_d")}
+        if line.get("improved"):
+            s.a2c_best = {k: line.get(k) for k in ("bleu4", "cider_d", "epoch")}
         s.add("a2c_val_bleu4", epoch, line.get("bleu4"))
         s.add("a2c_val_cider_d", epoch, line.get("cider_d"))
 
@@ -118,6 +143,7 @@ def summarize(lines: list, skipped: int = 0) -> RunSummary:
         if event == "start":
             if _finite(line.get("epochs")) and stage:
                 s.total_epochs[stage] = int(line["epochs"])
+            s.names.update({k: line[k] for k in ("run", "data") if isinstance(line.get(k), str)})
             continue
         if stage == "a2c":
             _add_a2c_line(s, line)
@@ -153,6 +179,83 @@ def summarize(lines: list, skipped: int = 0) -> RunSummary:
 
 def read_summary(path: str) -> RunSummary:
     return summarize(*scan_feed(path))
+
+
+# --- the runs of a folder --------------------------------------------------------------------
+
+STATES = ("running", "finished", "stopped", "crashed")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run of an output folder, as ``capcli runs`` lists it."""
+
+    name: str
+    data: str  # the prepared data set's name
+    stage: str | None  # train or a2c: the stage of the feed's last line
+    epochs_done: int  # of that stage
+    epochs_total: int | None  # its --epochs (None: the feed has no start line)
+    best_bleu4: float | None  # validation scores of that stage's best epoch
+    best_cider_d: float | None
+    state: str  # one of STATES
+    last_update: float | None  # unix time of the feed's last line
+    feed: str  # path of the feed
+
+
+def _state(output_folder: str, name: str, summary: RunSummary, now: float) -> str:
+    """See the module docstring."""
+    holder = read_holder(lock_file(output_folder, name))
+    pid = holder.get("pid") if holder else None
+    if isinstance(pid, int) and not isinstance(pid, bool):
+        if holder.get("host") not in (None, socket.gethostname()):  # no pid to ask: the heartbeat says
+            fresh = summary.last_time is not None and now - summary.last_time <= STALE_SECONDS
+            return "running" if fresh else "crashed"
+        return "running" if pid_alive(pid) else "crashed"
+    if summary.ended is None:
+        return "crashed"
+    return "finished" if summary.ended == "completed" else "stopped"
+
+
+def run_state(output_folder: str, name: str) -> str:
+    """``running``, ``finished``, ``stopped`` or ``crashed`` (see the module docstring)."""
+    path = feed_file(output_folder, name)
+    summary = read_summary(path) if os.path.exists(path) else RunSummary()
+    return _state(output_folder, name, summary, time.time())
+
+
+def _data_name(output_folder: str, name: str, summary: RunSummary) -> str:
+    """The run's data: its start lines say, else its saved configuration, else (runs from before
+    --run-name) its own name."""
+    if "data" in summary.names:
+        return summary.names["data"]
+    try:
+        with open(config_file(output_folder, name), encoding="utf-8") as f:
+            data = json.load(f).get("data", {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        data = None
+    return data if isinstance(data, str) else name
+
+
+def run_info(output_folder: str, name: str, path: str, now: float | None = None) -> RunInfo:
+    """The :class:`RunInfo` of run ``name`` whose feed is ``path``."""
+    summary = read_summary(path)
+    stage = summary.stage
+    if stage == "a2c":
+        best = summary.a2c_best or {}
+        done = (summary.a2c or {}).get("epoch") or 0
+        bleu4, cider = best.get("bleu4"), best.get("cider_d")
+    else:
+        done, bleu4, cider = summary.epochs_done, summary.best_bleu4, summary.best_cider_d
+    return RunInfo(name=name, data=_data_name(output_folder, name, summary), stage=stage, epochs_done=done,
+                   epochs_total=summary.total_epochs.get(stage or "train"), best_bleu4=bleu4, best_cider_d=cider,
+                   state=_state(output_folder, name, summary, time.time() if now is None else now),
+                   last_update=summary.last_time, feed=path)
+
+
+def list_runs(output_folder: str) -> list[RunInfo]:
+    """Every run with a feed in ``output_folder``, by name (none when the folder does not exist)."""
+    now = time.time()
+    return [run_info(output_folder, name, path, now) for name, path in run_feeds(output_folder).items()]
 
 
 class FeedTail:

@@ -154,7 +154,8 @@ class Trainer:
             self._calibrate_encoder()
         self._build_optimizers(ckpt)
         self.state: TrainState = ckpt.state if ckpt is not None else TrainState()
-        self.run = Lifecycle(TRAIN, files, self.state, self._snapshot, dist_info, config.save_every)
+        self.run = Lifecycle(TRAIN, files, self.state, self._snapshot, dist_info, config.save_every,
+                             names={"run": prepared.name, "data": prepared.name})
         self.feed = self.run.feed
         self.run.open_feed(resumed=ckpt is not None)
         self._build_data()
