@@ -28,7 +28,7 @@ from textual_plotext import PlotextPlot
 from capcli.dashboard.charts import CHARTS, downsample, draw_chart, narrow_chart, wide_charts
 from capcli.dashboard.checkpoints import CheckpointInfo, read_checkpoint_info
 from capcli.dashboard.follow import Follower
-from capcli.dashboard.panels import checkpoint_rows, run_row, run_text, samples_text
+from capcli.dashboard.panels import RUNS_TITLE, checkpoint_rows, run_row, run_text, samples_text
 from capcli.dashboard.runlist import RunsScreen
 from capcli.dashboard.widgets import (
     ERROR_LOG,
@@ -139,7 +139,7 @@ class Dashboard(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        for selector, title in (("#run", "Run"), ("#runs", "Runs (l)"), ("#checkpoints", "Checkpoints"),
+        for selector, title in (("#run", "Run"), ("#runs", RUNS_TITLE), ("#checkpoints", "Checkpoints"),
                                 ("#query", "Caption query"), ("#samples", "Sample captions")):
             self.query_one(selector).border_title = title
         self._show_settings()
@@ -258,7 +258,7 @@ class Dashboard(App):
             panel.update(f"waiting for {escape(f.path if f else feed_pattern(self.output_folder))}…")
             return
         panel.update(run_text(f, self._total_epochs(), self.compared.name if self.compared else None,
-                              self.stale_seconds))
+                              self.stale_seconds, panel.content_size.width or 36))
 
     def _show_runs(self) -> None:
         current = self.main.name if self.main else None

@@ -13,11 +13,11 @@ import math
 import threading
 from dataclasses import dataclass
 
+from capcli.feed import samples_of
 from capcli.paths import feed_file
 from capcli.runs import FeedTail, RunSummary, summarize
 
 STEP_FIELDS = ("pairs_per_s", "images_per_s", "data_wait", "mem_mb", "peak_mem_mb")
-MAX_SAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -45,19 +45,9 @@ def number(value) -> float | None:
     return value if ok else None
 
 
-def read_samples(value) -> list[Sample]:
-    """A validation line's ``samples``: its well-formed entries (at most three)."""
-    if not isinstance(value, list):
-        return []
-    samples = []
-    for item in value:
-        if not (isinstance(item, dict) and isinstance(item.get("generated"), str)):
-            continue
-        refs = item.get("references")
-        refs = tuple(r for r in refs if isinstance(r, str)) if isinstance(refs, list) else ()
-        image = item.get("image")
-        samples.append(Sample(image if isinstance(image, str) else "?", item["generated"], refs))
-    return samples[:MAX_SAMPLES]
+def read_samples(line: dict) -> list[Sample]:
+    """A validation line's well-formed ``samples`` (``feed.samples_of``)."""
+    return [Sample(s["image"], s["generated"], tuple(s["references"])) for s in samples_of(line)]
 
 
 class Follower:
@@ -107,6 +97,6 @@ class Follower:
             if line.get("event") == "step":
                 self.step = {key: number(line.get(key)) for key in STEP_FIELDS}
             elif line.get("event") == "epoch" and line.get("split") == "val" and "samples" in line:
-                self.samples, self.samples_epoch = read_samples(line["samples"]), line.get("epoch")
+                self.samples, self.samples_epoch = read_samples(line), line.get("epoch")
         self.exists, self.skipped = polled.exists, polled.skipped
         self.summary = summarize(self.lines, polled.skipped)

@@ -29,11 +29,12 @@ def _fmt(value, spec: str, unit: str = "") -> str:
     return NONE if value is None else f"{value:{spec}}{unit}"
 
 
-def throughput_text(step: dict) -> list[str]:
-    """Two lines: images and caption pairs per second with the data-wait share, then GPU memory."""
+def throughput_text(step: dict, compact: bool = False) -> list[str]:
+    """Two lines: images and caption pairs per second with the share of step time spent waiting
+    for data, then GPU memory in use and at its peak."""
     wait = step.get("data_wait")
     return [f"{_fmt(step.get('images_per_s'), ',.0f')} img/s  {_fmt(step.get('pairs_per_s'), ',.0f')} pairs/s  "
-            f"data wait {NONE if wait is None else f'{wait:.0%}'}",
+            f"{'wait' if compact else 'data wait'} {NONE if wait is None else f'{wait:.0%}'}",
             f"GPU mem {_fmt(step.get('mem_mb'), ',.0f', ' MB')}  peak {_fmt(step.get('peak_mem_mb'), ',.0f', ' MB')}"]
 
 
@@ -42,7 +43,7 @@ def _state_text(f: Follower, age: float, stale_seconds: float) -> tuple[str, boo
     s = f.summary
     if f.state is not None:  # from the run's lock and heartbeat
         text = STATE_STYLES.get(f.state, escape(f.state))
-        if f.state == "finished" and s.ended:
+        if f.state == "stopped" and s.ended:
             text += f" ({escape(s.ended)})"
         elif f.state == "running" and age > stale_seconds:
             text += f", no line for {age_text(age)}"
@@ -53,7 +54,7 @@ def _state_text(f: Follower, age: float, stale_seconds: float) -> tuple[str, boo
 
 
 def run_text(f: Follower, total: int | None, compared: str | None = None, stale_seconds: float = 120.0,
-             now: float | None = None) -> str:
+             width: int = 36, now: float | None = None) -> str:
     """The run panel: name, stage and state; epoch and step; best scores; throughput and memory;
     time per epoch, ETA (a running run only) and the age of the last line."""
     s = f.summary
@@ -68,8 +69,8 @@ def run_text(f: Follower, total: int | None, compared: str | None = None, stale_
     per_epoch = f"{s.mean_epoch_seconds:.0f}s" if s.mean_epoch_seconds else NONE
     lines = [f"{escape(f.name)}  [b]{escape(s.stage or '?')}[/b]  {state}",
              f"epoch {epoch or 0}{f'/{total}' if total else ''}  step {s.last_step}  lr {_fmt(lr, '.2e')}",
-             f"best {escape(best_label(s))} {escape(best_text(s, '(epoch {})', ', {} {}'))}",
-             *throughput_text(f.step),
+             f"best {escape(best_label(s))} {escape(best_text(s, 'e{}', ' {} {}'))}",
+             *throughput_text(f.step, compact=width < 42),
              f"{per_epoch}/epoch  ETA {eta}  updated {age_text(age)} ago"]
     if compared:
         lines[0] += f"  [dim]vs {escape(compared)}[/]"
@@ -102,11 +103,15 @@ def checkpoint_rows(infos: list[CheckpointInfo], chosen: str | None, width: int,
 
 
 def run_row(info, current: str | None, compared: str | None) -> str:
-    """A run-list row: ``▸`` the followed run, ``≈`` the compared one; name, state, epochs, best scores."""
+    """A run-list row: ``▸`` the followed run, ``≈`` the compared one; name, state, epochs done /
+    total, best BLEU-4 and CIDEr-D."""
     mark = "▸" if info.name == current else ("≈" if info.name == compared else " ")
     total = f"/{info.epochs_total}" if info.epochs_total else ""
     return (f"{mark} {escape(info.name)}  {STATE_STYLES.get(info.state, escape(str(info.state)))}  "
-            f"e{info.epochs_done}{total}  B {_fmt(info.best_bleu4, '.3f')}  C {_fmt(info.best_cider_d, '.3f')}")
+            f"{info.epochs_done}{total}  {_fmt(info.best_bleu4, '.3f')} {_fmt(info.best_cider_d, '.3f')}")
+
+
+RUNS_TITLE = "Runs (l): state, epochs, best BLEU-4 CIDEr-D"
 
 
 def samples_text(samples: list[Sample], epoch: int | None) -> str:
