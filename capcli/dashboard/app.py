@@ -82,6 +82,7 @@ class Dashboard(App):
         self.runs: list = []  # capcli.runs.RunInfo of every run in the folder
         self.chart_key = "1"
         self.checkpoints: dict[str, CheckpointInfo] = {}
+        self.unreadable: dict[str, float | None] = {}  # checkpoint path → mtime when it could not be read
         self.chosen: str | None = None  # the checkpoint path queries use
         self.beam = 3
         self.query_image: str | None = None  # the last image asked about: b and c caption it again
@@ -289,16 +290,20 @@ class Dashboard(App):
     def refresh_checkpoints(self) -> None:
         found = {}
         for path in checkpoint_files(self.output_folder):
+            mtime = None
             try:
                 mtime = os.path.getmtime(path)
                 known = self.checkpoints.get(path)
-                found[path] = known if known and known.mtime == mtime else read_checkpoint_info(path, mtime)
-            except Exception as exc:  # a strange file is reported, never fatal to the app
+                if self.unreadable.get(path) != mtime:  # a file that failed is tried again once rewritten
+                    found[path] = known if known and known.mtime == mtime else read_checkpoint_info(path, mtime)
+            except Exception as exc:  # a strange file is reported once, never fatal to the app
+                self.unreadable[path] = mtime
                 self.call_from_thread(self.notify, f"{os.path.basename(path)}: {exc}", severity="error",
                                       markup=False)
         self.call_from_thread(self._apply_checkpoints, found)
 
     def action_refresh_checkpoints(self) -> None:
+        self.unreadable.clear()  # r: try every file again
         self.refresh_checkpoints()
 
     def _run_checkpoints(self, name: str) -> list[str]:
