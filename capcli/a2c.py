@@ -35,10 +35,14 @@ from capcli.lifecycle import A2C, Lifecycle, NonFiniteLoss, existing_checkpoint,
 from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import model_from_checkpoint
 from capcli.model.decoding import banned_words, greedy
-from capcli.paths import a2c_files
+from capcli.paths import a2c_files, tensorboard_folder
 from capcli.progress import SILENT, Progress
+from capcli.runconfig import check_run_name, write_run_config
 from capcli.runlog import a2c_epoch_line, resume_command
+from capcli.samples import image_names, validation_samples
 from capcli.scores import cider_d, corpus_bleu, ngrams
+from capcli.tensorboard import check_available as check_tensorboard
+from capcli.throughput import StepMeter
 
 
 class Critic(nn.Module):
@@ -145,7 +149,9 @@ class A2CTrainer:
         self.encoder, self.decoder = model_from_checkpoint(ckpt)
         self.prepared = find_prepared(config.data_folder or ckpt.data.folder or "data_output",
                                       config.name or ckpt.data.name)
-        self.name = self.prepared.name
+        # the run: --run-name, else the one that trained the model (its data's name before --run-name)
+        self.name = config.run_name or ckpt.run or self.prepared.name
+        self.config = config = replace(config, run_name=self.name)
         self.files = a2c_files(config.output_folder, self.name)
         if hold is not None:
             hold.enter_context(hold_run(self.files, progress))
@@ -163,21 +169,28 @@ class A2CTrainer:
         self.image_size, self.source_train_config = ckpt.image_size, ckpt.train_config
         self._build_optimizers(ckpt if config.resume else None)
         self.run = Lifecycle(A2C, self.files, self.state, self._snapshot,
-                             names={"run": self.name, "data": self.prepared.name})
+                             names={"run": self.name, "data": self.prepared.name},
+                             tensorboard=tensorboard_folder(config.output_folder, self.name, "a2c")
+                             if config.tensorboard else None)
         if self.state.epoch >= config.epochs:
             return  # nothing to train: fit says so, and nothing (not even the feed) is touched
         self.feed = self.run.feed
         self.run.open_feed(resumed=config.resume)  # a2c lines share the training run's feed
+        write_run_config(self.files.config, "a2c", self.name, self.prepared.folder, self.prepared.name,
+                         {"a2c_config": config, "model_config": self.model_config}, resumed=config.resume)
         self._build_data()
 
     @staticmethod
     def _source(config: A2CConfig, explicit: frozenset) -> tuple[A2CConfig, Checkpoint]:
         """The run's options and the checkpoint it starts from: on ``--resume`` the run's own, its
         saved options overridden by the ones given."""
+        check_run_name(config.run_name)
+        if config.tensorboard:
+            check_tensorboard()  # before anything is written
         if config.resume:
-            # the run's name comes from the data: find it the way a new run would
-            prepared = find_prepared(config.data_folder or "data_output", config.name)
-            ckpt = read_checkpoint(existing_checkpoint(a2c_files(config.output_folder, prepared.name), A2C))
+            # the run: --run-name, else the data's name (found the way a new run would)
+            run = config.run_name or find_prepared(config.data_folder or "data_output", config.name).name
+            ckpt = read_checkpoint(existing_checkpoint(a2c_files(config.output_folder, run), A2C))
             given = {k: getattr(config, k) for k in explicit | {"resume", "epochs"}}
             return replace(ckpt.a2c_config or A2CConfig(), **given), ckpt
         if not config.checkpoint:
@@ -217,6 +230,7 @@ class A2CTrainer:
         self.rewarder = Rewarder(self.config.reward, self.train_refs)
         self.val = Images(self.prepared.path("IMAGES", "VAL"), "images", self.config.max_val_images)
         self.val_refs = split_references(self.prepared, "VAL", len(self.val)).captions  # raw ones when prep wrote them
+        self.sample_names = image_names(self.prepared, "VAL", min(len(self.val), 3))
         self.max_len = self.config.max_len or (len(train_rows[0]) - 2 if train_rows else 50)
         self.words = words
 
@@ -310,12 +324,13 @@ class A2CTrainer:
                 decoded = greedy(self.decoder, self._features(x), self.word_map[START], self.word_map[END],
                                  self.max_len, banned_words(self.word_map), attention=False)
             hyps.extend(self.words(d.tokens) for d in decoded)
+        self.samples = validation_samples(self.sample_names, hyps, self.val_refs)  # for the feed
         return corpus_bleu(self.val_refs, hyps, 4), cider_d(self.val_refs, hyps)[0]
 
     def _snapshot(self) -> Checkpoint:
         return Checkpoint(
             "a2c", self.model_config, self.word_map, self.encoder.state_dict(), self.decoder.state_dict(), self.state,
-            self.image_size, self.max_len, DataRef(self.prepared.folder, self.prepared.name),
+            self.image_size, self.max_len, DataRef(self.prepared.folder, self.prepared.name), run=self.name,
             train_config=self.source_train_config, a2c_config=self.config, critic=self.critic.state_dict(),
             actor_optimizer=self.actor_opt.state_dict(), critic_optimizer=self.critic_opt.state_dict(),
             scaler=self.scaler.state_dict(), saved_at=time.time())
@@ -338,11 +353,15 @@ class A2CTrainer:
         done = self.state.epoch_step  # batches of this epoch done before an interruption
         task = self.progress.task(f"a2c epoch {epoch + 1}/{self.config.epochs}", len(batches) - done, "batch")
         totals: Counter = Counter()
-        started = time.monotonic()
-        for steps, indices in enumerate(batches[done:], 1):
+        started, meter, log_every = time.monotonic(), StepMeter(self.device), max(1, len(batches) // 20)
+        for steps, indices in enumerate(meter.timed(batches[done:]), 1):
             images = torch.stack([self.train[i][0] for i in indices])
             figures = self.step(images, indices, weight)
+            meter.count(len(indices), len(indices))  # one sampled caption per image
             totals.update(figures)
+            if self.state.epoch_step % log_every == 0:
+                self.feed.write("step", split="train", epoch=epoch + 1, step=self.state.step,
+                                lr=self.actor_opt.param_groups[0]["lr"], **figures, **meter.figures())
             task.show(f"reward {totals['reward'] / steps:.3f} entropy {totals['entropy'] / steps:.2f}")
             task.advance()
             self.run.after_step(task)  # a signal saves and stops here
@@ -364,7 +383,7 @@ class A2CTrainer:
         self.feed.write("epoch", split="train", epoch=epoch + 1, step=self.state.step, lr=lr,
                         entropy_weight=weight, **means)
         self.feed.write("epoch", split="val", epoch=epoch + 1, step=self.state.step, lr=lr, bleu4=bleu4,
-                        cider_d=cider, improved=improved)
+                        cider_d=cider, improved=improved, samples=self.samples)
         self.run.save(best=improved)
         score_name = "CIDEr-D" if self.config.reward == "cider" else "BLEU-4"
         self.progress.message(a2c_epoch_line(epoch + 1, self.config.epochs, means,
@@ -382,5 +401,6 @@ def run_a2c(config: A2CConfig, progress: Progress = SILENT, explicit: frozenset 
     with contextlib.ExitStack() as hold:
         trainer = A2CTrainer(config, progress, explicit, hold)
         trainer.run.resume_hint = resume_command("a2c", resume_args, [("--data-folder", trainer.prepared.folder),
-                                                                  ("--name", trainer.name)])
+                                                                  ("--name", trainer.prepared.name),
+                                                                  ("--run-name", trainer.name)])
         return trainer.fit()

@@ -9,7 +9,8 @@ checkpoint file can never run code. A file that does not load gets one sentence 
 
 Format version 1 (every released capcli): ``kind`` (train or a2c), ``model_config``,
 ``train_config``, ``a2c_config``, ``word_map``, ``data`` (folder, name), ``image_size``,
-``max_len``, the run state's fields (:class:`TrainState` / :class:`A2CState`), ``encoder`` and
+``max_len``, ``run`` (the run's name; absent before --run-name), the run state's fields
+(:class:`TrainState` / :class:`A2CState`), ``encoder`` and
 ``decoder`` weights, the optimiser, critic and scaler state dicts, and ``saved_at``.
 """
 
@@ -179,6 +180,7 @@ class Checkpoint:
     image_size: int = 256
     max_len: int = 50
     data: DataRef = DataRef()
+    run: str | None = None  # the run's name (--run-name; checkpoints from before it: the data's name)
     train_config: TrainConfig | None = None  # of the training run (an A2C checkpoint keeps its model's)
     a2c_config: A2CConfig | None = None
     decoder_optimizer: dict | None = None  # train
@@ -200,7 +202,8 @@ class Checkpoint:
             "train_config": asdict(self.train_config) if self.train_config else None,
             "a2c_config": asdict(self.a2c_config) if self.a2c_config else None,
             "word_map": dict(self.word_map), "data": asdict(self.data), "image_size": self.image_size,
-            "max_len": self.max_len, **asdict(self.state), "encoder": self.encoder, "decoder": self.decoder,
+            "max_len": self.max_len, "run": self.run, **asdict(self.state), "encoder": self.encoder,
+            "decoder": self.decoder,
             **{k: getattr(self, k) for k in _STATE_DICTS}, "saved_at": self.saved_at,
         }
 
@@ -238,6 +241,7 @@ class Checkpoint:
         data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
         return cls(kind, config, dict(raw["word_map"]), raw["encoder"], raw["decoder"], state, **sizes,
                    data=DataRef(*(v if isinstance(v, str) else None for v in (data.get("folder"), data.get("name")))),
+                   run=raw.get("run") if isinstance(raw.get("run"), str) else None,
                    train_config=_options(TrainConfig, raw.get("train_config")),
                    a2c_config=_options(A2CConfig, raw.get("a2c_config")), **state_dicts,
                    saved_at=raw.get("saved_at"), path=path, absent=frozenset(absent), malformed=tuple(malformed))

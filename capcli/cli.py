@@ -12,7 +12,7 @@ import errno
 
 import click
 
-from capcli import __version__, options, render
+from capcli import __version__, cli_runs, options, render
 from capcli.config import SHAPES_IMAGE_SIZE
 from capcli.errors import CapcliError, Interrupted, os_error_message, out_of_memory_message
 from capcli.options import option_given
@@ -383,6 +383,9 @@ def bench_command(quick: bool, json_path: str | None, device: str, prep_workers:
     if json_path:
         write_json(json_path, report)
         click.echo(f"wrote {json_path}")
+
+
+cli.add_command(cli_runs.runs_command)
 
 
 def main() -> None:

@@ -36,6 +36,14 @@ def dataset_name_problem(name: str) -> str | None:
             "(up to 100, not starting with '.')")
 
 
+def run_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a run (``--run-name``: the middle of every run file's name), None when it can."""
+    if DATASET_NAME.fullmatch(name):
+        return None
+    return (f"--run-name {name!r}: not a safe run name; use letters, digits, '-', '_' and '.' "
+            "(up to 100, not starting with '.')")
+
+
 def is_shapes(name: str) -> bool:
     """Whether the prepared data set ``name`` (``{dataset}_{cpi}_{min_word_freq}``) is the synthetic one."""
     return name.rsplit("_", 2)[0] == "shapes"
@@ -118,6 +126,8 @@ class TrainConfig:
     data_folder: str = "data_output"
     name: str | None = None
     output_folder: str = "model_outputs"
+    run_name: str | None = None  # every run file's name: None for the data's name
+    tensorboard: bool = False  # also write the feed's scalars as TensorBoard events
     epochs: int = 120
     batch_size: int = 64
     decoder_lr: float = 4e-4
@@ -153,6 +163,8 @@ class A2CConfig:
     data_folder: str | None = None  # None: where the model's training data was
     name: str | None = None
     output_folder: str = "model_outputs"
+    run_name: str | None = None  # None: the trained model's run (its data's name before --run-name)
+    tensorboard: bool = False
     overwrite: bool = False
     epochs: int = 10
     batch_size: int = 32  # images per batch

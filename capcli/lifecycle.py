@@ -87,9 +87,11 @@ class Lifecycle:
     """
 
     def __init__(self, stage: Stage, files: RunFiles, state: RunState, snapshot: Callable[[], Checkpoint],
-                 ranks: DistInfo | None = None, save_every: float = 0.0, names: dict | None = None) -> None:
+                 ranks: DistInfo | None = None, save_every: float = 0.0, names: dict | None = None,
+                 tensorboard: str | None = None) -> None:
         self.stage, self.files, self.state, self.snapshot = stage, files, state, snapshot
         self.names = names or {}  # run and data: the start line names them
+        self.tensorboard_folder, self.tensorboard = tensorboard, None  # --tensorboard: its folder, its sink
         self.ranks = ranks or DistInfo()
         self.writer, self.save_every = self.ranks.is_main, save_every
         self.feed = MetricsFeed(files.feed, stage.name) if self.writer else None
@@ -98,10 +100,16 @@ class Lifecycle:
         self._last_save = time.monotonic()
 
     def open_feed(self, resumed: bool) -> None:
-        """Drop the feed lines of work about to be redone: all of them for a new run."""
+        """Drop the feed lines of work about to be redone: all of them for a new run (the TensorBoard
+        events too, with --tensorboard)."""
         if self.feed:
             self.feed.truncate_after(self.state.step if resumed else -1,
                                      stage=self.stage.name if self.stage.truncates_own_lines else None)
+        if self.feed and self.tensorboard_folder:
+            from capcli.tensorboard import TensorBoardSink
+
+            self.tensorboard = TensorBoardSink(self.tensorboard_folder, self.state.step if resumed else 0)
+            self.feed.listeners.append(self.tensorboard)
 
     def run(self, epochs: int, epoch: Callable[[int], str | None], end: Callable[[], dict] = dict) -> str:
         """Run ``epoch(i)`` for the epochs left up to ``epochs`` until one returns a reason to stop.
@@ -133,9 +141,17 @@ class Lifecycle:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            self.close()  # TensorBoard takes no end line
         if self.feed:
             self.feed.write("end", **self._where(), reason=reason, **end())
         return reason
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard events (also when the run failed)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.feed.listeners.remove(self.tensorboard)
+            self.tensorboard = None
 
     def _where(self) -> dict:
         return {"epoch": self.state.epoch, "step": self.state.step}

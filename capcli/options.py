@@ -140,6 +140,16 @@ def name_option(help: str = "Run name, e.g. flickr8k_5_5 [default: the only run 
     return click.option("--name", default=None, help=help)
 
 
+def run_name_option(help: str) -> Decorator:
+    return click.option("--run-name", default=None, metavar="NAME", help=help)
+
+
+tensorboard_option = click.option(
+    "--tensorboard", is_flag=True,
+    help="Also write the feed's scalars and sample captions as TensorBoard events to "
+         "{output-folder}/tensorboard/{run}/ (needs pip install 'capcli[tensorboard]').")
+
+
 def model_option(help: str = "Checkpoint [default: the only BEST_*.pth.tar in --output-folder].") -> Decorator:
     """The checkpoint to use, ``-m/--model`` in every command that reads one."""
     return click.option("-m", "--model", default=None, type=click.Path(dir_okay=False), help=help)
@@ -246,11 +256,14 @@ train_options = bundle(
     data_folder_option(),
     name_option("Prepared data set name, e.g. flickr8k_5_5 [default: the only one]."),
     output_folder_option(),
+    run_name_option("The run's name, in every file it writes (checkpoint_NAME.pth.tar, metrics_NAME.jsonl...): "
+                    "letters, digits, - _ . [default: the data set's name]. --resume finds the run by it."),
+    tensorboard_option,
     _train("--epochs", type=click.IntRange(0), help="Total epochs (on --resume: the total, not additional ones)."),
     _train("--batch-size", "--batch_size", type=click.IntRange(1),
            help="Captions per training batch: batch-size ÷ captions-per-image whole images, each with all "
                 "its captions (so an image is encoded once per step)."),
-    click.option("--resume", is_flag=True, help="Continue from model_outputs/checkpoint_{name}.pth.tar."),
+    click.option("--resume", is_flag=True, help="Continue from model_outputs/checkpoint_{run}.pth.tar."),
     click.option("--checkpoint", type=click.Path(dir_okay=False), help="Continue from this checkpoint file."),
     click.option("--overwrite", is_flag=True, help="Start a new run even though this run's checkpoint exists."),
     architecture_options,
@@ -298,7 +311,11 @@ a2c_options = bundle(
                        default=default(A2CConfig, "data_folder")),
     name_option("Prepared data set name [default: the one the model was trained on]."),
     output_folder_option("Where A2C checkpoints are written and the metrics feed is appended."),
-    click.option("--overwrite", is_flag=True, help="Start a new A2C run even though A2C_{name}.pth.tar exists."),
+    run_name_option("The run's name, in every file it writes (A2C_NAME.pth.tar, metrics_NAME.jsonl...): "
+                    "letters, digits, - _ . [default: the run that trained --checkpoint; on --resume, "
+                    "the data set's name]."),
+    tensorboard_option,
+    click.option("--overwrite", is_flag=True, help="Start a new A2C run even though A2C_{run}.pth.tar exists."),
     _a2c("--epochs", type=click.IntRange(1), help="Total A2C epochs."),
     _a2c("--batch-size", "--batch_size", type=click.IntRange(1), help="Images per batch (one sampled caption each)."),
     _a2c("--temperature", type=click.FloatRange(0.05), help="Sampling temperature (higher: more exploration)."),
@@ -321,6 +338,6 @@ a2c_options = bundle(
     _a2c("--grad-clip", type=click.FloatRange(0, min_open=True), help="Clip the gradient norm to this."),
     _a2c("--max-len", type=click.IntRange(0), help="Longest sampled caption (0: the data's maximum)."),
     _a2c("--max-val-images", type=click.IntRange(0), help="Validate on at most this many images (0: all)."),
-    click.option("--resume", is_flag=True, help="Continue from model_outputs/A2C_{name}.pth.tar."),
+    click.option("--resume", is_flag=True, help="Continue from model_outputs/A2C_{run}.pth.tar."),
     run_options(A2CConfig, "Random seed (data order, critic, sampling)."),
 )

@@ -4,7 +4,9 @@ from a file name to the run or data set it belongs to.
 A run (output folder + run name, e.g. ``shapes_5_5``) has ``checkpoint_{name}.pth.tar`` and
 ``BEST_{name}.pth.tar`` from ``train``, ``A2C_{name}.pth.tar`` and ``BEST_A2C_{name}.pth.tar`` from
 ``a2c``, one ``metrics_{name}.jsonl`` feed for both, the seed's ``bleu_scores_{name}.json`` and
-``training_metrics_{name}.json``, and ``{name}.lock``. Prepared data (``capcli prep``) is
+``training_metrics_{name}.json``, the configuration each stage started with (``config_{name}.json``,
+``config_A2C_{name}.json``), ``{name}.lock``, and with ``--tensorboard`` ``tensorboard/{name}/``. The
+run's name is ``--run-name``, by default the prepared data's name. Prepared data (``capcli prep``) is
 ``WORDMAP_{name}.json``, per split ``{SPLIT}_IMAGES_{name}.hdf5``, ``{SPLIT}_CAPTIONS_{name}.json`` and
 ``{SPLIT}_CAPLENS_{name}.json``, ``{SPLIT}_REFERENCES_{name}.json`` (every raw reference caption
 of each image, for evaluation; absent from folders prepared before it existed or by the tutorial's
@@ -35,6 +37,7 @@ class RunFiles:
     best: str  # the best validation score so far
     feed: str  # the metrics feed, shared by both stages
     lock: str
+    config: str  # the run's configuration as it started (JSON)
     bleu: str | None = None  # train only: the seed's JSON summaries
     metrics: str | None = None
 
@@ -43,14 +46,15 @@ def train_files(output_folder: str, name: str) -> RunFiles:
     return RunFiles(checkpoint=_in(output_folder, f"checkpoint_{name}{CHECKPOINT_EXT}"),
                     best=_in(output_folder, f"BEST_{name}{CHECKPOINT_EXT}"),
                     feed=feed_file(output_folder, name), lock=lock_file(output_folder, name),
-                    bleu=_in(output_folder, f"bleu_scores_{name}.json"),
+                    config=config_file(output_folder, name), bleu=_in(output_folder, f"bleu_scores_{name}.json"),
                     metrics=_in(output_folder, f"training_metrics_{name}.json"))
 
 
 def a2c_files(output_folder: str, name: str) -> RunFiles:
     return RunFiles(checkpoint=_in(output_folder, f"A2C_{name}{CHECKPOINT_EXT}"),
                     best=_in(output_folder, f"BEST_A2C_{name}{CHECKPOINT_EXT}"),
-                    feed=feed_file(output_folder, name), lock=lock_file(output_folder, name))
+                    feed=feed_file(output_folder, name), lock=lock_file(output_folder, name),
+                    config=config_file(output_folder, name, "a2c"))
 
 
 def config_file(output_folder: str, name: str, stage: str = "train") -> str:
@@ -65,6 +69,13 @@ def feed_file(output_folder: str, name: str) -> str:
 
 def lock_file(output_folder: str, name: str) -> str:
     return _in(output_folder, f"{name}.lock")
+
+
+def tensorboard_folder(output_folder: str, name: str, stage: str = "train") -> str:
+    """``--tensorboard``: the run's event files, ``tensorboard/{name}/`` (train) and ``tensorboard/{name}/a2c/``
+    (for ``tensorboard --logdir {output_folder}/tensorboard``: one TensorBoard run per stage)."""
+    folder = _in(_in(output_folder, "tensorboard"), name)
+    return _in(folder, "a2c") if stage == "a2c" else folder
 
 
 def feed_pattern(output_folder: str) -> str:

@@ -23,7 +23,6 @@ crashed
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from capcli.errors import InputError
 from capcli.feed import STALE_SECONDS, parse_line, scan_feed, valid_line
 from capcli.paths import config_file, feed_file, feed_pattern, lock_file, run_feeds
+from capcli.runconfig import saved_data_name
 from capcli.runlock import read_holder
 from capcli.safeio import pid_alive
 
@@ -228,12 +228,7 @@ def _data_name(output_folder: str, name: str, summary: RunSummary) -> str:
     --run-name) its own name."""
     if "data" in summary.names:
         return summary.names["data"]
-    try:
-        with open(config_file(output_folder, name), encoding="utf-8") as f:
-            data = json.load(f).get("data", {}).get("name")
-    except (OSError, ValueError, AttributeError):
-        data = None
-    return data if isinstance(data, str) else name
+    return saved_data_name(config_file(output_folder, name)) or name
 
 
 def run_info(output_folder: str, name: str, path: str, now: float | None = None) -> RunInfo:

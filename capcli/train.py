@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -44,28 +43,26 @@ from capcli.model.captioner import build_model
 from capcli.model.decoding import banned_words, greedy
 from capcli.model.encoder import load_pretrained
 from capcli.model.loss import caption_loss
-from capcli.paths import RunFiles, train_files
+from capcli.paths import RunFiles, tensorboard_folder, train_files
 from capcli.progress import SILENT, Progress
-from capcli.runlog import nothing_to_train, resume_command, running_figures, train_epoch_line
+from capcli.runconfig import write_run_config
+from capcli.runlog import resume_command, running_figures, train_epoch_line
+from capcli.samples import image_names, validation_samples
 from capcli.scores import bleu, cider_d
 from capcli.selection import best_figures, no_gain, record_epoch
-from capcli.train_setup import dataset_defaults, model_config_for, monitor_for, resume_source, warn_random_encoder
-
-
-@dataclass
-class TrainResult:
-    name: str
-    epochs_done: int
-    best_bleu4: float
-    best_epoch: int
-    checkpoint: str
-    best_checkpoint: str
-    stop_reason: str
-    seconds: float
-    epochs_trained: int = 0  # in this call: 0 when --epochs asked for nothing more
-    main_rank: bool = True  # False on the other torchrun ranks, which print nothing
-    monitor: str = "bleu4"  # the score BEST was picked on
-    best_score: float = 0.0  # the best epoch's --monitor score
+from capcli.tensorboard import check_available as check_tensorboard
+from capcli.throughput import StepMeter
+from capcli.train_setup import (
+    TrainResult,
+    data_name,
+    dataset_defaults,
+    model_config_for,
+    monitor_for,
+    nothing_to_train_result,
+    resume_source,
+    run_named,
+    warn_random_encoder,
+)
 
 
 def run_train(config: TrainConfig, model_options: dict | None = None, given: frozenset = frozenset(),
@@ -100,34 +97,26 @@ def run_train(config: TrainConfig, model_options: dict | None = None, given: fro
 def _train(config: TrainConfig, model_options: dict, given: frozenset, progress: Progress,
            resume_args: Sequence[str], device: torch.device, dist_info: DistInfo) -> TrainResult:
     """The run on this rank, inside the collective-error boundary of :func:`run_train`."""
-    prepared = find_prepared(config.data_folder, config.name)
+    if config.tensorboard:
+        check_tensorboard()  # before anything is written
+    prepared = find_prepared(config.data_folder, data_name(config))
     for split in ("TRAIN", "VAL"):  # present and whole, before anything reads or writes
         prepared.images_meta(split)
-    config, model_options = dataset_defaults(prepared, config, model_options, given)
-    files = train_files(config.output_folder, prepared.name)
+    config, model_options = dataset_defaults(prepared, run_named(config, prepared), model_options, given)
+    files = train_files(config.output_folder, config.run_name)
     if config.epochs == 0:  # nothing can be trained: no lock, no folder, nothing written
-        return _nothing_to_train(prepared.name, files, None, config)
+        return nothing_to_train_result(config.run_name, files, None, config)
     with hold_run(files, progress, dist_info.is_main):
         ckpt = resume_source(config, files)
         config = monitor_for(config, ckpt, given)
         if config.epochs <= (ckpt.state.epoch if ckpt is not None else 0):
-            return _nothing_to_train(prepared.name, files, ckpt, config)
+            return nothing_to_train_result(config.run_name, files, ckpt, config)
         word_map = prepared.word_map()
         model_config = model_config_for(ckpt, model_options, given, len(word_map))
         warn_random_encoder(config, prepared.name, ckpt, progress)
         trainer = Trainer(config, model_config, prepared, word_map, files, device, dist_info, progress, ckpt)
         trainer.run.resume_hint = resume_command("train", resume_args, [("--name", prepared.name)])
         return trainer.fit()
-
-
-def _nothing_to_train(name: str, files: RunFiles, ckpt: Checkpoint | None, config: TrainConfig) -> TrainResult:
-    """The result of a call whose --epochs asks for no more epochs than the run has: nothing is written."""
-    if ckpt is None:
-        return TrainResult(name, 0, 0.0, 0, "", "", nothing_to_train(0, config.epochs), 0.0, monitor=config.monitor)
-    state = ckpt.state
-    return TrainResult(name, state.epoch, float(state.best_bleu4), state.best_epoch, files.checkpoint, files.best,
-                       nothing_to_train(state.epoch, config.epochs), 0.0, monitor=config.monitor,
-                       best_score=float(state.best_score))
 
 
 class Trainer:
@@ -155,9 +144,14 @@ class Trainer:
         self._build_optimizers(ckpt)
         self.state: TrainState = ckpt.state if ckpt is not None else TrainState()
         self.run = Lifecycle(TRAIN, files, self.state, self._snapshot, dist_info, config.save_every,
-                             names={"run": prepared.name, "data": prepared.name})
+                             names={"run": config.run_name, "data": prepared.name},
+                             tensorboard=tensorboard_folder(config.output_folder, config.run_name)
+                             if config.tensorboard else None)
         self.feed = self.run.feed
         self.run.open_feed(resumed=ckpt is not None)
+        if self.feed:
+            write_run_config(files.config, "train", config.run_name, prepared.folder, prepared.name,
+                             {"train_config": config, "model_config": model_config}, resumed=ckpt is not None)
         self._build_data()
 
     def _calibrate_encoder(self, images: int = 64, batch_size: int = 32) -> None:
@@ -226,6 +220,7 @@ class Trainer:
         self.max_len = len(captions[0]) - 2 if captions else 50
         self.to_words = Detokenizer(self.word_map)
         self.val_refs = split_references(self.prepared, "VAL", val_count).captions
+        self.sample_names = image_names(self.prepared, "VAL", min(val_count, 3))
 
     def _features(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         if self.cached:
@@ -289,8 +284,10 @@ class Trainer:
         loader = self._loader(self.train_rows, self._epoch_batches(epoch, skip))
         task = self.progress.task(f"epoch {epoch + 1}/{self.config.epochs}", len(loader), "batch")
         totals, log_every = [0.0, 0.0, 0], max(1, len(loader) // 20)
-        for x, captions, lengths in loader:
+        meter = StepMeter(self.device)
+        for x, captions, lengths in meter.timed(loader):
             loss, top5 = self.train_step(x, captions, lengths)
+            meter.count(captions.shape[0] * captions.shape[1], captions.shape[0])  # (images, cpi, L)
             self.state.step += 1
             self.state.epoch_step += 1
             totals = [totals[0] + loss, totals[1] + top5, totals[2] + 1]
@@ -298,7 +295,7 @@ class Trainer:
             task.advance()
             if self.feed and self.state.epoch_step % log_every == 0:
                 self.feed.write("step", split="train", epoch=epoch + 1, step=self.state.step, loss=loss,
-                                top5=top5, lr=self.decoder_opt.param_groups[0]["lr"])
+                                top5=top5, lr=self.decoder_opt.param_groups[0]["lr"], **meter.figures())
             self.run.after_step(task)  # a signal saves and stops here; --save-every saves
         task.close()
         loss_sum, top5_sum, n = sum_over_ranks(totals, self.dist)  # the epoch's figures over every rank
@@ -320,6 +317,7 @@ class Trainer:
             loss_sum, top5_sum = loss_sum + loss, top5_sum + top5
             hypotheses.extend(words)
         references = self.val_refs[:len(hypotheses)]
+        self.samples = validation_samples(self.sample_names, hypotheses, references)  # for the feed
         bleu4, cider = bleu(references, hypotheses, 4)[3], cider_d(references, hypotheses)[0]
         batches = max(len(results), 1)
         return loss_sum / batches, top5_sum / batches, bleu4, cider
@@ -350,7 +348,7 @@ class Trainer:
         return Checkpoint(
             "train", self.model_config, dict(self.word_map), unwrap(self.encoder).state_dict(),
             unwrap(self.decoder).state_dict(), self.state, self.image_size, self.max_len,
-            DataRef(self.prepared.folder, self.prepared.name), train_config=self.config,
+            DataRef(self.prepared.folder, self.prepared.name), run=self.config.run_name, train_config=self.config,
             decoder_optimizer=self.decoder_opt.state_dict(),
             encoder_optimizer=self.encoder_opt.state_dict() if self.encoder_opt else None,
             scaler=self.scaler.state_dict(), saved_at=time.time())
@@ -377,7 +375,7 @@ class Trainer:
                             top5=train_top5, lr=lr)
             self.feed.write("epoch", split="val", epoch=epoch + 1, step=st.step, loss=val_loss, top5=val_top5,
                             bleu4=bleu4, cider_d=cider, lr=lr, best_bleu4=st.best_bleu4, monitor=self.config.monitor,
-                            best_score=st.best_score, improved=improved)
+                            best_score=st.best_score, improved=improved, samples=self.samples)
             self._write_summaries()
         self.run.save(best=improved)
         if self.dist.is_main:
@@ -397,7 +395,7 @@ class Trainer:
         start, first_epoch = time.monotonic(), self.state.epoch
         reason = self.run.run(self.config.epochs, self._epoch,
                               end=lambda: best_figures(self.state, self.config.monitor))
-        return TrainResult(self.prepared.name, self.state.epoch, self.state.best_bleu4, self.state.best_epoch,
+        return TrainResult(self.config.run_name, self.state.epoch, self.state.best_bleu4, self.state.best_epoch,
                            self.files.checkpoint, self.files.best, reason, time.monotonic() - start,
                            self.state.epoch - first_epoch, monitor=self.config.monitor,
                            best_score=self.state.best_score)

@@ -3,15 +3,57 @@ the checkpoint it resumes, its architecture, and the warning a random encoder de
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 
 from capcli.checkpoint import Checkpoint, read_checkpoint
 from capcli.config import ARCHITECTURE_FIELDS, SHAPES_TRAIN_DEFAULTS, ModelConfig, TrainConfig, is_shapes
 from capcli.data.hdf5 import PreparedData
 from capcli.errors import CheckpointError
 from capcli.lifecycle import TRAIN, existing_checkpoint, refuse_overwrite
-from capcli.paths import RunFiles
+from capcli.paths import RunFiles, config_file
 from capcli.progress import Progress
+from capcli.runconfig import check_run_name, saved_data_name
+from capcli.runlog import nothing_to_train
+
+
+@dataclass
+class TrainResult:
+    name: str
+    epochs_done: int
+    best_bleu4: float
+    best_epoch: int
+    checkpoint: str
+    best_checkpoint: str
+    stop_reason: str
+    seconds: float
+    epochs_trained: int = 0  # in this call: 0 when --epochs asked for nothing more
+    main_rank: bool = True  # False on the other torchrun ranks, which print nothing
+    monitor: str = "bleu4"  # the score BEST was picked on
+    best_score: float = 0.0  # the best epoch's --monitor score
+
+
+def nothing_to_train_result(name: str, files: RunFiles, ckpt: Checkpoint | None, config: TrainConfig) -> TrainResult:
+    """The result of a call whose --epochs asks for no more epochs than the run has: nothing is written."""
+    if ckpt is None:
+        return TrainResult(name, 0, 0.0, 0, "", "", nothing_to_train(0, config.epochs), 0.0, monitor=config.monitor)
+    state = ckpt.state
+    return TrainResult(name, state.epoch, float(state.best_bleu4), state.best_epoch, files.checkpoint, files.best,
+                       nothing_to_train(state.epoch, config.epochs), 0.0, monitor=config.monitor,
+                       best_score=float(state.best_score))
+
+
+def data_name(config: TrainConfig) -> str | None:
+    """The prepared data to train on: ``--name``; when resuming a named run without it, the data its
+    saved configuration names (so ``--resume --run-name X`` finds it among several data sets)."""
+    check_run_name(config.run_name)
+    if config.name is None and config.resume and config.run_name:
+        return saved_data_name(config_file(config.output_folder, config.run_name))
+    return config.name
+
+
+def run_named(config: TrainConfig, prepared: PreparedData) -> TrainConfig:
+    """``config`` with its run's name: ``--run-name``, else the prepared data's name (the seed's file names)."""
+    return replace(config, run_name=config.run_name or prepared.name)
 
 
 def model_config_for(ckpt: Checkpoint | None, options: dict, given: frozenset, vocab_size: int) -> ModelConfig:

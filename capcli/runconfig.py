@@ -1,0 +1,57 @@
+"""A run's configuration as it started, saved next to its checkpoint: ``config_{run}.json`` (train) and
+``config_A2C_{run}.json`` (a2c), rewritten each time the stage starts or resumes.
+
+The JSON holds ``version`` (1), ``run``, ``stage``, ``data`` (``folder``, ``name``), the stage's
+options (``train_config`` or ``a2c_config``, every field), ``model_config``, ``resumed`` (whether
+this start continued a checkpoint), ``started`` (unix time) and ``versions`` (capcli, torch, Python):
+what it takes to repeat or compare a run without loading its checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+
+from capcli import __version__
+from capcli.data.jsonfiles import write_json
+
+VERSION = 1
+
+
+def run_config(stage: str, run: str, data_folder: str, data_name: str, configs: dict, resumed: bool) -> dict:
+    """The JSON of a run's configuration; ``configs`` maps e.g. ``train_config`` to a config dataclass."""
+    import torch
+
+    return {"version": VERSION, "run": run, "stage": stage, "data": {"folder": data_folder, "name": data_name},
+            **{key: dataclasses.asdict(value) for key, value in configs.items()}, "resumed": resumed,
+            "started": round(time.time(), 3),
+            "versions": {"capcli": __version__, "torch": torch.__version__, "python": platform.python_version()}}
+
+
+def write_run_config(path: str, *args, **kwargs) -> dict:
+    """Write :func:`run_config` (same arguments) atomically to ``path``; returns it."""
+    config = run_config(*args, **kwargs)
+    write_json(path, config)
+    return config
+
+
+def saved_data_name(path: str) -> str | None:
+    """The data name a saved configuration records (None: no file, or not one of ours)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            name = json.load(f).get("data", {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def check_run_name(name: str | None) -> None:
+    """Raise :class:`~capcli.errors.InputError` (one line) unless ``name`` is None or a safe run name."""
+    from capcli.config import run_name_problem
+    from capcli.errors import InputError
+
+    problem = run_name_problem(name) if name is not None else None
+    if problem:
+        raise InputError(problem)
