@@ -1,4 +1,4 @@
-"""Captioning service: load a checkpoint, caption image files with batched beam search.
+"""Captioning service: load a checkpoint (or an exported bundle), caption image files with batched beam search.
 
 Used by ``capcli caption``, ``capcli evaluate``, ``capcli demo`` and the dashboard. A bad image
 file yields a result with an ``error`` and never stops the others.
@@ -63,10 +63,11 @@ class Captioner:
 
 
 def load_captioner(path: str, device: str = "auto", precision: str = "auto") -> Captioner:
-    """Rebuild the model saved in a capcli checkpoint (training or A2C).
+    """Rebuild the model saved in a capcli checkpoint (training or A2C) or an exported bundle (its
+    folder or its ``model.safetensors``).
 
     Raises:
-        CheckpointError: missing, unsafe, corrupt or foreign file.
+        CheckpointError: missing, unsafe, corrupt or foreign file; a torn or hand-edited bundle.
     """
     ckpt = read_checkpoint(path)
     encoder, decoder = model_from_checkpoint(ckpt)
@@ -75,7 +76,12 @@ def load_captioner(path: str, device: str = "auto", precision: str = "auto") -> 
     decoder.to(torch_device).eval()
     cpu_kernels.enable(torch_device, encoder, decoder)
     return Captioner(encoder, decoder, ckpt.word_map, ckpt.image_size, ckpt.max_len, torch_device,
-                     resolve_precision(precision, torch_device), path, ckpt)
+                     resolve_precision(precision, torch_device), ckpt.path, ckpt)  # a bundle: its folder
+
+
+def load_model(model: str | None, output_folder: str, device: str = "auto", precision: str = "auto") -> Captioner:
+    """The model ``-m`` names (a checkpoint or a bundle), or else the only BEST checkpoint in ``output_folder``."""
+    return load_captioner(model or find_best_checkpoint(output_folder), device, precision)
 
 
 def find_best_checkpoint(output_folder: str) -> str:

@@ -12,6 +12,11 @@ Format version 1 (every released capcli): ``kind`` (train or a2c), ``model_confi
 ``max_len``, ``run`` (the run's name; absent before --run-name), the run state's fields
 (:class:`TrainState` / :class:`A2CState`), ``encoder`` and
 ``decoder`` weights, the optimiser, critic and scaler state dicts, and ``saved_at``.
+
+Every save also writes the checkpoint's small metadata sidecar (``capcli.checkpoint_meta``, read
+with :func:`read_meta`). :func:`read_checkpoint` also reads an inference bundle of ``capcli
+export`` (``capcli.bundle``): a model without its run's state, which captions and evaluates like
+the checkpoint it came from and never resumes.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from capcli.checkpoint_meta import read_meta as read_meta  # the sidecar's reader lives here for callers
+from capcli.checkpoint_meta import write_meta
 from capcli.config import A2CConfig, ModelConfig, TrainConfig
 from capcli.data.vocab import END, PAD, START
 from capcli.errors import CheckpointError, os_error_message, shorten
 from capcli.load_failure import load_failure
+from capcli.paths import bundle_of
 from capcli.safeio import atomic_write
 
 FORMAT = "capcli-checkpoint"
@@ -54,8 +62,9 @@ class _KeepWriteError:
         self.file.flush()
 
 
-def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
-    """Atomically write ``checkpoint`` to ``path``.
+def save_checkpoint(path: str, checkpoint: Checkpoint, run: str | None = None) -> None:
+    """Atomically write ``checkpoint`` to ``path``, then its metadata sidecar (``run``: the run's
+    name, by default its data's).
 
     Raises:
         OSError: the write failed (a full disk); ``path`` keeps its previous content.
@@ -68,15 +77,21 @@ def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
             if out.error is not None:
                 raise out.error from None
             raise
+    write_meta(path, checkpoint, run)
 
 
 def read_checkpoint(path: str) -> Checkpoint:
-    """Read a capcli checkpoint safely, every field checked (see :meth:`Checkpoint.from_dict`).
+    """Read a capcli checkpoint safely, every field checked (see :meth:`Checkpoint.from_dict`), or
+    the bundle ``path`` names (its folder or its ``model.safetensors``: ``capcli.bundle``).
 
     Raises:
         CheckpointError: missing file, unsafe or corrupt content, not a capcli checkpoint, or a
             missing or malformed field.
     """
+    if bundle_of(path) is not None:
+        from capcli.bundle import read_bundle
+
+        return read_bundle(path)
     return Checkpoint.from_dict(path, load_checkpoint(path))
 
 
@@ -192,6 +207,7 @@ class Checkpoint:
     saved_at: float | None = None
     # not saved: where it was read from, and what it lacks for resuming (see check_resumable)
     path: str = ""
+    source: str = ""  # read from a bundle: the checkpoint it was exported from
     absent: frozenset[str] = frozenset()
     malformed: tuple[str, ...] = ()
 
@@ -220,10 +236,10 @@ class Checkpoint:
         missing = [k for k in _MODEL_FIELDS if k not in raw]
         if missing:
             raise CheckpointError(f"{path}: not a captioning model checkpoint (missing {', '.join(missing)})")
-        config = _model_config(path, raw["model_config"])
-        _check_word_map(path, raw["word_map"], config.vocab_size)
-        sizes = {key: _positive(path, key, raw.get(key, default)) for key, default in (("image_size", 256),
-                                                                                    ("max_len", 50))}
+        config = model_config_from(path, raw["model_config"])
+        validate_word_map(path, raw["word_map"], config.vocab_size)
+        sizes = {key: positive_whole(path, key, raw.get(key, default))
+                 for key, default in (("image_size", 256), ("max_len", 50))}
         kind = raw.get("kind", "train")
         if kind not in ("train", "a2c"):
             raise CheckpointError(f"{path}: kind is {shorten(repr(kind))}, expected train or a2c")
@@ -242,8 +258,8 @@ class Checkpoint:
         return cls(kind, config, dict(raw["word_map"]), raw["encoder"], raw["decoder"], state, **sizes,
                    data=DataRef(*(v if isinstance(v, str) else None for v in (data.get("folder"), data.get("name")))),
                    run=raw.get("run") if isinstance(raw.get("run"), str) else None,
-                   train_config=_options(TrainConfig, raw.get("train_config")),
-                   a2c_config=_options(A2CConfig, raw.get("a2c_config")), **state_dicts,
+                   train_config=options_from(TrainConfig, raw.get("train_config")),
+                   a2c_config=options_from(A2CConfig, raw.get("a2c_config")), **state_dicts,
                    saved_at=raw.get("saved_at"), path=path, absent=frozenset(absent), malformed=tuple(malformed))
 
     def check_resumable(self, stage: str) -> None:
@@ -252,6 +268,9 @@ class Checkpoint:
         Raises:
             CheckpointError: another stage's checkpoint, or one naming what it lacks.
         """
+        if self.source:
+            raise CheckpointError(f"{self.path}: an exported bundle holds no optimiser state and cannot be resumed; "
+                                  f"resume from the checkpoint it came from ({self.source})")
         if stage == "train" and self.kind != "train":
             raise CheckpointError(f"{self.path}: a {self.kind} checkpoint; `capcli train` continues training "
                                   "checkpoints (`capcli a2c --resume` continues A2C runs)")
@@ -284,7 +303,7 @@ def _run_state(cls: type, raw: dict) -> tuple[RunState, set[str], list[str]]:
     return cls(**values), absent, malformed
 
 
-def _options(cls: type, raw: object):
+def options_from(cls: type, raw: object):
     """A saved options dict as its config class, fields it no longer has left out."""
     if not isinstance(raw, dict):
         return None
@@ -292,7 +311,7 @@ def _options(cls: type, raw: object):
     return cls(**{k: v for k, v in raw.items() if k in known})
 
 
-def _positive(path: str, key: str, value: object) -> int:
+def positive_whole(path: str, key: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise CheckpointError(f"{path}: {key} is {shorten(repr(value))}, not a positive whole number")
     return value
@@ -309,7 +328,7 @@ def _of_type(value: object, annotation: str) -> bool:
     return isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
 
 
-def _model_config(path: str, raw: object) -> ModelConfig:
+def model_config_from(path: str, raw: object) -> ModelConfig:
     """``raw`` as a :class:`ModelConfig`, every field of the right type and range."""
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: model_config is a {type(raw).__name__}, not a mapping of fields")
@@ -331,7 +350,7 @@ def _model_config(path: str, raw: object) -> ModelConfig:
     return ModelConfig(**raw)
 
 
-def _check_word_map(path: str, word_map: object, vocab_size: int) -> None:
+def validate_word_map(path: str, word_map: object, vocab_size: int) -> None:
     """A mapping of words to ids below ``vocab_size`` holding ``<start>``, ``<end>`` and ``<pad>``."""
     if not isinstance(word_map, dict) or not word_map:
         raise CheckpointError(f"{path}: the word map is not a mapping of words to ids")

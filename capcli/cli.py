@@ -13,6 +13,7 @@ import errno
 import click
 
 from capcli import __version__, cli_runs, options, render
+from capcli.cli_export import export_command
 from capcli.config import SHAPES_IMAGE_SIZE
 from capcli.errors import CapcliError, Interrupted, os_error_message, out_of_memory_message
 from capcli.options import option_given
@@ -160,14 +161,14 @@ def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | 
       capcli caption dog.jpg -v --per-word     # each word's attention on its own scale
       capcli caption test_images/ --json
     """
-    from capcli.captioning import caption_files, check_word_map, expand_inputs, original_captions
+    from capcli.captioning import caption_files, check_word_map, expand_inputs, load_model, original_captions
     from capcli.pictures import write_pictures
     from capcli.progress import TerminalProgress
 
     if not img and not images:
         raise click.UsageError("give at least one image or folder (e.g. capcli caption photo.jpg)")
     paths = expand_inputs(list(img) + list(images))
-    captioner = _load_model(model, output_folder, device, precision)
+    captioner = load_model(model, output_folder, device, precision)
     if word_map is not None:
         check_word_map(captioner, word_map)
     originals = original_captions(captions_json) if captions_json else {}
@@ -176,12 +177,6 @@ def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | 
     render.captions(results, originals, written, as_json, visualize and not captioner.decoder.has_attention)
     if any(r.error for r in results):
         raise SystemExit(1)
-
-
-def _load_model(model: str | None, output_folder: str, device: str, precision: str):
-    from capcli.captioning import find_best_checkpoint, load_captioner
-
-    return load_captioner(model or find_best_checkpoint(output_folder), device, precision)
 
 
 @cli.command("evaluate")
@@ -206,10 +201,11 @@ def evaluate_command(model: str | None, data_folder: str, name: str | None, spli
       capcli evaluate --split test --beam 1,3,5
       capcli evaluate -m model_outputs/BEST_A2C_shapes_5_5.pth.tar --beam 3 --metrics bleu,cider
     """
+    from capcli.captioning import load_model
     from capcli.evaluate import run_evaluate
     from capcli.progress import TerminalProgress
 
-    captioner = _load_model(model, output_folder, device, precision)
+    captioner = load_model(model, output_folder, device, precision)
     result = run_evaluate(captioner, data_folder, name, split, beams, output_folder, length_penalty,
                           batch_size, max_images, TerminalProgress(), metrics)
     render.evaluation(result, captioner.path)
@@ -298,7 +294,7 @@ def metrics_command(output_folder: str, name: str | None, width: int | None, hei
 
 
 @cli.command("arch")
-@options.model_option("Describe the model in this checkpoint (else build one from the options below).")
+@options.model_option("Describe the model in this checkpoint or bundle (else build one from the options below).")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), hidden=True,
               deprecated="use -m/--model", help="Old name of -m/--model.")
 @options.architecture_options
@@ -386,6 +382,7 @@ def bench_command(quick: bool, json_path: str | None, device: str, prep_workers:
 
 
 cli.add_command(cli_runs.runs_command)
+cli.add_command(export_command)  # commands in modules of their own keep this one small
 
 
 def main() -> None:

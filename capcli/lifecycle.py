@@ -4,9 +4,10 @@ A run holds its lock (``capcli.runlock``) while it writes; refuses to resume wha
 to replace what is there without ``--overwrite``; drops the feed lines of work it is about to
 redo; writes the feed's start line, a heartbeat every few seconds while it runs and an end line
 (also when a signal stops it: ``stopped by SIGINT``); saves the latest checkpoint after every epoch (and
-every ``--save-every`` minutes) and ``BEST_`` when the epoch improved; and on SIGINT/SIGTERM/SIGHUP
-finishes the step, saves, and stops with the exact command that resumes it. Under torchrun a
-signal to any rank stops every rank after the same step, and rank 0 alone saves.
+every ``--save-every`` minutes) and ``BEST_`` when the epoch improved, each with its metadata
+sidecar; and on SIGINT/SIGTERM/SIGHUP finishes the step, saves, and stops with the exact command
+that resumes it. Under torchrun a signal to any rank stops every rank after the same step, and
+rank 0 alone saves.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from capcli.checkpoint import Checkpoint, RunState, save_checkpoint
 from capcli.distributed import DistInfo, barrier, max_over_ranks
 from capcli.errors import CapcliError, CheckpointError, Interrupted
 from capcli.feed import Heartbeat, MetricsFeed
-from capcli.paths import RunFiles
+from capcli.paths import RunFiles, run_name_of_feed
 from capcli.progress import Progress
 from capcli.runlock import run_lock
 
@@ -184,9 +185,10 @@ class Lifecycle:
         if not self.writer:
             return
         checkpoint = self.snapshot()
-        save_checkpoint(self.files.checkpoint, checkpoint)
+        run = run_name_of_feed(self.files.feed)
+        save_checkpoint(self.files.checkpoint, checkpoint, run)  # each with its metadata sidecar
         if best:
-            save_checkpoint(self.files.best, checkpoint)
+            save_checkpoint(self.files.best, checkpoint, run)
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum

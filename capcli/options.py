@@ -150,9 +150,10 @@ tensorboard_option = click.option(
          "{output-folder}/tensorboard/{run}/ (needs pip install 'capcli[tensorboard]').")
 
 
-def model_option(help: str = "Checkpoint [default: the only BEST_*.pth.tar in --output-folder].") -> Decorator:
-    """The checkpoint to use, ``-m/--model`` in every command that reads one."""
-    return click.option("-m", "--model", default=None, type=click.Path(dir_okay=False), help=help)
+def model_option(help: str = "Checkpoint, or a bundle of `capcli export` (its folder or model.safetensors) "
+                              "[default: the only BEST_*.pth.tar in --output-folder].") -> Decorator:
+    """The checkpoint or bundle to use, ``-m/--model`` in every command that reads one."""
+    return click.option("-m", "--model", default=None, type=click.Path(), help=help)
 
 
 architecture_options = bundle(

@@ -6,7 +6,10 @@ A run (output folder + run name, e.g. ``shapes_5_5``) has ``checkpoint_{name}.pt
 ``a2c``, one ``metrics_{name}.jsonl`` feed for both, the seed's ``bleu_scores_{name}.json`` and
 ``training_metrics_{name}.json``, the configuration each stage started with (``config_{name}.json``,
 ``config_A2C_{name}.json``), ``{name}.lock``, and with ``--tensorboard`` ``tensorboard/{name}/``. The
-run's name is ``--run-name``, by default the prepared data's name. Prepared data (``capcli prep``) is
+run's name is ``--run-name``, by default the prepared data's name. Every checkpoint has a small
+metadata sidecar ``{checkpoint without .pth.tar}.meta.json``, and ``capcli export`` turns one into an
+inference bundle, the folder ``{checkpoint without .pth.tar}.bundle`` holding ``model.safetensors``,
+``word_map.json``, ``config.json`` and ``README.md``. Prepared data (``capcli prep``) is
 ``WORDMAP_{name}.json``, per split ``{SPLIT}_IMAGES_{name}.hdf5``, ``{SPLIT}_CAPTIONS_{name}.json`` and
 ``{SPLIT}_CAPLENS_{name}.json``, ``{SPLIT}_REFERENCES_{name}.json`` (every raw reference caption
 of each image, for evaluation; absent from folders prepared before it existed or by the tutorial's
@@ -22,6 +25,11 @@ from dataclasses import dataclass
 
 SPLITS = ("TRAIN", "VAL", "TEST")
 CHECKPOINT_EXT = ".pth.tar"
+META_EXT = ".meta.json"
+BUNDLE_EXT = ".bundle"
+# the files of an inference bundle, by role (nothing else is ever in one)
+BUNDLE_FILES = {"weights": "model.safetensors", "word_map": "word_map.json", "config": "config.json",
+                "card": "README.md"}
 _FEED_PREFIX, _FEED_EXT = "metrics_", ".jsonl"
 _WORDMAP_PREFIX, _JSON = "WORDMAP_", ".json"
 
@@ -112,8 +120,48 @@ def is_best(path: str) -> bool:
 
 
 def checkpoint_stem(path: str) -> str:
-    """``model_outputs/BEST_shapes_5_5.pth.tar`` → ``BEST_shapes_5_5`` (names evaluation files)."""
-    return os.path.basename(path).removesuffix(CHECKPOINT_EXT)
+    """``model_outputs/BEST_shapes_5_5.pth.tar`` → ``BEST_shapes_5_5`` (names evaluation files); a
+    bundle ``BEST_shapes_5_5.bundle`` → ``BEST_shapes_5_5_bundle``, so its evaluation files never
+    replace those of the checkpoint it came from."""
+    name = os.path.basename(os.path.normpath(path))
+    if name.endswith(BUNDLE_EXT):
+        return name.removesuffix(BUNDLE_EXT) + "_bundle"
+    return name.removesuffix(CHECKPOINT_EXT)
+
+
+def checkpoint_meta_file(path: str) -> str:
+    """The metadata sidecar of a checkpoint: ``BEST_x.pth.tar`` → ``BEST_x.meta.json``."""
+    return path.removesuffix(CHECKPOINT_EXT) + META_EXT
+
+
+def bundle_folder(checkpoint: str) -> str:
+    """Where ``capcli export`` writes a checkpoint's bundle by default: ``BEST_x.pth.tar`` → ``BEST_x.bundle``."""
+    return checkpoint.removesuffix(CHECKPOINT_EXT) + BUNDLE_EXT
+
+
+def bundle_file(folder: str, role: str) -> str:
+    """A file of the bundle in ``folder``; ``role`` is a key of :data:`BUNDLE_FILES`."""
+    return _in(folder, BUNDLE_FILES[role])
+
+
+def bundle_of(path: str) -> str | None:
+    """The bundle folder ``path`` names (the folder itself or its ``model.safetensors``), or None
+    when ``path`` names a file of another kind (a checkpoint)."""
+    if os.path.isdir(path):
+        return os.path.normpath(path)
+    if os.path.basename(path) == BUNDLE_FILES["weights"]:
+        return os.path.dirname(os.path.normpath(path)) or "."
+    return None
+
+
+def bundle_folders(output_folder: str) -> list[str]:
+    """Every ``*.bundle`` folder in ``output_folder``, sorted by name (the dashboard lists them)."""
+    return sorted(p for p in glob.glob(_in(output_folder, f"*{BUNDLE_EXT}")) if os.path.isdir(p))
+
+
+def evaluation_files(output_folder: str, stem: str) -> list[str]:
+    """The ``evaluation_{stem}_{split}.json`` files of one model in ``output_folder``, sorted."""
+    return sorted(glob.glob(_in(glob.escape(output_folder), f"evaluation_{glob.escape(stem)}_*.json")))
 
 
 def evaluation_file(output_folder: str, stem: str) -> str:

@@ -167,3 +167,21 @@ def bench_summary(report: dict) -> None:
             f"; where they differ, the two captions' scores differ by at most {comparison['largest_score_gap']:.2g}"
         click.echo(f"batched and one-at-a-time beam search give the same captions: "
                    f"{'yes' if report['beam_same_captions'] else 'NO'} ({counts}{gap})")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def export_result(result) -> None:
+    """The bundle written, and the checkpoint's and bundle's sizes (and what the difference was)."""
+    share = result.optimizer_bytes / result.checkpoint_bytes
+    critic = f"; critic {_size(result.critic_bytes)}" if result.critic_bytes else ""
+    click.echo(f"wrote {result.bundle} (model.safetensors, word_map.json, config.json, README.md)")
+    click.echo(f"checkpoint {_size(result.checkpoint_bytes):>10}  {result.checkpoint} "
+               f"(optimizer state {_size(result.optimizer_bytes)}, {share:.0%} of it{critic})")
+    click.echo(f"bundle     {_size(result.bundle_bytes):>10}  {result.bundle} "
+               f"({result.bundle_bytes / result.checkpoint_bytes:.0%} of the checkpoint; weights "
+               f"{_size(result.weights_bytes)})")
+    for path in result.evaluations:
+        click.echo(f"the model card shows the test scores of {path}")

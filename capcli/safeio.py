@@ -5,8 +5,9 @@ to a fresh temporary name in its destination folder, created exclusively (so a p
 or an existing file at that name is never opened), then renamed over the final name: a rename
 replaces a symlink at the final name instead of writing through it, and readers see the old
 file or the new one, never half of one. Appends (the metrics feed) and lock files refuse a path
-that is a symlink. Temporary files left by a killed writer are removed by the next process that
-writes into the same folder.
+that is a symlink. A folder of files (an export bundle) is written into a fresh staging folder and
+renamed the same way. Temporary files and staging folders left by a killed writer are removed by
+the next process that writes into the same folder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import socket
 import stat
 import time
@@ -81,7 +83,15 @@ def remove_stale_temps(path: str) -> None:
     for entry in entries:
         with contextlib.suppress(FileNotFoundError):
             if entry.startswith(".") and _stale(folder, entry):
-                os.remove(os.path.join(folder, entry))
+                _remove(os.path.join(folder, entry))
+
+
+def _remove(path: str) -> None:
+    """Remove a file, a link (never its target) or a staging folder with what is in it."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
 
 
 def create_exclusive(path: str) -> int:
@@ -139,6 +149,48 @@ def atomic_write(path: str, text: bool = False, sync: bool = False) -> Iterator[
             f.flush()
             if sync:
                 os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str, replaces: bool = False) -> Iterator[str]:
+    """A fresh, empty staging folder next to ``path``, renamed to ``path`` when the block ends
+    without an error and removed otherwise. Readers never see a half-filled folder at ``path``.
+
+    Args:
+        replaces: ``path`` may hold a previous folder (the caller has checked it is one of its
+            own), which is moved aside and removed once the new one is in place. A link at
+            ``path`` is always refused.
+
+    Raises:
+        CapcliError: ``path`` is a symbolic link, or something is there and ``replaces`` is not set.
+    """
+    if os.path.islink(path):
+        raise CapcliError(f"{path} is a symbolic link; capcli does not write through links "
+                          "(remove it or choose another path)")
+    if os.path.lexists(path) and not replaces:
+        raise CapcliError(f"{path} exists; remove it or choose another path")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temps(path)
+    staging = temp_path(path)
+    os.mkdir(staging)  # fails if anything (even a link) has the name
+    try:
+        yield staging
+        if os.path.lexists(path):
+            old = temp_path(path)
+            os.rename(path, old)  # a folder cannot be renamed over a non-empty one: swap, then remove
+            try:
+                os.rename(staging, path)
+            except BaseException:
+                os.rename(old, path)  # the previous folder stays
+                raise
+            shutil.rmtree(old)
+        else:
+            os.rename(staging, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(staging)
+        raise
 
 
 def open_append(path: str) -> IO:
