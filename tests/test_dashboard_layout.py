@@ -109,15 +109,16 @@ def test_layouts_at_80x24_and_160x45(run_copy):
             heat = str(app.query_one("#heatmap").render()).splitlines()
             heat_sizes[size] = (max(map(len, heat)), len(heat))
             rows = _text(app, "#checkpoints")
-            return app, rows, len(_charts(app)), {s: _shown(app, s) for s in ("#runs", "#samples", "#chart2")}
+            titles = [w.border_title for w in _charts(app)]
+            return titles, rows, len(_charts(app)), {s: _shown(app, s) for s in ("#runs", "#samples", "#chart2")}
 
-    app, rows, charts, shown = asyncio.run(scenario(NARROW))
+    titles, rows, charts, shown = asyncio.run(scenario(NARROW))
     assert charts == 1 and shown == {"#runs": False, "#samples": False, "#chart2": False}
-    assert "checkpoint_shapes_5_1" not in rows and "checkpoint_shapes_5…" in rows  # cut: 36 columns
-    app, rows, charts, shown = asyncio.run(scenario(WIDE))
+    assert titles == ["Chart 1/6: Loss per step"]  # one epoch: the loss per step until there are two
+    assert f"checkpoint_{NAME}" not in rows and "checkpoint_shapes…" in rows  # cut to fit 36 columns
+    titles, rows, charts, shown = asyncio.run(scenario(WIDE))
     assert charts == 4 and all(shown.values())
     assert f"checkpoint_{NAME}" in rows and f"BEST_{NAME}" in rows  # whole names when there is room
-    titles = [w.border_title for w in _charts(app)]
     assert titles[0] == "Loss" and "CIDEr-D" in titles[1] and titles[2] == "Loss per step"
     (w80, h80), (w160, h160) = heat_sizes[NARROW], heat_sizes[WIDE]
     assert w160 > w80 and h160 > h80 and w160 * h160 >= 3 * w80 * h80  # the heat map grows with the panel
@@ -259,3 +260,44 @@ def test_dashboard_with_two_runs_in_a_terminal(tmp_path):
     rc, output = run_in_terminal("dashboard", "--output-folder", tmp_path, cwd=tmp_path, timeout=90, keys=b"q")
     assert rc == 0 and "Traceback" not in output, output
     assert "run_b" in output and "CRASHED" in output  # the newest feed; no lock, no end line
+
+
+def test_checkpoint_rows_from_the_sidecar_without_loading(run_copy, monkeypatch):
+    import capcli.checkpoint
+    from capcli.checkpoint import read_meta
+    from capcli.paths import checkpoint_meta_file
+
+    _, folder = run_copy
+    best, latest = folder / f"BEST_{NAME}.pth.tar", folder / f"checkpoint_{NAME}.pth.tar"
+    meta = read_meta(str(best))
+    assert meta is not None and read_meta(str(latest)) is not None
+    real_load, loads = capcli.checkpoint.load_checkpoint, []
+
+    def counting_load(path):
+        loads.append(os.path.basename(path))
+        if sidecars_only:
+            raise AssertionError(f"{path} loaded whole although its sidecar exists")
+        return real_load(path)
+
+    sidecars_only = True
+    monkeypatch.setattr(capcli.checkpoint, "load_checkpoint", counting_load)
+
+    async def scenario():
+        nonlocal sidecars_only
+        app = _app(folder, NAME)
+        async with app.run_test(size=WIDE) as pilot:
+            assert await _until(pilot, lambda: len(app.checkpoints) == 2, 10)
+            assert all(c.from_sidecar for c in app.checkpoints.values()) and loads == []
+            row = next(r for r in _text(app, "#checkpoints").splitlines() if f"BEST_{NAME}" in r)
+            assert f"e{meta['epoch']}" in row and f"{meta['best_bleu4']:.3f}" in row
+            assert f"{meta['best_cider_d']:.3f}" in row  # the wide panel has room for CIDEr-D
+            assert not app._notifications
+            sidecars_only = False
+            os.remove(checkpoint_meta_file(str(latest)))  # a checkpoint from before sidecars: loaded
+            os.utime(latest)
+            await pilot.press("r")
+            assert await _until(pilot, lambda: loads == [latest.name], 10)
+            assert await _until(pilot, lambda: not app.checkpoints[str(latest)].from_sidecar, 10)
+            assert app.checkpoints[str(latest)].epoch == 1 and f"checkpoint_{NAME}" in _text(app, "#checkpoints")
+
+    asyncio.run(scenario())

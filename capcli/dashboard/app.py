@@ -14,7 +14,7 @@ and ``error_message`` saying so in one line.
 from __future__ import annotations
 
 import os
-import time
+from functools import partial
 
 from textual import work
 from textual.app import App, ComposeResult
@@ -26,9 +26,9 @@ from textual.worker import WorkerFailed
 from textual_plotext import PlotextPlot
 
 from capcli.dashboard.charts import CHARTS, downsample, draw_chart, narrow_chart, wide_charts
-from capcli.dashboard.checkpoints import CheckpointInfo, read_checkpoint_info
 from capcli.dashboard.follow import Follower
-from capcli.dashboard.panels import RUNS_TITLE, checkpoint_rows, run_row, run_text, samples_text
+from capcli.dashboard.panels import RUNS_TITLE, run_row, run_text, samples_text
+from capcli.dashboard.query import QueryPanel
 from capcli.dashboard.runlist import RunsScreen
 from capcli.dashboard.widgets import (
     ERROR_LOG,
@@ -39,19 +39,17 @@ from capcli.dashboard.widgets import (
     Resized,
     SizedContainer,
     SizedStatic,
-    heatmap_text,
     write_error_log,
 )
-from capcli.paths import a2c_files, checkpoint_files, feed_pattern, is_best, run_feeds, train_files
+from capcli.paths import feed_pattern, run_feeds
 from capcli.runs import RunSummary
 
 __all__ = ["ERROR_LOG", "HELP", "WIDE", "Dashboard", "HelpScreen", "downsample"]
 
-BEAMS = (1, 3, 5, 10)
 WIDE = 120  # columns from which the wide layout shows
 
 
-class Dashboard(App):
+class Dashboard(QueryPanel, App):
     TITLE = "capcli dashboard"
     CSS_PATH = "dashboard.tcss"
     AUTO_FOCUS = None  # keys drive the app until the user presses i for the path box
@@ -81,16 +79,7 @@ class Dashboard(App):
         self.compared: Follower | None = None  # the run whose validation curves are laid over
         self.runs: list = []  # capcli.runs.RunInfo of every run in the folder
         self.chart_key = "1"
-        self.checkpoints: dict[str, CheckpointInfo] = {}
-        self.unreadable: dict[str, float | None] = {}  # checkpoint path → mtime when it could not be read
-        self.chosen: str | None = None  # the checkpoint path queries use
-        self.beam = 3
-        self.query_image: str | None = None  # the last image asked about: b and c caption it again
-        self.query_number = 0  # only the newest query's answer is shown
-        self.caption_for: tuple[str, str, int] | None = None  # (image, checkpoint, beam) of the shown caption
-        self.caption_result = None
-        self.word_index = 0
-        self.captioners: dict[str, tuple[float, object]] = {}  # path → (mtime, model): one per file
+        self._init_queries()
         self.error_message: str | None = None  # set by an unexpected error: one line, where its traceback is
 
     # --- unexpected errors -----------------------------------------------------------------------
@@ -116,6 +105,16 @@ class Dashboard(App):
     def exit(self, result=None, return_code: int = 0, message=None) -> None:
         """As :meth:`App.exit`, but never with return code 0 once an error happened."""
         super().exit(result, 1 if self.error_message is not None else return_code, message)
+
+    def _later(self, callback, *args) -> None:
+        """From a worker thread: ``callback(*args)`` on the UI thread, unless the app is closing
+        (its widgets may be gone by then)."""
+        if self.return_code is None:
+            self.call_from_thread(self._unless_closing, callback, *args)
+
+    def _unless_closing(self, callback, *args) -> None:
+        if self.return_code is None:
+            callback(*args)
 
     # --- layout ------------------------------------------------------------------------------
 
@@ -181,7 +180,7 @@ class Dashboard(App):
             name = self._newest_run()
             if name is None:
                 return
-            self.call_from_thread(self._follow, name)
+            self._later(self._follow, name)
             return
         for follower in (self.main, self.compared):
             if follower is None:
@@ -189,10 +188,11 @@ class Dashboard(App):
             try:
                 polled = follower.poll()
             except OSError as exc:
-                self.call_from_thread(self.notify, f"reading the metrics feed: {exc}", severity="error", markup=False)
+                self._later(partial(self.notify, f"reading the metrics feed: {exc}", severity="error",
+                                    markup=False))
                 continue
             if polled is not None and follower.changed(polled):
-                self.call_from_thread(self._apply_lines, follower, polled)
+                self._later(self._apply_lines, follower, polled)
 
     def _follow(self, name: str) -> None:
         """Follow run ``name`` from its first line (it stops being the compared run)."""
@@ -232,7 +232,7 @@ class Dashboard(App):
 
         runs = list_runs(self.output_folder) if os.path.isdir(self.output_folder) else []
         states = {f.name: run_state(self.output_folder, f.name) for f in (self.main, self.compared) if f}
-        self.call_from_thread(self._apply_states, runs, states)
+        self._later(self._apply_states, runs, states)
 
     def _apply_states(self, runs: list, states: dict[str, str]) -> None:
         self.runs = runs
@@ -283,136 +283,6 @@ class Dashboard(App):
             spec = narrow_chart(self.chart_key, summary)
             draw_chart(chart, spec, summary, compared)
             chart.border_title = f"Chart {self.chart_key}/{len(CHARTS)}: {spec.title}"
-
-    # --- checkpoints ---------------------------------------------------------------------------
-
-    @work(thread=True, exclusive=True, group="checkpoints")
-    def refresh_checkpoints(self) -> None:
-        found = {}
-        for path in checkpoint_files(self.output_folder):
-            mtime = None
-            try:
-                mtime = os.path.getmtime(path)
-                known = self.checkpoints.get(path)
-                if self.unreadable.get(path) != mtime:  # a file that failed is tried again once rewritten
-                    found[path] = known if known and known.mtime == mtime else read_checkpoint_info(path, mtime)
-            except Exception as exc:  # a strange file is reported once, never fatal to the app
-                self.unreadable[path] = mtime
-                self.call_from_thread(self.notify, f"{os.path.basename(path)}: {exc}", severity="error",
-                                      markup=False)
-        self.call_from_thread(self._apply_checkpoints, found)
-
-    def action_refresh_checkpoints(self) -> None:
-        self.unreadable.clear()  # r: try every file again
-        self.refresh_checkpoints()
-
-    def _run_checkpoints(self, name: str) -> list[str]:
-        """The run's checkpoint paths, the BEST ones first (train's, then A2C's)."""
-        train, a2c = train_files(self.output_folder, name), a2c_files(self.output_folder, name)
-        return [train.best, a2c.best, train.checkpoint, a2c.checkpoint]
-
-    def _apply_checkpoints(self, found: dict[str, CheckpointInfo]) -> None:
-        self.checkpoints = found
-        if self.chosen not in found:  # nothing chosen yet, or the file went away: the run's BEST model
-            mine = [p for p in self._run_checkpoints(self.main.name) if p in found] if self.main else []
-            best = [p for p in found if is_best(p)]
-            self.chosen = (mine or best or list(found) or [None])[0]
-        self._show_checkpoints()
-        self._show_settings()
-
-    def _show_checkpoints(self) -> None:
-        panel = self.query_one("#checkpoints", Static)
-        title, rows = checkpoint_rows(list(self.checkpoints.values()), self.chosen,
-                                      panel.content_size.width or 36, time.time())
-        panel.border_title = title
-        panel.update(rows)
-
-    def _show_settings(self) -> None:
-        chosen = self.chosen
-        self.query_one("#settings", Static).update(
-            f"model {escape(os.path.basename(chosen)) if chosen else '–'}\nbeam {self.beam} (b)  model (c)")
-
-    def action_checkpoint(self) -> None:
-        paths = list(self.checkpoints)
-        if paths:
-            self.chosen = paths[(paths.index(self.chosen) + 1) % len(paths)] if self.chosen in paths else paths[0]
-            self._show_settings()
-            self._show_checkpoints()
-            self._query_again()
-
-    def action_beam(self) -> None:
-        self.beam = BEAMS[(BEAMS.index(self.beam) + 1) % len(BEAMS)] if self.beam in BEAMS else BEAMS[0]
-        self._show_settings()
-        self._query_again()
-
-    # --- caption queries -----------------------------------------------------------------------
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        path = event.value.strip()
-        if path:
-            self.query_image = os.path.expanduser(path)
-            self._query_again()
-
-    def _query_again(self) -> None:
-        """Caption the last image asked about with the current checkpoint and beam size."""
-        if self.query_image is None:
-            return
-        if self.chosen is None:
-            self.notify("no checkpoint in the run folder yet", severity="error")
-            return
-        self.query_number += 1
-        self.query_one("#caption", Static).update(f"captioning with beam {self.beam}…")
-        self.caption_query(self.query_number, self.query_image, self.chosen, self.beam)
-
-    @work(thread=True, group="caption")
-    def caption_query(self, number: int, image: str, checkpoint: str, beam: int) -> None:
-        from capcli.captioning import caption_files, load_captioner
-
-        try:
-            mtime = os.path.getmtime(checkpoint)
-            cached = self.captioners.get(checkpoint)
-            if cached is None or cached[0] != mtime:  # a rewritten checkpoint replaces its old model
-                self.captioners[checkpoint] = (mtime, load_captioner(checkpoint))
-            result = caption_files(self.captioners[checkpoint][1], [image], beam_size=beam)[0]
-        except Exception as exc:  # any failure is a notification; the app keeps running
-            self.call_from_thread(self._caption_failed, number, str(exc) or type(exc).__name__)
-            return
-        if result.error:
-            self.call_from_thread(self._caption_failed, number, result.error)
-        else:
-            self.call_from_thread(self._show_caption, number, result, (image, checkpoint, beam))
-
-    def _caption_failed(self, number: int, message: str) -> None:
-        if number == self.query_number:
-            self.query_one("#caption", Static).update("query failed (see the notification)")
-        self.notify(message, severity="error", timeout=8, markup=False)
-
-    def _show_caption(self, number: int, result, settings: tuple[str, str, int]) -> None:
-        if number != self.query_number:
-            return  # an older query finished after a newer one started
-        self.caption_result, self.caption_for, self.word_index = result, settings, 0
-        self._draw_word()
-
-    def _draw_word(self) -> None:
-        r = self.caption_result
-        if r is None:
-            return
-        words = r.words or []
-        marked = " ".join(f"[reverse]{escape(w)}[/reverse]" if i == self.word_index else escape(w)
-                          for i, w in enumerate(words))
-        self.query_one("#caption", Static).update(f"{marked}\nscore {r.score:.2f}  word {self.word_index + 1}/"
-                                                  f"{len(words)} (← →)")
-        heat = self.query_one("#heatmap", Static)
-        weights = r.attention[self.word_index] if r.attention is not None and words else None
-        rows = max(heat.size.height, 4)
-        columns = max(heat.size.width, 8)
-        # a cell holds two pixels stacked and is about twice as tall as wide: 2 columns per row is square
-        heat.update(heatmap_text(r.pixels, weights, min(columns, 2 * rows), rows))
-
-    def action_word(self, delta: int) -> None:
-        if self.caption_result is not None and self.caption_result.words:
-            self.word_index = (self.word_index + delta) % len(self.caption_result.words)
-            self._draw_word()
 
     # --- other keys ----------------------------------------------------------------------------
 

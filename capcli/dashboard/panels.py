@@ -124,3 +124,21 @@ def samples_text(samples: list[Sample], epoch: int | None) -> str:
         for ref in sample.references[:1]:
             lines.append(f"  [dim]ref[/] {escape(ref)}")
     return "\n".join(lines)
+
+
+def caption_text(words: list[str], index: int, room: int) -> str:
+    """The caption with word ``index`` marked; a long one is cut to about ``room`` characters
+    around that word ("…" where it is cut), so that the heat map below keeps its rows."""
+    if not words:
+        return ""
+    lo = hi = index
+    used = len(words[index])
+    grew = True
+    while grew:
+        grew = False
+        if hi + 1 < len(words) and used + 1 + len(words[hi + 1]) <= room:
+            hi, used, grew = hi + 1, used + 1 + len(words[hi + 1]), True
+        if lo > 0 and used + 1 + len(words[lo - 1]) <= room:
+            lo, used, grew = lo - 1, used + 1 + len(words[lo - 1]), True
+    shown = [f"[reverse]{escape(w)}[/reverse]" if i == index else escape(w) for i, w in enumerate(words[lo:hi + 1], lo)]
+    return " ".join((["…"] if lo > 0 else []) + shown + (["…"] if hi + 1 < len(words) else []))
