@@ -78,10 +78,12 @@ class QueryPanel:
 
     def _apply_checkpoints(self, found: dict[str, CheckpointInfo]) -> None:
         self.checkpoints = found
-        if self.chosen not in found:  # nothing chosen yet, or the file went away: the run's BEST model
+        if self.chosen not in found:  # nothing chosen yet, another run, or the file went away: the run's BEST
             mine = [p for p in self._run_checkpoints(self.main.name) if p in found] if self.main else []
             best = [p for p in found if is_best(p)]
             self.chosen = (mine or best or list(found) or [None])[0]
+            if self.caption_for is not None and self.chosen is not None:
+                self._query_again()  # the caption shown came from another checkpoint
         self._show_checkpoints()
         self._show_settings()
 
