@@ -109,12 +109,16 @@ class Dashboard(QueryPanel, App):
     def _later(self, callback, *args) -> None:
         """From a worker thread: ``callback(*args)`` on the UI thread, unless the app is closing
         (its widgets may be gone by then)."""
-        if self.return_code is None:
+        if self._open():
             self.call_from_thread(self._unless_closing, callback, *args)
 
     def _unless_closing(self, callback, *args) -> None:
-        if self.return_code is None:
+        if self._open():
             callback(*args)
+
+    def _open(self) -> bool:
+        """Neither exiting (q, an error) nor shutting down."""
+        return self.is_running and self.return_code is None
 
     # --- layout ------------------------------------------------------------------------------
 
