@@ -326,12 +326,12 @@ def arch_command(model: str | None, checkpoint: str | None, graph: str | None, *
 
 @cli.command("dashboard")
 @options.output_folder_option("The run folder to follow.")
-@options.name_option("Run name [default: the only metrics_*.jsonl there].")
+@options.name_option("Run to follow first [default: the one updated last; l lists the others].")
 @click.option("--poll", default=0.5, show_default=True, type=click.FloatRange(0.1, 60), help="Seconds between reads.")
 def dashboard_command(output_folder: str, name: str | None, poll: float) -> None:
-    """Follow a live run in the terminal: run panel, charts, checkpoints and caption queries.
+    """Follow live runs in the terminal: state, throughput, charts, samples, checkpoints, captions.
 
-    Keyboard only (? shows the keys); readable at 80 × 24 over SSH.
+    Keyboard only (? shows the keys); readable at 80 × 24 over SSH, four charts from 120 columns.
 
     \b
     Example:
@@ -343,10 +343,7 @@ def dashboard_command(output_folder: str, name: str | None, poll: float) -> None
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise CapcliError("capcli dashboard needs an interactive terminal (use `capcli metrics` in scripts and pipes)")
     from capcli.dashboard.app import Dashboard
-    from capcli.runs import find_feed, run_feeds
 
-    if name is None and len(run_feeds(output_folder)) > 1:
-        find_feed(output_folder)  # several runs and no --name: its error lists them (no runs yet: wait)
     app = Dashboard(output_folder, name, poll_seconds=poll)
     app.run()
     if app.return_code:  # an unexpected error ended it: one line naming the log with its traceback

@@ -1,16 +1,20 @@
 """The dashboard with App.run_test(): a live feed, truncation, a missing file, caption queries,
-the 80 × 24 layout and every key in the help screen."""
+the 80 × 24 layout and every key in the help screen (test_dashboard_layout.py: the wide layout,
+runs, samples)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import socket
 import time
 
 import pytest
 
 from capcli.dashboard.app import HELP, Dashboard, HelpScreen, downsample
+from capcli.paths import lock_file
 from capcli.runs import FeedTail
 
 NAME = "shapes_5_1"
@@ -43,6 +47,11 @@ def _text(app, selector):
     return str(app.query_one(selector).render())
 
 
+def _colours(content) -> str:
+    """The colours of a rendered heat map, cell by cell."""
+    return " ".join(str(span.style) for span in content.spans)
+
+
 def test_feed_tail_partial_truncation_and_missing(tmp_path):
     path = tmp_path / "metrics_x.jsonl"
     tail = FeedTail(str(path))
@@ -69,8 +78,10 @@ def test_downsample_keeps_ends():
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_live_feed_truncation_and_waiting(tmp_path):
     async def scenario():
-        app = Dashboard(str(tmp_path), NAME, poll_seconds=0.1, checkpoint_seconds=0.5)
+        app = Dashboard(str(tmp_path), NAME, poll_seconds=0.1, checkpoint_seconds=0.5, state_seconds=0.2)
         feed = tmp_path / f"metrics_{NAME}.jsonl"
+        with open(lock_file(str(tmp_path), NAME), "w") as f:  # held by a live process (this one): running
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.pause(0.2)
             assert "waiting" in _text(app, "#run")  # no file yet
@@ -78,24 +89,25 @@ def test_live_feed_truncation_and_waiting(tmp_path):
             _append(feed, start, _line(1, "train"), _line(1, bleu=0.21))
             assert await _until(pilot, lambda: "epoch 1/5" in _text(app, "#run"))  # total from the start line
             assert "0.2100" in _text(app, "#run")
+            assert await _until(pilot, lambda: "running" in _text(app, "#run"))
             assert "ETA 7m" in _text(app, "#run")  # 4 epochs left × 100 s, with no checkpoint yet
             started = time.monotonic()
             _append(feed, _line(2, "train"), _line(2, bleu=0.35), partial=json.dumps(_line(3, bleu=0.9))[:30])
             assert await _until(pilot, lambda: "epoch 2" in _text(app, "#run"))
             assert time.monotonic() - started < 2.0
             assert "0.3500" in _text(app, "#run")  # the half-written epoch 3 is not used
-            assert len(app.summary.series["val_loss"]) == 2
+            assert len(app.main.summary.series["val_loss"]) == 2
             await pilot.pause(0.3)
             assert "epoch 2" in _text(app, "#run")
             with open(feed, "a") as f:  # the writer completes the line
                 f.write(json.dumps(_line(3, bleu=0.9))[30:] + "\n")
             assert await _until(pilot, lambda: "epoch 3" in _text(app, "#run"))
-            assert len(app.summary.series["bleu4"]) == 3
+            assert len(app.main.summary.series["bleu4"]) == 3
             _append(feed, {**_line(3, None, "start", step=30), "stage": "a2c", "epochs": 2})
             assert await _until(pilot, lambda: "epoch 0/2" in _text(app, "#run"))  # a2c's own epochs, not training's
             feed.write_text(json.dumps(_line(1, bleu=0.05)) + "\n")  # truncated by a new run
             assert await _until(pilot, lambda: "0.0500" in _text(app, "#run"))
-            assert len(app.summary.series["bleu4"]) == 1
+            assert len(app.main.summary.series["bleu4"]) == 1
             feed.unlink()
             assert await _until(pilot, lambda: "waiting" in _text(app, "#run"))
 
@@ -140,9 +152,13 @@ def test_caption_query_heat_map_and_errors(run_copy, tmp_path):
             assert "▀" in str(first)
             await pilot.press("escape", "right")
             assert app.word_index == 1 % len(words)
-            if len(words) > 1:
-                assert app.query_one("#heatmap").render() != first  # another word, another map
-            await pilot.press("left")
+            maps = {_colours(first), _colours(app.query_one("#heatmap").render())}
+            for _ in range(min(len(words), 8) - 2):
+                await pilot.press("right")
+                maps.add(_colours(app.query_one("#heatmap").render()))
+            if len(set(words)) > 1:
+                assert len(maps) > 1  # other words, other maps
+            await pilot.press("left", *["left"] * (app.word_index - 1))
             assert app.word_index == 0
             # a foreign checkpoint: an error notification, the app keeps working
             (folder / "foreign.pth.tar").write_text("junk")

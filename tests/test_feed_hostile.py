@@ -201,15 +201,15 @@ def test_dashboard_keeps_running_on_hostile_lines(tmp_path):
     async def scenario():
         app = Dashboard(str(tmp_path), NAME, poll_seconds=0.1, checkpoint_seconds=5)
         async with app.run_test(size=(80, 24)) as pilot:
-            assert await _until(pilot, lambda: "0.2000 (epoch 2)" in _text(app, "#run"))
+            assert await _until(pilot, lambda: "0.2000 e2" in _text(app, "#run") and "finished" in _text(app, "#run"))
             panel = _text(app, "#run")
-            assert "epoch 2/2  step 20" in panel and "ended: completed" in panel
+            assert "epoch 2/2  step 20" in panel  # finished: no lock, and the end line says completed
             assert f"skipped {len(HOSTILE)} invalid feed line(s)" in panel
-            _check_figures(app.summary)
+            _check_figures(app.main.summary)
             with open(feed, "ab") as f:  # more of them, and a reason that looks like markup
                 f.write(b"null\n\xff\xfe\n" + json.dumps({**GOOD[-1], "reason": "[/b] [@click=app.quit]x"}).encode()
                         + b"\n")
-            assert await _until(pilot, lambda: "ended: [/b] [@click=app.quit]x" in _text(app, "#run"))
+            assert await _until(pilot, lambda: "stopped ([/b] [@click=app.quit]x)" in _text(app, "#run"))
             assert f"skipped {len(HOSTILE) + 2} invalid" in _text(app, "#run")
             assert app.is_running and app.error_message is None
 

@@ -1,5 +1,5 @@
-"""The dashboard's parts that are not the app: the help screen, the path box, checkpoint
-rows, the attention heat map in half-blocks, chart downsampling and the error log."""
+"""The dashboard's parts that are not the app: the help screen, the path box, panels that say
+when their size changes, the attention heat map in half-blocks and the error log."""
 
 from __future__ import annotations
 
@@ -8,43 +8,39 @@ import os
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
 
 import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Container
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.suggester import Suggester
+from textual.widget import Widget
 from textual.widgets import Input, Static
 
 from capcli import safeio
 
-MAX_POINTS = 400
 ERROR_LOG = "dashboard_error.log"
 
 HELP = """\
 [b]capcli dashboard — keys[/b]
 
-  1 2 3 4 5 chart: loss, top-5, BLEU-4, A2C, CIDEr-D
-  i         type an image path (Tab completes)
-  enter     caption it (in the path box)
-  escape    leave the path box
-  ← →       previous / next word (heat map)
-  b         next beam size (1, 3, 5, 10)
-  c         next checkpoint
-  r         re-read checkpoints now
-  ?         this help (escape closes it)
-  q         quit
+  1 2 3 4 5 6  chart: loss, top-5, BLEU-4, A2C, CIDEr-D, loss per step
+               (120+ columns show four: 2 and 4 pick the fourth)
+  s            sample captions in place of the chart (under 120 columns)
+  l            run list: enter follows a run, m compares it
+  i            type an image path (Tab completes)
+  enter        caption it (in the path box)
+  escape       leave the path box
+  ← →          previous / next word (heat map)
+  b            next beam size (1, 3, 5, 10); captions again
+  c            next checkpoint; captions again
+  r            re-read checkpoints now
+  ?            this help (escape closes it)
+  q            quit
 """
-
-
-def downsample(points: list[tuple[float, float]], limit: int = MAX_POINTS) -> list[tuple[float, float]]:
-    if len(points) <= limit:
-        return points
-    step = len(points) / limit
-    picked = [points[int(i * step)] for i in range(limit - 1)]
-    return picked + [points[-1]]
 
 
 def heatmap_text(pixels: np.ndarray, weights, width: int, height: int, strength: float = 0.65) -> Text:
@@ -93,6 +89,25 @@ def write_error_log(folder: str, error: BaseException) -> str:
     return path
 
 
+class Resized(Message):
+    """A :class:`SizedStatic` or :class:`SizedContainer` changed size (``widget``): what it shows
+    may depend on its size (the heat map, checkpoint names, which charts a layout has)."""
+
+    def __init__(self, widget: Widget) -> None:
+        super().__init__()
+        self.widget = widget
+
+
+class SizedStatic(Static):
+    def on_resize(self) -> None:
+        self.post_message(Resized(self))
+
+
+class SizedContainer(Container):
+    def on_resize(self) -> None:
+        self.post_message(Resized(self))
+
+
 class PathSuggester(Suggester):
     """Completes file system paths (the first match, directories with a trailing slash)."""
 
@@ -120,44 +135,11 @@ class PathInput(Input):
             self.cursor_position = len(self.value)
 
 
-@dataclass
-class CheckpointInfo:
-    path: str
-    kind: str
-    epoch: int
-    bleu4: float | None
-    total_epochs: int | None
-    mtime: float
-
-
-def read_checkpoint_info(path: str, mtime: float) -> CheckpointInfo:
-    from capcli.checkpoint import A2CState, read_checkpoint
-
-    ckpt = read_checkpoint(path)
-    epoch, state = ckpt.state.epoch, ckpt.state
-    if isinstance(state, A2CState):
-        last = state.history[-1] if state.history else {}
-        bleu = last.get("val_bleu4") if isinstance(last, dict) else None
-        total = ckpt.a2c_config.epochs if ckpt.a2c_config else None
-    else:
-        bleu = state.bleu_history[epoch - 1] if 0 < epoch <= len(state.bleu_history) else None
-        total = ckpt.train_config.epochs if ckpt.train_config else None
-    return CheckpointInfo(path, ckpt.kind, epoch, bleu, total, mtime)
-
-
-def age_text(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
 class HelpScreen(ModalScreen):
     BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "Close")]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    #help { width: 52; height: auto; border: round $accent; background: $panel; padding: 1 2; }
+    #help { width: 74; height: auto; border: round $accent; background: $panel; padding: 1 2; }
     """
 
     def compose(self) -> ComposeResult:
