@@ -50,15 +50,16 @@ def is_shapes(name: str) -> bool:
 
 # The shapes dataset's own defaults (any option given wins): no pretrained weights can be assumed
 # offline, so a narrow ResNet (``resnet-small``) is trained from scratch on 128-pixel images: first
-# on the captions' concepts (capcli/concepts.py), then with the decoder, one caption of each image a
-# step. Figures and how to reproduce them: docs/performance.md.
+# on the kinds of object drawn (capcli/concepts.py), then with the decoder, one caption of each image a
+# step, from those that name every object with its size (capcli/content.py: complete_rows). Figures
+# and how to reproduce them: docs/performance.md.
 SHAPES_IMAGE_SIZE = 128
 SHAPES_IMAGES = 10_000  # prep's default: enough scenes for an encoder trained from scratch to tell the shapes apart
 DEMO_EPOCHS = 3  # `capcli demo`: a first look within minutes
 SHAPES_TRAIN_DEFAULTS = {
     "encoder": "resnet-small", "encoded_size": 8, "fine_tune_encoder": True, "encoder_lr": 1e-3, "decoder_lr": 1e-3,
     "embed_dim": 256, "attention_dim": 256, "decoder_dim": 256, "batch_size": 160, "captions_per_step": 1,
-    "concept_epochs": 3, "epochs": 8, "patience_lr": 1, "lr_decay": 0.5,
+    "concept_epochs": 3, "complete_captions": True, "epochs": 8, "patience_lr": 1, "lr_decay": 0.5,
 }
 
 
@@ -158,6 +159,7 @@ class TrainConfig:
     captions_per_step: int = 0  # 0: every caption of each image in a batch; k: k of them at random
     concept_epochs: int = 0  # a new run first trains the encoder on caption concepts (capcli/concepts.py)
     concept_lr: float = 2e-3
+    complete_captions: bool = False  # shapes: train on the captions that name every object drawn, with its size
 
 
 @dataclass(frozen=True)

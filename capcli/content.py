@@ -184,6 +184,35 @@ def split_drawn(data_folder: str, name: str, image_names: Sequence[str]) -> list
     return None if any(d is None for d in found) else found
 
 
+def complete_rows(prepared, rows: list, lengths: list, cpi: int) -> tuple[list, list]:
+    """The training caption rows with each caption that does not name every drawn object with its
+    size replaced by one of the same image's that does (in turn), so the decoder learns the complete
+    templates: the shorter, size-less ones are the likelier sentences, and beam search would pick
+    them. Images without such a caption, or data sets other than shapes, keep their rows.
+
+    Raises:
+        InputError: ``prepared`` is not the shapes set with its generator file beside it.
+    """
+    from capcli.data.vocab import Detokenizer
+    from capcli.errors import InputError
+    from capcli.samples import image_names
+
+    count = len(rows) // cpi
+    drawn = split_drawn(prepared.folder, prepared.name, image_names(prepared, "TRAIN", count))
+    if drawn is None:
+        raise InputError(f"--complete-captions needs the shapes set's record of what it drew ({prepared.name} in "
+                         f"{prepared.folder} has none); use --all-captions")
+    words = Detokenizer(prepared.word_map())
+    rows, lengths = list(rows), list(lengths)
+    for i, objects in enumerate(drawn):
+        mine = range(i * cpi, (i + 1) * cpi)
+        good = [r for r in mine if judge(words(rows[r]), objects) == (True, True)]
+        for n, r in enumerate(r for r in mine if r not in good):
+            if good:
+                rows[r], lengths[r] = rows[good[n % len(good)]], lengths[good[n % len(good)]]
+    return rows, lengths
+
+
 def shapes_report(data_folder: str, name: str, image_ids: Sequence[str], captions: Mapping[int, Sequence[str]],
                   references: Sequence[Sequence[str]]) -> ContentReport | None:
     """The content accuracy of ``captions`` (beam size → one caption per image) when ``name`` is the

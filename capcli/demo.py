@@ -46,15 +46,15 @@ class DemoResult:
 
 def run_demo(data_folder: str = "data_output", output_folder: str = "model_outputs",
              num_images: int = SHAPES_IMAGES, workers: int = 1, epochs: int = DEMO_EPOCHS,
-             progress: Progress = SILENT) -> DemoResult:
+             progress: Progress = SILENT, seed: int = 0) -> DemoResult:
     """Run every demo stage on the shapes dataset and return what each produced."""
     prep = run_prep(PrepConfig(output_folder=data_folder, num_images=num_images, workers=workers,
                                image_size=SHAPES_IMAGE_SIZE), progress)
-    config = TrainConfig(data_folder=data_folder, output_folder=output_folder, name=prep.name, epochs=epochs,
+    config = TrainConfig(data_folder=data_folder, output_folder=output_folder, name=prep.name, epochs=epochs, seed=seed,
                          resume=os.path.exists(train_files(output_folder, prep.name).checkpoint))
     progress.message(f"Training {epochs} epochs on {prep.name} (a small ResNet trained from scratch: first on "
                      "the captions' concepts, then with the decoder)…")
-    train = run_train(config, given=frozenset({"epochs"}), progress=progress)  # the shapes defaults otherwise
+    train = run_train(config, given=frozenset({"epochs", "seed"}), progress=progress)  # the shapes defaults otherwise
     captioner = load_captioner(train.best_checkpoint)
     evaluation = run_evaluate(captioner, data_folder, prep.name, "test", [1, 3, 5], output_folder,
                               progress=progress, metrics=PYTHON_METRICS)  # no Java, no download

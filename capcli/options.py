@@ -305,6 +305,9 @@ train_options = bundle(
            help="A new run first trains the encoder this many epochs to recognise the words and word pairs "
                 "of each image's captions (helps an encoder trained from scratch; needs --fine-tune-encoder)."),
     _train("--concept-lr", type=float, help="Learning rate of that concept pretraining."),
+    click.option("--complete-captions/--all-captions", default=default(TrainConfig, "complete_captions"),
+                 help="shapes: train on the captions that name every object drawn, with its size (the others "
+                      "still count in validation and evaluation) [default: yes on shapes]."),
 )
 
 

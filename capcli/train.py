@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 from capcli.checkpoint import Checkpoint, DataRef, TrainState
 from capcli.concepts import pretrain_encoder
 from capcli.config import ModelConfig, TrainConfig
+from capcli.content import complete_rows, split_drawn
 from capcli.content import score as content_score
-from capcli.content import split_drawn
 from capcli.data.datasets import ImageCaptions, Images, pick_captions
 from capcli.data.hdf5 import PreparedData, find_prepared, split_references
 from capcli.data.jsonfiles import write_json
@@ -206,6 +206,8 @@ class Trainer:
         fingerprint = encoder_fingerprint(self.encoder) if self.cached else None
         captions, caplens = self.prepared.captions("TRAIN")
         self.cpi, self.image_size = self.prepared.images_meta("TRAIN")
+        if self.config.complete_captions:
+            captions, caplens = complete_rows(self.prepared, captions, caplens, self.cpi)
         self.train_rows = ImageCaptions(*self._source("TRAIN", fingerprint), captions, caplens, self.cpi)
         self.images_per_batch = max(1, self.config.batch_size // self.cpi)
         if not len(self.train_rows):
