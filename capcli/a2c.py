@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from capcli.checkpoint import A2CState, Checkpoint, DataRef, read_checkpoint
-from capcli.config import A2CConfig
+from capcli.config import SHAPES_A2C_DEFAULTS, A2CConfig, is_shapes
 from capcli.data.datasets import ImageCaptions, Images
 from capcli.data.hdf5 import find_prepared, split_references
 from capcli.data.vocab import END, START, Detokenizer
@@ -193,7 +193,10 @@ class A2CTrainer:
         if not config.checkpoint:
             raise CapcliError("give --checkpoint (a trained model, e.g. model_outputs/BEST_shapes_5_5.pth.tar) "
                               "or --resume")
-        return config, read_checkpoint(config.checkpoint)
+        ckpt = read_checkpoint(config.checkpoint)
+        if is_shapes(ckpt.data.name or ""):  # a new run on a shapes model: its own defaults for what was not given
+            config = replace(config, **{k: v for k, v in SHAPES_A2C_DEFAULTS.items() if k not in explicit})
+        return config, ckpt
 
     def _build_optimizers(self, resumed: Checkpoint | None) -> None:
         """Actor (decoder, and the encoder with --train-encoder) and critic optimisers, the scaler

@@ -327,7 +327,7 @@ a2c_options = bundle(
                     "the data set's name]."),
     tensorboard_option,
     click.option("--overwrite", is_flag=True, help="Start a new A2C run even though A2C_{run}.pth.tar exists."),
-    _a2c("--epochs", type=click.IntRange(1), help="Total A2C epochs."),
+    _a2c("--epochs", type=click.IntRange(1), help="Total A2C epochs (a shapes model: 3 unless given)."),
     _a2c("--batch-size", "--batch_size", type=click.IntRange(1), help="Images per batch (one sampled caption each)."),
     _a2c("--temperature", type=click.FloatRange(0.05), help="Sampling temperature (higher: more exploration)."),
     _a2c("--entropy-weight", "--entropy_weight", type=click.FloatRange(0), help="Initial weight of the entropy bonus."),

@@ -235,3 +235,13 @@ def test_resume_with_epochs_already_done_touches_nothing(workdir, run, tmp_path)
     assert result.exit_code == 0 and "Nothing was trained" in result.output
     assert {f: ((copy / f).read_bytes(), (copy / f).stat().st_ino) for f in os.listdir(copy)
             if not f.endswith(".lock")} == before
+
+
+def test_a_shapes_model_takes_three_epochs_unless_told(workdir, run):
+    data, out = workdir
+    result = _a2c(run, data, out, "--run-name", "own")
+    assert result.exit_code == 0, result.output
+    assert "a2c epoch 3/3" in result.output and "a2c epoch 4" not in result.output
+    told = _a2c(run, data, out, "--run-name", "told", "--epochs", 1)
+    assert told.exit_code == 0, told.output
+    assert "a2c epoch 1/1" in told.output

@@ -102,3 +102,34 @@ def test_drawn_objects_read_from_the_generator_file(tmp_path):
     path.write_text(json.dumps({"images": [{"filename": "a.jpg"}]}))
     with pytest.raises(content.DataError, match="image 0 has no objects"):
         content.drawn_objects(str(path))
+
+
+def test_complete_rows_keep_only_captions_naming_every_object_with_its_size(data, tmp_path):
+    import shutil
+
+    from capcli.data.hdf5 import find_prepared
+    from capcli.data.vocab import Detokenizer
+    from capcli.errors import InputError
+    from capcli.samples import image_names
+
+    prepared = find_prepared(str(data), None)
+    rows, lengths = prepared.captions("TRAIN")
+    cpi = prepared.images_meta("TRAIN")[0]
+    kept, kept_lengths = content.complete_rows(prepared, rows, lengths, cpi)
+    words = Detokenizer(prepared.word_map())
+    drawn = content.drawn_objects(str(data / "shapes" / "dataset_shapes.json"))
+    names = image_names(prepared, "TRAIN", len(rows) // cpi)
+    replaced = 0
+    for i, name in enumerate(names):
+        mine = range(i * cpi, (i + 1) * cpi)
+        originals = {tuple(rows[r]) for r in mine}
+        for r in mine:
+            assert content.judge(words(kept[r]), drawn[name]) == (True, True)
+            assert tuple(kept[r]) in originals and kept_lengths[r] == lengths[rows.index(kept[r])]
+            replaced += kept[r] != rows[r]
+    assert replaced > 0  # some templates leave an object or a size out
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "shapes" / "dataset_shapes.json").unlink()
+    with pytest.raises(InputError, match="--complete-captions needs the shapes set's record"):
+        content.complete_rows(find_prepared(str(copy), None), rows, lengths, cpi)
