@@ -53,7 +53,7 @@ def run_demo(data_folder: str = "data_output", output_folder: str = "model_outpu
     config = TrainConfig(data_folder=data_folder, output_folder=output_folder, name=prep.name, epochs=epochs, seed=seed,
                          resume=os.path.exists(train_files(output_folder, prep.name).checkpoint))
     progress.message(f"Training {epochs} epochs on {prep.name} (a small ResNet trained from scratch: first on "
-                     "the captions' concepts, then with the decoder)…")
+                     "the kinds of object drawn, then with the decoder)…")
     train = run_train(config, given=frozenset({"epochs", "seed"}), progress=progress)  # the shapes defaults otherwise
     captioner = load_captioner(train.best_checkpoint)
     evaluation = run_evaluate(captioner, data_folder, prep.name, "test", [1, 3, 5], output_folder,
