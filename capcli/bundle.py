@@ -267,5 +267,10 @@ def _state(config: dict) -> TrainState | A2CState:
     bleus = [v.get("bleu4") for v in validation]
     bleus = bleus if all(isinstance(b, (int, float)) for b in bleus) else []
     best_bleu4 = training.get("best_bleu4") if isinstance(training.get("best_bleu4"), (int, float)) else 0.0
-    return TrainState(**counts, best_bleu4=best_bleu4, bleu_history=bleus, best_score=score or 0.0)
+    ciders = [v.get("cider_d") for v in validation]
+    while ciders and ciders[0] is None:  # runs from before CIDEr-D was measured: the history is the later epochs'
+        ciders.pop(0)
+    history = {"val_cider_d": ciders} if ciders and all(isinstance(c, (int, float)) for c in ciders) else {}
+    return TrainState(**counts, best_bleu4=best_bleu4, bleu_history=bleus, history=history,
+                      best_score=score or 0.0)
 

@@ -174,7 +174,7 @@ def bench_summary(report: dict) -> None:
         counts = f"{comparison['images'] - comparison['differing']} of {comparison['images']} images"
         gap = "" if comparison["differing"] == 0 else \
             f"; where they differ, the two captions' scores differ by at most {comparison['largest_score_gap']:.2g}"
-        click.echo(f"batched and one-at-a-time beam search give the same captions: "
+        click.echo(f"batched and one-at-a-time beam search give the same captions ({comparison['precision']}): "
                    f"{'yes' if report['beam_same_captions'] else 'NO'} ({counts}{gap})")
 
 

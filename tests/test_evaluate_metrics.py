@@ -75,10 +75,13 @@ def test_scores_against_raw_references_equal_pycocoevalcap(evaluated, run):
 
 def test_old_prepared_folder_scores_against_caption_rows(trained_run, run, tmp_path):
     data, out = trained_run
-    assert not os.path.exists(references_file(str(data), NAME, "TEST"))  # as prepared before REFERENCES files
-    result = _evaluate(run, data, str(out / f"BEST_{NAME}.pth.tar"), tmp_path, "--beam", "1", "--metrics", "bleu,cider")
+    old = tmp_path / "data"  # as prepared before REFERENCES files
+    shutil.copytree(data, old, ignore=shutil.ignore_patterns("images", "*_REFERENCES_*"))
+    assert not os.path.exists(references_file(str(old), NAME, "TEST"))
+    result = _evaluate(run, old, str(out / f"BEST_{NAME}.pth.tar"), tmp_path / "eval", "--beam", "1",
+                       "--metrics", "bleu,cider")
     assert result.exit_code == 0, result.output
-    report = json.load(open(tmp_path / f"evaluation_BEST_{NAME}_test.json"))
+    report = json.load(open(tmp_path / "eval" / f"evaluation_BEST_{NAME}_test.json"))
     assert report["references"]["tokenization"] == CAPTION_ROWS
     assert report["references"]["per_image"] == {"min": 5, "max": 5, "mean": 5.0}
     assert set(report["scores"]["1"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider_d"}
@@ -184,8 +187,8 @@ def test_validation_scores_against_the_val_references_file(data, tmp_path, run, 
     from capcli import train
     from tests.conftest import TINY_TRAIN
 
-    data_copy = tmp_path / "data"
-    shutil.copytree(data, data_copy, ignore=shutil.ignore_patterns("shapes"))
+    data_copy = tmp_path / "data"  # with the shapes set's record (dataset_shapes.json): --complete-captions reads it
+    shutil.copytree(data, data_copy, ignore=shutil.ignore_patterns("images"))
     prepared = find_prepared(str(data_copy))
     count = len(prepared.captions("VAL")[0]) // 5
     references = [[f"raw reference {i} one", f"raw reference {i} two"] for i in range(count)]

@@ -215,7 +215,7 @@ def test_export_refuses_links_and_what_is_not_a_bundle(exported, tmp_path, run):
 
 def test_a_bundle_never_resumes_and_loads_as_a_checkpoint(exported, run, tmp_path):
     from capcli.captioning import load_captioner
-    from capcli.dashboard.widgets import read_checkpoint_info
+    from capcli.dashboard.checkpoints import read_checkpoint_info
 
     data, out, _ = exported
     line = _one_error_line(run("train", "--data-folder", data, "--output-folder", tmp_path, "--checkpoint",
@@ -225,7 +225,8 @@ def test_a_bundle_never_resumes_and_loads_as_a_checkpoint(exported, run, tmp_pat
     assert captioner.path == str(out / BUNDLE) and captioner.checkpoint.kind == "train"
     info = read_checkpoint_info(str(out / BUNDLE), 0.0)  # the dashboard's checkpoint row
     ckpt = read_checkpoint(str(out / BEST))
-    assert (info.epoch, info.bleu4, info.total_epochs) == (1, ckpt.state.bleu_history[0], 1)
+    assert (info.epoch, info.best_bleu4, info.total_epochs) == (1, ckpt.state.bleu_history[0], 1)
+    assert info.best_cider_d == ckpt.state.history["val_cider_d"][0] and not info.from_sidecar
     assert "total" in run("arch", "-m", out / BUNDLE).output
 
 

@@ -9,15 +9,19 @@ import h5py
 import numpy as np
 import pytest
 
+from capcli.config import SHAPES_IMAGE_SIZE, SHAPES_IMAGES
 from capcli.data import shapes
 from capcli.data.vocab import decode
 
 SPLITS = ("TRAIN", "VAL", "TEST")
 
 
+NUM_IMAGES = 200  # not the default SHAPES_IMAGES (10,000): a quick prep with every other option at its default
+
+
 @pytest.fixture(scope="module")
 def default_prep(tmp_path_factory):
-    """`capcli prep` with no options at all, run in an empty working directory."""
+    """`capcli prep` with no option but a small --num-images, run in an empty working directory."""
     from click.testing import CliRunner
 
     from capcli.cli import cli
@@ -26,7 +30,7 @@ def default_prep(tmp_path_factory):
     old = os.getcwd()
     os.chdir(cwd)
     try:
-        result = CliRunner().invoke(cli, ["prep"])
+        result = CliRunner().invoke(cli, ["prep", "--num-images", str(NUM_IMAGES)])
     finally:
         os.chdir(old)
     assert result.exit_code == 0, result.output
@@ -48,13 +52,14 @@ def test_default_prep_writes_the_seed_file_set(default_prep):
     assert sorted(v for k, v in word_map.items() if not k.startswith("<")) == list(range(1, n_words + 1))
     assert [word_map["<unk>"], word_map["<start>"], word_map["<end>"]] == [n_words + 1, n_words + 2, n_words + 3]
     manifest = _load(out, "MANIFEST")
-    assert manifest["counts"] == {"TRAIN": 1600, "VAL": 200, "TEST": 200}
+    counts = {"TRAIN": round(0.8 * NUM_IMAGES), "VAL": round(0.1 * NUM_IMAGES), "TEST": round(0.1 * NUM_IMAGES)}
+    assert manifest["counts"] == counts  # 80 / 10 / 10
     assert manifest["vocab_size"] == len(word_map)
     for split in SPLITS:
         with h5py.File(out / f"{split}_IMAGES_shapes_5_5.hdf5") as h:
             images = h["images"]
             assert images.dtype == np.uint8
-            assert images.shape == (manifest["counts"][split], 3, 192, 192)  # the shapes default size
+            assert images.shape == (counts[split], 3, SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE)  # the shapes default size
             assert h.attrs["captions_per_image"] == 5
             assert images[0].std() > 5  # a real picture, not a blank
         rows, lens = _load(out, "CAPTIONS", split), _load(out, "CAPLENS", split)
@@ -65,8 +70,15 @@ def test_default_prep_writes_the_seed_file_set(default_prep):
             assert row[length - 1] == word_map["<end>"]
             assert all(t == 0 for t in row[length:])
             assert all(0 < t < word_map["<end>"] for t in row[1:length - 1])
-    assert len(manifest["images"]["TRAIN"]) == 1600
+    assert len(manifest["images"]["TRAIN"]) == counts["TRAIN"]
     assert manifest["skipped"] == []
+
+
+def test_prep_makes_shapes_images_by_default():
+    from capcli.cli import cli
+
+    [option] = [p for p in cli.commands["prep"].params if p.name == "num_images"]
+    assert option.default == SHAPES_IMAGES
 
 
 def test_vocabulary_counts_training_captions_only(tmp_path, run):

@@ -19,8 +19,8 @@ from capcli.feed import read_feed
 from tests.conftest import TINY_TRAIN, run_subprocess
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  train loss (\d+\.\d{3}) top-5 (\d+\.\d) \| val loss (\d+\.\d{3}) "
-                        r"top-5 (\d+\.\d) BLEU-4 (\d\.\d{4}) CIDEr-D (\d+\.\d{4}) \| lr (\d\.\de[-+]\d\d) \| "
-                        r"\d+:\d\d \| saved( BEST)?$")
+                        r"top-5 (\d+\.\d) BLEU-4 (\d\.\d{4}) CIDEr-D (\d+\.\d{4}) content (\d\.\d{3}) \| "
+                        r"lr (\d\.\de[-+]\d\d) \| \d+:\d\d \| saved( BEST)?$")
 
 
 def train_args(data, out, *extra):
@@ -50,9 +50,10 @@ def test_each_epoch_prints_one_line_with_the_feeds_figures(data, tmp_path, run):
         assert float(m.group(5)) == pytest.approx(val["loss"], abs=5e-4)
         assert float(m.group(7)) == pytest.approx(val["bleu4"], abs=5e-5)
         assert float(m.group(8)) == pytest.approx(val["cider_d"], abs=5e-5)
-        assert float(m.group(9)) == pytest.approx(val["lr"], rel=0.05)
-        assert (m.group(10) == " BEST") == val["improved"]
-    assert lines[0].group(10) == " BEST"  # the first epoch always gives a BEST
+        assert float(m.group(9)) == pytest.approx(val["content"], abs=5e-4)  # the shapes set: content accuracy
+        assert float(m.group(10)) == pytest.approx(val["lr"], rel=0.05)
+        assert (m.group(11) == " BEST") == val["improved"]
+    assert lines[0].group(11) == " BEST"  # the first epoch always gives a BEST
 
 
 def test_ctrl_c_exits_130_with_a_command_that_resumes(data, tmp_path, run):

@@ -265,6 +265,7 @@ def test_resume_finds_the_run_by_its_name(data, tmp_path, run):
         shutil.copy(path, out / path.name.replace(DATA, "copy_5_1"))
     for path in data.glob(f"*{DATA}*"):
         shutil.copy(path, out / path.name)
+    shutil.copytree(data / "shapes", out / "shapes", ignore=shutil.ignore_patterns("images"))  # what it drew
     again = run(*train_args(out, out, "--run-name", "r1", "--epochs", 3, "--resume"))
     assert again.exit_code == 0, again.output
     assert load_checkpoint(str(out / "checkpoint_r1.pth.tar"))["epoch"] == 3
