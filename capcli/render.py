@@ -135,7 +135,7 @@ def demo_result(result, data_folder: str, output_folder: str) -> None:
                    f"the coloured shapes drawn, {s.with_size:.0%} with their sizes too (the reference captions: "
                    f"{refs.colour_shape:.0%} and {refs.with_size:.0%})")
     for item in result.captions:
-        verdict = ("right" if item.right[1] else "right colours and shapes, wrong sizes") if item.right[0] \
+        verdict = ("right shapes and sizes" if item.right[1] else "right shapes, wrong sizes") if item.right[0] \
             else "wrong: not exactly the shapes drawn"
         click.echo(f"\n{item.result.image}")
         click.echo(f"  generated: {item.result.caption}  [{verdict}]")

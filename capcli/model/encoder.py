@@ -1,7 +1,8 @@
-"""ResNet encoder: torchvision's ResNet without pooling and classifier, pooled to 14 × 14.
+"""ResNet encoder: torchvision's ResNet without pooling and classifier, pooled to 14 × 14 (``encoded_size``).
 
 Input: float images in [0, 1], (batch, 3, H, W); ImageNet normalisation happens here.
-Output: (batch, 14, 14, encoder_dim), 512 channels for resnet18/34 and 2048 for the larger ones.
+Output: (batch, 14, 14, encoder_dim), 512 channels for resnet18/34, 2048 for the larger ones and 128
+for ``resnet-small`` (the shapes set: 8 × 8).
 
 ``Encoder.infer`` is the inference path (frozen features, captioning): the forward pass without
 gradients, or the CPU's fused form of it once ``capcli.model.cpu.enable`` set ``kernels``.
