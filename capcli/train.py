@@ -297,7 +297,8 @@ class Trainer:
         meter = StepMeter(self.device)
         for x, captions, lengths in meter.timed(loader):
             loss, top5 = self.train_step(x, captions, lengths)
-            meter.count(captions.shape[0] * captions.shape[1], captions.shape[0])  # (images, cpi, L)
+            pairs = min(captions.shape[1], self.config.captions_per_step or captions.shape[1])  # per image
+            meter.count(captions.shape[0] * pairs, captions.shape[0])  # captions: (images, cpi, L)
             self.state.step += 1
             self.state.epoch_step += 1
             totals = [totals[0] + loss, totals[1] + top5, totals[2] + 1]
