@@ -237,11 +237,16 @@ def test_resume_with_epochs_already_done_touches_nothing(workdir, run, tmp_path)
             if not f.endswith(".lock")} == before
 
 
-def test_a_shapes_model_takes_three_epochs_unless_told(workdir, run):
+def test_a_shapes_model_takes_its_own_defaults_unless_told(workdir, run):
+    from capcli.checkpoint import load_checkpoint
+    from capcli.config import SHAPES_A2C_DEFAULTS
+
     data, out = workdir
     result = _a2c(run, data, out, "--run-name", "own")
     assert result.exit_code == 0, result.output
-    assert "a2c epoch 3/3" in result.output and "a2c epoch 4" not in result.output
+    epochs = SHAPES_A2C_DEFAULTS["epochs"]
+    assert f"a2c epoch {epochs}/{epochs}" in result.output and f"a2c epoch {epochs + 1}" not in result.output
+    assert load_checkpoint(str(out / "A2C_own.pth.tar"))["a2c_config"]["actor_lr"] == SHAPES_A2C_DEFAULTS["actor_lr"]
     told = _a2c(run, data, out, "--run-name", "told", "--epochs", 1)
     assert told.exit_code == 0, told.output
     assert "a2c epoch 1/1" in told.output
