@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Torch comes from this pinned pair only; the constraints file stops anything pulling another.
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+# `make demo DEMO_ARGS="--seed 1"` passes options on to `capcli demo`.
+DEMO_ARGS ?=
 
 .PHONY: demo test install lint clean gpu-check
 
@@ -22,7 +24,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/capcli demo
+	$(BIN)/capcli demo $(DEMO_ARGS)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
