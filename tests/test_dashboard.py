@@ -141,6 +141,7 @@ def test_caption_query_heat_map_and_errors(run_copy, tmp_path):
             assert await _until(pilot, lambda: "failed" in _text(app, "#caption"), 20)
             assert any("bad.jpg" in str(n.message) for n in app._notifications)
             path_box = app.query_one("#path")
+            assert app.focused is path_box  # a failed query: back in the box to correct the path
             path_box.value = image[:-6]  # ".../shapes_0000": Tab completes to the first match
             assert await _until(pilot, lambda: bool(path_box._suggestion), 5)
             await pilot.press("tab")
@@ -158,7 +159,8 @@ def test_caption_query_heat_map_and_errors(run_copy, tmp_path):
             peaks = torch.ones_like(result.attention)
             peaks[torch.arange(len(words)), torch.arange(len(words)) * 7 % cells] = 50.0
             result.attention = peaks / peaks.sum(dim=1, keepdim=True)
-            await pilot.press("escape", "right")
+            assert app.focused is None  # a caption shown: the keys are the app's, no escape needed
+            await pilot.press("right")
             assert app.word_index == 1 % len(words)
             shown = [1 % len(words)]
             maps = {_colours(app.query_one("#heatmap").render())}

@@ -118,6 +118,7 @@ class QueryPanel:
         path = event.value.strip()
         if path:
             self.query_image = os.path.expanduser(path)
+            self.set_focus(None)  # out of the box: ← → step through the words, b c l work at once
             self._query_again()
 
     def _query_again(self) -> None:
@@ -152,6 +153,7 @@ class QueryPanel:
     def _caption_failed(self, number: int, message: str) -> None:
         if number == self.query_number:
             self.query_one("#caption", Static).update("query failed (see the notification)")
+            self.query_one("#path", Input).focus()  # back in the box to correct the path
         self.notify(message, severity="error", timeout=8, markup=False)
 
     def _show_caption(self, number: int, result, settings: tuple[str, str, int]) -> None:
