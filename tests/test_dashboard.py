@@ -34,7 +34,7 @@ def _append(path, *lines, partial: str = ""):
         f.write(partial)
 
 
-async def _until(pilot, condition, seconds=2.0):
+async def _until(pilot, condition, seconds=3.0):
     """Wait (as the user would) until ``condition()`` holds; fails after ``seconds``."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -19,6 +19,7 @@ from textual_plotext import PlotextPlot
 from capcli.dashboard.app import Dashboard
 from capcli.dashboard.runlist import RunsScreen
 from capcli.paths import feed_file, lock_file
+from tests.test_dashboard import _text, _until
 from tests.test_terminal import run_in_terminal
 
 NARROW, WIDE = (80, 24), (160, 45)
@@ -54,19 +55,6 @@ def _feed(folder, name, epochs=2, total=6, bleu=0.1, end=None, samples=None, ste
 def _lock(folder, name, pid):
     with open(lock_file(str(folder), name), "w") as f:
         json.dump({"pid": pid, "host": socket.gethostname(), "started": time.time()}, f)
-
-
-async def _until(pilot, condition, seconds=3.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        await pilot.pause(0.05)
-        if condition():
-            return True
-    return condition()
-
-
-def _text(app, selector):
-    return str(app.query_one(selector).render())
 
 
 def _shown(app, selector) -> bool:
