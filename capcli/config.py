@@ -62,11 +62,13 @@ SHAPES_TRAIN_DEFAULTS = {
     "concept_epochs": 3, "complete_captions": True, "epochs": 8, "patience_lr": 1, "lr_decay": 0.5,
 }
 
-# `capcli a2c` on a shapes model: an epoch is 8,000 scenes, so five epochs (about 2.5 minutes on
-# 2 cores) instead of ten, at a five times higher actor learning rate, sampling at temperature 0.5
+# `capcli a2c` on a shapes model: an epoch is 8,000 scenes, so four epochs (about 3 minutes on 2
+# cores) instead of ten, at a five times higher actor learning rate, sampling at temperature 0.5
 # with no entropy bonus (the best caption of a scene is one template: nothing to keep exploring
-# for); any option given wins. docs/performance.md has the runs behind these.
-SHAPES_A2C_DEFAULTS = {"epochs": 5, "actor_lr": 1e-4, "temperature": 0.5, "entropy_weight": 0.0}
+# for), the encoder trained too (spatial relations are what is left to learn); any option given
+# wins. docs/performance.md has the runs behind these.
+SHAPES_A2C_DEFAULTS = {"epochs": 4, "actor_lr": 1e-4, "temperature": 0.5, "entropy_weight": 0.0,
+                       "freeze_encoder": False}
 
 
 @dataclass(frozen=True)
