@@ -165,7 +165,7 @@ class TrainConfig:
     max_val_images: int = 0
     monitor: str = "bleu4"  # the validation score that decides BEST, learning-rate decay and early stopping
     captions_per_step: int = 0  # 0: every caption of each image in a batch; k: k of them at random
-    concept_epochs: int = 0  # a new run first trains the encoder on caption concepts (capcli/concepts.py)
+    concept_epochs: int = 0  # shapes: a new run first trains the encoder on the kinds of object drawn (concepts.py)
     concept_lr: float = 2e-3
     complete_captions: bool = False  # shapes: train on the captions that name every object drawn, with its size
 

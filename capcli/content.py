@@ -20,9 +20,11 @@ same images scored the same way, averaged) is the ceiling a model that copies th
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from capcli.data import shapes
 from capcli.data.jsonfiles import read_json
@@ -126,12 +128,29 @@ def score_many(captions: Sequence[Sequence[str | Sequence[str]]], drawn: Sequenc
                         {k: len(v) for k, v in sorted(by_count.items())})
 
 
-def drawn_objects(dataset_json: str) -> dict[str, Drawn]:
+def drawn_objects(dataset_json: str) -> Mapping[str, Drawn]:
     """Image file name → the objects drawn in it, from the generator's ``dataset_shapes.json``.
+
+    A training run and the demo ask several times (object pretraining, complete captions,
+    validation, evaluation) and the file of 10,000 scenes takes half a second to parse: the last
+    few files read are kept, read again once the file changes (its size or modification time).
 
     Raises:
         DataError: the file is not the generator's (no ``objects`` per image).
     """
+    try:
+        st = os.stat(dataset_json)
+    except OSError:
+        return _read_drawn(dataset_json)  # the reader says what is wrong, in one line
+    return _drawn_cached(os.path.abspath(dataset_json), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _drawn_cached(path: str, size: int, mtime_ns: int) -> Mapping[str, Drawn]:
+    return MappingProxyType(_read_drawn(path))  # shared between callers: read-only
+
+
+def _read_drawn(dataset_json: str) -> dict[str, Drawn]:
     data = read_json(dataset_json, DataError)
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
@@ -188,7 +207,7 @@ def complete_rows(prepared, rows: list, lengths: list, cpi: int) -> tuple[list, 
     """The training caption rows with each caption that does not name every drawn object with its
     size replaced by one of the same image's that does (in turn), so the decoder learns the complete
     templates: the shorter, size-less ones are the likelier sentences, and beam search would pick
-    them. Images without such a caption, or data sets other than shapes, keep their rows.
+    them. Images without such a caption keep their rows.
 
     Raises:
         InputError: ``prepared`` is not the shapes set with its generator file beside it.
@@ -207,9 +226,8 @@ def complete_rows(prepared, rows: list, lengths: list, cpi: int) -> tuple[list, 
     for i, objects in enumerate(drawn):
         mine = range(i * cpi, (i + 1) * cpi)
         good = [r for r in mine if judge(words(rows[r]), objects) == (True, True)]
-        for n, r in enumerate(r for r in mine if r not in good):
-            if good:
-                rows[r], lengths[r] = rows[good[n % len(good)]], lengths[good[n % len(good)]]
+        for n, r in enumerate(r for r in mine if good and r not in good):
+            rows[r], lengths[r] = rows[good[n % len(good)]], lengths[good[n % len(good)]]
     return rows, lengths
 
 

@@ -302,8 +302,8 @@ train_options = bundle(
            help="Train on this many of each image's captions per step, picked at random (0: all of them): "
                 "cheaper steps, so more images for the same time."),
     _train("--concept-epochs", type=click.IntRange(0),
-           help="A new run first trains the encoder this many epochs to recognise the words and word pairs "
-                "of each image's captions (helps an encoder trained from scratch; needs --fine-tune-encoder)."),
+           help="shapes: a new run first trains the encoder this many epochs to recognise the kinds of object "
+                "drawn in each image (helps an encoder trained from scratch; needs --fine-tune-encoder)."),
     _train("--concept-lr", type=float, help="Learning rate of that concept pretraining."),
     click.option("--complete-captions/--all-captions", default=default(TrainConfig, "complete_captions"),
                  help="shapes: train on the captions that name every object drawn, with its size (the others "

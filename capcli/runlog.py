@@ -30,8 +30,7 @@ def train_epoch_line(epoch: int, epochs: int, train: tuple[float, float], val: t
     seen = f" content {content:.3f}" if content is not None else ""
     return (f"epoch {epoch}/{epochs}  train loss {train_loss:.3f} top-5 {train_top5:.1f} | "
             f"val loss {val_loss:.3f} top-5 {val_top5:.1f} BLEU-4 {bleu4:.4f} CIDEr-D {cider:.4f}{seen} | "
-            f"lr {lr:.1e} | "
-            f"{_duration(seconds)} | saved{' BEST' if best else ''}")
+            f"lr {lr:.1e} | {_duration(seconds)} | saved{' BEST' if best else ''}")
 
 
 def a2c_epoch_line(epoch: int, epochs: int, means: dict, val: dict, score_name: str, lr: float, seconds: float,

