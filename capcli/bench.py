@@ -30,7 +30,7 @@ BENCH_DATA = "bench_5_1"  # the prepared data set bench writes for itself
 
 
 def machine_info(device: torch.device) -> dict:
-    from capcli.device import cpu_has_amx, cpu_supports_bf16
+    from capcli.torch_compat import cpu_has_amx, cpu_supports_bf16, torch_version
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -38,7 +38,7 @@ def machine_info(device: torch.device) -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch_version(), "python": platform.python_version(),
             "device": str(device), "cpu_bf16": cpu_supports_bf16(),
             "cpu_amx": cpu_has_amx(), "threads": torch.get_num_threads(),
             "malloc_keeps_freed_memory": tune_for_device(str(device))}
@@ -49,7 +49,7 @@ def machine_info(device: torch.device) -> dict:
 
 
 def precisions(device: torch.device) -> list[str]:
-    from capcli.device import cpu_supports_bf16
+    from capcli.torch_compat import cpu_supports_bf16
 
     if device.type == "cuda":
         return ["fp32", "bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]

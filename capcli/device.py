@@ -9,29 +9,28 @@ import torch
 
 from capcli.config import PRECISIONS
 from capcli.errors import CapcliError
+from capcli.torch_compat import cpu_supports_bf16
+
+
+def mps_available() -> bool:
+    """Apple's Metal GPU (torch's ``mps`` device), where this torch build and machine have it."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: the first CUDA GPU, else Apple's GPU (mps), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CapcliError("--device cuda: no CUDA device is available here (use --device cpu)")
+        raise CapcliError("--device cuda: this torch sees no CUDA device (use --device cpu; "
+                          "`capcli env` shows the torch build and what it sees)")
+    if name.startswith("mps") and not mps_available():
+        raise CapcliError("--device mps: this torch sees no Apple GPU (use --device cpu; "
+                          "`capcli env` shows the torch build and what it sees)")
     return torch.device(name)
-
-
-def _cpu_probe(name: str) -> bool:
-    """One of torch.cpu's instruction-set probes (private API: False where this torch lacks it)."""
-    probe = getattr(torch.cpu, name, None)
-    return bool(probe()) if callable(probe) else False
-
-
-def cpu_has_amx() -> bool:
-    return _cpu_probe("_is_amx_tile_supported")
-
-
-def cpu_supports_bf16() -> bool:
-    """Native bf16 matrix instructions (AVX512-BF16 or AMX); without them bf16 is emulated and slow."""
-    return _cpu_probe("_is_avx512_bf16_supported") or cpu_has_amx()
 
 
 @dataclass(frozen=True)
@@ -54,14 +53,15 @@ class Precision:
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
-    """``auto``: fp16 (bf16 where supported) on CUDA, bf16 on CPUs with native bf16, else fp32."""
+    """``auto``: fp16 (bf16 where supported) on CUDA, bf16 on CPUs with native bf16 that torch may use
+    (``ATEN_CPU_CAPABILITY=avx2`` forbids it), else fp32 (the CPU without it, and mps)."""
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             name = "bf16" if cpu_supports_bf16() else "fp32"
     if name == "fp16" and device.type != "cuda":
-        raise CapcliError("--precision fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
+        raise CapcliError(f"--precision fp16 needs a CUDA device (use bf16 or fp32 on {device.type})")
     if name not in PRECISIONS:
         raise CapcliError(f"unknown precision {name!r}")
     return Precision(name, device.type)

@@ -193,6 +193,6 @@ def gather_on_main(tensor: torch.Tensor, info: DistInfo) -> list[torch.Tensor] |
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside DDP and/or torch.compile wrappers (what checkpoints store)."""
-    module = getattr(module, "_orig_mod", module)
+    """The plain module inside a DDP wrapper (what checkpoints store); ``--compile`` compiles the
+    decoder's step in place, which wraps nothing."""
     return getattr(module, "module", module)

@@ -16,6 +16,8 @@ import zipfile
 
 import torch
 
+from capcli.torch_compat import weights_only_allowed
+
 # "GLOBAL posix.system whose module posix is blocked", "GLOBAL __main__.Some was not an allowed global"
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([A-Za-z_][\w.]*\.[A-Za-z_]\w*)\b")
 _SCAN_LIMIT = 1 << 20  # bytes of pickle scanned for the globals it names (bounds the scan's memory)
@@ -112,13 +114,11 @@ def _scan_pickle(path: str) -> tuple[list[str], bool]:
 
 def _allowed(name: str) -> bool:
     """Whether ``weights_only=True`` would accept the global ``name``."""
-    try:
-        from torch._weights_only_unpickler import _get_allowed_globals
-
-        if name in _get_allowed_globals():
-            return True
-    except ImportError:  # a torch without this helper: trust torch's own namespaces
+    allowed = weights_only_allowed(name)
+    if allowed is None:  # a torch that does not say: trust torch's own namespaces
         return name.startswith("torch.") or name in ("collections.OrderedDict", "builtins.set")
+    if allowed:
+        return True
     for entry in getattr(torch.serialization, "get_safe_globals", list)():
         obj = entry[0] if isinstance(entry, tuple) else entry
         given = entry[1] if isinstance(entry, tuple) else None

@@ -22,12 +22,12 @@ VERSION = 1
 
 def run_config(stage: str, run: str, data_folder: str, data_name: str, configs: dict, resumed: bool) -> dict:
     """The JSON of a run's configuration; ``configs`` maps e.g. ``train_config`` to a config dataclass."""
-    import torch
+    from capcli.torch_compat import torch_version
 
     return {"version": VERSION, "run": run, "stage": stage, "data": {"folder": data_folder, "name": data_name},
             **{key: dataclasses.asdict(value) for key, value in configs.items()}, "resumed": resumed,
             "started": round(time.time(), 3),
-            "versions": {"capcli": __version__, "torch": torch.__version__, "python": platform.python_version()}}
+            "versions": {"capcli": __version__, "torch": torch_version(), "python": platform.python_version()}}
 
 
 def write_run_config(path: str, *args, **kwargs) -> dict:

@@ -14,6 +14,8 @@ from capcli.model import cpu
 from capcli.model.attention import Attention
 from capcli.model.captioner import build_model
 from capcli.model.cpu import attention as cpu_attention
+from capcli.model.cpu import encoder as cpu_encoder
+from capcli.model.cpu import selfcheck
 from capcli.model.cpu.lstm import TableCell
 from capcli.model.decoder import DecoderState
 from capcli.model.decoding import beam_search
@@ -276,15 +278,65 @@ def test_a_failing_kernel_falls_back_to_the_textbook_form_with_one_debug_line(mo
     assert not decoder.kernels.on
 
 
-def test_kernels_are_off_off_the_cpu_or_on_an_untested_torch(monkeypatch):
+def test_kernels_are_off_off_the_cpu_or_when_switched_off(monkeypatch):
     encoder, decoder = _model()
     assert not cpu.enable(torch.device("meta"), encoder, decoder)
     assert encoder.kernels is None and decoder.kernels is None
-    monkeypatch.setattr(cpu, "torch_release", lambda: (2, 99))
+    monkeypatch.setenv("CAPCLI_CPU_KERNELS", "0")
     assert not cpu.enable(CPU, encoder, decoder)
     assert encoder.kernels is None and decoder.kernels is None
-    monkeypatch.undo()
+    assert cpu.status() == {"encoder": "off (CAPCLI_CPU_KERNELS=0)", "decoder": "off (CAPCLI_CPU_KERNELS=0)"}
+    monkeypatch.setenv("CAPCLI_CPU_KERNELS", "1")
     assert cpu.enable(CPU, encoder, decoder, compiled=True)
     assert encoder.kernels is not None and decoder.kernels is None  # a compiled step keeps the textbook form
     cpu.disable(encoder, decoder)
     assert encoder.kernels is None and decoder.kernels is None
+
+
+@pytest.fixture
+def fresh_checks():
+    """The self-checks run again (they run once a process), and are forgotten after the test."""
+    selfcheck.encoder_problem.cache_clear()
+    selfcheck.decoder_problem.cache_clear()
+    yield
+    selfcheck.encoder_problem.cache_clear()
+    selfcheck.decoder_problem.cache_clear()
+
+
+def test_the_kernels_pass_their_self_check_here_without_touching_the_callers_random_numbers(fresh_checks):
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    assert cpu.status() == {"encoder": "on", "decoder": "on"}
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_a_product_form_that_disagrees_with_the_textbook_keeps_the_decoder_kernels_off(
+        fresh_checks, monkeypatch, caplog):
+    """A torch whose operators changed meaning: the self-check sees other attention weights."""
+    right = cpu_attention.product_form
+
+    def wrong(attention, state, *args):
+        context, alpha = right(attention, state, *args)
+        return context, alpha.flip(-1)
+
+    monkeypatch.setattr(cpu_attention, "product_form", wrong)
+    encoder, decoder = _model()
+    with caplog.at_level(logging.DEBUG, logger="capcli.model.cpu"):
+        assert cpu.enable(CPU, encoder, decoder)
+    assert decoder.kernels is None and encoder.kernels is not None
+    lines = [r.message for r in caplog.records if r.name == "capcli.model.cpu"]
+    assert len(lines) == 1 and "attention and cell" in lines[0], lines
+    assert cpu.status()["decoder"].startswith("off (attention and cell: AssertionError")
+
+
+def test_a_fused_encoder_that_fails_or_disagrees_stays_off(fresh_checks, monkeypatch):
+    right = cpu_encoder._run
+    monkeypatch.setattr(cpu_encoder, "_run", lambda *args: right(*args) * 1.01)
+    encoder, decoder = _model()
+    assert cpu.enable(CPU, encoder, decoder)
+    assert encoder.kernels is None and decoder.kernels is not None
+    assert cpu.status()["encoder"].startswith("off (fused encoder: AssertionError")
+    selfcheck.encoder_problem.cache_clear()
+    monkeypatch.setattr(cpu_encoder, "fused_convolution", lambda: None)  # a torch without the operator
+    assert cpu.status()["encoder"] == "off (this torch has no oneDNN fused convolution)"

@@ -217,7 +217,7 @@ def test_named_run_files_config_checkpoint_and_feed_fields(data, tmp_path, run):
     assert (config["run"], config["stage"], config["data"]) == ("exp.1", "train", {"folder": str(data), "name": DATA})
     assert config["train_config"]["run_name"] == "exp.1" and config["train_config"]["epochs"] == 1
     assert config["model_config"]["decoder_dim"] == 32 and config["model_config"]["vocab_size"] > 4
-    assert config["versions"]["torch"] == torch.__version__ and config["resumed"] is False
+    assert config["versions"]["torch"] == torch.version.__version__ and config["resumed"] is False
     ckpt = load_checkpoint(str(out / "BEST_exp.1.pth.tar"))
     assert ckpt["run"] == "exp.1" and ckpt["data"]["name"] == DATA
     lines = read_feed(str(out / "metrics_exp.1.jsonl"))

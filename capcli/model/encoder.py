@@ -21,11 +21,10 @@ from urllib.error import URLError
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from capcli.errors import CapcliError, first_line, os_error_message
+from capcli.torch_compat import import_torchvision
 
 SMALL = "resnet-small"  # no ImageNet weights: for small images trained from scratch (the shapes set)
 ENCODER_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048, SMALL: 128}
@@ -44,7 +43,7 @@ class Encoder(nn.Module):
         if name == SMALL:
             layers = small_resnet()
         else:  # children: conv1 bn1 relu maxpool layer1 layer2 layer3 layer4 (avgpool fc dropped)
-            layers = list(getattr(torchvision.models, name)(weights=None).children())[:-2]
+            layers = list(_torchvision_resnet(name)(weights=None).children())[:-2]
         # channels-last (NHWC) convolutions: faster on the CPU (docs/performance.md) and what GPU tensor cores want
         self.resnet = nn.Sequential(*layers).to(memory_format=torch.channels_last)
         self.pool = nn.AdaptiveAvgPool2d((encoded_size, encoded_size))
@@ -107,6 +106,7 @@ def small_resnet(width: int = 32, blocks: int = 2) -> list[nn.Module]:
     Small synthetic images need neither ResNet-18's width nor its fourth stage, and train from scratch
     several times faster with this one (figures in docs/performance.md).
     """
+    block = import_torchvision().models.resnet.BasicBlock
     layers: list[nn.Module] = [nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
                                nn.MaxPool2d(3, 2, 1)]
     channels = width
@@ -115,15 +115,20 @@ def small_resnet(width: int = 32, blocks: int = 2) -> list[nn.Module]:
         shortcut = None
         if stride != 1 or channels != planes:
             shortcut = nn.Sequential(nn.Conv2d(channels, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-        layers.append(nn.Sequential(BasicBlock(channels, planes, stride, shortcut),
-                                    *(BasicBlock(planes, planes) for _ in range(blocks - 1))))
+        layers.append(nn.Sequential(block(channels, planes, stride, shortcut),
+                                    *(block(planes, planes) for _ in range(blocks - 1))))
         channels = planes
     return layers
 
 
+def _torchvision_resnet(name: str):
+    """torchvision's constructor of the ResNet ``name``."""
+    return getattr(import_torchvision().models, name)
+
+
 def imagenet_url(name: str) -> str:
     """The address of torchvision's ImageNet weights (``IMAGENET1K_V1``) for encoder ``name``."""
-    return getattr(torchvision.models, _WEIGHTS[name]).IMAGENET1K_V1.url
+    return getattr(import_torchvision().models, _WEIGHTS[name]).IMAGENET1K_V1.url
 
 
 def _cache_path(url: str) -> str:
@@ -165,7 +170,7 @@ def load_pretrained(encoder: Encoder, weights_file: str | None = None, progress:
     if not isinstance(state, dict):
         raise CapcliError(f"{path}: not a state dict of ResNet weights ({type(state).__name__})")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    resnet = getattr(torchvision.models, encoder.name)(weights=None)
+    resnet = _torchvision_resnet(encoder.name)(weights=None)
     del resnet.fc
     try:
         resnet.load_state_dict(state)

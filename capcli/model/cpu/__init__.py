@@ -6,14 +6,17 @@ Nothing here runs unless :func:`enable` is called, once, after the device is kno
 None, and the textbook form runs); a kernel that fails, e.g. an operator this torch build lacks
 or calls differently, is switched off with one debug line and the textbook form runs from then
 on. (The sigmoid form's backward pass runs inside ``loss.backward()``, past any fallback; it uses
-public operators only.) Private torch APIs are used here only, and only on the torch versions
-they were tested on.
+public operators only.) They switch on by what this torch can do, not by its version: before its
+first use in a process each kernel checks itself against the textbook form on a tiny model
+(:mod:`capcli.model.cpu.selfcheck`) and stays off, with one debug line, where the two disagree.
+``CAPCLI_CPU_KERNELS=0`` keeps them all off.
 Figures and how to reproduce them: docs/performance.md.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 
 import torch
@@ -22,14 +25,23 @@ from capcli.model.cpu import attention as cpu_attention
 from capcli.model.cpu import encoder as cpu_encoder
 from capcli.model.cpu.lstm import TableCell
 
-TESTED_TORCH = ((2, 14),)  # (major, minor) releases these kernels were tested on
+SWITCH = "CAPCLI_CPU_KERNELS"  # "0": the textbook forms only
 _FAILURES = (RuntimeError, TypeError, AttributeError, NotImplementedError, ValueError)
 log = logging.getLogger(__name__)
 
 
-def torch_release() -> tuple[int, int]:
-    major, minor = torch.__version__.split("+")[0].split(".")[:2]
-    return int(major), int(minor)
+def switched_off() -> bool:
+    return os.environ.get(SWITCH, "").strip() == "0"
+
+
+def status() -> dict[str, str]:
+    """Each kernel group's state on this machine's CPU: "on", or why it is off."""
+    from capcli.model.cpu import selfcheck
+
+    if switched_off():
+        return {"encoder": f"off ({SWITCH}=0)", "decoder": f"off ({SWITCH}=0)"}
+    return {part: "on" if problem is None else f"off ({problem})"
+            for part, problem in (("encoder", selfcheck.encoder_problem()), ("decoder", selfcheck.decoder_problem()))}
 
 
 def enable(device: torch.device, encoder=None, decoder=None, compiled: bool = False) -> bool:
@@ -41,14 +53,23 @@ def enable(device: torch.device, encoder=None, decoder=None, compiled: bool = Fa
             module.kernels = None
     if device.type != "cpu":
         return False
-    if torch_release() not in TESTED_TORCH:
-        log.debug("CPU kernels off: torch %s is not a tested release", torch.__version__)
+    if switched_off():
+        log.debug("CPU kernels off: %s=0", SWITCH)
         return False
+    from capcli.model.cpu import selfcheck
+
     if encoder is not None:
-        encoder.kernels = EncoderKernels() if cpu_encoder.available() else None
-    if decoder is not None:
-        decoder.kernels = None if compiled else DecoderKernels()
+        encoder.kernels = EncoderKernels() if _trusted("fused encoder", selfcheck.encoder_problem) else None
+    if decoder is not None and not compiled:
+        decoder.kernels = DecoderKernels() if _trusted("attention and cell", selfcheck.decoder_problem) else None
     return True
+
+
+def _trusted(name: str, problem) -> bool:
+    found = problem()
+    if found is not None:
+        log.debug("CPU kernels off (%s): %s", name, found)
+    return found is None
 
 
 def disable(encoder, decoder) -> None:

@@ -2,8 +2,8 @@
 
 The ResNet runs as oneDNN convolutions with BatchNorm folded into their weights, ReLU fused into
 each convolution and relu(conv + shortcut) into each block's last one, instead of a separate
-pass over memory for every BatchNorm, ReLU and addition. The only module that calls a private
-torch operator (``torch.ops.mkldnn._convolution_pointwise``); it is checked for when enabled.
+pass over memory for every BatchNorm, ReLU and addition. oneDNN's fused convolution is a private
+torch operator, reached through :func:`capcli.torch_compat.fused_convolution`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from capcli.torch_compat import fused_convolution, tensor_version
+
 FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    return fused_convolution() is not None
 
 
 class FusedEncoder:
@@ -41,7 +43,7 @@ class FusedEncoder:
 
     def _folded_plan(self, encoder, dtype: torch.dtype) -> tuple:
         tensors = list(encoder.resnet.parameters()) + list(encoder.resnet.buffers())
-        key = (dtype,) + tuple((t.data_ptr(), t._version, t.device) for t in tensors)
+        key = (dtype,) + tuple((t.data_ptr(), tensor_version(t), t.device) for t in tensors)
         if self._key != key:
             stem, stages = encoder.resnet[:2], list(encoder.resnet.children())[4:]
             blocks = []
@@ -65,7 +67,7 @@ def _folded(conv: nn.Conv2d, norm: nn.BatchNorm2d, dtype: torch.dtype) -> tuple:
 def _run(plan: tuple, maxpool: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The ResNet body on channels-last ``x``: relu(conv) for the stem and inner convolutions,
     relu(conv + shortcut) for each block's last one."""
-    conv = torch.ops.mkldnn._convolution_pointwise
+    conv = fused_convolution()
     stem, blocks = plan
     x = maxpool(conv(x, *stem, "relu", [], ""))
     for convs, shortcut in blocks:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from capcli.torch_compat import tensor_version
+
 
 class TableCell:
     """The cell for one decoder; its weights are rearranged again whenever one of them changed
@@ -38,7 +40,7 @@ class TableCell:
         params += [] if decoder.embedding is None else [decoder.embedding.weight]
         device_type = params[0].device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else params[0].dtype
-        key = (dtype,) + tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        key = (dtype,) + tuple((p.data_ptr(), tensor_version(p), p.device, p.dtype) for p in params)
         if self._key != key:
             with torch.no_grad(), torch.autocast(device_type, enabled=False):
                 size, embed_dim = decoder.decoder_dim, decoder.embed_dim
