@@ -7,7 +7,11 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 # `make demo DEMO_ARGS="--seed 1"` passes options on to `capcli demo`.
 DEMO_ARGS ?=
 
-.PHONY: demo test install lint clean gpu-check
+# The second torch release the suite runs on (CI): installed first, then capcli, which must keep it.
+OTHER_TORCH := torch==2.13.0 torchvision==0.28.0
+OTHER_VENV := .venv-torch2.13
+
+.PHONY: demo test test-other-torch install lint clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +33,21 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
+# The suite on $(OTHER_TORCH), in a venv of its own: the pair first, then capcli without
+# constraints.txt, then a check that installing capcli kept the pair.
+$(OTHER_VENV)/.installed: setup.cfg pyproject.toml Makefile
+	rm -rf $(OTHER_VENV) && $(PYTHON) -m venv $(OTHER_VENV)
+	$(OTHER_VENV)/bin/pip install --disable-pip-version-check -q $(OTHER_TORCH)
+	$(OTHER_VENV)/bin/pip freeze | grep -E '^torch(vision)?==' > $(OTHER_VENV)/torch-pair
+	$(OTHER_VENV)/bin/pip install --disable-pip-version-check -q -e '.[test]'
+	$(OTHER_VENV)/bin/pip freeze | grep -E '^torch(vision)?==' | cmp -s - $(OTHER_VENV)/torch-pair || \
+		{ echo "installing capcli replaced torch or torchvision:"; $(OTHER_VENV)/bin/pip freeze | grep -E '^torch'; exit 1; }
+	touch $@
+
+test-other-torch: $(OTHER_VENV)/.installed
+	@echo "suite on $$(tr '\n' ' ' < $(OTHER_VENV)/torch-pair)"
+	$(OTHER_VENV)/bin/python -m pytest -q -p no:cacheprovider
+
 # On a machine with a CUDA GPU: the `gpu` tests and the bench on the GPU, figures in gpu-check/*.json.
 gpu-check: $(VENV)/.installed-test
 	@if ! $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
@@ -42,4 +61,4 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check capcli tests
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(OTHER_VENV) build *.egg-info

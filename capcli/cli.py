@@ -12,7 +12,7 @@ import errno
 
 import click
 
-from capcli import __version__, cli_runs, options, render
+from capcli import __version__, cli_env, cli_runs, options, render
 from capcli.cli_export import export_command
 from capcli.config import SHAPES_IMAGE_SIZE
 from capcli.errors import CapcliError, Interrupted, os_error_message, out_of_memory_message
@@ -383,6 +383,7 @@ def bench_command(quick: bool, json_path: str | None, device: str, prep_workers:
 
 
 cli.add_command(cli_runs.runs_command)
+cli.add_command(cli_env.env_command)
 cli.add_command(export_command)  # commands in modules of their own keep this one small
 
 

@@ -61,7 +61,8 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
         else:
             name = "bf16" if cpu_supports_bf16() else "fp32"
     if name == "fp16" and device.type != "cuda":
-        raise CapcliError(f"--precision fp16 needs a CUDA device (use bf16 or fp32 on {device.type})")
+        raise CapcliError(f"--precision fp16 needs a CUDA device (use bf16 or fp32 on {device.type}; "
+                          "`capcli env` shows what auto picks here)")
     if name not in PRECISIONS:
         raise CapcliError(f"unknown precision {name!r}")
     return Precision(name, device.type)

@@ -70,5 +70,6 @@ def out_of_memory_message(exc: BaseException) -> str | None:
     if not on_gpu and "DefaultCPUAllocator: can't allocate memory" not in text:
         return None
     where = "the GPU" if on_gpu else "the machine"
+    see = " (`capcli env` shows each GPU's memory)" if on_gpu else ""
     return (f"{where} ran out of memory ({first_line(exc, 120)}); use a smaller --batch-size, "
-            "--precision bf16 or fp16 on a GPU, or a smaller --encoder; checkpoints already saved are kept")
+            f"--precision bf16 or fp16 on a GPU, or a smaller --encoder; checkpoints already saved are kept{see}")

@@ -27,6 +27,7 @@ from capcli.errors import CapcliError
 JAVA_METRICS = ("meteor", "spice")
 GET_COCO = "pip install 'capcli[coco]'"
 GET_JAVA = "install a Java runtime (e.g. apt install default-jre) or set JAVA_HOME"
+SEE_JAVA = "`capcli env` shows the Java found"
 DOWNLOAD_TIMEOUT = 30.0  # seconds without an answer before SPICE's model download counts as offline
 
 
@@ -80,10 +81,10 @@ def java_setup(metrics: Sequence[str]) -> JavaSetup:
     else:
         setup.java = find_java()
         if setup.java is None:
-            missing = f"no java on PATH or in JAVA_HOME ({GET_JAVA})"
+            missing = f"no java on PATH or in JAVA_HOME ({GET_JAVA}; {SEE_JAVA})"
         else:
             setup.version = java_version(setup.java)
-            missing = f"{setup.java} -version failed ({GET_JAVA})" if setup.version is None else ""
+            missing = f"{setup.java} -version failed ({GET_JAVA}; {SEE_JAVA})" if setup.version is None else ""
     if missing:
         setup.unavailable.update(dict.fromkeys(wanted, f"{names} not run: {missing}"))
     return setup
@@ -126,7 +127,7 @@ def meteor(references: Sequence[Sequence[str]], hypotheses: dict[int, Sequence[s
         with _java_first(java):
             scorer = Meteor()
     except OSError as exc:
-        raise JavaMetricError(f"METEOR not run: {java} did not start ({exc})") from None
+        raise JavaMetricError(f"METEOR not run: {java} did not start ({exc}; {SEE_JAVA})") from None
     try:
         return {k: float(scorer.compute_score(*_coco_inputs(references, hyps))[0]) for k, hyps in hypotheses.items()}
     except (OSError, ValueError) as exc:  # the JVM died: no answer (b'' is no float) or a broken pipe
@@ -196,4 +197,5 @@ def spice(references: Sequence[Sequence[str]], hypotheses: dict[int, Sequence[st
         reason = _last_line(output.getvalue()) or f"java exited with status {exc.returncode}"
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # URLError and timeouts are OSErrors
         reason = _last_line(str(getattr(exc, "reason", "") or exc)) or type(exc).__name__
-    raise JavaMetricError(f"SPICE not run: {stage} failed ({reason})")
+    see = f"; {SEE_JAVA} and its version" if stage == "running SPICE" else ""  # SPICE runs on some Java releases only
+    raise JavaMetricError(f"SPICE not run: {stage} failed ({reason}{see})")

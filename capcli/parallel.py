@@ -132,13 +132,14 @@ def ordered_map_into(func: Callable[[T, np.ndarray], R], items: Iterable[T], wor
     if memory is None:
         if on_shrink:
             on_shrink(f"{SHM_FOLDER} has room for {_mb(budget)}, too little for {workers} workers' image slots "
-                      f"({_mb(workers * slot_bytes)}): images come back through pipes instead (slower)")
+                      f"({_mb(workers * slot_bytes)}): images come back through pipes instead (slower; "
+                      "`capcli env` shows /dev/shm)")
         yield from ordered_map(functools.partial(_in_own_buffer, func, out_shape, dtype), items, workers,
                                window_per_worker)
         return
     if n_slots < workers * window_per_worker and on_shrink:
         on_shrink(f"{SHM_FOLDER} has room for {_mb(budget)}: {n_slots} image slots of {_mb(slot_bytes)} "
-                  f"instead of {workers * window_per_worker}")
+                  f"instead of {workers * window_per_worker} (`capcli env` shows /dev/shm)")
     try:
         yield from _through_ring(func, items, workers, memory, (n_slots, *out_shape), dtype)
     finally:

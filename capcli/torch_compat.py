@@ -22,7 +22,7 @@ import torch
 
 from capcli.errors import CapcliError
 
-TORCH_FLOOR = (2, 4)  # the oldest release capcli was tested on (README: Requirements)
+TORCH_FLOOR = (2, 6)  # the oldest release capcli was tested on (README: Requirements)
 TORCH_NEWEST_TESTED = (2, 14)
 TORCHVISION_OFFSET = 15  # torchvision 0.(n + 15) is built for torch 2.n (0.29 for 2.14, 0.24 for 2.9)
 # oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) under which it has no native bf16 instructions
@@ -66,10 +66,11 @@ def torchvision_mismatch() -> str | None:
     major, minor = torch_release()
     if major != 2:
         return None
-    if release(version) != (0, minor + TORCHVISION_OFFSET):
+    wanted = minor + TORCHVISION_OFFSET
+    if release(version) != (0, wanted):
         return (f"torch {torch_version()} and torchvision {version} do not match: torch 2.{minor} needs "
-                f"torchvision 0.{minor + TORCHVISION_OFFSET} (pip install 'torchvision==0.{minor + TORCHVISION_OFFSET}.*' "
-                "next to this torch; `capcli env` shows what is installed)")
+                f"torchvision 0.{wanted} (pip install 'torchvision==0.{wanted}.*' next to this torch; "
+                "`capcli env` shows what is installed)")
     return None
 
 

@@ -108,7 +108,7 @@ def test_missing_java_and_missing_extra_are_one_line_each(evaluated, run, monkey
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if "not run" in line]
     assert notes == ["METEOR and SPICE not run: no java on PATH or in JAVA_HOME "
-                     f"({java_metrics.GET_JAVA})"]
+                     f"({java_metrics.GET_JAVA}; `capcli env` shows the Java found)"]
     assert "BLEU4" in result.output and "CIDER-D" in result.output and "ROUGE-L" in result.output
     report = json.load(open(out / f"evaluation_BEST_{NAME}_test.json"))
     assert report["metrics"]["ran"] == ["bleu", "rouge", "cider"] and set(report["metrics"]["not_run"]) == {

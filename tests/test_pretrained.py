@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 
 from capcli.errors import CapcliError
 from capcli.model import encoder as encoder_module
 from capcli.model.encoder import Encoder, hub_weights_path, load_pretrained
+from capcli.torch_compat import import_torchvision
+
+torchvision = import_torchvision()  # also where its compiled operators do not load (a CPU torch)
 
 _STAGES = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
 

@@ -193,8 +193,10 @@ def test_pretrained_downloads_into_torch_home_and_trains(real_data, tmp_path, ru
     import hashlib
 
     import torch
-    import torchvision
 
+    from capcli.torch_compat import import_torchvision
+
+    torchvision = import_torchvision()
     served = tmp_path / "served" / "resnet18.pth"
     served.parent.mkdir()
     torch.manual_seed(0)

@@ -133,10 +133,11 @@ def test_malicious_checkpoint_is_refused(data, tmp_path, run):
 
 
 def test_pretrained_from_torch_home(tmp_path, monkeypatch):
-    import torchvision
-
     from capcli.errors import CapcliError
     from capcli.model.encoder import Encoder, hub_weights_path, load_pretrained
+    from capcli.torch_compat import import_torchvision
+
+    torchvision = import_torchvision()
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     monkeypatch.setattr("capcli.model.encoder.imagenet_url",  # offline: nothing answers there

@@ -225,5 +225,6 @@ def _hub_error(exc: Exception, name: str, url: str, path: str) -> CapcliError | 
     if isinstance(exc, (OSError, HTTPException)):  # URLError, refused, reset, timed out, cut short
         reason = exc.reason if type(exc) is URLError else exc
         return CapcliError(f"could not download {name}'s ImageNet weights from {url} to {path} "
-                           f"({first_line(reason)}); connect to the internet, or pass --pretrained-weights FILE")
+                           f"({first_line(reason)}); connect to the internet, or pass --pretrained-weights FILE "
+                           "(`capcli env` lists the weights cached here)")
     return None
