@@ -9,6 +9,8 @@ from a service becomes a one-line error with exit code 1.
 from __future__ import annotations
 
 import errno
+import os
+import sys
 
 import click
 
@@ -389,6 +391,8 @@ cli.add_command(export_command)  # commands in modules of their own keep this on
 
 def main() -> None:
     """The console script (``capcli``); malloc is tuned per command once its device is known."""
+    if sys.platform == "darwin":  # an operator Apple's GPU lacks runs on the CPU, with torch's one-line warning
+        os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")  # read once torch loads: before any import of it
     cli(prog_name="capcli")
 
 

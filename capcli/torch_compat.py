@@ -79,24 +79,35 @@ def import_torchvision():
 
     A torchvision built for the same release but another build of it (PyPI's CUDA torchvision
     beside a CPU-only torch) cannot load its compiled operators, and its import then fails on
-    registering one of them (``torchvision::nms``). capcli uses none of them (models and weights
-    only), so that one operator's schema is declared and the import tried again.
+    registering a stand-in for one of them (``torchvision::nms``). capcli calls none of them
+    (models and weights only), so each missing operator is declared and the import tried again.
     """
     mismatch = torchvision_mismatch()
     if mismatch:
         raise CapcliError(mismatch)
     if "torchvision" in sys.modules:
         return sys.modules["torchvision"]
-    try:
-        import torchvision
-    except RuntimeError as exc:
-        if "torchvision::" not in str(exc):
-            raise
-        _forget("torchvision")
-        _declare_torchvision_nms()
-        log.debug("torchvision's compiled operators did not load beside torch %s; models only", torch_version())
-        import torchvision
-    return torchvision
+    for _ in range(_MAX_DECLARED):
+        try:
+            import torchvision
+        except RuntimeError as exc:
+            missing = re.search(r"operator torchvision::(\w+) does not exist", str(exc))
+            if missing is None:
+                raise
+            _forget("torchvision")
+            _declare_torchvision_operator(missing.group(1))
+            continue
+        if _TORCHVISION_LIBRARY:
+            log.debug("torchvision's compiled operators did not load beside torch %s: declared %s",
+                      torch_version(), ", ".join(_DECLARED))
+        return torchvision
+    raise CapcliError(f"torchvision {torchvision_version()} does not import beside torch {torch_version()}: "
+                      "install the torchvision built for this torch (`capcli env` shows both)")
+
+
+_MAX_DECLARED = 16
+_TORCHVISION_LIBRARY = []  # keeps the declarations alive: a dropped torch.library.Library undoes them
+_DECLARED = []
 
 
 def _forget(package: str) -> None:
@@ -104,14 +115,12 @@ def _forget(package: str) -> None:
         del sys.modules[name]
 
 
-_TORCHVISION_LIBRARY = []  # keeps the declaration alive: a dropped torch.library.Library undoes it
-
-
-def _declare_torchvision_nms() -> None:
+def _declare_torchvision_operator(name: str) -> None:
+    """Declare ``torchvision::name`` (the schema is a stand-in: it is never called)."""
     if not _TORCHVISION_LIBRARY:
-        library = torch.library.Library("torchvision", "FRAGMENT")
-        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _TORCHVISION_LIBRARY.append(library)
+        _TORCHVISION_LIBRARY.append(torch.library.Library("torchvision", "FRAGMENT"))
+    _TORCHVISION_LIBRARY[0].define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _DECLARED.append(name)
 
 
 # The CPU ---------------------------------------------------------------------------------------
