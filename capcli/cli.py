@@ -217,24 +217,28 @@ def evaluate_command(model: str | None, data_folder: str, name: str | None, spli
 @options.data_folder_option("Where the shapes dataset is generated and prepared.")
 @options.output_folder_option("Where the model, scores and pictures are written.")
 @options.demo_epochs_option
+@options.demo_image_size_option
 @options.num_images_option
 @options.prep_workers_option
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the training run (init, data order).")
-def demo_command(data_folder: str, output_folder: str, epochs: int, num_images: int, workers: int, seed: int) -> None:
+def demo_command(data_folder: str, output_folder: str, epochs: int | None, image_size: int | None, num_images: int,
+                 workers: int, seed: int) -> None:
     """Run the embedded demo end to end on the synthetic shapes dataset (no download needed):
-    prep, a short training run, evaluation, and captions with attention pictures.
+    prep, a short training run, evaluation, and captions with attention pictures. It first times a
+    few training steps and picks the scenes' size that trains within its minutes on this machine.
 
     \b
     Example:
       capcli demo
       capcli demo --epochs 8           # the shapes defaults' full run
+      capcli demo --image-size 128     # the full-size scenes, however long they take here
     """
     from capcli.allocator import tune_for_device
     from capcli.demo import run_demo
     from capcli.progress import TerminalProgress
 
     tune_for_device("auto")  # the demo trains on whatever device is there
-    result = run_demo(data_folder, output_folder, num_images, workers, epochs, TerminalProgress(), seed)
+    result = run_demo(data_folder, output_folder, num_images, workers, epochs, TerminalProgress(), seed, image_size)
     render.demo_result(result, data_folder, output_folder)
 
 

@@ -55,7 +55,6 @@ def is_shapes(name: str) -> bool:
 # and how to reproduce them: docs/performance.md.
 SHAPES_IMAGE_SIZE = 128
 SHAPES_IMAGES = 10_000  # prep's default: enough scenes for an encoder trained from scratch to tell the shapes apart
-DEMO_EPOCHS = 5  # `capcli demo`: content accuracy above 0.8 within minutes
 SHAPES_TRAIN_DEFAULTS = {
     "encoder": "resnet-small", "encoded_size": 8, "fine_tune_encoder": True, "encoder_lr": 1e-3, "decoder_lr": 1e-3,
     "embed_dim": 256, "attention_dim": 256, "decoder_dim": 256, "batch_size": 160, "captions_per_step": 1,

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 
 from capcli import pictures
 from capcli.captioning import CaptionResult, caption_files, load_captioner, original_captions
-from capcli.config import DEMO_EPOCHS, SHAPES_IMAGE_SIZE, SHAPES_IMAGES, PrepConfig, TrainConfig
+from capcli.config import SHAPES_IMAGES, PrepConfig, TrainConfig
 from capcli.content import drawn_objects, judge
+from capcli.data.hdf5 import find_prepared
+from capcli.demo_plan import DemoPlan, plan_demo
+from capcli.device import resolve_device, resolve_precision
 from capcli.errors import CapcliError
 from capcli.evaluate import EvaluateResult, run_evaluate
 from capcli.paths import shapes_source, train_files
@@ -42,19 +45,27 @@ class DemoResult:
     evaluation: EvaluateResult
     captions: list[DemoCaption]
     output_folder: str
+    plan: DemoPlan
 
 
 def run_demo(data_folder: str = "data_output", output_folder: str = "model_outputs",
-             num_images: int = SHAPES_IMAGES, workers: int = 1, epochs: int = DEMO_EPOCHS,
-             progress: Progress = SILENT, seed: int = 0) -> DemoResult:
-    """Run every demo stage on the shapes dataset and return what each produced."""
+             num_images: int = SHAPES_IMAGES, workers: int = 1, epochs: int | None = None,
+             progress: Progress = SILENT, seed: int = 0, image_size: int | None = None) -> DemoResult:
+    """Run every demo stage on the shapes dataset and return what each produced; ``epochs`` and
+    ``image_size`` None: sized to this machine (:mod:`capcli.demo_plan`)."""
+    device = resolve_device("auto")
+    plan = plan_demo(device, resolve_precision("auto", device), num_images, epochs, image_size,
+                     _prepared_size(data_folder, num_images))
+    progress.message(plan.reason)
     prep = run_prep(PrepConfig(output_folder=data_folder, num_images=num_images, workers=workers,
-                               image_size=SHAPES_IMAGE_SIZE), progress)
-    config = TrainConfig(data_folder=data_folder, output_folder=output_folder, name=prep.name, epochs=epochs, seed=seed,
+                               image_size=plan.image_size), progress)
+    config = TrainConfig(data_folder=data_folder, output_folder=output_folder, name=prep.name, epochs=plan.epochs,
+                         seed=seed, concept_epochs=plan.concept_epochs,
                          resume=os.path.exists(train_files(output_folder, prep.name).checkpoint))
-    progress.message(f"Training {epochs} epochs on {prep.name} (a small ResNet trained from scratch: first on "
+    progress.message(f"Training {plan.epochs} epochs on {prep.name} (a small ResNet trained from scratch: first on "
                      "the kinds of object drawn, then with the decoder)…")
-    train = run_train(config, given=frozenset({"epochs", "seed"}), progress=progress)  # the shapes defaults otherwise
+    given = frozenset({"epochs", "seed", "concept_epochs"})
+    train = run_train(config, given=given, progress=progress)  # the shapes defaults otherwise
     captioner = load_captioner(train.best_checkpoint)
     evaluation = run_evaluate(captioner, data_folder, prep.name, "test", [1, 3, 5], output_folder,
                               progress=progress, metrics=PYTHON_METRICS)  # no Java, no download
@@ -70,5 +81,14 @@ def run_demo(data_folder: str = "data_output", output_folder: str = "model_outpu
                                       name_each=True)
     captions = [DemoCaption(r, originals.get(os.path.basename(r.image), []), written[r.image],
                             judge(r.caption, drawn[os.path.basename(r.image)])) for r in results]
-    return DemoResult(prep, train, evaluation, captions, output_folder)
+    return DemoResult(prep, train, evaluation, captions, output_folder, plan)
+
+
+def _prepared_size(data_folder: str, num_images: int) -> int | None:
+    """The image side of the shapes data already prepared in ``data_folder`` (None: none there)."""
+    name = PrepConfig(output_folder=data_folder, num_images=num_images).name
+    try:
+        return find_prepared(data_folder, name).images_meta("TRAIN")[1]
+    except CapcliError:
+        return None
 

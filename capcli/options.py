@@ -17,7 +17,6 @@ import click
 from capcli.config import (
     BASELINES,
     DECODER_NAMES,
-    DEMO_EPOCHS,
     ENCODER_NAMES,
     MONITORS,
     PRECISIONS,
@@ -186,8 +185,12 @@ metrics_option = click.option(
          "pip install 'capcli[coco]'; SPICE also downloads Stanford CoreNLP on first use.")
 split_option = click.option("--split", type=click.Choice(SPLITS), default=SPLITS[0], show_default=True,
                             help="Which split's images to caption and score.")
-demo_epochs_option = click.option("--epochs", default=DEMO_EPOCHS, show_default=True, type=click.IntRange(1),
-                                  help="Training epochs.")
+demo_epochs_option = click.option("--epochs", type=click.IntRange(1),
+                                  help="Training epochs [default: 5, sized to this machine's speed].")
+demo_image_size_option = click.option(
+    "--image-size", type=click.IntRange(32, 512),
+    help="Side of the generated scenes [default: 128 where training them fits the demo's minutes, else 80; "
+         "the size of scenes already prepared].")
 
 # --- one command's own options ------------------------------------------------------------------
 
@@ -303,7 +306,8 @@ train_options = bundle(
                 "cheaper steps, so more images for the same time."),
     _train("--concept-epochs", type=click.IntRange(0),
            help="shapes: a new run first trains the encoder this many epochs to recognise the kinds of object "
-                "drawn in each image (helps an encoder trained from scratch; needs --fine-tune-encoder)."),
+                "drawn in each image (helps an encoder trained from scratch); with --frozen-encoder it is "
+                "kept fixed after that, its features computed once."),
     _train("--concept-lr", type=float, help="Learning rate of that concept pretraining."),
     click.option("--complete-captions/--all-captions", default=default(TrainConfig, "complete_captions"),
                  help="shapes: train on the captions that name every object drawn, with its size (the others "

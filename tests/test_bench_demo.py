@@ -5,7 +5,42 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+import torch
+
+from capcli import demo_plan
 from capcli.config import SHAPES_TRAIN_DEFAULTS
+from capcli.device import resolve_precision
+
+FP32 = resolve_precision("fp32", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("per_image, side", [(0.002, 128), (0.02, 80)])
+def test_the_demo_trains_smaller_scenes_where_the_full_ones_would_not_fit_its_minutes(monkeypatch, per_image, side):
+    """0.002 s an image: 8,000 images × 8 passes = 128 s, within the budget; 0.02: 21 min."""
+    monkeypatch.setattr(demo_plan, "seconds_per_training_image", lambda *args: per_image)
+    plan = demo_plan.plan_demo(torch.device("cpu"), FP32, 10_000)
+    assert (plan.image_size, plan.concept_epochs, plan.epochs) == (side, 3, 5)
+    assert plan.reason.startswith(f"Demo: {side}-pixel scenes: a training step took {per_image * 32:.2f} s for 32 "
+                                  "images here (fp32 on cpu), so 128-pixel training would take ~")
+    assert ("within its" in plan.reason) == (side == 128)
+    assert demo_plan.plan_demo(torch.device("cpu"), FP32, 10_000, epochs=2).epochs == 2  # given wins
+
+
+def test_the_demo_keeps_a_given_or_prepared_size_without_timing_anything(monkeypatch):
+    monkeypatch.setattr(demo_plan, "seconds_per_training_image", lambda *args: pytest.fail("timed"))
+    given = demo_plan.plan_demo(torch.device("cpu"), FP32, 10_000, image_size=128, prepared_size=80)
+    assert (given.image_size, given.reason) == (128, "Demo: 128-pixel scenes (as asked).")
+    prepared = demo_plan.plan_demo(torch.device("cpu"), FP32, 10_000, prepared_size=80)
+    assert (prepared.image_size, prepared.epochs) == (80, demo_plan.SMALL[2])
+
+
+def test_the_timing_step_runs_the_demos_model_and_keeps_the_callers_random_numbers():
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    assert demo_plan.seconds_per_training_image(torch.device("cpu"), FP32, 32) > 0
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_demo_runs_every_stage_and_can_run_again(tmp_path, run, monkeypatch):
@@ -15,6 +50,8 @@ def test_demo_runs_every_stage_and_can_run_again(tmp_path, run, monkeypatch):
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "Trained shapes_5_5" in out and "Test split, 4 images" in out
+    chosen = next(line for line in result.output.splitlines() if line.startswith("Demo: "))
+    assert "-pixel scenes: a training step took" in chosen and "-pixel training would take" in chosen, chosen
     assert out.count("generated:") == 3 and out.count("reference:") == 15
     for line in out.splitlines():
         if line.strip().startswith("pictures:"):
@@ -33,6 +70,8 @@ def test_demo_runs_every_stage_and_can_run_again(tmp_path, run, monkeypatch):
     again = run(*args)
     assert again.exit_code == 0, again.output
     assert "up to date" in again.stdout
+    side = ckpt["image_size"]
+    assert f"Demo: {side}-pixel scenes (the scenes already prepared)." in again.output
     assert json.load(open(tmp_path / "model_outputs" / "evaluation_BEST_shapes_5_5_test.json")) == first
 
 
