@@ -30,15 +30,10 @@ BENCH_DATA = "bench_5_1"  # the prepared data set bench writes for itself
 
 
 def machine_info(device: torch.device) -> dict:
+    from capcli.environment import cpu_model
     from capcli.torch_compat import cpu_has_amx, cpu_supports_bf16, torch_version
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch_version(), "python": platform.python_version(),
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch_version(), "python": platform.python_version(),
             "device": str(device), "cpu_bf16": cpu_supports_bf16(),
             "cpu_amx": cpu_has_amx(), "threads": torch.get_num_threads(),
             "malloc_keeps_freed_memory": tune_for_device(str(device))}
