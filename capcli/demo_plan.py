@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from capcli.config import SHAPES_IMAGE_SIZE, SHAPES_TRAIN_DEFAULTS, ModelConfig
 
@@ -25,6 +26,7 @@ SMALL = (80, 3, 5)
 TRAIN_SHARE = 0.8  # of the scenes: the train split
 _VOCAB, _CAPTION = 40, 22  # about the shapes set's word map and longest encoded caption
 _STEP_IMAGES, _TIMED_STEPS = 32, 3
+_KINDS = 24  # of object: 6 colours × 4 shapes
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,9 @@ def plan_demo(device: torch.device, precision, num_images: int, epochs: int | No
         why = "as asked" if image_size is not None else "the scenes already prepared"
         concept_epochs, planned = (FULL if side >= SHAPES_IMAGE_SIZE else SMALL)[1:]
         return DemoPlan(side, concept_epochs, epochs or planned, f"Demo: {side}-pixel scenes ({why}).")
-    per_image = seconds_per_training_image(device, precision, SHAPES_IMAGE_SIZE)
-    passes = num_images * TRAIN_SHARE * (FULL[1] + (epochs or FULL[2]))
-    estimate = per_image * passes
+    encoder_only, per_image = seconds_per_training_image(device, precision, SHAPES_IMAGE_SIZE)
+    train_images = num_images * TRAIN_SHARE
+    estimate = train_images * (FULL[1] * encoder_only + (epochs or FULL[2]) * per_image)
     measured = (f"a training step took {per_image * _STEP_IMAGES:.2f} s for {_STEP_IMAGES} images here "
                 f"({precision.name} on {device.type}), so {SHAPES_IMAGE_SIZE}-pixel training would take "
                 f"~{_minutes(estimate)}")
@@ -67,9 +69,10 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def seconds_per_training_image(device: torch.device, precision, image_size: int) -> float:
-    """Wall seconds per image of a training step of the demo's model (encoder and decoder trained,
-    one caption an image) on random data, after a warm-up step; the caller's random numbers are kept."""
+def seconds_per_training_image(device: torch.device, precision, image_size: int) -> tuple[float, float]:
+    """Wall seconds per image of a training step of the demo's encoder alone (object pretraining) and
+    of the whole model (encoder and decoder trained, one caption an image), on random data, each
+    after a warm-up step; the caller's random numbers are kept."""
     from capcli.model import cpu as cpu_kernels
     from capcli.model.captioner import build_model
 
@@ -84,22 +87,32 @@ def seconds_per_training_image(device: torch.device, precision, image_size: int)
         images = torch.rand(_STEP_IMAGES, 3, image_size, image_size, device=device)
         captions = torch.randint(3, _VOCAB, (_STEP_IMAGES, _CAPTION), device=device)
         lengths = torch.full((_STEP_IMAGES,), _CAPTION - 2, device=device)
+        targets = torch.randint(3, _VOCAB, (_STEP_IMAGES, _CAPTION), device=device)
+        kinds = torch.randint(0, 2, (_STEP_IMAGES, _KINDS), device=device).float()
 
-        def step() -> None:
+        def step(whole: bool) -> None:
             with precision.autocast():
-                logits, _ = decoder(encoder(images), captions, lengths)
-                loss = logits.float().square().mean()
+                features = encoder(images)  # (batch, grid, grid, encoder_dim)
+                if whole:  # the next word of every caption (targets: random words)
+                    logits = decoder(features, captions, lengths)[0]  # (batch, words, vocab)
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), targets[:, :logits.shape[1]].flatten())
+                else:  # the kinds of object in each image, as object pretraining has it
+                    loss = F.binary_cross_entropy_with_logits(features.float().mean((1, 2))[:, :_KINDS], kinds)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
 
+        return _timed(device, lambda: step(False)), _timed(device, lambda: step(True))
+
+
+def _timed(device: torch.device, step) -> float:
+    step()  # warm-up: oneDNN makes its kernels for each shape on first use
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(_TIMED_STEPS):
         step()
-        _synchronize(device)
-        start = time.perf_counter()
-        for _ in range(_TIMED_STEPS):
-            step()
-        _synchronize(device)
-        return (time.perf_counter() - start) / (_TIMED_STEPS * _STEP_IMAGES)
+    _synchronize(device)
+    return (time.perf_counter() - start) / (_TIMED_STEPS * _STEP_IMAGES)
 
 
 def _synchronize(device: torch.device) -> None:

@@ -89,7 +89,10 @@ def import_torchvision():
         return sys.modules["torchvision"]
     for _ in range(_MAX_DECLARED):
         try:
-            import torchvision
+            # on the CPU: its import runs tensor code (torch._dynamo's, on older torches), which fails
+            # inside a caller's torch.device("meta") block
+            with torch.device("cpu"):
+                import torchvision
         except RuntimeError as exc:
             missing = re.search(r"operator torchvision::(\w+) does not exist", str(exc))
             if missing is None:

@@ -17,8 +17,9 @@ FP32 = resolve_precision("fp32", torch.device("cpu"))
 
 @pytest.mark.parametrize("per_image, side", [(0.002, 128), (0.02, 80)])
 def test_the_demo_trains_smaller_scenes_where_the_full_ones_would_not_fit_its_minutes(monkeypatch, per_image, side):
-    """0.002 s an image: 8,000 images × 8 passes = 128 s, within the budget; 0.02: 21 min."""
-    monkeypatch.setattr(demo_plan, "seconds_per_training_image", lambda *args: per_image)
+    """0.002 s an image (half that for the encoder alone): 8,000 images × (3 × 0.001 + 5 × 0.002) s =
+    104 s, within the budget; 0.02 s: 17 min."""
+    monkeypatch.setattr(demo_plan, "seconds_per_training_image", lambda *args: (per_image / 2, per_image))
     plan = demo_plan.plan_demo(torch.device("cpu"), FP32, 10_000)
     assert (plan.image_size, plan.concept_epochs, plan.epochs) == (side, 3, 5)
     assert plan.reason.startswith(f"Demo: {side}-pixel scenes: a training step took {per_image * 32:.2f} s for 32 "
@@ -39,7 +40,8 @@ def test_the_timing_step_runs_the_demos_model_and_keeps_the_callers_random_numbe
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
-    assert demo_plan.seconds_per_training_image(torch.device("cpu"), FP32, 32) > 0
+    encoder_only, whole = demo_plan.seconds_per_training_image(torch.device("cpu"), FP32, 32)
+    assert 0 < encoder_only and 0 < whole
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -63,8 +65,9 @@ def test_demo_runs_every_stage_and_can_run_again(tmp_path, run, monkeypatch):
 
     ckpt = load_checkpoint(str(tmp_path / "model_outputs" / "BEST_shapes_5_5.pth.tar"))
     model = ckpt["model_config"]
-    for key in ("encoder", "encoded_size", "decoder_dim"):  # the shapes defaults
+    for key in ("encoder", "decoder_dim"):  # the shapes defaults
         assert model[key] == SHAPES_TRAIN_DEFAULTS[key], key
+    assert model["encoded_size"] == ckpt["image_size"] // 16  # the small ResNet's grid at that size
     assert ckpt["train_config"]["fine_tune_encoder"] and ckpt["train_config"]["epochs"] == 1  # --epochs wins
     # a second run reuses the prepared data and the trained model
     again = run(*args)

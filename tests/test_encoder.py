@@ -7,6 +7,7 @@ import torch
 
 from capcli.model import cpu
 from capcli.model.cpu import encoder as cpu_encoder
+from capcli.model.cpu import selfcheck
 from capcli.model.encoder import Encoder
 
 CPU = torch.device("cpu")
@@ -76,9 +77,11 @@ def test_inference_in_training_mode_or_without_fused_convolutions_is_the_eager_f
     with torch.no_grad():
         eager = encoder(images)
     monkeypatch.setattr(cpu_encoder, "available", lambda: False)
+    selfcheck.encoder_problem.cache_clear()  # the check runs once a process: again, on this "torch"
     assert cpu.enable(CPU, encoder) and encoder.kernels is None
     assert torch.equal(encoder.infer(images), eager)
     monkeypatch.undo()
+    selfcheck.encoder_problem.cache_clear()
     cpu.enable(CPU, encoder)
     encoder.train()  # batch statistics: the folded running statistics would be wrong
     with torch.no_grad():
