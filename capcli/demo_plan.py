@@ -24,6 +24,7 @@ TRAINING_BUDGET_S = 330  # the demo's 10 minutes less install (~2), prep and eva
 FULL = (SHAPES_IMAGE_SIZE, 3, 5)  # (image side, object-pretraining epochs, captioning epochs)
 SMALL = (80, 3, 5)
 TRAIN_SHARE = 0.8  # of the scenes: the train split
+OVERHEAD = 2.0  # a real epoch's time over its timed steps' (reading images, validation, smaller batches)
 _VOCAB, _CAPTION = 40, 22  # about the shapes set's word map and longest encoded caption
 _STEP_IMAGES, _TIMED_STEPS = 32, 3
 _KINDS = 24  # of object: 6 colours × 4 shapes
@@ -53,7 +54,7 @@ def plan_demo(device: torch.device, precision, num_images: int, epochs: int | No
         return DemoPlan(side, concept_epochs, epochs or planned, f"Demo: {side}-pixel scenes ({why}).")
     encoder_only, per_image = seconds_per_training_image(device, precision, SHAPES_IMAGE_SIZE)
     train_images = num_images * TRAIN_SHARE
-    estimate = train_images * (FULL[1] * encoder_only + (epochs or FULL[2]) * per_image)
+    estimate = OVERHEAD * train_images * (FULL[1] * encoder_only + (epochs or FULL[2]) * per_image)
     measured = (f"a training step took {per_image * _STEP_IMAGES:.2f} s for {_STEP_IMAGES} images here "
                 f"({precision.name} on {device.type}), so {SHAPES_IMAGE_SIZE}-pixel training would take "
                 f"~{_minutes(estimate)}")

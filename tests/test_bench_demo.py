@@ -17,8 +17,8 @@ FP32 = resolve_precision("fp32", torch.device("cpu"))
 
 @pytest.mark.parametrize("per_image, side", [(0.002, 128), (0.02, 80)])
 def test_the_demo_trains_smaller_scenes_where_the_full_ones_would_not_fit_its_minutes(monkeypatch, per_image, side):
-    """0.002 s an image (half that for the encoder alone): 8,000 images × (3 × 0.001 + 5 × 0.002) s =
-    104 s, within the budget; 0.02 s: 17 min."""
+    """0.002 s an image (half that for the encoder alone): 2 × 8,000 images × (3 × 0.001 + 5 × 0.002) s
+    = 208 s with the overhead of a real epoch, within the budget; 0.02 s: 35 min."""
     monkeypatch.setattr(demo_plan, "seconds_per_training_image", lambda *args: (per_image / 2, per_image))
     plan = demo_plan.plan_demo(torch.device("cpu"), FP32, 10_000)
     assert (plan.image_size, plan.concept_epochs, plan.epochs) == (side, 3, 5)
