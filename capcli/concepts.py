@@ -73,6 +73,8 @@ def pretrain_encoder(encoder: nn.Module, prepared: PreparedData, config: TrainCo
     for epoch in range(epochs):
         order = torch.randperm(len(images), generator=generator).tolist()
         batches = [order[i:i + images_per_batch] for i in range(0, len(order), images_per_batch)]
+        if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm trains on 2 values a channel at least
+            batches[-2] += batches.pop()  # (one image's 1 × 1 last stage: 32-pixel images on a ResNet-18)
         task = progress.task(f"concepts {epoch + 1}/{epochs}", len(batches), "batch")
         total = 0.0
         for step, (x, index) in enumerate(DataLoader(images, batch_sampler=batches), 1):

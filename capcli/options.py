@@ -111,7 +111,8 @@ def _default_workers() -> int:
 
 # --- shared bundles ------------------------------------------------------------------------------
 
-device_option = from_config(TrainConfig, "--device", callback=_tune_allocator, help="auto, cpu, cuda or cuda:N.")
+device_option = from_config(TrainConfig, "--device", callback=_tune_allocator,
+                            help="auto (a CUDA GPU, else Apple's GPU, else the CPU), cpu, cuda, cuda:N or mps.")
 
 
 def precision_option(help: str = "Autocast precision for inference.") -> Decorator:
@@ -306,8 +307,7 @@ train_options = bundle(
                 "cheaper steps, so more images for the same time."),
     _train("--concept-epochs", type=click.IntRange(0),
            help="shapes: a new run first trains the encoder this many epochs to recognise the kinds of object "
-                "drawn in each image (helps an encoder trained from scratch); with --frozen-encoder it is "
-                "kept fixed after that, its features computed once."),
+                "drawn in each image (helps an encoder trained from scratch; needs --fine-tune-encoder)."),
     _train("--concept-lr", type=float, help="Learning rate of that concept pretraining."),
     click.option("--complete-captions/--all-captions", default=default(TrainConfig, "complete_captions"),
                  help="shapes: train on the captions that name every object drawn, with its size (the others "

@@ -141,10 +141,8 @@ class Trainer:
         cpu_kernels.enable(device, self.encoder, self.decoder, compiled=config.compile)
         if ckpt is None and not config.pretrained:
             self._calibrate_encoder()
-        if ckpt is None and config.concept_epochs:  # before DDP shares rank 0's weights
-            self.encoder.set_fine_tune(True)  # a frozen encoder is frozen after it (its features then cached)
+        if ckpt is None and config.concept_epochs and config.fine_tune_encoder:  # before DDP shares rank 0's weights
             pretrain_encoder(self.encoder, prepared, config, device, self.precision, progress)
-            self.encoder.set_fine_tune(config.fine_tune_encoder)
         self._build_optimizers(ckpt)
         self.state: TrainState = ckpt.state if ckpt is not None else TrainState()
         self.run = Lifecycle(TRAIN, files, self.state, self._snapshot, dist_info, config.save_every,

@@ -152,3 +152,13 @@ def test_on_macos_an_operator_apples_gpu_lacks_falls_back_to_the_cpu():
             "print(os.environ.get('PYTORCH_ENABLE_MPS_FALLBACK'), 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines()[-1] == "1 False", done.stdout + done.stderr
+
+
+def test_torchvision_first_imported_on_the_meta_device_imports():
+    """Checkpoints are built on the meta device first; on torch 2.6 torchvision's import (through
+    torch._dynamo's) fails there unless it runs on the CPU."""
+    code = ("import torch\nfrom capcli.torch_compat import import_torchvision\n"
+            "with torch.device('meta'):\n    print(import_torchvision().models.resnet18().fc.weight.device)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["meta"]
