@@ -55,8 +55,7 @@ def is_shapes(name: str) -> bool:
 # and how to reproduce them: docs/performance.md.
 SHAPES_IMAGE_SIZE = 128
 SHAPES_IMAGES = 10_000  # prep's default: enough scenes for an encoder trained from scratch to tell the shapes apart
-SHAPES_OUTPUT_STRIDE = 16  # resnet-small's: the grid is the image side ÷ 16 (8 × 8 at 128 pixels)
-SHAPES_TRAIN_DEFAULTS = {  # encoded_size: the grid of the prepared images' side (train_setup.dataset_defaults)
+SHAPES_TRAIN_DEFAULTS = {
     "encoder": "resnet-small", "encoded_size": 8, "fine_tune_encoder": True, "encoder_lr": 1e-3, "decoder_lr": 1e-3,
     "embed_dim": 256, "attention_dim": 256, "decoder_dim": 256, "batch_size": 160, "captions_per_step": 1,
     "concept_epochs": 3, "complete_captions": True, "epochs": 8, "patience_lr": 1, "lr_decay": 0.5,

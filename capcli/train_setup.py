@@ -6,14 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from capcli.checkpoint import Checkpoint, read_checkpoint
-from capcli.config import (
-    ARCHITECTURE_FIELDS,
-    SHAPES_OUTPUT_STRIDE,
-    SHAPES_TRAIN_DEFAULTS,
-    ModelConfig,
-    TrainConfig,
-    is_shapes,
-)
+from capcli.config import ARCHITECTURE_FIELDS, SHAPES_TRAIN_DEFAULTS, ModelConfig, TrainConfig, is_shapes
 from capcli.data.hdf5 import PreparedData
 from capcli.errors import CheckpointError
 from capcli.lifecycle import TRAIN, existing_checkpoint, refuse_overwrite
@@ -132,10 +125,7 @@ def dataset_defaults(prepared: PreparedData, config: TrainConfig, model_options:
         config = replace(config, pretrained=config.pretrained_weights is not None or not shapes)
     if not shapes:
         return config, model_options
-    # the small ResNet's grid is the image side ÷ 16: 8 × 8 at 128 pixels, 5 × 5 at 80 (attention over
-    # more cells than that would only spread it over copies of them)
-    grid = max(1, prepared.images_meta("TRAIN")[1] // SHAPES_OUTPUT_STRIDE)
-    defaults = {k: v for k, v in {**SHAPES_TRAIN_DEFAULTS, "encoded_size": grid}.items() if k not in given}
+    defaults = {k: v for k, v in SHAPES_TRAIN_DEFAULTS.items() if k not in given}
     model_fields = {f.name for f in fields(ModelConfig)}
     config = replace(config, **{k: v for k, v in defaults.items() if k not in model_fields})
     return config, {**model_options, **{k: v for k, v in defaults.items() if k in model_fields}}

@@ -40,8 +40,7 @@ def test_the_timing_step_runs_the_demos_model_and_keeps_the_callers_random_numbe
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
-    encoder_only, whole = demo_plan.seconds_per_training_image(torch.device("cpu"), FP32, 32)
-    assert 0 < encoder_only and 0 < whole
+    assert demo_plan.seconds_per_training_image(torch.device("cpu"), FP32, 32) > 0
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -65,9 +64,8 @@ def test_demo_runs_every_stage_and_can_run_again(tmp_path, run, monkeypatch):
 
     ckpt = load_checkpoint(str(tmp_path / "model_outputs" / "BEST_shapes_5_5.pth.tar"))
     model = ckpt["model_config"]
-    for key in ("encoder", "decoder_dim"):  # the shapes defaults
+    for key in ("encoder", "encoded_size", "decoder_dim"):  # the shapes defaults
         assert model[key] == SHAPES_TRAIN_DEFAULTS[key], key
-    assert model["encoded_size"] == ckpt["image_size"] // 16  # the small ResNet's grid at that size
     assert ckpt["train_config"]["fine_tune_encoder"] and ckpt["train_config"]["epochs"] == 1  # --epochs wins
     # a second run reuses the prepared data and the trained model
     again = run(*args)

@@ -12,7 +12,7 @@ from PIL import Image
 from skimage.transform import pyramid_expand
 
 from capcli.captioning import CaptionResult, caption_files, load_captioner
-from capcli.config import SHAPES_OUTPUT_STRIDE
+from capcli.config import SHAPES_TRAIN_DEFAULTS
 from capcli.heatmap import ColourScale, legend, upsample_attention
 from capcli.pictures import PANEL, attention_picture, word_panels
 
@@ -101,7 +101,7 @@ def captioned(trained_run):
     image = str(folder / sorted(os.listdir(folder))[0])
     captioner = load_captioner(str(out / f"BEST_{NAME}.pth.tar"), "cpu", "fp32")
     [result] = caption_files(captioner, [image], 3)
-    side = 32 // SHAPES_OUTPUT_STRIDE  # TINY_TRAIN leaves the shapes set's grid: its 32-pixel images ÷ 16
+    side = SHAPES_TRAIN_DEFAULTS["encoded_size"]  # TINY_TRAIN leaves the shapes set's default grid
     assert captioner.checkpoint.model_config.encoded_size == side
     assert result.error is None and result.attention.shape == (len(result.words), side * side)
     return result
