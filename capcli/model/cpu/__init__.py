@@ -40,8 +40,8 @@ def status() -> dict[str, str]:
 
     if switched_off():
         return {"encoder": f"off ({SWITCH}=0)", "decoder": f"off ({SWITCH}=0)"}
-    return {part: "on" if problem is None else f"off ({problem})"
-            for part, problem in (("encoder", selfcheck.encoder_problem()), ("decoder", selfcheck.decoder_problem()))}
+    problems = {"encoder": selfcheck.encoder_problem(), "decoder": selfcheck.decoder_problem(DecoderKernels)}
+    return {part: "on" if problem is None else f"off ({problem})" for part, problem in problems.items()}
 
 
 def enable(device: torch.device, encoder=None, decoder=None, compiled: bool = False) -> bool:
@@ -61,7 +61,8 @@ def enable(device: torch.device, encoder=None, decoder=None, compiled: bool = Fa
     if encoder is not None:
         encoder.kernels = EncoderKernels() if _trusted("fused encoder", selfcheck.encoder_problem) else None
     if decoder is not None and not compiled:
-        decoder.kernels = DecoderKernels() if _trusted("attention and cell", selfcheck.decoder_problem) else None
+        trusted = _trusted("attention and cell", lambda: selfcheck.decoder_problem(DecoderKernels))
+        decoder.kernels = DecoderKernels() if trusted else None
     return True
 
 

@@ -37,11 +37,9 @@ def encoder_problem() -> str | None:
 
 
 @functools.cache
-def decoder_problem() -> str | None:
-    """Why the attention and cell forms are not trusted here, None when training (logits and
-    gradients) and beam search give the textbook results."""
-    from capcli.model.cpu import DecoderKernels
-
+def decoder_problem(group: type) -> str | None:
+    """Why the attention and cell forms (``group``: the decoder's kernel group) are not trusted
+    here, None when training (logits and gradients) and beam search give the textbook results."""
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(0)
         decoder = AttentionDecoder(vocab_size=9, encoder_dim=8, embed_dim=6, attention_dim=5, decoder_dim=4,
@@ -61,7 +59,7 @@ def decoder_problem() -> str | None:
             return [logits, alphas, *grads, scores, *(d.attention for d in decoded)], [d.tokens for d in decoded]
 
         def kernels():
-            decoder.kernels = checked = DecoderKernels()
+            decoder.kernels = checked = group()
             try:
                 result = run()
             finally:
