@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from capcli.config import SHAPES_IMAGE_SIZE, SHAPES_TRAIN_DEFAULTS, ModelConfig
 
-TRAINING_BUDGET_S = 330  # the demo's 10 minutes less install (~2), prep and evaluation (~1.5)
+TRAINING_BUDGET_S = 330  # the demo's 10 minutes less install (~2), prep and evaluation (~1.5), a margin
 FULL = (SHAPES_IMAGE_SIZE, 3, 5)  # (image side, object-pretraining epochs, captioning epochs)
 SMALL = (80, 3, 5)
 TRAIN_SHARE = 0.8  # of the scenes: the train split
