@@ -156,14 +156,19 @@ def _avx512_allowed() -> bool:
     return cpu_capability().startswith("AVX512") and isa not in _ONEDNN_WITHOUT_BF16
 
 
+def _has_amx(features: dict) -> bool:
+    return bool(features.get("amx_tile") or features.get("amx_bf16"))
+
+
 def cpu_has_amx() -> bool:
-    return _avx512_allowed() and bool(cpu_features().get("amx_tile") or cpu_features().get("amx_bf16"))
+    return _avx512_allowed() and _has_amx(cpu_features())
 
 
 def cpu_supports_bf16() -> bool:
     """Native bf16 matrix instructions (AVX512-BF16 or AMX) that torch is allowed to use; without
     them bf16 is emulated and slower than fp32."""
-    return _avx512_allowed() and (bool(cpu_features().get("avx512_bf16")) or cpu_has_amx())
+    features = cpu_features()  # read once
+    return _avx512_allowed() and (bool(features.get("avx512_bf16")) or _has_amx(features))
 
 
 # Private operators and attributes --------------------------------------------------------------

@@ -183,7 +183,7 @@ def test_prep_never_opens_an_image_named_outside_the_image_folder(run, tmp_path)
 
 
 def test_a_results_csv_name_outside_the_image_folder_gets_no_path(tmp_path):
-    from capcli.data.karpathy import read_results_csv
+    from capcli.data.sources import read_results_csv
 
     csv_path = tmp_path / "results.csv"
     csv_path.write_text("image_name| comment_number| comment\n0.jpg| 0| a dog\n../x.jpg| 0| a cat\n"

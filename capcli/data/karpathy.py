@@ -113,16 +113,6 @@ def split_by_image(names: list[str], seed: int, val_fraction: float, test_fracti
     return splits
 
 
-def read_results_csv(path: str, image_folder: str, seed: int, val_fraction: float,
-                     test_fraction: float) -> list[SourceImage]:
-    """Read a Flickr30k Kaggle ``results.csv`` and split it by image (never by caption row); rows
-    it cannot use are skipped (``capcli prep`` reports them: :func:`capcli.data.sources.read_source`)."""
-    from capcli.data.sources import SourceOptions, read_source  # sources builds on this module
-
-    options = SourceOptions(image_folder, seed, val_fraction, test_fraction)
-    return read_source([path], options).images
-
-
 def dataset_name_of(path: str, data: object = None) -> str | None:
     """The ``dataset`` field of a Karpathy JSON, or the ``dataset_NAME.json`` part of its name."""
     base = os.path.basename(path)

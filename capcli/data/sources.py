@@ -182,3 +182,11 @@ def suggest_dataset(paths: Sequence[str]) -> str | None:
     stem = os.path.splitext(os.path.basename(paths[0]))[0]
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip(".")[:100]
     return safe if DATASET_NAME.fullmatch(safe) else None
+
+
+def read_results_csv(path: str, image_folder: str, seed: int, val_fraction: float,
+                     test_fraction: float) -> list[SourceImage]:
+    """Read a Flickr30k Kaggle ``results.csv`` and split it by image (never by caption row); rows
+    it cannot use are skipped (``capcli prep`` reports them: :func:`read_source`)."""
+    options = SourceOptions(image_folder, seed, val_fraction, test_fraction)
+    return read_source([path], options).images
