@@ -152,10 +152,12 @@ class Dashboard(QueryPanel, App):
         self.poll_feed()
         self.poll_states()
         self.refresh_checkpoints()
-        self.set_interval(self.poll_seconds, self.poll_feed)
-        self.set_interval(self.state_seconds, self.poll_states)
-        self.set_interval(self.checkpoint_seconds, self.refresh_checkpoints)
-        self.set_interval(1.0, self._show_run)  # ages and staleness move with the clock
+        # a timer may tick while the app shuts down and its widgets go: each tick checks first
+        self.set_interval(self.poll_seconds, partial(self._unless_closing, self.poll_feed))
+        self.set_interval(self.state_seconds, partial(self._unless_closing, self.poll_states))
+        self.set_interval(self.checkpoint_seconds, partial(self._unless_closing, self.refresh_checkpoints))
+        # ages and staleness move with the clock
+        self.set_interval(1.0, partial(self._unless_closing, self._show_run))
 
     @property
     def wide(self) -> bool:
