@@ -34,8 +34,8 @@ from capcli import __version__
 from capcli.checkpoint import (
     A2CState,
     Checkpoint,
-    DataRef,
     TrainState,
+    data_ref,
     model_config_from,
     options_from,
     positive_whole,
@@ -219,9 +219,8 @@ def read_bundle(path: str) -> Checkpoint:
     if config["stage"] not in ("train", "a2c"):
         raise CheckpointError(f"{config_file}: stage is {shorten(repr(config['stage']))}, expected train or a2c")
     encoder, decoder = _read_weights(bundle_file(folder, "weights"))
-    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    data = data_ref(config_file, config.get("data"))
     source = config.get("source") if isinstance(config.get("source"), dict) else {}
-    data = DataRef(*(v if isinstance(v, str) else None for v in (data.get("folder"), data.get("name"))))
     return Checkpoint(config["stage"], model_config, word_map, encoder, decoder, _state(config), **sizes, data=data,
                       train_config=options_from(TrainConfig, config.get("train_config")),
                       a2c_config=options_from(A2CConfig, config.get("a2c_config")),

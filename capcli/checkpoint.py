@@ -31,12 +31,13 @@ import torch
 
 from capcli.checkpoint_meta import read_meta as read_meta  # the sidecar's reader lives here for callers
 from capcli.checkpoint_meta import write_meta
-from capcli.config import A2CConfig, ModelConfig, TrainConfig
+from capcli.config import A2CConfig, ModelConfig, TrainConfig, name_problem
 from capcli.data.vocab import END, PAD, START
 from capcli.errors import CheckpointError, os_error_message, shorten
 from capcli.load_failure import load_failure
 from capcli.paths import bundle_of
 from capcli.safeio import atomic_write
+from capcli.text import visible
 
 FORMAT = "capcli-checkpoint"
 VERSION = 1
@@ -254,10 +255,8 @@ class Checkpoint:
                 absent.add(key)
             else:
                 malformed.append(f"{key} is not a state dict")
-        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
         return cls(kind, config, dict(raw["word_map"]), raw["encoder"], raw["decoder"], state, **sizes,
-                   data=DataRef(*(v if isinstance(v, str) else None for v in (data.get("folder"), data.get("name")))),
-                   run=raw.get("run") if isinstance(raw.get("run"), str) else None,
+                   data=data_ref(path, raw.get("data")), run=safe_name(path, "run", raw.get("run")),
                    train_config=options_from(TrainConfig, raw.get("train_config")),
                    a2c_config=options_from(A2CConfig, raw.get("a2c_config")), **state_dicts,
                    saved_at=raw.get("saved_at"), path=path, absent=frozenset(absent), malformed=tuple(malformed))
@@ -309,6 +308,28 @@ def options_from(cls: type, raw: object):
         return None
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def safe_name(path: str, key: str, value: object) -> str | None:
+    """A run or data set name read from a file, checked as ``--run-name`` is: it becomes part of the
+    names of files capcli writes, so no path separator, ``..`` or control character (None: absent).
+
+    Raises:
+        CheckpointError: a name that is not safe.
+    """
+    if not isinstance(value, str) or value == "":
+        return None
+    if name_problem(value) is not None:
+        raise CheckpointError(f"{path}: {key} {visible(shorten(repr(value)))} is not a safe name (letters, digits, "
+                              "'-', '_' and '.', not starting with '.'); a hand-edited or foreign file")
+    return value
+
+
+def data_ref(path: str, raw: object) -> DataRef:
+    """The ``data`` field (folder, name) of a checkpoint or bundle, its name checked (:func:`safe_name`)."""
+    data = raw if isinstance(raw, dict) else {}
+    folder = data.get("folder") if isinstance(data.get("folder"), str) else None
+    return DataRef(folder, safe_name(path, "data name", data.get("name")))
 
 
 def positive_whole(path: str, key: str, value: object) -> int:

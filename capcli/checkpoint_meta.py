@@ -35,6 +35,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from capcli.config import name_problem
 from capcli.data.jsonfiles import write_json
 from capcli.paths import checkpoint_meta_file
 
@@ -112,4 +113,6 @@ def read_meta(path: str) -> dict | None:
             continue
         if not isinstance(value, types) or isinstance(value, bool):
             return None
+    if any(meta[name] and name_problem(meta[name]) for name in ("run", "data")):
+        return None  # a name that would lead a writer out of its folder: the checkpoint itself says
     return meta if meta["checkpoint_bytes"] == checkpoint.st_size else None

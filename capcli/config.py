@@ -36,6 +36,14 @@ def dataset_name_problem(name: str) -> str | None:
             "(up to 100, not starting with '.')")
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``name``, read from a checkpoint, sidecar or bundle, cannot name a run or data set (None
+    when it can): the same rule as ``--run-name`` and ``prep --dataset``."""
+    if DATASET_NAME.fullmatch(name):
+        return None
+    return "not a safe name: use letters, digits, '-', '_' and '.' (up to 100, not starting with '.')"
+
+
 def run_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a run (``--run-name``: the middle of every run file's name), None when it can."""
     if DATASET_NAME.fullmatch(name):
