@@ -5,33 +5,117 @@
 only small metadata, so the parent does not spend its time receiving and unpickling pixels.
 The ring is sized to what /dev/shm has free (Docker gives containers 64 MB by default): fewer
 slots, or no ring at all, rather than a worker killed by SIGBUS when shared memory runs out.
+
+A worker that dies (the kernel's out-of-memory killer sends SIGKILL) ends the map with
+:class:`WorkerDied` naming it, never a hang. The ring's name is removed from /dev/shm before any
+worker starts (the workers inherit its mapping through fork), so not even a SIGKILL of the parent
+leaves a segment behind; names left by an older crash are swept on the next run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
-import multiprocessing
 import os
+import secrets
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import context as mp_context
 from multiprocessing import shared_memory
 from typing import TypeVar
 
 import numpy as np
 
+from capcli.errors import CapcliError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 SHM_FOLDER = "/dev/shm"
-_worker_slots: np.ndarray | None = None  # each worker's view of the shared slots (set by _attach_slots)
-_worker_memory: shared_memory.SharedMemory | None = None  # keeps that mapping alive
+SHM_PREFIX = "capcli-ring-"  # + the creating process's pid + "-" + a random token
+_worker_slots: np.ndarray | None = None  # the shared slots, set before the workers fork (they inherit it)
 
 
-def _ignore_interrupts() -> None:
-    """Workers leave Ctrl-C to the parent, which stops the pool (no traceback per worker)."""
+class WorkerDied(CapcliError):
+    """A worker process ended without being asked to (killed by a signal, or exited)."""
+
+    def __init__(self, pid: int | None, exitcode: int | None) -> None:
+        self.pid, self.exitcode = pid, exitcode
+        super().__init__(f"a worker (pid {pid}) died ({_how_it_ended(exitcode)})")
+
+    def describe(self, role: str) -> str:
+        """The message with the worker's role: ``a prep worker (pid 12) died (...)``."""
+        return f"a {role} worker (pid {self.pid}) died ({_how_it_ended(self.exitcode)})"
+
+
+def _how_it_ended(exitcode: int | None) -> str:
+    if exitcode is None or exitcode >= 0:
+        return f"exit code {exitcode}" if exitcode is not None else "reason unknown"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    return f"killed by {name}, perhaps out of memory" if -exitcode == signal.SIGKILL else f"killed by {name}"
+
+
+def _worker_start() -> None:
+    """Workers leave Ctrl-C and SIGTERM handling to the parent, which stops the pool: a worker
+    ignores SIGINT, dies quietly of SIGTERM, and dies with the parent (Linux), never printing."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with contextlib.suppress(Exception):  # Linux only: PR_SET_PDEATHSIG, so no worker outlives a killed parent
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))
+
+
+class _TrackingFork(mp_context.ForkContext):
+    """The fork context, remembering every process it starts (to name one that died)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list = []
+
+    def Process(self, *args, **kwargs):  # noqa: N802 (multiprocessing's name)
+        process = mp_context.ForkProcess(*args, **kwargs)
+        self.started.append(process)
+        return process
+
+
+def _the_dead(processes: list) -> WorkerDied:
+    """The worker that broke the pool: killed by something other than the pool's own SIGTERM
+    where there is one, else the first that ended with a failure."""
+    codes = [(p.pid, p.exitcode) for p in processes]
+    for pid, code in codes:
+        if code is not None and code != 0 and code != -signal.SIGTERM:
+            return WorkerDied(pid, code)
+    failed = [(pid, code) for pid, code in codes if code]
+    return WorkerDied(*(failed[0] if failed else (None, None)))
+
+
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A fork pool whose workers ignore interrupts. Leaving it early (an error, a signal, a
+    consumer that stops) kills the workers at once; a worker that dies raises WorkerDied."""
+    forks = _TrackingFork()
+    executor = ProcessPoolExecutor(workers, mp_context=forks, initializer=_worker_start)
+    done = False
+    try:
+        yield executor
+        done = True
+    except BrokenProcessPool:
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise _the_dead(forks.started) from None
+    finally:
+        if not done:
+            for process in forks.started:
+                with contextlib.suppress(Exception):
+                    process.kill()
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _in_order(submit: Callable[[T], object], items: Iterable[T], window: int) -> Iterator:
@@ -59,16 +143,9 @@ def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int,
     if workers <= 1:
         yield from map(func, items)
         return
-    with multiprocessing.get_context("fork").Pool(workers, _ignore_interrupts) as pool:
-        for handle in _in_order(lambda item: pool.apply_async(func, (item,)), items, workers * window_per_worker):
-            yield handle.get()
-
-
-def _attach_slots(name: str, shape: tuple[int, ...], dtype: str) -> None:
-    global _worker_slots, _worker_memory
-    _ignore_interrupts()
-    _worker_memory = shared_memory.SharedMemory(name=name)
-    _worker_slots = np.ndarray(shape, dtype=dtype, buffer=_worker_memory.buf)
+    with _pool(workers) as pool:
+        for handle in _in_order(lambda item: pool.submit(func, item), items, workers * window_per_worker):
+            yield handle.result()
 
 
 def _call_in_slot(func: Callable, slot: int, item: object) -> object:
@@ -90,10 +167,34 @@ def _in_own_buffer(func: Callable, shape: tuple[int, ...], dtype: str, item: obj
     return func(item, out), out
 
 
+def _sweep_stale_segments(folder: str = SHM_FOLDER) -> None:
+    """Remove ring segments whose creating process is gone (a crash between creating and
+    unlinking one, or a version of capcli that kept the name)."""
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(folder):
+            if not entry.startswith(SHM_PREFIX):
+                continue
+            pid = entry[len(SHM_PREFIX):].split("-", 1)[0]
+            try:
+                os.kill(int(pid), 0)
+            except (ValueError, ProcessLookupError):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, entry))
+            except PermissionError:
+                pass  # another user's live process
+
+
+def _new_segment(size: int) -> shared_memory.SharedMemory:
+    name = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    return shared_memory.SharedMemory(name=name, create=True, size=max(1, size))
+
+
 def _reserved(size: int) -> shared_memory.SharedMemory | None:
     """A shared-memory block whose pages are all allocated now (so a full /dev/shm is an error
-    here, not a SIGBUS in a worker later), or None where there is no room."""
-    memory = shared_memory.SharedMemory(create=True, size=max(1, size))
+    here, not a SIGBUS in a worker later), or None where there is no room. Its name is already
+    removed: only this process's mapping (and its forks') holds it."""
+    _sweep_stale_segments()
+    memory = _new_segment(size)
     fd = getattr(memory, "_fd", -1)
     try:
         if fd >= 0:
@@ -105,7 +206,8 @@ def _reserved(size: int) -> shared_memory.SharedMemory | None:
             return None
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
             raise
-        return shared_memory.SharedMemory(create=True, size=max(1, size))
+        memory = _new_segment(size)
+    memory.unlink()
     return memory
 
 
@@ -144,23 +246,24 @@ def ordered_map_into(func: Callable[[T, np.ndarray], R], items: Iterable[T], wor
         yield from _through_ring(func, items, workers, memory, (n_slots, *out_shape), dtype)
     finally:
         memory.close()
-        memory.unlink()
 
 
 def _through_ring(func: Callable, items: Iterable, workers: int, memory: shared_memory.SharedMemory,
                   shape: tuple[int, ...], dtype: str) -> Iterator[tuple[object, np.ndarray]]:
-    slots = np.ndarray(shape, dtype=dtype, buffer=memory.buf)
+    global _worker_slots
+    slots = _worker_slots = np.ndarray(shape, dtype=dtype, buffer=memory.buf)  # the workers fork with it
     free = deque(range(shape[0]))
     try:
-        with multiprocessing.get_context("fork").Pool(workers, _attach_slots, (memory.name, shape, dtype)) as pool:
+        with _pool(workers) as pool:
             def submit(item):
                 slot = free.popleft()
-                return slot, pool.apply_async(_call_in_slot, (func, slot, item))
+                return slot, pool.submit(_call_in_slot, func, slot, item)
 
             for slot, result in _in_order(submit, items, shape[0]):
-                yield result.get(), slots[slot]
+                yield result.result(), slots[slot]
                 free.append(slot)
     finally:
+        _worker_slots = None
         del slots  # the buffer's last view, so the mapping can close
 
 

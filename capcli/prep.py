@@ -34,8 +34,9 @@ from capcli.data.sources import Source, SourceOptions, read_source, suggest_data
 from capcli.data.transforms import ImageSkipped, load_square
 from capcli.data.vocab import build_word_map, encode
 from capcli.errors import CapcliError, InputError
-from capcli.parallel import ordered_map, ordered_map_into
+from capcli.parallel import WorkerDied, ordered_map, ordered_map_into
 from capcli.paths import SPLITS, data_file, data_file_names, shapes_source
+from capcli.prep_signals import Stop, signals_held, stopped_by_signals
 from capcli.progress import SILENT, Progress
 
 MANIFEST_VERSION = 2  # 2: {SPLIT}_REFERENCES files, bad_rows, captions tokenised by coco_tokenize
@@ -288,8 +289,19 @@ def run_prep(config: PrepConfig, progress: Progress = SILENT) -> PrepResult:
 
     Raises:
         InputError: bad options, or a missing or malformed caption file.
-        CapcliError: no training image could be used.
+        Interrupted: SIGINT, SIGTERM or SIGHUP stopped it (the previous set is untouched).
+        CapcliError: no training image could be used, or a worker died (killed for memory).
     """
+    with stopped_by_signals() as stop:
+        try:
+            return _run_prep(config, progress, stop)
+        except WorkerDied as exc:
+            if stop.signum is not None:  # a signal to the whole group: the workers went first
+                raise stop.interrupted(stop.signum) from None
+            raise CapcliError(f"{exc.describe('prep')}; nothing was changed") from None
+
+
+def _run_prep(config: PrepConfig, progress: Progress, stop: Stop) -> PrepResult:
     start = time.monotonic()
     _check_config(config)
     config = _with_dataset(config)
@@ -313,7 +325,9 @@ def run_prep(config: PrepConfig, progress: Progress = SILENT) -> PrepResult:
         manifest["files"] = {n: os.path.getsize(os.path.join(staging, n))
                              for key, n in files.items() if key != "MANIFEST"}
         write_json(os.path.join(staging, files["MANIFEST"]), manifest)
-        _commit(staging, config.output_folder, files.values(), files["MANIFEST"])
+        with signals_held():
+            _commit(staging, config.output_folder, files.values(), files["MANIFEST"])
+            stop.committed = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return PrepResult(config.name, config.output_folder, False, manifest["counts"], manifest["skipped"],

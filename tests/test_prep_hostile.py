@@ -1,0 +1,165 @@
+"""`capcli prep` against a hostile machine and hostile inputs (issue 27): workers killed for
+memory, signals, a swap cut short, odd CSV quoting, escape sequences in names, deep JSON, FIFOs."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from capcli import parallel
+from tests.conftest import run_subprocess
+
+PROGRESS = re.compile(r"^(generating shapes|prep (TRAIN|VAL|TEST)): \d+")
+
+
+@pytest.fixture(scope="module")
+def slow_source(tmp_path_factory):
+    """A Kaggle captions.txt of 300 large noisy JPEGs (hard links of one): slow enough to decode
+    that prep is still running its workers a few seconds after it starts."""
+    root = tmp_path_factory.mktemp("slow")
+    images = root / "images"
+    images.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "big.jpg", quality=95)
+    rows = ["image,caption"]
+    for i in range(300):
+        os.link(root / "big.jpg", images / f"{i:05d}.jpg")
+        rows.append(f"{i:05d}.jpg,a red square above a blue circle number {i % 7}")
+    (root / "captions.txt").write_text("\n".join(rows) + "\n")
+    return root / "captions.txt", images
+
+
+def _start(source, out, *extra):
+    captions, images = source
+    return run_subprocess("prep", "--dataset", "flickr8k", "--captions", captions, "--image-folder", images,
+                          "--output-folder", out, "--workers", 2, *extra, start_new_session=True)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _workers(proc) -> list[int]:
+    """The pool's workers: forks of prep, so with prep's own command line (not the resource tracker)."""
+    return [c for c in _children(proc.pid) if _cmdline(c) == _cmdline(proc.pid)]
+
+
+def _wait_for_workers(proc, out, count=2) -> list[int]:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        staged = [d for d in os.listdir(out) if d.startswith(".prep-")] if os.path.isdir(out) else []
+        workers = _workers(proc)
+        if staged and len(workers) >= count:
+            time.sleep(0.5)  # the workers are decoding
+            return workers
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    pytest.fail("prep never started its workers")
+
+
+def _finish(proc, timeout=60) -> tuple[int, list[str]]:
+    """(exit code, stderr lines that are not progress lines); kills the group if it hangs."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except Exception:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"prep still running {timeout} s after the signal")
+    return proc.returncode, [line for line in err.splitlines() if line.strip() and not PROGRESS.match(line)]
+
+
+def _group_gone(pgid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    os.killpg(pgid, signal.SIGKILL)
+    return False
+
+
+def _shm() -> set[str]:
+    return set(os.listdir(parallel.SHM_FOLDER)) if os.path.isdir(parallel.SHM_FOLDER) else set()
+
+
+def test_a_worker_killed_for_memory_ends_prep_with_one_line(tmp_path, slow_source):
+    """Case 1: SIGKILL to one pool worker (the OOM killer): prep ends (no hang) with one line
+    naming the worker, and leaves no staging folder, no final file and no /dev/shm segment."""
+    out = tmp_path / "out"
+    before = _shm()
+    proc = _start(slow_source, out)
+    victim = _wait_for_workers(proc, out)[-1]
+    os.kill(victim, signal.SIGKILL)
+    rc, lines = _finish(proc)
+    assert rc == 1, lines
+    assert lines == [f"Error: a prep worker (pid {victim}) died (killed by SIGKILL, perhaps out of memory); "
+                     "nothing was changed"]
+    assert os.listdir(out) == []
+    assert _group_gone(proc.pid)
+    assert not _shm() - before
+
+
+@pytest.mark.parametrize("target", ["prep", "group"])
+def test_sigkill_of_prep_leaves_no_shared_memory_or_worker(tmp_path, slow_source, target):
+    """Case 1: prep itself SIGKILLed mid-pool (alone, or with its whole group as a container's
+    OOM kill does, resource tracker included): no shared-memory segment outlives it, nor a worker."""
+    out = tmp_path / "out"
+    before = _shm()
+    proc = _start(slow_source, out)
+    _wait_for_workers(proc, out)
+    made = _shm() - before
+    if target == "prep":
+        proc.kill()
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    gone = _group_gone(proc.pid)
+    leaked = made & _shm()
+    for name in leaked:  # this test's own leftovers (old versions)
+        os.unlink(os.path.join(parallel.SHM_FOLDER, name))
+    assert not leaked
+    assert gone
+
+
+@pytest.mark.parametrize("target", ["prep", "group"])
+def test_sigterm_prints_one_line_and_exits_143(tmp_path, slow_source, target):
+    """Case 2: SIGTERM to prep (or to its whole process group, as `docker stop` or a service
+    manager sends it) while workers run: one line, exit 143, no worker traceback, nothing left."""
+    out = tmp_path / "out"
+    proc = _start(slow_source, out)
+    _wait_for_workers(proc, out)
+    if target == "prep":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+    rc, lines = _finish(proc)
+    assert rc == 143, lines
+    assert lines == ["Error: prep stopped by SIGTERM; nothing was changed"]
+    assert os.listdir(out) == []
+    assert _group_gone(proc.pid)
