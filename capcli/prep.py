@@ -26,6 +26,7 @@ import numpy as np
 
 from capcli.config import PrepConfig, dataset_name_problem
 from capcli.data import shapes
+from capcli.data.generation import check_whole, file_token, new_generation, replacing_marker
 from capcli.data.hdf5 import ImageWriter
 from capcli.data.jsonfiles import write_json
 from capcli.data.karpathy import SourceImage, read_karpathy_json
@@ -162,12 +163,16 @@ def _up_to_date(config: PrepConfig, fingerprint: str) -> dict | None:
             manifest = json.load(f)
     except (OSError, ValueError):
         return None
-    if manifest.get("fingerprint") != fingerprint:
+    if not isinstance(manifest, dict) or manifest.get("fingerprint") != fingerprint:
         return None
     for name, size in manifest.get("files", {}).items():
         full = os.path.join(config.output_folder, name)
         if not os.path.isfile(full) or os.path.getsize(full) != size:
             return None
+    try:
+        check_whole(config.output_folder, config.name, path)
+    except CapcliError:
+        return None
     return manifest
 
 
@@ -207,8 +212,11 @@ def _decode_batch(paths: list[str], out: np.ndarray) -> list[str | None]:
 _Chosen = tuple[SourceImage, list[list[str]]]  # an image and the captions stored for it
 
 
+_Written = tuple[dict[str, list[dict]], dict[str, list[_Chosen]], list[dict]]
+
+
 def _write_images(by_split: dict[str, list[SourceImage]], staging: str, config: PrepConfig, workers: int,
-                  progress: Progress) -> tuple[dict[str, list[dict]], dict[str, list[_Chosen]], list[dict]]:
+                  progress: Progress, generation: str) -> _Written:
     """Stream every split's images into its HDF5 file; return kept entries (for the manifest) and
     kept images with their chosen captions per split, and the skipped images. One pool of workers
     serves all splits in turn (a pool per split spent a tenth of a second starting and draining for
@@ -237,7 +245,7 @@ def _write_images(by_split: dict[str, list[SourceImage]], staging: str, config: 
         for split in SPLITS:
             task = progress.task(f"prep {split}", sum(map(len, batches[split])), "img")
             with ImageWriter(os.path.join(staging, files[f"{split}_IMAGES"]), config.image_size,
-                             config.captions_per_image) as writer:
+                             config.captions_per_image, generation) as writer:
                 for batch in batches[split]:
                     reasons, decoded = next(decoded_batches)
                     writer.append(decoded[:reasons.count(None)])
@@ -252,11 +260,11 @@ def _write_images(by_split: dict[str, list[SourceImage]], staging: str, config: 
     return kept, kept_images, [entry for split in SPLITS for entry in skipped[split]]
 
 
-def _commit(staging: str, output_folder: str, names: Iterable[str], manifest_name: str) -> None:
-    """Move staged files into place; the old manifest goes first and the new one last."""
+def _commit(staging: str, output_folder: str, names: Iterable[str], manifest_name: str, set_name: str) -> None:
+    """Move staged files into place: first a marker replaces the old manifest (readers refuse the
+    set until the end), then the files, and the new manifest last."""
     old_manifest = os.path.join(output_folder, manifest_name)
-    if os.path.exists(old_manifest):
-        os.remove(old_manifest)
+    write_json(old_manifest, replacing_marker(set_name))
     for name in names:
         if name != manifest_name:
             os.replace(os.path.join(staging, name), os.path.join(output_folder, name))
@@ -317,16 +325,18 @@ def _run_prep(config: PrepConfig, progress: Progress, stop: Stop) -> PrepResult:
     _remove_stale_staging(config.output_folder, config.name)
     staging = tempfile.mkdtemp(prefix=f".prep-{config.name}-{os.getpid()}-", dir=config.output_folder)
     try:
-        manifest = _prepare(config, source, staging, workers, progress)
+        generation = new_generation()
+        manifest = _prepare(config, source, staging, workers, progress, generation)
         manifest.update(fingerprint=fingerprint, source=os.path.abspath(source.files[0]),
                         sources=[os.path.abspath(p) for p in source.files], format=source.format,
-                        seconds=round(time.monotonic() - start, 3))
+                        seconds=round(time.monotonic() - start, 3), generation=generation)
         files = data_file_names(config.name)
-        manifest["files"] = {n: os.path.getsize(os.path.join(staging, n))
-                             for key, n in files.items() if key != "MANIFEST"}
+        staged = {n: os.path.join(staging, n) for key, n in files.items() if key != "MANIFEST"}
+        manifest["files"] = {n: os.path.getsize(path) for n, path in staged.items()}
+        manifest["tokens"] = {n: file_token(path) for n, path in staged.items()}
         write_json(os.path.join(staging, files["MANIFEST"]), manifest)
         with signals_held():
-            _commit(staging, config.output_folder, files.values(), files["MANIFEST"])
+            _commit(staging, config.output_folder, files.values(), files["MANIFEST"], config.name)
             stop.committed = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -334,13 +344,14 @@ def _run_prep(config: PrepConfig, progress: Progress, stop: Stop) -> PrepResult:
                       manifest["vocab_size"], time.monotonic() - start, _peak_rss_mb(), manifest["bad_rows"])
 
 
-def _prepare(config: PrepConfig, source: Source, staging: str, workers: int, progress: Progress) -> dict:
+def _prepare(config: PrepConfig, source: Source, staging: str, workers: int, progress: Progress,
+             generation: str) -> dict:
     """Write every output file into ``staging`` and return the manifest (without file sizes)."""
     files = data_file_names(config.name)
     by_split: dict[str, list[SourceImage]] = {s: [] for s in SPLITS}
     for image in source.images:
         by_split[image.split].append(image)
-    kept, kept_images, skipped = _write_images(by_split, staging, config, workers, progress)
+    kept, kept_images, skipped = _write_images(by_split, staging, config, workers, progress, generation)
     skipped = source.skipped + skipped
     captions = {s: [chosen for _, chosen in kept_images[s]] for s in SPLITS}
     if not kept["TRAIN"]:

@@ -163,3 +163,70 @@ def test_sigterm_prints_one_line_and_exits_143(tmp_path, slow_source, target):
     assert lines == ["Error: prep stopped by SIGTERM; nothing was changed"]
     assert os.listdir(out) == []
     assert _group_gone(proc.pid)
+
+
+_KILLED_IN_SWAP = """
+import os, signal, sys
+real_replace, moved = os.replace, []
+def replace(src, dst):
+    real_replace(src, dst)
+    if "/.prep-" in str(src) and "/.prep-" not in str(dst):  # a staged file moved into place
+        moved.append(dst)
+        if len(moved) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+sys.argv = ["capcli", *sys.argv[1:]]
+from capcli.cli import main
+main()
+"""
+
+
+def _shapes_args(out, *extra):
+    return ("prep", "--num-images", 20, "--image-size", 32, "--workers", 1, "--output-folder", out, *extra)
+
+
+def test_a_set_left_half_swapped_is_refused_by_train(tmp_path, run):
+    """Case 3: `prep --force` SIGKILLed while it swaps the new files in (three moved, the rest old):
+    `capcli train` refuses the set in one line instead of training on a word map of another build;
+    prep run again rebuilds it and train accepts it."""
+    import subprocess
+    import sys
+
+    from capcli.data.hdf5 import find_prepared
+
+    out = tmp_path / "data"
+    assert run(*_shapes_args(out)).exit_code == 0
+    killed = subprocess.run([sys.executable, "-c", _KILLED_IN_SWAP, *map(str, _shapes_args(out, "--max-len", 30,
+                                                                                            "--force"))],
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    train = run_subprocess("train", "--data-folder", out, "--output-folder", tmp_path / "model", "--epochs", 1)
+    _, err = train.communicate(timeout=120)
+    assert train.returncode == 1, err
+    assert err.strip().splitlines() == [err.strip()], err
+    assert "was being replaced when prep stopped" in err and "run capcli prep --force again" in err, err
+    assert run(*_shapes_args(out, "--max-len", 30)).exit_code == 0  # the marker is not up to date: rebuilt
+    assert find_prepared(str(out)).name == "shapes_5_5"
+
+
+def test_files_of_another_prep_are_refused_and_old_sets_still_read(tmp_path, run):
+    """Case 3: a word map from another build beside this build's captions and images is refused;
+    a manifest without a generation (older capcli) is still accepted."""
+    import json
+    import shutil
+
+    from capcli.data.hdf5 import find_prepared
+    from capcli.errors import DataError
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert run(*_shapes_args(first)).exit_code == 0
+    assert run(*_shapes_args(second, "--seed", 7)).exit_code == 0
+    find_prepared(str(first))
+    shutil.copy(second / "WORDMAP_shapes_5_5.json", first / "WORDMAP_shapes_5_5.json")
+    with pytest.raises(DataError, match="was being replaced when prep stopped"):
+        find_prepared(str(first))
+    manifest_path = second / "MANIFEST_shapes_5_5.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["generation"], manifest["tokens"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert find_prepared(str(second)).name == "shapes_5_5"

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from capcli.data.generation import GENERATION_ATTR, check_whole
 from capcli.data.jsonfiles import read_json
 from capcli.data.vocab import Detokenizer
 from capcli.errors import DataError, first_line
@@ -91,10 +92,12 @@ class ImageWriter:
     """Streams slabs of (3, S, S) uint8 images into a growing HDF5 ``images`` dataset, written as
     :func:`atomic_hdf5` writes (``path`` appears when the writer closes without an error)."""
 
-    def __init__(self, path: str, image_size: int, captions_per_image: int) -> None:
+    def __init__(self, path: str, image_size: int, captions_per_image: int, generation: str = "") -> None:
         self._open = atomic_hdf5(path)
         self.file, self.guard = self._open.__enter__()
         self.file.attrs["captions_per_image"] = captions_per_image
+        if generation:
+            self.file.attrs[GENERATION_ATTR] = generation  # prep's build (capcli.data.generation)
         shape = (3, image_size, image_size)
         self.images = self.file.create_dataset(
             "images", shape=(0, *shape), maxshape=(None, *shape), dtype="uint8", chunks=(1, *shape))
@@ -209,9 +212,11 @@ def split_references(prepared: PreparedData, split: str, count: int) -> Referenc
 
 def find_prepared(folder: str, name: str | None = None) -> PreparedData:
     """Locate a prepared data set in ``folder``; ``name`` may be omitted when there is only one.
+    The set must be whole (:func:`capcli.data.generation.check_whole`).
 
     Raises:
-        DataError: no data set, or several and no name, naming what exists.
+        DataError: no data set, or several and no name, naming what exists; a set that prep
+            left half replaced.
     """
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: no such folder (run `capcli prep` first)")
@@ -219,12 +224,17 @@ def find_prepared(folder: str, name: str | None = None) -> PreparedData:
     if name is not None:
         for candidate in name_candidates(name):
             if candidate in names:
-                return PreparedData(folder, candidate)
+                return _whole(PreparedData(folder, candidate))
         raise DataError(f"no prepared data named {name!r} in {folder} "
                         f"(found: {', '.join(names) or 'none'})")
     if len(names) == 1:
-        return PreparedData(folder, names[0])
+        return _whole(PreparedData(folder, names[0]))
     if not names:
         raise DataError(f"no prepared data in {folder} (run `capcli prep` first)")
     raise DataError(f"several prepared data sets in {folder}: {', '.join(names)} (choose one with --name)")
 
+
+
+def _whole(prepared: PreparedData) -> PreparedData:
+    check_whole(prepared.folder, prepared.name, prepared.path("MANIFEST"))
+    return prepared

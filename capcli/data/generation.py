@@ -1,0 +1,97 @@
+"""A prepared set is swapped in as a whole, and readers check that it was.
+
+``capcli prep`` gives each build a random generation. Each HDF5 file carries it as a root
+attribute; the manifest, renamed into place last, records it with every file's size and token (the
+generation of an HDF5 file, the SHA-256 of a JSON file). Before the swap starts, the old manifest is
+replaced by a marker that says the set is being replaced. A reader (:func:`check_whole`, called by
+:func:`capcli.data.hdf5.find_prepared`) refuses a set that still has the marker (prep stopped while
+swapping) or whose files differ from what its manifest records. Sets from older versions, whose
+manifest has no generation, and sets without a manifest (the tutorial's) are accepted as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+
+import h5py
+
+from capcli.data.jsonfiles import read_json
+from capcli.errors import DataError
+from capcli.text import visible
+
+GENERATION_ATTR = "prep_generation"  # the HDF5 root attribute
+REPLACING = "replacing"  # the marker manifest's key
+
+
+def new_generation() -> str:
+    return secrets.token_hex(8)
+
+
+def replacing_marker(name: str) -> dict:
+    """The manifest that stands in place while a new set is swapped in."""
+    return {"name": name, REPLACING: True}
+
+
+def file_token(path: str) -> str:
+    """``generation:G`` for an HDF5 file (its attribute, cheap to read), ``sha256:H`` otherwise.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    if path.endswith((".hdf5", ".h5")):
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get(GENERATION_ATTR, "")
+        return f"generation:{value.decode() if isinstance(value, bytes) else value}"
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _mismatch(folder: str, manifest: dict) -> str | None:
+    """What differs from the manifest, or None where every file it lists is the one it recorded.
+    A file that is gone is left to the readers (a set without its REFERENCES files still trains;
+    a missing split is refused by its own reader)."""
+    tokens = manifest.get("tokens", {})
+    if not isinstance(tokens, dict) or not isinstance(manifest.get("files", {}), dict):
+        return "its manifest has no file list"
+    for name, size in manifest.get("files", {}).items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        if os.path.getsize(path) != size:
+            return f"{visible(name)} is not the file its manifest lists"
+        try:
+            same = name not in tokens or file_token(path) == tokens[name]
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            return f"{visible(name)} is from another prep"
+    return None
+
+
+def check_whole(folder: str, name: str, manifest_path: str) -> None:
+    """Refuse a prepared set that prep left half swapped, or whose files are not the ones its
+    manifest records.
+
+    Raises:
+        DataError: one line, saying to run ``capcli prep --force`` again.
+    """
+    if not os.path.exists(manifest_path):
+        return  # the tutorial's sets, and sets written before manifests
+    manifest = read_json(manifest_path, DataError)
+    if not isinstance(manifest, dict):
+        raise DataError(f"{visible(manifest_path)}: expected a JSON object; run capcli prep --force again")
+    if manifest.get(REPLACING):
+        problem = "its manifest is the marker written before the swap"
+    elif manifest.get("generation") is None:
+        return  # a set from a version without generations
+    else:
+        problem = _mismatch(folder, manifest)
+        if problem is None:
+            return
+    raise DataError(f"{visible(os.path.join(folder, ''))}: prepared data {visible(name)} was being replaced when "
+                    f"prep stopped ({problem}); run capcli prep --force again")
