@@ -230,3 +230,52 @@ def test_files_of_another_prep_are_refused_and_old_sets_still_read(tmp_path, run
     del manifest["generation"], manifest["tokens"]
     manifest_path.write_text(json.dumps(manifest))
     assert find_prepared(str(second)).name == "shapes_5_5"
+
+
+def _kaggle_with_multiline_caption(tmp_path):
+    from tests.conftest import distinct_colour, write_image
+
+    folder = tmp_path / "Images"
+    rows = ["image,caption"]
+    for i in range(10):
+        write_image(folder / f"{1000 + i}_693b08cb0e.jpg", distinct_colour(i))
+        rows += [f"{1000 + i}_693b08cb0e.jpg,A child in a pink dress number {i} number {k} ." for k in range(4)]
+    rows.append('1003_693b08cb0e.jpg,"A dog\nruns, on the grass"')
+    rows.append('1004_693b08cb0e.jpg,"Two\r\nbirds"')
+    (tmp_path / "captions.txt").write_text("\n".join(rows) + "\n", newline="")
+    return tmp_path / "captions.txt", folder
+
+
+def test_a_quoted_multi_line_caption_in_kaggle_captions_txt(tmp_path, run):
+    """Case 4: a CSV-quoted caption holding a line end is read as the CSV rules say (the rest of
+    the file is not rejected); the line end becomes a space."""
+    import json
+
+    path, folder = _kaggle_with_multiline_caption(tmp_path)
+    out = tmp_path / "out"
+    result = run("prep", "--captions", path, "--image-folder", folder, "--output-folder", out, "--image-size", 32,
+                 "--workers", 1, "--min-word-freq", 1, "--val-fraction", 0.2, "--test-fraction", 0.2)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "MANIFEST_flickr8k_5_1.json").read_text())
+    assert manifest["bad_rows"] == []
+    refs = {}
+    for split in ("TRAIN", "VAL", "TEST"):
+        texts = json.loads((out / f"{split}_REFERENCES_flickr8k_5_1.json").read_text())
+        for entry, image_refs in zip(manifest["images"][split], texts):
+            refs[entry["source"]] = image_refs
+    assert "a dog runs on the grass" in refs["1003_693b08cb0e.jpg"]
+    assert "two birds" in refs["1004_693b08cb0e.jpg"]
+
+
+def test_kaggle_rows_keep_the_line_end_out_of_the_caption(tmp_path):
+    """Case 4: the caption the reader returns has a space where the quoted field had a line end."""
+    from capcli.data.formats import detect
+    from capcli.data.readers import BadRows, Columns, read_rows
+
+    path = tmp_path / "captions.txt"
+    path.write_text('image,caption\nx.jpg,"A dog\nruns"\ny.jpg,A cat\n')
+    bad = BadRows()
+    rows = read_rows(str(path), detect(str(path)), Columns(), str(tmp_path), bad)
+    assert [(r.image, r.texts, r.where) for r in rows] == [("x.jpg", ["A dog runs"], "line 2"),
+                                                          ("y.jpg", ["A cat"], "line 4")]
+    assert bad.rows == []

@@ -26,6 +26,7 @@ IMAGE_COLUMNS = ("image", "image_name", "image_file", "image_path", "filename", 
 CAPTION_COLUMNS = ("caption", "captions", "comment", "text", "sentence", "sentences", "description",
                    "raw", "references")
 SPLIT_COLUMN = "split"
+_LINE_END = re.compile(r"\r\n|[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
 SPLIT_WORDS = {"train": "TRAIN", "training": "TRAIN", "restval": "TRAIN", "val": "VAL", "valid": "VAL",
                "validation": "VAL", "dev": "VAL", "test": "TEST", "testing": "TEST"}
 
@@ -204,7 +205,7 @@ def results_csv_rows(path: str, text: str, bad: BadRows) -> list[Row]:
             bad.add(path, f"line {number}", f"expected 'image_name| comment_number| comment', "
                                             f"got {shorten('|'.join(cells))!r}")
         else:
-            rows.append(Row(cells[0], [cells[2]], f"line {number}"))
+            rows.append(Row(cells[0], [one_line(cells[2])], f"line {number}"))
     return rows
 
 
@@ -240,9 +241,10 @@ def table_rows(path: str, text: str, delimiter: str, columns: Columns, bad: BadR
 
 def _csv_rows(path: str, text: str, delimiter: str) -> Iterable[tuple[int, list[str], str | None]]:
     """(first line number, cells, None) of every non-blank record; (line, [], reason) for a malformed one.
+    A quoted field may hold line ends, as the CSV rules allow (a caption written over two lines).
 
     Raises:
-        InputError: a quoted field running over a line end (a quote never closed swallows the rest).
+        InputError: a quote never closed (it swallows the rest of the file).
     """
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     while True:
@@ -256,9 +258,6 @@ def _csv_rows(path: str, text: str, delimiter: str) -> Iterable[tuple[int, list[
                 raise InputError(f"{path}: line {start}: a quote opened here is never closed") from None
             yield reader.line_num, [], f"malformed CSV: {exc}"
             continue
-        if reader.line_num > start and any("\n" in c or "\r" in c for c in cells):
-            raise InputError(f"{path}: line {start}: a quoted field runs on to line {reader.line_num} "
-                             "(a quote not closed?)")
         if any(c.strip() for c in cells):
             yield start, cells, None
 
@@ -322,4 +321,10 @@ def _make_row(path: str, where: str, image: object, captions: object, split: obj
     elif split is not None and not isinstance(split, str):
         bad.add(path, where, "the split must be text")
         return None
-    return Row(image.strip(), [t for t in texts if t.strip()], where, split_name)
+    return Row(image.strip(), [one_line(t) for t in texts if t.strip()], where, split_name)
+
+
+def one_line(text: str) -> str:
+    """A caption written over several lines (a quoted CSV field, a JSON string) on one: each line
+    end becomes a space."""
+    return _LINE_END.sub(" ", text)
