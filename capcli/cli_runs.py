@@ -1,7 +1,8 @@
 """``capcli runs``: the runs of an output folder, their progress, best scores and state.
 
 The table fits the terminal (80 columns at least: the run and data names are shortened with "…"
-to fit); ``--json`` prints the :class:`capcli.runs.RunInfo` fields of each run for scripts.
+to fit); names read from the folder's files show control characters as visible escapes, so they
+stay on one line; ``--json`` prints the :class:`capcli.runs.RunInfo` fields of each run for scripts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 import click
 
 from capcli import options
+from capcli.text import visible
 
 HEADERS = ("RUN", "DATA", "STAGE", "EPOCHS", "BLEU-4", "CIDEr-D", "STATE", "UPDATED")
 _STATE_COLOURS = {"running": "green", "finished": None, "stopped": "yellow", "crashed": "red"}
@@ -41,9 +43,11 @@ def _score(value: float | None, spec: str) -> str:
 
 
 def run_row(run, now: float) -> list[str]:
+    """The cells of ``run``'s row; its names come from files, so they are made visible
+    (``capcli.text.visible``): no escape sequence or newline reaches the terminal."""
     total = "?" if run.epochs_total is None else str(run.epochs_total)
-    return [run.name, run.data, run.stage or "–", f"{run.epochs_done}/{total}", _score(run.best_bleu4, ".4f"),
-            _score(run.best_cider_d, ".4f"), run.state, ago(run.last_update, now)]
+    return [visible(run.name), visible(run.data), run.stage or "–", f"{run.epochs_done}/{total}",
+            _score(run.best_bleu4, ".4f"), _score(run.best_cider_d, ".4f"), run.state, ago(run.last_update, now)]
 
 
 def _shorten(text: str, width: int) -> str:
@@ -77,7 +81,8 @@ def runs_table(runs: list, now: float, width: int = 80) -> list[str]:
 @options.output_folder_option("The run folder to list.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON list of runs: name, data, stage, epochs_done, epochs_total, best_bleu4, "
-                   "best_cider_d, state (running, finished, stopped, crashed), last_update (unix time), feed.")
+                   "best_cider_d, state (running, finished, stopped, crashed), last_update (unix time), feed, "
+                   "ended (the end line's reason when it is the feed's last line).")
 def runs_command(output_folder: str, as_json: bool) -> None:
     """List the runs in a folder: data, stage, epochs, best BLEU-4 and CIDEr-D, state and last update.
 

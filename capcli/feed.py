@@ -44,9 +44,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from capcli import safeio
 
@@ -96,7 +97,13 @@ def _fits(value, types: tuple[type, ...]) -> bool:
 
 def valid_line(line) -> bool:
     """Whether ``line`` (a parsed feed line) is an object whose known fields have their types."""
-    return isinstance(line, dict) and all(_fits(line.get(k), t) for k, t in FIELD_TYPES.items())
+    if not isinstance(line, dict):
+        return False
+    for key, value in line.items():  # a missing field is null: only the present ones are checked
+        types = FIELD_TYPES.get(key)
+        if types is not None and value is not None and not _fits(value, types):
+            return False
+    return True
 
 
 def samples_of(line: dict) -> list[dict]:
@@ -117,29 +124,145 @@ def parse_line(raw: bytes) -> dict | None:
     return line if valid_line(line) else None
 
 
-def _complete_lines(path: str) -> list[bytes]:
-    """The lines of ``path`` that end with a newline (a half-written last one is left out)."""
+CHUNK_BYTES = 1 << 20  # read at a time: a feed is streamed, never read whole
+TAIL_BYTES = 64 * 1024  # of a feed's end that hold its last lines (the state of its run)
+MAX_LINE_BYTES = 1 << 20  # a longer "line" (no newline for a megabyte) is skipped, not kept
+# the lines a run's state and best scores come from: start, epoch (train and val) and end lines; a
+# byte search finds them among hundreds of thousands of step lines without parsing those
+_MARKED = re.compile(rb'"event"\s*:\s*"(?:start|epoch|end)"')
+
+
+def _blocks(f, max_bytes: int | None = None) -> Iterator[tuple[bytes, int]]:
+    """Chunks of ``f`` from its position, each ending with a newline, with the file offset just
+    after it (a half-written last line is left for the next read); ``max_bytes`` bounds the bytes
+    read. A line over :data:`MAX_LINE_BYTES` is dropped rather than kept."""
+    partial, read, dropping, base = b"", 0, False, f.tell()
+    while max_bytes is None or read < max_bytes:
+        chunk = f.read(CHUNK_BYTES)
+        if not chunk:
+            break
+        read += len(chunk)
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            partial += b"" if dropping else chunk
+            if len(partial) > MAX_LINE_BYTES:
+                partial, dropping = b"", True
+            continue
+        block = chunk[chunk.find(b"\n") + 1:cut + 1] if dropping else partial + chunk[:cut + 1]
+        partial, dropping = chunk[cut + 1:], False
+        yield block, base + read - len(partial)
+
+
+def _split(block: bytes) -> list[bytes]:
+    return block.split(b"\n")[:-1]
+
+
+def parse_lines(raws) -> tuple[list[dict], int]:
+    """The valid lines of ``raws`` (bytes) and how many were not."""
+    lines = [line for line in map(parse_line, raws) if line is not None]
+    return lines, len(raws) - len(lines)
+
+
+def stream_feed(path: str) -> Iterator[tuple[list[dict], int]]:
+    """A feed's valid complete lines a chunk at a time, each with the count of invalid lines in it."""
     with open(path, "rb") as f:
-        *complete, _partial = f.read().split(b"\n")
-    return complete
+        for block, _ in _blocks(f):
+            yield parse_lines(_split(block))
 
 
 def scan_feed(path: str) -> tuple[list[dict], int]:
     """The valid complete lines of a feed and how many complete lines were skipped as invalid;
     a half-written last line is ignored (not counted)."""
     lines, skipped = [], 0
-    for raw in _complete_lines(path):
-        line = parse_line(raw)
-        if line is None:
-            skipped += 1
-        else:
-            lines.append(line)
+    for some, bad in stream_feed(path):
+        lines.extend(some)
+        skipped += bad
     return lines, skipped
 
 
 def read_feed(path: str) -> list[dict]:
     """The valid complete lines of a feed (see :func:`scan_feed`)."""
     return scan_feed(path)[0]
+
+
+def marked_lines(path: str) -> list[dict]:
+    """The valid start, epoch and end lines of a feed, in order: found by a byte search of each
+    chunk, so that only they are parsed (a few per epoch), never the step or heartbeat lines."""
+    found = []
+    with open(path, "rb") as f:
+        for block, _ in _blocks(f):
+            spans: dict[int, int] = {}
+            for match in _MARKED.finditer(block):
+                start = block.rfind(b"\n", 0, match.start()) + 1
+                spans[start] = block.find(b"\n", match.end())
+            found += parse_lines([block[s:e] for s, e in sorted(spans.items())])[0]
+    return found
+
+
+def tail_lines(path: str, size: int = TAIL_BYTES) -> list[dict]:
+    """The valid complete lines in the last ``size`` bytes of a feed (the first, cut, one left out)."""
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        start = max(0, end - size)
+        f.seek(start)
+        data = f.read(end - start)
+    raws = data.split(b"\n")[:-1]
+    if start > 0 and raws:
+        raws = raws[1:]
+    return parse_lines(raws)[0]
+
+
+class FeedTail:
+    """Follows a feed that another process appends to: each :meth:`poll` returns the complete
+    lines added since the last one, at most ``max_bytes`` of them (``more`` then says that more is
+    there). A partial last line is kept until it is completed; a file that shrank or was replaced
+    starts over (``reset`` is set); a missing file just yields nothing. Invalid lines are not
+    returned; ``skipped`` counts them since the (last) start."""
+
+    def __init__(self, path: str, max_bytes: int | None = None) -> None:
+        self.path, self.max_bytes = path, max_bytes
+        self.offset = 0
+        self.identity: tuple[int, int] | None = None
+        self.exists = False
+        self.reset = False
+        self.more = False
+        self.skipped = 0
+
+    def poll(self) -> list[dict]:
+        lines = []
+        for some in self.chunks():
+            lines.extend(some)
+        return lines
+
+    def chunks(self) -> Iterator[list[dict]]:
+        """As :meth:`poll`, a chunk of lines at a time, read as they are taken; ``reset`` and
+        ``exists`` are set at once (before the first chunk), ``more`` after the last."""
+        self.reset = self.more = False
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            if self.exists:
+                self._start_over()
+            self.exists = False
+            return iter(())
+        identity = (stat.st_dev, stat.st_ino)
+        if self.exists and (identity != self.identity or stat.st_size < self.offset):
+            self._start_over()
+        self.exists, self.identity = True, identity
+        return self._read() if stat.st_size > self.offset else iter(())
+
+    def _read(self) -> Iterator[list[dict]]:
+        with open(self.path, "rb") as f:
+            start = f.seek(self.offset)
+            for block, end in _blocks(f, self.max_bytes):
+                lines, bad = parse_lines(_split(block))
+                self.skipped += bad
+                self.offset = end
+                yield lines
+            self.more = self.max_bytes is not None and f.tell() - start >= self.max_bytes
+
+    def _start_over(self) -> None:
+        self.offset, self.reset, self.skipped = 0, True, 0
 
 
 class MetricsFeed:

@@ -3,11 +3,14 @@ PNG pictures (matplotlib, from the ``plots`` extra)."""
 
 from __future__ import annotations
 
+import math
+
 from capcli import safeio
 from capcli.config import MONITOR_LABELS
 from capcli.errors import CapcliError
 from capcli.paths import chart_files
 from capcli.runs import RunSummary
+from capcli.text import visible
 
 CHARTS = (  # title, y label, [(series, label)]
     ("Loss", "loss", [("train_loss", "train"), ("val_loss", "val")]),
@@ -39,10 +42,12 @@ def best_text(s: RunSummary, epoch: str = "at epoch {}", other: str = " ({} {})"
 
 
 def summary_text(name: str, path: str, s: RunSummary) -> str:
-    """The summary figures as aligned text lines."""
-    state = f"ended ({s.ended})" if s.ended else "running or stopped"
+    """The summary figures as aligned text lines (names and reasons from the files made visible:
+    no escape sequence or newline reaches the terminal)."""
+    ended = f"ended ({visible(s.ended)})" if s.ended else "no end line"
     rows = [
-        ("run", f"{name}  ({path}, {s.lines} lines, {state})"),
+        ("run", f"{visible(name)}  ({visible(path)}, {s.lines} lines, {ended})"),
+        ("state", s.state or "–"),
         ("epochs done", f"{s.epochs_done}" + (f" of {s.total_epochs['train']}" if "train" in s.total_epochs else "")
          + f"  (last step {s.last_step})"),
         (f"best val {best_label(s)}", best_text(s)),
@@ -82,9 +87,54 @@ def terminal_charts(s: RunSummary, width: int, height: int, colour: bool) -> lis
         plt.title(title)
         plt.xlabel("epoch")
         plt.ylabel(ylabel)
+        set_ticks(plt, [s.series[key] for key, _ in present])
         text = plt.build()
         charts.append(text if colour else plt.uncolorize(text))
     return charts
+
+
+def _decimals(x: float) -> int:
+    """The decimals that write ``x`` (a tick step) exactly, at most 12."""
+    return next((d for d in range(13) if abs(round(x, d) - x) <= 1e-9 * abs(x)), 12)
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> tuple[list[float], list[str]]:
+    """About ``count`` ticks at round values (1, 2, 2.5 or 5 × 10^k apart) over ``lo``..``hi``, with
+    labels as readable as the step allows: ``75k 150k 225k`` for steps, ``0.25 0.3`` for scores,
+    ``0`` for a value that is zero within the step (never ``0.00000000000000000269``). ``integer``:
+    the step is 1 at least (epochs, steps)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return [], []
+    if hi <= lo:
+        lo, hi = lo - (abs(lo) * 0.1 or 1), hi + (abs(hi) * 0.1 or 1)
+    raw = (hi - lo) / max(count - 1, 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
+    step = max(step, 1) if integer else step
+    ticks = [round(i * step, 12) for i in range(math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9) + 1)]
+    return ticks, [tick_label(t, step) for t in ticks]
+
+
+def tick_label(value: float, step: float) -> str:
+    """``value`` written with the precision of ``step``: thousands as ``k``, millions as ``M``."""
+    if abs(value) < step * 1e-6:
+        return "0"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale and step >= scale / 100:
+            return f"{value / scale:.{_decimals(step / scale)}f}{suffix}"
+    return f"{value:.{_decimals(step)}f}"
+
+
+def set_ticks(plt, series: list[list[tuple[float, float]]], yside: str | None = None, x: bool = True) -> None:
+    """Readable tick labels (:func:`nice_ticks`) on a plotext chart's x axis (integers: epochs or
+    steps) and its ``yside`` y axis, from the points drawn."""
+    points = [p for points in series for p in points]
+    if not points:
+        return
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    if x:
+        plt.xticks(*nice_ticks(min(xs), max(xs), integer=True))
+    plt.yticks(*nice_ticks(min(ys), max(ys)), yside=yside)
 
 
 def save_pngs(name: str, s: RunSummary, folder: str) -> list[str]:

@@ -5,8 +5,11 @@ A feed may be growing while it is read: only complete lines count, so a half-wri
 line is left for the next read. Lines that are not valid feed lines (``feed.valid_line``) are
 skipped and counted in ``RunSummary.skipped``.
 
-A run's state comes from its lock (``capcli.runlock``: the record of the process holding it,
-emptied when that process lets go) and its feed (the end line, the heartbeat):
+A run's state, epochs and best scores come from one function, :func:`run_info` (``capcli runs``,
+``capcli metrics`` and the dashboard all ask it): it reads the feed's tail, the lock and the run's
+config, and parses only the few start, epoch and end lines of the rest. The state comes from the
+lock (``capcli.runlock``: the record of the process holding it, emptied when that process lets go)
+and the feed (the end line, the heartbeat):
 
 running
     the lock names a live process of this machine (or of another host whose heartbeat is fresh).
@@ -27,15 +30,19 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from capcli.errors import InputError
-from capcli.feed import STALE_SECONDS, parse_line, scan_feed, valid_line
-from capcli.paths import config_file, feed_file, feed_pattern, lock_file, run_feeds
+from capcli.feed import STALE_SECONDS, FeedTail, marked_lines, stream_feed, tail_lines, valid_line
+from capcli.paths import config_file, feed_file, feed_pattern, lock_file, run_feeds, run_name_of_feed
 from capcli.runconfig import saved_data_name
 from capcli.runlock import read_holder
 from capcli.safeio import pid_alive
 
+__all__ = ["FeedTail", "RunInfo", "RunSummary", "Summarizer", "find_feed", "list_runs", "read_summary",
+           "run_info", "run_state", "summarize"]
+
+MAX_STEP_BUCKETS = 500  # a per-step series keeps at most twice as many points, however long the run
 A2C_FIELDS = ("reward", "advantage", "entropy", "actor_loss", "critic_loss", "entropy_weight", "bleu4", "cider_d")
 
 
@@ -83,10 +90,55 @@ class RunSummary:
     total_epochs: dict[str, int] = field(default_factory=dict)  # stage → --epochs of its latest start
     names: dict[str, str] = field(default_factory=dict)  # run and data, from the latest start line naming them
     a2c_best: dict | None = None  # the a2c val line that saved BEST_A2C (bleu4, cider_d, epoch)
+    state: str | None = None  # running, finished, stopped or crashed (run_info), when read from a folder
+    buckets: dict[str, Buckets] = field(default_factory=dict, repr=False)  # per-step series, downsampled
 
     def add(self, name: str, x, y) -> None:
         if _finite(x) and _finite(y):
             self.series.setdefault(name, []).append((x, y))
+
+    def add_step(self, name: str, x, y) -> None:
+        """A per-step point: kept in :class:`Buckets`, so that the series stays bounded."""
+        if _finite(x) and _finite(y):
+            self.buckets.setdefault(name, Buckets()).add(x, y)
+
+
+class Buckets:
+    """A series downsampled as it grows, as charts of long runs need it: consecutive points fall in
+    at most ``size`` buckets of ``width`` points each, a bucket keeps its lowest and its highest
+    point, and when the buckets are full, neighbours merge and ``width`` doubles. Short series are
+    kept whole (``width`` 1); :meth:`points` has at most ``2 × size`` points, in order."""
+
+    def __init__(self, size: int = MAX_STEP_BUCKETS) -> None:
+        self.size, self.width = size, 1
+        self.buckets: list[list] = []  # [count, (x, y) lowest, (x, y) highest]
+
+    def add(self, x, y) -> None:
+        if not self.buckets or self.buckets[-1][0] >= self.width:
+            if len(self.buckets) >= self.size:
+                self._merge()
+            if not self.buckets or self.buckets[-1][0] >= self.width:
+                self.buckets.append([0, (x, y), (x, y)])
+        bucket = self.buckets[-1]
+        bucket[0] += 1
+        if y < bucket[1][1]:
+            bucket[1] = (x, y)
+        if y > bucket[2][1]:
+            bucket[2] = (x, y)
+
+    def _merge(self) -> None:
+        merged = []
+        for i in range(0, len(self.buckets), 2):
+            pair = self.buckets[i:i + 2]
+            merged.append([sum(b[0] for b in pair), min((b[1] for b in pair), key=lambda p: p[1]),
+                           max((b[2] for b in pair), key=lambda p: p[1])])
+        self.buckets, self.width = merged, self.width * 2
+
+    def points(self) -> list[tuple[float, float]]:
+        out = []
+        for _, low, high in self.buckets:
+            out += [low] if low == high else sorted((low, high))
+        return out
 
 
 def _add_a2c_line(s: RunSummary, line: dict) -> None:
@@ -117,68 +169,106 @@ def _track_best(s: RunSummary, line: dict) -> None:
         s.best_bleu4, s.best_cider_d, s.best_epoch = line.get("bleu4"), line.get("cider_d"), line.get("epoch")
 
 
-def summarize(lines: list, skipped: int = 0) -> RunSummary:
-    """Summary statistics and chart series of a feed's lines (non-finite values skipped).
+class Summarizer:
+    """Builds a :class:`RunSummary` a line at a time (a feed read once, as it streams or grows):
+    :meth:`add` takes valid lines, :meth:`summary` returns a snapshot of the figures so far."""
 
-    Args:
-        lines: parsed lines; those that are not valid feed lines are skipped and counted.
-        skipped: lines already skipped by the reader, added to the count.
-    """
-    valid = [line for line in lines if valid_line(line)]
-    s = RunSummary(lines=len(valid), skipped=skipped + len(lines) - len(valid))
-    lines = valid
-    epoch_times: list[float] = []
-    previous_end = lines[0]["time"] if lines and _finite(lines[0].get("time")) else None
-    last_lr = None
-    for line in lines:
-        stage, event, split, epoch = line.get("stage"), line.get("event"), line.get("split"), line.get("epoch")
+    def __init__(self) -> None:
+        self.s = RunSummary()
+        self.previous_end: float | None = None  # time of the last val line (or the first line)
+        self.last_lr: float | None = None
+        self.epoch_seconds = [0.0, 0]  # sum, count
+
+    def add_all(self, lines: list, skipped: int = 0) -> None:
+        """Parsed lines; those that are not valid feed lines are skipped and counted."""
+        valid = [line for line in lines if valid_line(line)]
+        self.s.skipped += skipped + len(lines) - len(valid)
+        for line in valid:
+            self.add(line)
+
+    def add(self, line: dict) -> None:
+        s = self.s
+        if not s.lines and _finite(line.get("time")):
+            self.previous_end = line["time"]
+        s.lines += 1
+        stage, event, split = line.get("stage"), line.get("event"), line.get("split")
         s.stage = stage or s.stage
         s.last_time = line.get("time", s.last_time)
         if _finite(line.get("step")):
             s.last_step = max(s.last_step, int(line["step"]))
         if event == "end":
             s.ended = line.get("reason") or "ended"
-            continue
+            return
         s.ended = None  # a line after an end: the run was resumed
         if event == "start":
             if _finite(line.get("epochs")) and stage:
                 s.total_epochs[stage] = int(line["epochs"])
             s.names.update({k: line[k] for k in ("run", "data") if isinstance(line.get(k), str)})
-            continue
-        if stage == "a2c":
+        elif stage == "a2c":
             _add_a2c_line(s, line)
-            continue
-        if event == "step":
-            s.add("step_loss", line.get("step"), line.get("loss"))
-            continue
-        if event != "epoch":
-            continue
+        elif event == "step":
+            s.add_step("step_loss", line.get("step"), line.get("loss"))
+        elif event == "epoch":
+            self._add_epoch(line, split, line.get("epoch"))
+
+    def _add_epoch(self, line: dict, split, epoch) -> None:
+        s = self.s
         s.add(f"{split}_loss", epoch, line.get("loss"))
         s.add(f"{split}_top5", epoch, line.get("top5"))
         for key in ("loss", "top5"):
             if _finite(line.get(key)):
                 s.last[f"{split}_{key}"] = line[key]
-        if split == "val":
-            s.epochs_done = max(s.epochs_done, epoch or 0)
-            s.add("bleu4", epoch, line.get("bleu4"))
-            s.add("cider_d", epoch, line.get("cider_d"))
-            _track_best(s, line)
-            lr = line.get("lr")
-            if _finite(lr):
-                if last_lr is not None and lr != last_lr:
-                    s.lr_changes.append((epoch, lr))
-                last_lr = lr
-                s.last["lr"] = lr
-            if _finite(line.get("time")) and previous_end is not None:
-                epoch_times.append(line["time"] - previous_end)
-            previous_end = line.get("time", previous_end)
-    if epoch_times:
-        s.mean_epoch_seconds = sum(epoch_times) / len(epoch_times)
-    return s
+        if split != "val":
+            return
+        s.epochs_done = max(s.epochs_done, epoch or 0)
+        s.add("bleu4", epoch, line.get("bleu4"))
+        s.add("cider_d", epoch, line.get("cider_d"))
+        _track_best(s, line)
+        lr = line.get("lr")
+        if _finite(lr):
+            if self.last_lr is not None and lr != self.last_lr:
+                s.lr_changes.append((epoch, lr))
+            self.last_lr = lr
+            s.last["lr"] = lr
+        if _finite(line.get("time")) and self.previous_end is not None:
+            self.epoch_seconds = [self.epoch_seconds[0] + line["time"] - self.previous_end, self.epoch_seconds[1] + 1]
+        self.previous_end = line.get("time", self.previous_end)
+
+    def summary(self) -> RunSummary:
+        """A snapshot: later lines do not change it."""
+        s = self.s
+        series = {k: list(v) for k, v in s.series.items()}
+        series.update({k: b.points() for k, b in s.buckets.items()})
+        total, count = self.epoch_seconds
+        return replace(s, series=series, last=dict(s.last), lr_changes=list(s.lr_changes),
+                       total_epochs=dict(s.total_epochs), names=dict(s.names), a2c=dict(s.a2c) if s.a2c else None,
+                       mean_epoch_seconds=total / count if count else None, buckets={})
+
+
+def summarize(lines: list, skipped: int = 0) -> RunSummary:
+    """Summary statistics and chart series of a feed's lines (non-finite values skipped; per-step
+    series downsampled to at most ``2 × MAX_STEP_BUCKETS`` points).
+
+    Args:
+        lines: parsed lines; those that are not valid feed lines are skipped and counted.
+        skipped: lines already skipped by the reader, added to the count.
+    """
+    summarizer = Summarizer()
+    summarizer.add_all(lines, skipped)
+    return summarizer.summary()
 
 
 def read_summary(path: str) -> RunSummary:
-    return summarize(*scan_feed(path))
+    """The summary of the feed at ``path``, read once as it streams (never whole in memory), with
+    the run's state from :func:`run_info` (the run's folder is the feed's)."""
+    summarizer = Summarizer()
+    for lines, skipped in stream_feed(path):
+        summarizer.s.skipped += skipped
+        for line in lines:
+            summarizer.add(line)
+    summary = summarizer.summary()
+    summary.state = run_info(os.path.dirname(path) or ".", run_name_of_feed(path), path).state
+    return summary
 
 
 # --- the runs of a folder --------------------------------------------------------------------
@@ -200,41 +290,50 @@ class RunInfo:
     state: str  # one of STATES
     last_update: float | None  # unix time of the feed's last line
     feed: str  # path of the feed
+    ended: str | None = None  # the end line's reason when it is the feed's last line
 
 
-def _state(output_folder: str, name: str, summary: RunSummary, now: float) -> str:
+def _state(output_folder: str, name: str, ended: str | None, last_time: float | None, now: float) -> str:
     """See the module docstring."""
     holder = read_holder(lock_file(output_folder, name))
     pid = holder.get("pid") if holder else None
     if isinstance(pid, int) and not isinstance(pid, bool):
         if holder.get("host") not in (None, socket.gethostname()):  # no pid to ask: the heartbeat says
-            fresh = summary.last_time is not None and now - summary.last_time <= STALE_SECONDS
+            fresh = last_time is not None and now - last_time <= STALE_SECONDS
             return "running" if fresh else "crashed"
         return "running" if pid_alive(pid) else "crashed"
-    if summary.ended is None:
+    if ended is None:
         return "crashed"
-    return "finished" if summary.ended == "completed" else "stopped"
+    return "finished" if ended == "completed" else "stopped"
 
 
 def run_state(output_folder: str, name: str) -> str:
     """``running``, ``finished``, ``stopped`` or ``crashed`` (see the module docstring)."""
-    path = feed_file(output_folder, name)
-    summary = read_summary(path) if os.path.exists(path) else RunSummary()
-    return _state(output_folder, name, summary, time.time())
+    return run_info(output_folder, name).state
 
 
 def _data_name(output_folder: str, name: str, summary: RunSummary) -> str:
-    """The run's data: its start lines say, else its saved configuration, else (runs from before
-    --run-name) its own name."""
+    """The run's data: its start lines say, else its saved configuration (the run's sidecar
+    ``config_{run}.json``), else (runs from before --run-name) its own name."""
     if "data" in summary.names:
         return summary.names["data"]
     return saved_data_name(config_file(output_folder, name)) or name
 
 
-def run_info(output_folder: str, name: str, path: str, now: float | None = None) -> RunInfo:
-    """The :class:`RunInfo` of run ``name`` whose feed is ``path``."""
-    summary = read_summary(path)
-    stage = summary.stage
+def run_info(output_folder: str, name: str, path: str | None = None, now: float | None = None) -> RunInfo:
+    """The :class:`RunInfo` of run ``name`` (its feed: ``path``, by default the folder's): the one
+    place a run's state, epochs and best scores are worked out (``capcli runs``, ``capcli metrics``
+    and the dashboard all ask here). It reads the feed's last :data:`~capcli.feed.TAIL_BYTES` (the
+    last line: its time, stage and end), the run's lock and config, and only the start, epoch and
+    end lines of the rest (``feed.marked_lines``: a byte search; step lines are never parsed)."""
+    path = path or feed_file(output_folder, name)
+    exists = os.path.exists(path)
+    summary = summarize(marked_lines(path)) if exists else RunSummary()
+    tail = tail_lines(path) if exists else []
+    last = tail[-1] if tail else None
+    stage = last.get("stage") if last else summary.stage
+    ended = summary.ended if last is None else (last.get("reason") or "ended") if last.get("event") == "end" else None
+    last_time = last.get("time") if last else summary.last_time
     if stage == "a2c":
         best = summary.a2c_best or {}
         done = (summary.a2c or {}).get("epoch") or 0
@@ -243,56 +342,11 @@ def run_info(output_folder: str, name: str, path: str, now: float | None = None)
         done, bleu4, cider = summary.epochs_done, summary.best_bleu4, summary.best_cider_d
     return RunInfo(name=name, data=_data_name(output_folder, name, summary), stage=stage, epochs_done=done,
                    epochs_total=summary.total_epochs.get(stage or "train"), best_bleu4=bleu4, best_cider_d=cider,
-                   state=_state(output_folder, name, summary, time.time() if now is None else now),
-                   last_update=summary.last_time, feed=path)
+                   state=_state(output_folder, name, ended, last_time, time.time() if now is None else now),
+                   last_update=last_time, feed=path, ended=ended)
 
 
 def list_runs(output_folder: str) -> list[RunInfo]:
     """Every run with a feed in ``output_folder``, by name (none when the folder does not exist)."""
     now = time.time()
     return [run_info(output_folder, name, path, now) for name, path in run_feeds(output_folder).items()]
-
-
-class FeedTail:
-    """Follows a feed that another process appends to: each :meth:`poll` returns the complete
-    lines added since the last one. A partial last line is kept until it is completed; a file
-    that shrank or was replaced starts over (``reset`` is set); a missing file just yields nothing.
-    Invalid lines are not returned; ``skipped`` counts them since the (last) start."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.offset = 0
-        self.partial = b""
-        self.identity: tuple[int, int] | None = None
-        self.exists = False
-        self.reset = False
-        self.skipped = 0
-
-    def poll(self) -> list[dict]:
-        self.reset = False
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            if self.exists:
-                self._start_over()
-            self.exists = False
-            return []
-        identity = (stat.st_dev, stat.st_ino)
-        if self.exists and (identity != self.identity or stat.st_size < self.offset):
-            self._start_over()
-        self.exists, self.identity = True, identity
-        if stat.st_size == self.offset:
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        self.offset += len(chunk)
-        data = self.partial + chunk
-        *complete, self.partial = data.split(b"\n")
-        parsed = [parse_line(raw) for raw in complete]
-        lines = [line for line in parsed if line is not None]
-        self.skipped += len(parsed) - len(lines)
-        return lines
-
-    def _start_over(self) -> None:
-        self.offset, self.partial, self.reset, self.skipped = 0, b"", True, 0

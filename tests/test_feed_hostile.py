@@ -228,7 +228,7 @@ def test_dashboard_error_in_the_poll_worker_exits_1_with_a_log(tmp_path, monkeyp
     def broken(self):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(FeedTail, "poll", broken)
+    monkeypatch.setattr(FeedTail, "chunks", broken)
 
     app = Dashboard(str(folder), NAME, poll_seconds=0.1, checkpoint_seconds=5)
 

@@ -72,7 +72,8 @@ def test_two_named_runs_one_killed_list_as_finished_and_crashed(data, tmp_path, 
     assert bad["epochs_total"] == 50 and bad["epochs_done"] < 50
     assert good["feed"] == str(out / "metrics_good.jsonl")
     assert set(good) == {"name", "data", "stage", "epochs_done", "epochs_total", "best_bleu4", "best_cider_d",
-                         "state", "last_update", "feed"}
+                         "state", "last_update", "feed", "ended"}
+    assert good["ended"] == "completed" and bad["ended"] is None
     table = run("runs", "--output-folder", out)
     assert table.exit_code == 0
     lines = table.output.splitlines()
@@ -178,7 +179,7 @@ def test_old_feeds_still_list_and_summarise(tmp_path, run):
     (tmp_path / "metrics_flickr8k_5_5.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     [info] = list_runs(str(tmp_path))
     assert info == RunInfo("flickr8k_5_5", "flickr8k_5_5", "train", 1, 2, 0.2, None, "finished", 4.0,
-                           str(tmp_path / "metrics_flickr8k_5_5.jsonl"))
+                           str(tmp_path / "metrics_flickr8k_5_5.jsonl"), "completed")
     assert run("metrics", "--output-folder", tmp_path, "--no-charts").exit_code == 0
     table = run("runs", "--output-folder", tmp_path).output.splitlines()
     assert table[1].split()[:6] == ["flickr8k_5_5", "flickr8k_5_5", "train", "1/2", "0.2000", "–"]

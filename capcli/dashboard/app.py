@@ -20,14 +20,13 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.markup import escape
 from textual.widgets import Footer, Header, Input, Static
 from textual.worker import WorkerFailed
 from textual_plotext import PlotextPlot
 
 from capcli.dashboard.charts import CHARTS, downsample, draw_chart, narrow_chart, wide_charts
 from capcli.dashboard.follow import Follower
-from capcli.dashboard.panels import RUNS_TITLE, run_row, run_text, samples_text
+from capcli.dashboard.panels import RUNS_TITLE, literal, run_row, run_text, samples_text
 from capcli.dashboard.query import QueryPanel
 from capcli.dashboard.runlist import RunsScreen
 from capcli.dashboard.widgets import (
@@ -43,6 +42,7 @@ from capcli.dashboard.widgets import (
 )
 from capcli.paths import feed_pattern, run_feeds
 from capcli.runs import RunSummary
+from capcli.text import visible
 
 __all__ = ["ERROR_LOG", "HELP", "WIDE", "Dashboard", "HelpScreen", "downsample"]
 
@@ -188,17 +188,21 @@ class Dashboard(QueryPanel, App):
                 return
             self._later(self._follow, name)
             return
+        more = False
         for follower in (self.main, self.compared):
             if follower is None:
                 continue
             try:
                 polled = follower.poll()
             except OSError as exc:
-                self._later(partial(self.notify, f"reading the metrics feed: {exc}", severity="error",
+                self._later(partial(self.notify, visible(f"reading the metrics feed: {exc}"), severity="error",
                                     markup=False))
                 continue
             if polled is not None and follower.changed(polled):
                 self._later(self._apply_lines, follower, polled)
+            more = more or bool(polled and polled.more)
+        if more:  # a long feed is read a bounded piece at a time: the next piece at once
+            self._later(self.poll_feed)
 
     def _follow(self, name: str) -> None:
         """Follow run ``name`` from its first line (it stops being the compared run)."""
@@ -223,7 +227,7 @@ class Dashboard(QueryPanel, App):
         if follower is not self.main and follower is not self.compared:
             return  # read before a switch of runs
         if polled.reset and follower.lines:
-            self.notify(f"{follower.name}: the metrics file was truncated or replaced: starting over",
+            self.notify(f"{visible(follower.name)}: the metrics file was truncated or replaced: starting over",
                         severity="warning", markup=False)
         follower.apply(polled)
         if follower is self.main:
@@ -233,11 +237,15 @@ class Dashboard(QueryPanel, App):
 
     @work(thread=True, exclusive=True, group="states")
     def poll_states(self) -> None:
-        """The run list and the state (running, finished, stopped, crashed) of the followed runs."""
-        from capcli.runs import list_runs, run_state
+        """The run list and the state (running, finished, stopped, crashed) of the followed runs:
+        both from ``capcli.runs.run_info``, as ``capcli runs`` lists them."""
+        from capcli.runs import list_runs, run_info
 
         runs = list_runs(self.output_folder) if os.path.isdir(self.output_folder) else []
-        states = {f.name: run_state(self.output_folder, f.name) for f in (self.main, self.compared) if f}
+        states = {run.name: run.state for run in runs}
+        for f in (self.main, self.compared):
+            if f is not None and f.name not in states:
+                states[f.name] = run_info(self.output_folder, f.name).state
         self._later(self._apply_states, runs, states)
 
     def _apply_states(self, runs: list, states: dict[str, str]) -> None:
@@ -262,7 +270,7 @@ class Dashboard(QueryPanel, App):
         panel = self.query_one("#run", Static)
         f = self.main
         if f is None or not f.exists or not f.lines:
-            panel.update(f"waiting for {escape(f.path if f else feed_pattern(self.output_folder))}…")
+            panel.update(f"waiting for {literal(f.path if f else feed_pattern(self.output_folder))}…")
             return
         panel.update(run_text(f, self._total_epochs(), self.compared.name if self.compared else None,
                               self.stale_seconds, panel.content_size.width or 36))

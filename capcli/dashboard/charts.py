@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from capcli.metrics import CHARTS as METRIC_CHARTS
+from capcli.metrics import set_ticks
 from capcli.runs import RunSummary
+from capcli.text import visible
 
 MAX_POINTS = 400
 
@@ -54,28 +56,38 @@ def wide_charts(key: str, summary: RunSummary) -> list[ChartSpec]:
     return [CHARTS["1"], VAL_SCORES, STEP_LOSS, CHARTS[fourth]]
 
 
-def _plot(plt, points, label: str, side: str) -> bool:
+def _plot(plt, points, label: str, side: str) -> list[tuple[float, float]]:
+    """Draw ``points`` (downsampled); returns those drawn."""
     points = downsample(points or [])
-    if not points:
-        return False
-    xs, ys = zip(*points)
-    plt.plot(list(xs), list(ys), label=label, marker="braille", yside=side)
-    return True
+    if points:
+        xs, ys = zip(*points)
+        plt.plot(list(xs), list(ys), label=label, marker="braille", yside=side)
+    return points
 
 
 def draw_chart(widget, spec: ChartSpec, summary: RunSummary,
                compared: tuple[str, RunSummary] | None = None) -> int:
     """Draw ``spec`` of ``summary`` into the PlotextPlot ``widget``, with the validation curves of
-    ``compared`` (run name, summary) over it. Returns how many curves were drawn."""
+    ``compared`` (run name, summary) over it, and readable tick labels (``metrics.nice_ticks``).
+    Returns how many curves were drawn."""
     plt = widget.plt
     plt.clear_figure()
     plt.xlabel(spec.xlabel)
-    drawn = 0
+    drawn: dict[str, list] = {"left": [], "right": []}
     for side, series in (("left", spec.series), ("right", spec.right)):
         for key, label in series:
-            drawn += _plot(plt, summary.series.get(key), label, side)
+            drawn[side].append(_plot(plt, summary.series.get(key), label, side))
             if compared is not None and key in COMPARED:
-                drawn += _plot(plt, compared[1].series.get(key), f"{label} · {compared[0][:16]}", side)
-    plt.title(spec.title if drawn else f"{spec.title}: no data yet")
+                drawn[side].append(_plot(plt, compared[1].series.get(key),
+                                         f"{label} · {visible(compared[0][:16])}", side))
+    left, right = ([points for points in drawn[side] if points] for side in ("left", "right"))
+    if left:
+        set_ticks(plt, left + right, yside="left")  # the x ticks of every curve, the y ticks of the left
+        if right:
+            set_ticks(plt, right, yside="right", x=False)
+    elif right:
+        set_ticks(plt, right, yside="right")
+    curves = left + right
+    plt.title(spec.title if curves else f"{spec.title}: no data yet")
     widget.refresh()
-    return drawn
+    return len(curves)

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import time
 
-from textual.markup import escape
-
 from capcli.dashboard.checkpoints import CheckpointInfo
 from capcli.dashboard.follow import Follower, Sample
 from capcli.metrics import best_label, best_text
 from capcli.paths import checkpoint_stem
+from capcli.text import visible
 
 NONE = "—"
+
+
+def literal(text: object) -> str:
+    """``text`` (from a file: a run or data name, a caption, a reason) as Textual markup that shows
+    it as it is, on one line: control characters as visible escapes (``capcli.text.visible``), every
+    ``[`` escaped, so that no part of it is taken for a style, a variable or an action."""
+    return visible(text).replace("[", "\\[")
+
 STATE_STYLES = {"running": "[$success]running[/]", "finished": "finished", "stopped": "[$warning]stopped[/]",
                 "crashed": "[b $error]CRASHED[/]"}
 
@@ -42,15 +49,13 @@ def _state_text(f: Follower, age: float, stale_seconds: float) -> tuple[str, boo
     """The run's state as shown, and whether it is running (only then is there an ETA)."""
     s = f.summary
     if f.state is not None:  # from the run's lock and heartbeat
-        text = STATE_STYLES.get(f.state, escape(f.state))
+        text = STATE_STYLES.get(f.state, literal(f.state))
         if f.state == "stopped" and s.ended:
-            text += f" ({escape(s.ended)})"
+            text += f" ({literal(s.ended)})"
         elif f.state == "running" and age > stale_seconds:
             text += f", no line for {age_text(age)}"
         return text, f.state == "running"
-    if s.ended:  # state not known yet: the feed alone
-        return f"ended: {escape(s.ended)}", False
-    return ("stale", False) if age > stale_seconds else ("live", True)
+    return "…", False  # not known yet: capcli.runs.run_info says (never a guess from the feed alone)
 
 
 def run_text(f: Follower, total: int | None, compared: str | None = None, stale_seconds: float = 120.0,
@@ -67,13 +72,13 @@ def run_text(f: Follower, total: int | None, compared: str | None = None, stale_
     if running and total and s.mean_epoch_seconds:
         eta = age_text(max(total - (epoch or 0), 0) * s.mean_epoch_seconds)
     per_epoch = f"{s.mean_epoch_seconds:.0f}s" if s.mean_epoch_seconds else NONE
-    lines = [f"{escape(f.name)}  [b]{escape(s.stage or '?')}[/b]  {state}",
+    lines = [f"{literal(f.name)}  [b]{literal(s.stage or '?')}[/b]  {state}",
              f"epoch {epoch or 0}{f'/{total}' if total else ''}  step {s.last_step}  lr {_fmt(lr, '.2e')}",
-             f"best {escape(best_label(s))} {escape(best_text(s, 'e{}', ' {} {}'))}",
+             f"best {literal(best_label(s))} {literal(best_text(s, 'e{}', ' {} {}'))}",
              *throughput_text(f.step, compact=width < 42),
              f"{per_epoch}/epoch  ETA {eta}  updated {age_text(age)} ago"]
     if compared:
-        lines[0] += f"  [dim]vs {escape(compared)}[/]"
+        lines[0] += f"  [dim]vs {literal(compared)}[/]"
     if s.skipped:
         lines.append(f"[$warning]skipped {s.skipped} invalid feed line(s)[/]")
     return "\n".join(lines)
@@ -98,7 +103,7 @@ def checkpoint_rows(infos: list[CheckpointInfo], chosen: str | None, width: int,
             cells += [_fmt(c.best_cider_d, ">6.3f"), f"{c.size / 1e6:>5.0f}M"]
         cells.append(f"{age_text(now - c.mtime):>4}")
         mark = "▸ " if c.path == chosen else "  "
-        rows.append(f"{mark}{escape(shown):<{min(name_width, longest)}} {' '.join(cells)}")
+        rows.append(f"{mark}{literal(shown):<{min(name_width, longest)}} {' '.join(cells)}")
     return f"Checkpoints: epoch, best BLEU-4{', CIDEr-D, size' if full else ''}, age", "\n".join(rows)
 
 
@@ -107,7 +112,7 @@ def run_row(info, current: str | None, compared: str | None) -> str:
     total, best BLEU-4 and CIDEr-D."""
     mark = "▸" if info.name == current else ("≈" if info.name == compared else " ")
     total = f"/{info.epochs_total}" if info.epochs_total else ""
-    return (f"{mark} {escape(info.name)}  {STATE_STYLES.get(info.state, escape(str(info.state)))}  "
+    return (f"{mark} {literal(info.name)}  {STATE_STYLES.get(info.state, literal(str(info.state)))}  "
             f"{info.epochs_done}{total}  {_fmt(info.best_bleu4, '.3f')} {_fmt(info.best_cider_d, '.3f')}")
 
 
@@ -120,9 +125,9 @@ def samples_text(samples: list[Sample], epoch: int | None) -> str:
         return "no sample captions yet (each validation epoch of a newer run writes a few)"
     lines = [f"[dim]epoch {epoch}[/]"] if epoch is not None else []
     for sample in samples:
-        lines.append(f"[b]{escape(sample.image)}[/b]  {escape(sample.generated)}")
+        lines.append(f"[b]{literal(sample.image)}[/b]  {literal(sample.generated)}")
         for ref in sample.references[:1]:
-            lines.append(f"  [dim]ref[/] {escape(ref)}")
+            lines.append(f"  [dim]ref[/] {literal(ref)}")
     return "\n".join(lines)
 
 
@@ -140,5 +145,6 @@ def caption_text(words: list[str], index: int, room: int) -> str:
             hi, used, grew = hi + 1, used + 1 + len(words[hi + 1]), True
         if lo > 0 and used + 1 + len(words[lo - 1]) <= room:
             lo, used, grew = lo - 1, used + 1 + len(words[lo - 1]), True
-    shown = [f"[reverse]{escape(w)}[/reverse]" if i == index else escape(w) for i, w in enumerate(words[lo:hi + 1], lo)]
+    shown = [f"[reverse]{literal(w)}[/reverse]" if i == index else literal(w)
+             for i, w in enumerate(words[lo:hi + 1], lo)]
     return " ".join((["…"] if lo > 0 else []) + shown + (["…"] if hi + 1 < len(words) else []))

@@ -12,13 +12,13 @@ import time
 from functools import partial
 
 from textual import work
-from textual.markup import escape
 from textual.widgets import Input, Static
 
 from capcli.dashboard.checkpoints import CheckpointInfo, read_checkpoint_info
-from capcli.dashboard.panels import caption_text, checkpoint_rows
+from capcli.dashboard.panels import caption_text, checkpoint_rows, literal
 from capcli.dashboard.widgets import heatmap_text
 from capcli.paths import a2c_files, checkpoint_files, is_best, train_files
+from capcli.text import visible
 
 BEAMS = (1, 3, 5, 10)
 
@@ -63,7 +63,7 @@ class QueryPanel:
                     found[path] = known if known and known.mtime == mtime else read_checkpoint_info(path, mtime)
             except Exception as exc:  # a strange file is reported once, never fatal to the app
                 self.unreadable[path] = mtime
-                self._later(partial(self.notify, f"{os.path.basename(path)}: {exc}", severity="error",
+                self._later(partial(self.notify, visible(f"{os.path.basename(path)}: {exc}"), severity="error",
                                     markup=False))
         return found
 
@@ -97,7 +97,7 @@ class QueryPanel:
     def _show_settings(self) -> None:
         chosen = self.chosen
         self.query_one("#settings", Static).update(
-            f"model {escape(os.path.basename(chosen)) if chosen else '–'}\nbeam {self.beam} (b)  model (c)")
+            f"model {literal(os.path.basename(chosen)) if chosen else '–'}\nbeam {self.beam} (b)  model (c)")
 
     def action_checkpoint(self) -> None:
         paths = list(self.checkpoints)
@@ -154,7 +154,7 @@ class QueryPanel:
         if number == self.query_number:
             self.query_one("#caption", Static).update("query failed (see the notification)")
             self.query_one("#path", Input).focus()  # back in the box to correct the path
-        self.notify(message, severity="error", timeout=8, markup=False)
+        self.notify(visible(message), severity="error", timeout=8, markup=False)
 
     def _show_caption(self, number: int, result, settings: tuple[str, str, int]) -> None:
         if number != self.query_number:
