@@ -39,13 +39,16 @@ from capcli.parallel import WorkerDied, ordered_map, ordered_map_into
 from capcli.paths import SPLITS, data_file, data_file_names, shapes_source
 from capcli.prep_signals import Stop, signals_held, stopped_by_signals
 from capcli.progress import SILENT, Progress
+from capcli.text import visible
 
 MANIFEST_VERSION = 2  # 2: {SPLIT}_REFERENCES files, bad_rows, captions tokenised by coco_tokenize
 
 
 @dataclass
 class PrepResult:
-    """What a prep did (or found already done)."""
+    """What a prep did (or found already done). The texts of ``skipped`` and ``bad_rows`` (image
+    names from caption files, reasons quoting them) are escaped for printing (:func:`visible`); the
+    manifest keeps them as written."""
 
     name: str
     output_folder: str
@@ -320,8 +323,8 @@ def _run_prep(config: PrepConfig, progress: Progress, stop: Stop) -> PrepResult:
     manifest = None if config.force else _up_to_date(config, fingerprint)
     if manifest is not None:
         return PrepResult(config.name, config.output_folder, True, manifest["counts"],
-                          manifest["skipped"], manifest["vocab_size"], time.monotonic() - start,
-                          bad_rows=manifest.get("bad_rows", []))
+                          _shown(manifest["skipped"]), manifest["vocab_size"], time.monotonic() - start,
+                          bad_rows=_shown(manifest.get("bad_rows", [])))
     _remove_stale_staging(config.output_folder, config.name)
     staging = tempfile.mkdtemp(prefix=f".prep-{config.name}-{os.getpid()}-", dir=config.output_folder)
     try:
@@ -340,8 +343,14 @@ def _run_prep(config: PrepConfig, progress: Progress, stop: Stop) -> PrepResult:
             stop.committed = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return PrepResult(config.name, config.output_folder, False, manifest["counts"], manifest["skipped"],
-                      manifest["vocab_size"], time.monotonic() - start, _peak_rss_mb(), manifest["bad_rows"])
+    return PrepResult(config.name, config.output_folder, False, manifest["counts"], _shown(manifest["skipped"]),
+                      manifest["vocab_size"], time.monotonic() - start, _peak_rss_mb(), _shown(manifest["bad_rows"]))
+
+
+def _shown(entries: list[dict]) -> list[dict]:
+    """Skipped images or bad rows with each text escaped (``ESC`` as ``\\x1b``), safe to print on one line."""
+    return [{key: visible(value) if isinstance(value, str) else value for key, value in entry.items()}
+            for entry in entries]
 
 
 def _prepare(config: PrepConfig, source: Source, staging: str, workers: int, progress: Progress,

@@ -279,3 +279,33 @@ def test_kaggle_rows_keep_the_line_end_out_of_the_caption(tmp_path):
     assert [(r.image, r.texts, r.where) for r in rows] == [("x.jpg", ["A dog runs"], "line 2"),
                                                           ("y.jpg", ["A cat"], "line 4")]
     assert bad.rows == []
+
+
+HOSTILE_NAMES = ["\x1b]0;pwned\x07title.jpg", "\x1b]52;c;aGVsbG8=\x07clip.jpg", "\x1b[2J\x1b[Hclear.jpg",
+                 "two\nlines.jpg", "\u202egpj.evil.jpg"]
+
+
+def test_names_from_a_caption_file_reach_the_terminal_escaped(tmp_path):
+    """Case 5: image names holding escape sequences (OSC title, OSC 52 clipboard, clear screen), a
+    line end or a bidi override are printed by prep escaped: no raw ESC reaches the terminal and
+    each warning stays on one line."""
+    from tests.conftest import distinct_colour, write_image
+    from tests.test_terminal import run_in_terminal
+
+    folder = tmp_path / "Images"
+    rows = ["image,caption"]
+    for i in range(12):
+        write_image(folder / f"{i}.jpg", distinct_colour(i))
+        rows += [f"{i}.jpg,a picture number {i} of a thing"]
+    for name in HOSTILE_NAMES:
+        rows.append('"' + name + '",a picture that is missing')
+    (tmp_path / "captions.txt").write_text("\n".join(rows) + "\n")
+    rc, output = run_in_terminal("prep", "--captions", tmp_path / "captions.txt", "--image-folder", folder,
+                                 "--output-folder", tmp_path / "out", "--image-size", 32, "--workers", 1,
+                                 "--min-word-freq", 1, cwd=tmp_path)
+    assert rc == 0, output
+    assert "\x1b" not in output and "\x07" not in output and "\u202e" not in output, repr(output)
+    lines = output.replace("\r\n", "\n").split("\n")
+    for shown in ("\\x1b]0;pwned\\x07title.jpg", "\\x1b]52;c;aGVsbG8=\\x07clip.jpg", "\\x1b[2J\\x1b[Hclear.jpg",
+                  "two\\x0alines.jpg", "\\u202egpj.evil.jpg"):
+        assert any(shown in line and "missing file" in line for line in lines), (shown, output)

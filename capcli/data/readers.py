@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from capcli.data.formats import COCO, FLICKR8K, JSONL, KAGGLE, RESULTS_CSV, TABLE, Detected
 from capcli.errors import InputError, shorten
+from capcli.text import visible
 
 # Column (or JSON key) names, compared lower-cased with spaces and "-" as "_"; the first found wins.
 IMAGE_COLUMNS = ("image", "image_name", "image_file", "image_path", "filename", "file_name", "file", "img",
@@ -106,7 +107,7 @@ def coco_rows(path: str, data: dict, image_folder: str, bad: BadRows) -> list[Ro
         image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
         caption = annotation.get("caption") if isinstance(annotation, dict) else None
         if not isinstance(image_id, (int, str)) or image_id not in names:
-            bad.add(path, where, f"image_id {shorten(image_id)} is not in 'images'")
+            bad.add(path, where, f"image_id {visible(shorten(image_id))} is not in 'images'")
         elif not isinstance(caption, str):
             bad.add(path, where, "no 'caption' text")
         else:
@@ -145,7 +146,7 @@ def jsonl_rows(path: str, detected: Detected, columns: Columns, bad: BadRows) ->
         split_key = _find_column(keys, (SPLIT_COLUMN,), None)
         if image_key is None or caption_key is None:
             bad.add(path, where, f"no {'image' if image_key is None else 'caption'} key "
-                                 f"(keys: {', '.join(map(str, keys)) or 'none'})")
+                                 f"(keys: {visible(shorten(', '.join(map(str, keys)), 80)) or 'none'})")
             continue
         row = _make_row(path, where, obj[image_key], obj[caption_key],
                         obj.get(split_key) if split_key else None, bad)
