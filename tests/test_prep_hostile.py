@@ -309,3 +309,28 @@ def test_names_from_a_caption_file_reach_the_terminal_escaped(tmp_path):
     for shown in ("\\x1b]0;pwned\\x07title.jpg", "\\x1b]52;c;aGVsbG8=\\x07clip.jpg", "\\x1b[2J\\x1b[Hclear.jpg",
                   "two\\x0alines.jpg", "\\u202egpj.evil.jpg"):
         assert any(shown in line and "missing file" in line for line in lines), (shown, output)
+
+
+DEEP = 200_000
+DEEP_FILES = {  # name: (opening, the nested part's one level, its closing, the end)
+    "dataset_deep.json": ('{"images": ', "[", "]", "}"),
+    "captions_train2014.json": ('{"images": [], "annotations": [{"image_id": 1, "caption": ', '{"a": ', "}", "}]}"),
+    "list.json": ("", "[", "]", ""),
+    "rows.jsonl": ('{"image": "a.jpg", "caption": "a dog"}\n{"image": "b.jpg", "caption": ', "[", "]", "}\n"),
+}
+
+
+@pytest.mark.parametrize("name", list(DEEP_FILES))
+def test_deeply_nested_json_is_one_line_error(tmp_path, name):
+    """Case 6: JSON nested hundreds of thousands of levels deep (Karpathy, COCO, a list, a JSONL
+    line) is refused in one line naming the file, not a RecursionError traceback."""
+    start, level, close, end = DEEP_FILES[name]
+    path = tmp_path / name
+    path.write_text(start + level * DEEP + ("1" if level.startswith("{") else "") + close * DEEP + end)
+    (tmp_path / "images").mkdir()
+    proc = run_subprocess("prep", "--captions", path, "--image-folder", tmp_path / "images", "--dataset", "deep",
+                          "--output-folder", tmp_path / "out", "--workers", 1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err, err[-2000:]
+    assert str(path) in err and "nested too deeply" in err, err

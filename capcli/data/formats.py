@@ -98,16 +98,24 @@ def detect(path: str) -> Detected:
     return Detected(kind, text, delimiter=delimiter)
 
 
+def too_deep(path: str, where: str = "") -> InputError:
+    """The error for JSON nested deeper than Python's parser can follow (it raises RecursionError)."""
+    return InputError(f"{path}: {where}JSON nested too deeply to read (thousands of levels of [ or {{); "
+                      "not a caption file")
+
+
 def _detect_json(path: str, text: str) -> Detected:
     first = text.lstrip().split("\n", 1)[0]
     try:
         head = json.loads(first)
-    except ValueError:
+    except (ValueError, RecursionError):
         head = None
     if isinstance(head, dict) and "images" not in head and "annotations" not in head:
         return Detected(JSONL, text)  # one object per line (a broken later line is a bad row)
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise too_deep(path) from None
     except json.JSONDecodeError as exc:
         if _second_line_is_an_object(text):
             return Detected(JSONL, text)  # JSON lines with a broken first line: a bad row
@@ -128,5 +136,5 @@ def _second_line_is_an_object(text: str) -> bool:
     lines = [line for line in text.split("\n", 20)[:20] if line.strip()]
     try:
         return len(lines) > 1 and isinstance(json.loads(lines[1]), dict)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False

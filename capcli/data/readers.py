@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from capcli.data.formats import COCO, FLICKR8K, JSONL, KAGGLE, RESULTS_CSV, TABLE, Detected
+from capcli.data.formats import COCO, FLICKR8K, JSONL, KAGGLE, RESULTS_CSV, TABLE, Detected, too_deep
 from capcli.errors import InputError, shorten
 from capcli.text import visible
 
@@ -160,9 +160,13 @@ def _json_lines(path: str, text: str, bad: BadRows) -> Iterable[tuple[str, objec
         if not line.strip():
             continue
         try:
-            yield f"line {number}", json.loads(line)
+            obj = json.loads(line)
+        except RecursionError:
+            raise too_deep(path, f"line {number}: ") from None
         except json.JSONDecodeError as exc:
             bad.add(path, f"line {number}", f"malformed JSON at column {exc.colno}: {exc.msg}")
+            continue
+        yield f"line {number}", obj
 
 
 # --- Flickr8k.token.txt and results.csv -----------------------------------------------------------
@@ -268,7 +272,7 @@ def _cell_captions(cell: str) -> object:
     if cell.lstrip().startswith("["):
         try:
             return json.loads(cell)
-        except ValueError:
+        except (ValueError, RecursionError):  # not a list of captions after all: one caption
             return cell
     return cell
 
