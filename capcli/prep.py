@@ -31,6 +31,7 @@ from capcli.data.hdf5 import ImageWriter
 from capcli.data.jsonfiles import write_json
 from capcli.data.karpathy import SourceImage, read_karpathy_json
 from capcli.data.readers import Columns
+from capcli.data.regular import open_regular_file
 from capcli.data.sources import Source, SourceOptions, read_source, suggest_dataset
 from capcli.data.transforms import ImageSkipped, load_square
 from capcli.data.vocab import build_word_map, encode
@@ -97,7 +98,7 @@ def _with_dataset(config: PrepConfig) -> PrepConfig:
 
 def _file_sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -162,9 +163,9 @@ def _up_to_date(config: PrepConfig, fingerprint: str) -> dict | None:
     """The existing manifest when it matches ``fingerprint`` and every file it lists is intact."""
     path = data_file(config.output_folder, config.name, "MANIFEST")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_regular_file(path) as f:  # a FIFO planted there would block for ever: rebuilt instead
             manifest = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(manifest, dict) or manifest.get("fingerprint") != fingerprint:
         return None

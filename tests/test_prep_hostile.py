@@ -334,3 +334,47 @@ def test_deeply_nested_json_is_one_line_error(tmp_path, name):
     assert proc.returncode == 1, err[-2000:]
     assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err, err[-2000:]
     assert str(path) in err and "nested too deeply" in err, err
+
+
+def test_a_fifo_where_prep_reads_its_own_manifest_does_not_hang(tmp_path):
+    """Case 7: a FIFO sitting where the previous manifest is (read to see whether the set is up to
+    date) is not opened for good: prep rebuilds the set and replaces it with a real manifest."""
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "MANIFEST_shapes_5_5.json")
+    proc = run_subprocess(*_shapes_args(out), start_new_session=True)
+    rc, lines = _finish(proc)
+    assert rc == 0, lines
+    assert (out / "MANIFEST_shapes_5_5.json").is_file()
+
+
+@pytest.mark.parametrize("flag", ["--captions", "--split-list"])
+def test_a_fifo_given_as_a_caption_file_is_one_line_error(tmp_path, flag):
+    """Case 7: a FIFO given as a caption file or a split list is refused at once, in one line."""
+    from tests.conftest import write_image
+
+    fifo = tmp_path / ("Flickr_8k.trainImages.txt" if flag == "--split-list" else "captions.txt")
+    os.mkfifo(fifo)
+    write_image(tmp_path / "Images" / "a.jpg")
+    captions = tmp_path / "Flickr8k.token.txt"
+    captions.write_text("a.jpg#0\ta dog runs\n")
+    args = ("--captions", fifo) if flag == "--captions" else ("--captions", captions, "--split-list", fifo)
+    proc = run_subprocess("prep", *args, "--image-folder", tmp_path / "Images", "--dataset", "x",
+                          "--output-folder", tmp_path / "out", "--workers", 1, start_new_session=True)
+    rc, lines = _finish(proc)
+    assert rc == 1 and len(lines) == 1 and "FIFO" in lines[0] and str(fifo) in lines[0], lines
+
+
+def test_open_regular_file_refuses_a_fifo_without_blocking(tmp_path):
+    """Case 7: the check is on the opened descriptor (no window between a check and the open);
+    a FIFO is refused at once, a folder too, and a regular file reads as usual."""
+    from capcli.data.regular import NotRegularFile, open_regular_file
+
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(NotRegularFile, match="a FIFO"):
+        open_regular_file(str(tmp_path / "fifo"))
+    with pytest.raises(NotRegularFile, match="a folder"):
+        open_regular_file(str(tmp_path))
+    (tmp_path / "file").write_bytes(b"abc")
+    with open_regular_file(str(tmp_path / "file")) as f:
+        assert f.read() == b"abc"

@@ -26,8 +26,9 @@ import json
 import re
 from dataclasses import dataclass
 
-from capcli.data.jsonfiles import require_regular_file
+from capcli.data.regular import NotRegularFile, open_regular_file
 from capcli.errors import InputError, shorten
+from capcli.text import visible
 
 KARPATHY, COCO, JSONL, FLICKR8K, RESULTS_CSV, KAGGLE, TABLE = (
     "karpathy", "coco", "jsonl", "flickr8k", "results.csv", "kaggle", "table")
@@ -51,12 +52,13 @@ def read_text(path: str) -> str:
     Raises:
         InputError: missing, not a regular file, not UTF-8 or binary, naming the line.
     """
-    require_regular_file(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:  # a FIFO would block for ever: refused without opening it for good
             raw = f.read()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
+    except NotRegularFile as exc:
+        raise InputError(f"{visible(path)}: {exc.kind}, not a caption file; give the file itself") from None
     except IsADirectoryError:
         raise InputError(f"{path}: a folder, not a caption file") from None
     try:

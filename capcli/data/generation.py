@@ -18,6 +18,7 @@ import secrets
 import h5py
 
 from capcli.data.jsonfiles import read_json
+from capcli.data.regular import open_regular_file
 from capcli.errors import DataError
 from capcli.text import visible
 
@@ -45,7 +46,7 @@ def file_token(path: str) -> str:
             value = f.attrs.get(GENERATION_ATTR, "")
         return f"generation:{value.decode() if isinstance(value, bytes) else value}"
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return f"sha256:{digest.hexdigest()}"

@@ -6,12 +6,12 @@ treated the same way at training and at inference time.
 
 from __future__ import annotations
 
-import os
-import stat
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from capcli.data.regular import NotRegularFile, open_regular_file
 
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
@@ -44,16 +44,16 @@ def load_image(path: str) -> Image.Image:
             Pillow's decompression-bomb pixel limit.
     """
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block or never end
-            raise ImageSkipped("not a regular file (a FIFO, device or socket); give an image file")
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open_regular_file(path) as f:  # a FIFO or a device would block
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(f) as img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img)
     except FileNotFoundError:
         raise ImageSkipped("missing file") from None
+    except NotRegularFile:
+        raise ImageSkipped("not a regular file (a FIFO, device or socket); give an image file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageSkipped(f"too many pixels (over Pillow's limit of {Image.MAX_IMAGE_PIXELS})") from None
     except UnidentifiedImageError:
