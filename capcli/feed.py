@@ -199,17 +199,20 @@ def marked_lines(path: str) -> list[dict]:
     return found
 
 
-def tail_lines(path: str, size: int = TAIL_BYTES) -> list[dict]:
-    """The valid complete lines in the last ``size`` bytes of a feed (the first, cut, one left out)."""
+def last_line(path: str, size: int = TAIL_BYTES) -> dict | None:
+    """The last valid complete line within the last ``size`` bytes of a feed (parsed from the end
+    back: as a rule only the very last line is), or None."""
     with open(path, "rb") as f:
         end = f.seek(0, os.SEEK_END)
         start = max(0, end - size)
         f.seek(start)
         data = f.read(end - start)
     raws = data.split(b"\n")[:-1]
-    if start > 0 and raws:
-        raws = raws[1:]
-    return parse_lines(raws)[0]
+    for raw in reversed(raws[1:] if start > 0 else raws):  # the first may be cut
+        line = parse_line(raw)
+        if line is not None:
+            return line
+    return None
 
 
 class FeedTail:

@@ -4,6 +4,7 @@ PNG pictures (matplotlib, from the ``plots`` extra)."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from capcli import safeio
 from capcli.config import MONITOR_LABELS
@@ -105,8 +106,10 @@ def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> t
     the step is 1 at least (epochs, steps)."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return [], []
-    if hi <= lo:
-        lo, hi = lo - (abs(lo) * 0.1 or 1), hi + (abs(hi) * 0.1 or 1)
+    if hi - lo <= 1e-9 * max(1.0, abs(lo), abs(hi)):  # one value (or values equal but for rounding)
+        middle = (lo + hi) / 2
+        half = max(abs(middle) * 0.1, 1.0 if integer else 1e-3)
+        lo, hi = middle - half, middle + half
     raw = (hi - lo) / max(count - 1, 1)
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
@@ -125,16 +128,25 @@ def tick_label(value: float, step: float) -> str:
     return f"{value:.{_decimals(step)}f}"
 
 
-def set_ticks(plt, series: list[list[tuple[float, float]]], yside: str | None = None, x: bool = True) -> None:
+def set_ticks(plt, series: list[list[tuple[float, float]]], yside: str | None = None, x: bool = True,
+              y: bool = True) -> None:
     """Readable tick labels (:func:`nice_ticks`) on a plotext chart's x axis (integers: epochs or
     steps) and its ``yside`` y axis, from the points drawn."""
     points = [p for points in series for p in points]
     if not points:
         return
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
     if x:
-        plt.xticks(*nice_ticks(min(xs), max(xs), integer=True))
-    plt.yticks(*nice_ticks(min(ys), max(ys)), yside=yside)
+        _axis(plt.xticks, plt.xlim, [p[0] for p in points], True)
+    if y:
+        _axis(partial(plt.yticks, yside=yside), partial(plt.ylim, yside=yside), [p[1] for p in points], False)
+
+
+def _axis(set_ticks, set_limits, values: list[float], integer: bool) -> None:
+    lo, hi = min(values), max(values)
+    ticks, labels = nice_ticks(lo, hi, integer=integer)
+    set_ticks(ticks, labels)
+    if ticks and (ticks[0] < lo or ticks[-1] > hi):  # one value: the axis spans the ticks around it
+        set_limits(min(ticks[0], lo), max(ticks[-1], hi))
 
 
 def save_pngs(name: str, s: RunSummary, folder: str) -> list[str]:

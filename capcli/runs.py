@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from capcli.errors import InputError
-from capcli.feed import STALE_SECONDS, FeedTail, marked_lines, stream_feed, tail_lines, valid_line
+from capcli.feed import STALE_SECONDS, FeedTail, last_line, marked_lines, stream_feed, valid_line
 from capcli.paths import config_file, feed_file, feed_pattern, lock_file, run_feeds, run_name_of_feed
 from capcli.runconfig import saved_data_name
 from capcli.runlock import read_holder
@@ -107,13 +107,16 @@ class Buckets:
     """A series downsampled as it grows, as charts of long runs need it: consecutive points fall in
     at most ``size`` buckets of ``width`` points each, a bucket keeps its lowest and its highest
     point, and when the buckets are full, neighbours merge and ``width`` doubles. Short series are
-    kept whole (``width`` 1); :meth:`points` has at most ``2 × size`` points, in order."""
+    kept whole (``width`` 1); :meth:`points` has the first and last point too, at most
+    ``2 × size + 2``, in order."""
 
     def __init__(self, size: int = MAX_STEP_BUCKETS) -> None:
         self.size, self.width = size, 1
         self.buckets: list[list] = []  # [count, (x, y) lowest, (x, y) highest]
+        self.ends: list[tuple] = []  # the first point and the last
 
     def add(self, x, y) -> None:
+        self.ends[1:] = [(x, y)]
         if not self.buckets or self.buckets[-1][0] >= self.width:
             if len(self.buckets) >= self.size:
                 self._merge()
@@ -135,10 +138,10 @@ class Buckets:
         self.buckets, self.width = merged, self.width * 2
 
     def points(self) -> list[tuple[float, float]]:
-        out = []
+        out = self.ends[:1]
         for _, low, high in self.buckets:
-            out += [low] if low == high else sorted((low, high))
-        return out
+            out += [p for p in ([low] if low == high else sorted((low, high))) if p != out[-1]]
+        return out + [p for p in self.ends[1:] if p != out[-1]]
 
 
 def _add_a2c_line(s: RunSummary, line: dict) -> None:
@@ -329,8 +332,7 @@ def run_info(output_folder: str, name: str, path: str | None = None, now: float 
     path = path or feed_file(output_folder, name)
     exists = os.path.exists(path)
     summary = summarize(marked_lines(path)) if exists else RunSummary()
-    tail = tail_lines(path) if exists else []
-    last = tail[-1] if tail else None
+    last = last_line(path) if exists else None
     stage = last.get("stage") if last else summary.stage
     ended = summary.ended if last is None else (last.get("reason") or "ended") if last.get("event") == "end" else None
     last_time = last.get("time") if last else summary.last_time

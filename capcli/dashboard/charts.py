@@ -81,12 +81,9 @@ def draw_chart(widget, spec: ChartSpec, summary: RunSummary,
                 drawn[side].append(_plot(plt, compared[1].series.get(key),
                                          f"{label} · {visible(compared[0][:16])}", side))
     left, right = ([points for points in drawn[side] if points] for side in ("left", "right"))
-    if left:
-        set_ticks(plt, left + right, yside="left")  # the x ticks of every curve, the y ticks of the left
-        if right:
-            set_ticks(plt, right, yside="right", x=False)
-    elif right:
-        set_ticks(plt, right, yside="right")
+    set_ticks(plt, left + right, y=False)
+    set_ticks(plt, left, yside="left", x=False)
+    set_ticks(plt, right, yside="right", x=False)
     curves = left + right
     plt.title(spec.title if curves else f"{spec.title}: no data yet")
     widget.refresh()
