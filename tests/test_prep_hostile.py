@@ -378,3 +378,19 @@ def test_open_regular_file_refuses_a_fifo_without_blocking(tmp_path):
     (tmp_path / "file").write_bytes(b"abc")
     with open_regular_file(str(tmp_path / "file")) as f:
         assert f.read() == b"abc"
+
+
+def test_a_hostile_key_in_the_one_line_error_is_escaped(tmp_path):
+    """Case 5: when no row is usable, the error quotes the first bad row's reason; a JSON key
+    holding an escape sequence and a line end reaches the terminal escaped, on one line."""
+    import json
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"\x1b]0;pwned\x07pic\nture": "a.jpg", "caption": "a dog"}) + "\n")
+    (tmp_path / "images").mkdir()
+    proc = run_subprocess("prep", "--captions", path, "--image-folder", tmp_path / "images", "--dataset", "x",
+                          "--output-folder", tmp_path / "out", "--workers", 1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "\x1b" not in err and "\x07" not in err and err.strip().count("\n") == 0, repr(err)
+    assert "\\x1b]0;pwned\\x07pic" in err, err

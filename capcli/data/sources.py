@@ -30,6 +30,7 @@ from capcli.data.karpathy import SourceImage, dataset_name_of, read_karpathy_jso
 from capcli.data.readers import BadRows, Columns, Row, read_rows, split_word
 from capcli.data.vocab import coco_tokenize
 from capcli.errors import InputError
+from capcli.text import visible
 
 FLICKR8K_LISTS = ("Flickr_8k.trainImages.txt", "Flickr_8k.devImages.txt", "Flickr_8k.testImages.txt")
 _SUGGESTED = {COCO: "coco", FLICKR8K: "flickr8k", KAGGLE: "flickr8k", RESULTS_CSV: "flickr30k"}
@@ -81,7 +82,7 @@ def read_source(paths: Sequence[str], options: SourceOptions) -> Source:
         if not any(row.texts for row in rows):
             first = next((b for b in bad.rows if b["file"] == path), None)
             raise InputError(f"{path}: no usable caption"
-                             + (f" ({first['where']}: {first['reason']})" if first else ""))
+                             + (f" ({first['where']}: {visible(first['reason'])})" if first else ""))
         for row in rows:
             _add_row(images, explicit, row, row.split or file_splits.get(path), path, options.image_folder, bad)
     lists = list(options.split_lists) or _flickr8k_lists(detected)
@@ -95,7 +96,7 @@ def _add_row(images: dict[str, SourceImage], explicit: dict[str, str], row: Row,
              image_folder: str, bad: BadRows) -> None:
     """Add ``row``'s captions to its image (a new one at first sight)."""
     if split is not None and explicit.setdefault(row.image, split) != split:
-        bad.add(path, row.where, f"{row.image} is in {explicit[row.image]} already, not {split}")
+        bad.add(path, row.where, f"{visible(row.image)} is in {explicit[row.image]} already, not {split}")
         return
     image = images.get(row.image)
     if image is None:
@@ -146,7 +147,7 @@ def _read_split_lists(paths: list[str], bad: BadRows) -> dict[str, str]:
         for number, line in enumerate(read_text(path).split("\n"), 1):
             name = line.strip()
             if name and splits.setdefault(name, split) != split:
-                bad.add(path, f"line {number}", f"{name} is listed for {splits[name]} already")
+                bad.add(path, f"line {number}", f"{visible(name)} is listed for {splits[name]} already")
     return splits
 
 
