@@ -20,7 +20,7 @@ PROGRESS = re.compile(r"^(generating shapes|prep (TRAIN|VAL|TEST)): \d+")
 
 @pytest.fixture(scope="module")
 def slow_source(tmp_path_factory):
-    """A Kaggle captions.txt of 300 large noisy JPEGs (hard links of one): slow enough to decode
+    """A Kaggle captions.txt of 800 large noisy JPEGs (hard links of one): slow enough to decode
     that prep is still running its workers a few seconds after it starts."""
     root = tmp_path_factory.mktemp("slow")
     images = root / "images"
@@ -28,7 +28,7 @@ def slow_source(tmp_path_factory):
     pixels = np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(root / "big.jpg", quality=95)
     rows = ["image,caption"]
-    for i in range(300):
+    for i in range(800):
         os.link(root / "big.jpg", images / f"{i:05d}.jpg")
         rows.append(f"{i:05d}.jpg,a red square above a blue circle number {i % 7}")
     (root / "captions.txt").write_text("\n".join(rows) + "\n")
