@@ -49,7 +49,7 @@ from capcli.data.vocab import END, PAD, START, UNK
 from capcli.errors import CheckpointError, InputError, first_line, shorten
 from capcli.model_card import card_text, checkpoint_evaluations
 from capcli.paths import BUNDLE_FILES, bundle_file, bundle_folder, bundle_of
-from capcli.safeio import atomic_folder, atomic_write
+from capcli.safeio import atomic_folder, atomic_write, open_regular
 
 BUNDLE_FORMAT = "capcli-bundle"
 BUNDLE_VERSION = 1
@@ -199,7 +199,7 @@ def read_bundle(path: str) -> Checkpoint:
     """
     folder = bundle_of(path) or path
     config_file = bundle_file(folder, "config")
-    if not os.path.isfile(config_file):
+    if not os.path.lexists(config_file):
         raise CheckpointError(f"{folder}: not a capcli checkpoint or bundle (a folder without "
                               f"{BUNDLE_FILES['config']})")
     config = read_json(config_file, CheckpointError)
@@ -222,8 +222,8 @@ def read_bundle(path: str) -> Checkpoint:
     data = data_ref(config_file, config.get("data"))
     source = config.get("source") if isinstance(config.get("source"), dict) else {}
     return Checkpoint(config["stage"], model_config, word_map, encoder, decoder, _state(config), **sizes, data=data,
-                      train_config=options_from(TrainConfig, config.get("train_config")),
-                      a2c_config=options_from(A2CConfig, config.get("a2c_config")),
+                      train_config=options_from(TrainConfig, config.get("train_config"), config_file),
+                      a2c_config=options_from(A2CConfig, config.get("a2c_config"), config_file),
                       path=folder, source=str(source.get("checkpoint") or folder))
 
 
@@ -232,8 +232,10 @@ def _read_weights(path: str) -> tuple[dict, dict]:
     from safetensors.torch import load
 
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, error=CheckpointError) as f:  # a FIFO would block for ever
             tensors = load(f.read())
+    except CheckpointError:
+        raise
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file (a torn bundle: export it again)") from None
     except OSError as exc:

@@ -34,9 +34,10 @@ from capcli.checkpoint_meta import write_meta
 from capcli.config import A2CConfig, ModelConfig, TrainConfig, name_problem
 from capcli.data.vocab import END, PAD, START
 from capcli.errors import CheckpointError, os_error_message, shorten
+from capcli.limits import LIMITS, check_limit
 from capcli.load_failure import load_failure
 from capcli.paths import bundle_of
-from capcli.safeio import atomic_write
+from capcli.safeio import atomic_write, open_regular
 from capcli.text import visible
 
 FORMAT = "capcli-checkpoint"
@@ -102,12 +103,16 @@ def load_checkpoint(path: str) -> dict:
     Raises:
         CheckpointError: missing file, unsafe or corrupt content, or not a capcli checkpoint.
     """
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        with warnings.catch_warnings():
+        file = open_regular(path, error=CheckpointError)  # a FIFO would block torch.load for ever
+    except FileNotFoundError:
+        raise CheckpointError(f"{visible(path)}: no such checkpoint") from None
+    except OSError as exc:
+        raise CheckpointError(os_error_message(_with_filename(exc, path))) from None
+    try:
+        with file, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols on its way to failing
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(file, map_location="cpu", weights_only=True)
     except OSError as exc:  # unreadable (permissions), not unparsable
         raise CheckpointError(os_error_message(_with_filename(exc, path))) from None
     except Exception as exc:  # the unpickler's refusal or a parse failure: many types, long texts
@@ -257,8 +262,8 @@ class Checkpoint:
                 malformed.append(f"{key} is not a state dict")
         return cls(kind, config, dict(raw["word_map"]), raw["encoder"], raw["decoder"], state, **sizes,
                    data=data_ref(path, raw.get("data")), run=safe_name(path, "run", raw.get("run")),
-                   train_config=options_from(TrainConfig, raw.get("train_config")),
-                   a2c_config=options_from(A2CConfig, raw.get("a2c_config")), **state_dicts,
+                   train_config=options_from(TrainConfig, raw.get("train_config"), path),
+                   a2c_config=options_from(A2CConfig, raw.get("a2c_config"), path), **state_dicts,
                    saved_at=raw.get("saved_at"), path=path, absent=frozenset(absent), malformed=tuple(malformed))
 
     def check_resumable(self, stage: str) -> None:
@@ -302,11 +307,18 @@ def _run_state(cls: type, raw: dict) -> tuple[RunState, set[str], list[str]]:
     return cls(**values), absent, malformed
 
 
-def options_from(cls: type, raw: object):
-    """A saved options dict as its config class, fields it no longer has left out."""
+def options_from(cls: type, raw: object, path: str = ""):
+    """A saved options dict as its config class, fields it no longer has left out, its batch size
+    within :data:`capcli.limits.LIMITS` (a resumed run uses it).
+
+    Raises:
+        CheckpointError: a batch size that is not a whole number within its limit.
+    """
     if not isinstance(raw, dict):
         return None
     known = {f.name for f in dataclasses.fields(cls)}
+    if "batch_size" in raw:
+        positive_whole(path, "batch_size", raw["batch_size"])
     return cls(**{k: v for k, v in raw.items() if k in known})
 
 
@@ -333,9 +345,10 @@ def data_ref(path: str, raw: object) -> DataRef:
 
 
 def positive_whole(path: str, key: str, value: object) -> int:
+    """``value``, a whole number within :data:`capcli.limits.LIMITS` when ``key`` is there."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise CheckpointError(f"{path}: {key} is {shorten(repr(value))}, not a positive whole number")
-    return value
+    return check_limit(path, key, value) if key in LIMITS else value
 
 
 _FIELD_TYPES = {"int": int, "str": str, "float": (int, float), "bool": bool}  # ModelConfig's annotations
@@ -366,6 +379,8 @@ def model_config_from(path: str, raw: object) -> ModelConfig:
                                   f"{shorten(repr(value))}, expected {fields[name]}")
         if name in _POSITIVE and value < 1:
             raise CheckpointError(f"{path}: model_config field {name} is {value}, expected a positive number")
+        if name in LIMITS:  # checked before anything is built from it (10^9: a storage-size error)
+            check_limit(path, name, value)
     if not 0 <= raw.get("dropout", 0.0) < 1:
         raise CheckpointError(f"{path}: model_config field dropout is {raw['dropout']}, expected 0 <= dropout < 1")
     return ModelConfig(**raw)

@@ -28,7 +28,6 @@ checkpoint_bytes   the checkpoint file's size
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -36,7 +35,8 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from capcli.config import name_problem
-from capcli.data.jsonfiles import write_json
+from capcli.data.jsonfiles import read_json, write_json
+from capcli.errors import CapcliError
 from capcli.paths import checkpoint_meta_file
 
 if TYPE_CHECKING:
@@ -101,9 +101,8 @@ def read_meta(path: str) -> dict | None:
         checkpoint = os.stat(path)
         if checkpoint.st_mtime > os.path.getmtime(meta_path):
             return None
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError):  # absent, unreadable, not UTF-8, not JSON
+        meta = read_json(meta_path)
+    except (OSError, CapcliError):  # absent, unreadable, not UTF-8, not JSON, too deep, a FIFO
         return None
     if not isinstance(meta, dict) or meta.get("version") != META_VERSION:
         return None

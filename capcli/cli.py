@@ -18,6 +18,7 @@ from capcli import __version__, cli_env, cli_runs, options, render
 from capcli.cli_export import export_command
 from capcli.config import SHAPES_IMAGE_SIZE
 from capcli.errors import CapcliError, Interrupted, os_error_message, out_of_memory_message
+from capcli.limits import int_range
 from capcli.options import option_given
 from capcli.progress import close_open_bars
 
@@ -136,7 +137,7 @@ def train_command(ctx: click.Context, **params) -> None:
 @click.option("-wm", "--word-map", "--word_map", "word_map", default=None, type=click.Path(dir_okay=False),
               help="Word map JSON (optional: the checkpoint holds its own; if given it must match).")
 @click.option("-b", "--beam-size", "--beam", "--beam_size", "beam_size", default=5, show_default=True,
-              type=click.IntRange(1, 100), help="Beam width (1: greedy).")
+              type=int_range("beam"), help="Beam width (1: greedy).")
 @click.option("-v", "--visualize-attention", "--visualize_attention", "visualize", is_flag=True,
               help="Also write attention_visualization.png (one panel per word, one colour scale).")
 @click.option("--per-word", is_flag=True,
@@ -188,7 +189,7 @@ def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | 
 @options.split_option
 @options.beams_option
 @options.metrics_option
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per batch.")
+@click.option("--batch-size", default=32, show_default=True, type=int_range("batch_size"), help="Images per batch.")
 @click.option("--max-images", default=0, show_default=True, type=click.IntRange(0),
               help="Evaluate on at most this many images (0: all).")
 @options.decoding_options
@@ -305,9 +306,9 @@ def metrics_command(output_folder: str, name: str | None, width: int | None, hei
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), hidden=True,
               deprecated="use -m/--model", help="Old name of -m/--model.")
 @options.architecture_options
-@click.option("--vocab-size", default=2600, show_default=True, type=click.IntRange(5), help="Vocabulary size.")
+@click.option("--vocab-size", default=2600, show_default=True, type=int_range("vocab_size", 5), help="Vocabulary size.")
 @click.option("--fine-tune-encoder", is_flag=True, help="Count ResNet stages 2-4 as trainable.")
-@click.option("--image-size", default=256, show_default=True, type=click.IntRange(32, 2048),
+@click.option("--image-size", default=256, show_default=True, type=int_range("image_size", 32),
               help="Side of the sample image (a checkpoint uses its own).")
 @click.option("--graph", default=None, type=click.Path(dir_okay=False),
               help="Also render a diagram to this PNG, e.g. model_outputs/model_architecture.png "

@@ -16,6 +16,7 @@ import zipfile
 
 import torch
 
+from capcli.safeio import open_regular
 from capcli.torch_compat import weights_only_allowed
 
 # "GLOBAL posix.system whose module posix is blocked", "GLOBAL __main__.Some was not an allowed global"
@@ -91,17 +92,18 @@ def _scan_pickle(path: str) -> tuple[list[str], bool]:
     the globals of such a file without importing or calling anything.
     """
     try:
-        is_zip = zipfile.is_zipfile(path)
-        if is_zip:  # torch.save's format: the pickle is */data.pkl
-            with zipfile.ZipFile(path) as archive:
-                inner = [n for n in archive.namelist() if n.endswith("data.pkl")]
-                if not inner:
-                    return [], False
-                with archive.open(inner[0]) as f:
-                    scan = _GlobalsScan(f.read(_SCAN_LIMIT))
-        else:
-            with open(path, "rb") as f:
-                scan = _GlobalsScan(f.read(_SCAN_LIMIT))
+        with open_regular(path) as file:  # a FIFO swapped in since the load is refused, not waited on
+            is_zip = zipfile.is_zipfile(file)
+            file.seek(0)
+            if is_zip:  # torch.save's format: the pickle is */data.pkl
+                with zipfile.ZipFile(file) as archive:
+                    inner = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                    if not inner:
+                        return [], False
+                    with archive.open(inner[0]) as f:
+                        scan = _GlobalsScan(f.read(_SCAN_LIMIT))
+            else:
+                scan = _GlobalsScan(file.read(_SCAN_LIMIT))
     except Exception:  # noqa: BLE001 - any unreadable archive (zlib, lzma, zip errors): nothing to scan
         return [], False
     try:

@@ -6,11 +6,12 @@ those evaluation files), so it always says what the bundle holds.
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 
 from capcli.config import MONITOR_LABELS
+from capcli.data.jsonfiles import read_json
+from capcli.errors import CapcliError
 from capcli.paths import checkpoint_stem, evaluation_files
 
 _LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "cider_d": "CIDEr-D",
@@ -24,9 +25,8 @@ def checkpoint_evaluations(checkpoint: str) -> list[dict]:
     found = []
     for path in evaluation_files(folder, checkpoint_stem(checkpoint)):
         try:
-            with open(path, encoding="utf-8") as f:
-                report = json.load(f)
-        except (OSError, ValueError):
+            report = read_json(path)
+        except (OSError, CapcliError):  # unreadable, malformed, too deep, a FIFO
             continue
         if isinstance(report, dict) and report.get("checkpoint") == os.path.abspath(checkpoint) \
                 and isinstance(report.get("scores"), dict):

@@ -27,6 +27,7 @@ from capcli.config import (
     PrepConfig,
     TrainConfig,
 )
+from capcli.limits import LIMITS, int_range
 
 Decorator = Callable[[Callable], Callable]
 
@@ -88,8 +89,9 @@ def _parse_beams(ctx: click.Context, param: click.Parameter, value: str) -> list
         beams = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"{value!r}: expected beam sizes like 1,3,5") from None
-    if not beams or min(beams) < 1:
-        raise click.BadParameter(f"{value!r}: beam sizes are whole numbers ≥ 1")
+    top = LIMITS["beam"].maximum
+    if not beams or min(beams) < 1 or max(beams) > top:
+        raise click.BadParameter(f"{value!r}: beam sizes are whole numbers from 1 to {top}")
     return list(dict.fromkeys(beams))
 
 
@@ -160,9 +162,9 @@ architecture_options = bundle(
     from_config(ModelConfig, "--encoder", type=click.Choice(ENCODER_NAMES), help="ResNet encoder."),
     from_config(ModelConfig, "--decoder", type=click.Choice(DECODER_NAMES),
                 help="LSTM decoder with soft attention, or ImgCap's plain one."),
-    from_config(ModelConfig, "--embed-dim", type=click.IntRange(1), help="Word embedding size."),
-    from_config(ModelConfig, "--attention-dim", type=click.IntRange(1), help="Attention size."),
-    from_config(ModelConfig, "--decoder-dim", type=click.IntRange(1), help="LSTM hidden size."),
+    from_config(ModelConfig, "--embed-dim", type=int_range("embed_dim"), help="Word embedding size."),
+    from_config(ModelConfig, "--attention-dim", type=int_range("attention_dim"), help="Attention size."),
+    from_config(ModelConfig, "--decoder-dim", type=int_range("decoder_dim"), help="LSTM hidden size."),
     click.option("--one-hot", "--one_hot", is_flag=True, help="Fixed one-hot word vectors instead of embeddings."),
 )
 
@@ -237,9 +239,9 @@ prep_options = bundle(
                 help="Captions stored per image (sampled, or repeated when an image has fewer)."),
     from_config(PrepConfig, "--min-word-freq", type=click.IntRange(1),
                 help="Words seen fewer times in training captions become <unk>."),
-    from_config(PrepConfig, "--max-len", type=click.IntRange(1, 1000),
+    from_config(PrepConfig, "--max-len", type=int_range("max_len"),
                 help="Longest caption kept, in words; longer captions are dropped."),
-    click.option("--image-size", default=None, type=click.IntRange(16, 2048),
+    click.option("--image-size", default=None, type=int_range("image_size"),
                  help="Side of the square RGB images stored in HDF5 [default: 256; 128 for shapes]."),
     prep_workers_option,
     from_config(PrepConfig, "--seed", type=int,
@@ -265,7 +267,7 @@ train_options = bundle(
                     "letters, digits, - _ . [default: the data set's name]. --resume finds the run by it."),
     tensorboard_option,
     _train("--epochs", type=click.IntRange(0), help="Total epochs (on --resume: the total, not additional ones)."),
-    _train("--batch-size", "--batch_size", type=click.IntRange(1),
+    _train("--batch-size", "--batch_size", type=int_range("batch_size"),
            help="Captions per training batch: batch-size ÷ captions-per-image whole images, each with all "
                 "its captions (so an image is encoded once per step)."),
     click.option("--resume", is_flag=True, help="Continue from model_outputs/checkpoint_{run}.pth.tar."),
@@ -332,7 +334,7 @@ a2c_options = bundle(
     tensorboard_option,
     click.option("--overwrite", is_flag=True, help="Start a new A2C run even though A2C_{run}.pth.tar exists."),
     _a2c("--epochs", type=click.IntRange(1), help="Total A2C epochs (a shapes model: 4 unless given)."),
-    _a2c("--batch-size", "--batch_size", type=click.IntRange(1), help="Images per batch (one sampled caption each)."),
+    _a2c("--batch-size", "--batch_size", type=int_range("batch_size"), help="Images per batch (one sampled caption each)."),
     _a2c("--temperature", type=click.FloatRange(0.05),
          help="Sampling temperature (higher: more exploration; a shapes model: 0.5 unless given)."),
     _a2c("--entropy-weight", "--entropy_weight", type=click.FloatRange(0),
@@ -353,7 +355,7 @@ a2c_options = bundle(
     _a2c("--critic-lr", type=float, help="Critic learning rate."),
     _a2c("--encoder-lr", type=float, help="Encoder learning rate (with --train-encoder)."),
     _a2c("--grad-clip", type=click.FloatRange(0, min_open=True), help="Clip the gradient norm to this."),
-    _a2c("--max-len", type=click.IntRange(0), help="Longest sampled caption (0: the data's maximum)."),
+    _a2c("--max-len", type=int_range("max_len", 0), help="Longest sampled caption (0: the data's maximum)."),
     _a2c("--max-val-images", type=click.IntRange(0), help="Validate on at most this many images (0: all)."),
     click.option("--resume", is_flag=True, help="Continue from model_outputs/A2C_{run}.pth.tar."),
     run_options(A2CConfig, "Random seed (data order, critic, sampling)."),

@@ -10,7 +10,6 @@ what it takes to repeat or compare a run without loading its checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import time
 
@@ -39,10 +38,12 @@ def write_run_config(path: str, *args, **kwargs) -> dict:
 
 def saved_data_name(path: str) -> str | None:
     """The data name a saved configuration records (None: no file, or not one of ours)."""
+    from capcli.data.jsonfiles import read_json
+    from capcli.errors import CapcliError
+
     try:
-        with open(path, encoding="utf-8") as f:
-            name = json.load(f).get("data", {}).get("name")
-    except (OSError, ValueError, AttributeError):
+        name = read_json(path).get("data", {}).get("name")
+    except (OSError, CapcliError, AttributeError):  # absent, malformed, too deep, a FIFO, not ours
         return None
     return name if isinstance(name, str) else None
 

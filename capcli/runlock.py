@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from capcli.errors import CapcliError
-from capcli.safeio import open_no_links, pid_alive
+from capcli.safeio import open_no_links, open_regular, pid_alive, refuse_irregular
 
 
 class RunLocked(CapcliError):
@@ -29,9 +29,9 @@ class RunLocked(CapcliError):
 def read_holder(path: str) -> dict | None:
     """What the lock file says about its last holder (None: empty or unreadable)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_regular(path, text=True, links=False) as f:
             data = json.loads(f.read() or "null")
-    except (OSError, ValueError):
+    except (OSError, ValueError, CapcliError):  # absent, unreadable, not JSON, a FIFO or a link
         return None
     return data if isinstance(data, dict) else None
 
@@ -72,8 +72,10 @@ def run_lock(path: str, note: Callable[[str], None] = lambda text: None) -> Iter
         RunLocked: another live process holds it (naming its PID).
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = open_no_links(path, os.O_RDWR | os.O_CREAT)
+    fd = open_no_links(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK)
     try:
+        refuse_irregular(fd, path, RunLocked)
+        os.set_blocking(fd, True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from capcli.errors import CapcliError
+from capcli.text import visible
 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # temps of other hosts are never touched
 # .{name}.{host}-{pid}.{random}.tmp
@@ -191,6 +192,45 @@ def atomic_folder(path: str, replaces: bool = False) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(staging)
         raise
+
+
+def open_regular(path: str, text: bool = False, error: type[CapcliError] = CapcliError,
+                 links: bool = True) -> IO:
+    """Open ``path`` for reading only if it is a regular file: a FIFO (opening one blocks until a
+    writer comes, for ever), a device or a folder is refused with one line naming ``path``.
+
+    The file is opened without blocking, checked with ``fstat`` on that very descriptor (no race
+    with a swap of the name), then switched back to blocking reads.
+
+    Args:
+        text: UTF-8 text instead of bytes.
+        error: the error raised for what is not a regular file.
+        links: follow a symlink at ``path`` (False: refuse it, where links are refused already).
+
+    Raises:
+        error: not a regular file (or a link, with ``links=False``).
+        OSError: the file cannot be opened (absent, permissions).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if links else os.O_NOFOLLOW))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not links:
+            raise error(f"{visible(path)} is a symbolic link; capcli does not read through it here") from None
+        raise
+    try:
+        refuse_irregular(fd, path, error)
+        os.set_blocking(fd, True)
+        return open(fd, encoding="utf-8") if text else open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def refuse_irregular(fd: int, path: str, error: type[CapcliError] = CapcliError) -> None:
+    """Raise ``error`` naming ``path`` unless the open descriptor ``fd`` is a regular file."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise error(f"{visible(path)}: not a regular file (a FIFO, device or folder); capcli reads only "
+                    "regular files here (remove it or give the file itself)")
 
 
 def open_append(path: str) -> IO:

@@ -85,3 +85,114 @@ def test_a_sidecar_with_an_unsafe_run_name_is_not_trusted(run_copy):
         json.dump(meta, f)
     os.utime(meta_file, (stat.st_atime, stat.st_mtime))
     assert read_meta(str(out / BEST)) is None
+
+
+# --- 2. FIFOs where a file is read -------------------------------------------------------------
+
+
+def _fifo(path) -> None:
+    if os.path.lexists(path):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    os.mkfifo(path)
+
+
+def _not_regular(line: str, path) -> None:
+    assert "not a regular file" in line and str(path) in line
+
+
+def test_a_fifo_lock_neither_hangs_train_resume_nor_runs(run_copy):
+    data, out = run_copy
+    shutil.copy(out / BEST, out / f"checkpoint_{NAME}.pth.tar")
+    _fifo(out / f"{NAME}.lock")
+    line = _one_error_line(_capcli("train", "--resume", "--data-folder", data, "--output-folder", out,
+                                   "--epochs", 2, timeout=60))
+    _not_regular(line, out / f"{NAME}.lock")
+    done = _capcli("runs", "--output-folder", out, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert NAME in done.stdout
+
+
+def test_a_fifo_checkpoint_is_one_line_for_export_evaluate_and_caption(run_copy):
+    data, out = run_copy
+    image = sorted((data / "shapes" / "images").iterdir())[0]
+    _fifo(out / "fifo.pth.tar")
+    for args in (("export", "-m", out / "fifo.pth.tar"),
+                 ("evaluate", "-m", out / "fifo.pth.tar", "--data-folder", data, "--output-folder", out),
+                 ("caption", image, "-m", out / "fifo.pth.tar")):
+        _not_regular(_one_error_line(_capcli(*args, timeout=60)), out / "fifo.pth.tar")
+
+
+@pytest.mark.parametrize("part", ["model.safetensors", "config.json", "word_map.json"])
+def test_a_fifo_in_a_bundle_is_one_line(run_copy, part):
+    data, out = run_copy
+    done = _capcli("export", "--output-folder", out, timeout=120)
+    assert done.returncode == 0, done.stderr
+    bundle = out / f"BEST_{NAME}.bundle"
+    _fifo(bundle / part)
+    image = sorted((data / "shapes" / "images").iterdir())[0]
+    _not_regular(_one_error_line(_capcli("caption", image, "-m", bundle, timeout=60)), bundle / part)
+
+
+def test_a_fifo_evaluation_file_does_not_hang_export(run_copy):
+    _, out = run_copy
+    _fifo(out / f"evaluation_BEST_{NAME}_test.json")
+    done = _capcli("export", "--output-folder", out, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert os.path.isfile(out / f"BEST_{NAME}.bundle" / "config.json")
+
+
+def test_a_fifo_sidecar_or_lock_reads_as_absent(run_copy):
+    from capcli.checkpoint import read_meta
+    from capcli.paths import checkpoint_meta_file
+    from capcli.runlock import read_holder
+
+    _, out = run_copy
+    _fifo(checkpoint_meta_file(str(out / BEST)))
+    assert read_meta(str(out / BEST)) is None
+    _fifo(out / "x.lock")
+    assert read_holder(str(out / "x.lock")) is None
+
+
+# --- 3. one table of limits --------------------------------------------------------------------
+
+
+def test_evaluate_caps_the_beam_like_caption(run, tmp_path):
+    from capcli.limits import LIMITS
+
+    top = LIMITS["beam"].maximum
+    for command in (("evaluate", "--data-folder", tmp_path / "none", "--beam", f"1,{top + 1}"),
+                    ("caption", tmp_path / "none.png", "--beam", top + 1)):
+        result = run(*command, "-m", tmp_path / "none.pth.tar")
+        assert result.exit_code == 2, result.output
+        assert str(top) in result.output
+
+
+@pytest.mark.parametrize("change", [{"model_config__decoder_dim": 10**9}, {"model_config__embed_dim": 10**6},
+                                    {"max_len": 10**6}, {"image_size": 10**6},
+                                    {"train_config__batch_size": 10**9}])
+def test_sizes_in_a_checkpoint_are_bounded_before_anything_is_built(run_copy, change):
+    data, out = run_copy
+    _edit_checkpoint(out / BEST, **change)
+    key = next(iter(change)).split("__")[-1]
+    image = sorted((data / "shapes" / "images").iterdir())[0]
+    line = _one_error_line(_capcli("caption", image, "-m", out / BEST, timeout=60))
+    assert key in line and "outside" in line and BEST in line
+
+
+@pytest.mark.parametrize("key", ["max_len", "image_size", "decoder_dim"])
+def test_sizes_in_a_bundle_config_are_bounded(run_copy, key):
+    data, out = run_copy
+    assert _capcli("export", "--output-folder", out).returncode == 0
+    config_file = out / f"BEST_{NAME}.bundle" / "config.json"
+    config = json.loads(config_file.read_text())
+    if key == "decoder_dim":
+        config["model_config"][key] = 10**9
+    else:
+        config[key] = 10**6
+    config_file.write_text(json.dumps(config))
+    image = sorted((data / "shapes" / "images").iterdir())[0]
+    line = _one_error_line(_capcli("caption", image, "-m", config_file.parent, timeout=60))
+    assert key in line and "outside" in line and "config.json" in line

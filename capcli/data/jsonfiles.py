@@ -7,21 +7,21 @@ import os
 import stat
 
 from capcli.errors import CapcliError, InputError
-from capcli.safeio import atomic_write
+from capcli.safeio import atomic_write, open_regular
+from capcli.text import visible
 
 
 def require_regular_file(path: str, error: type[CapcliError] = InputError) -> None:
     """Refuse a FIFO, device or folder where a file is read: opening a FIFO blocks for ever."""
     if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
-        raise error(f"{path}: not a regular file (a FIFO, device or folder); give the file itself")
+        raise error(f"{visible(path)}: not a regular file (a FIFO, device or folder); give the file itself")
 
 
 def read_json(path: str, error: type[CapcliError] = InputError) -> object:
     """Parse ``path``; a missing, non-regular (a FIFO would block), non-UTF-8 or malformed file
     raises ``error`` naming the place."""
     try:
-        require_regular_file(path, error)
-        with open(path, encoding="utf-8") as f:
+        with open_regular(path, text=True, error=error) as f:
             return json.load(f)
     except FileNotFoundError:
         raise error(f"{path}: no such file") from None
