@@ -62,6 +62,9 @@ def _how_it_ended(exitcode: int | None) -> str:
     return f"killed by {name}, perhaps out of memory" if -exitcode == signal.SIGKILL else f"killed by {name}"
 
 
+_pool_parent: int | None = None  # the pid that starts the pool (its workers read it after fork)
+
+
 def _worker_start() -> None:
     """Workers leave Ctrl-C and SIGTERM handling to the parent, which stops the pool: a worker
     ignores SIGINT, dies quietly of SIGTERM, and dies with the parent (Linux), never printing."""
@@ -71,6 +74,8 @@ def _worker_start() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))
+    if _pool_parent is not None and os.getppid() != _pool_parent:
+        os._exit(0)  # the parent died before the line above took effect
 
 
 class _TrackingFork(mp_context.ForkContext):
@@ -101,6 +106,8 @@ def _the_dead(processes: list) -> WorkerDied:
 def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A fork pool whose workers ignore interrupts. Leaving it early (an error, a signal, a
     consumer that stops) kills the workers at once; a worker that dies raises WorkerDied."""
+    global _pool_parent
+    _pool_parent = os.getpid()
     forks = _TrackingFork()
     executor = ProcessPoolExecutor(workers, mp_context=forks, initializer=_worker_start)
     done = False
