@@ -147,20 +147,22 @@ def test_sigkill_of_prep_leaves_no_shared_memory_or_worker(tmp_path, slow_source
     assert gone
 
 
-@pytest.mark.parametrize("target", ["prep", "group"])
-def test_sigterm_prints_one_line_and_exits_143(tmp_path, slow_source, target):
+@pytest.mark.parametrize("signum, target", [(signal.SIGTERM, "prep"), (signal.SIGTERM, "group"),
+                                           (signal.SIGINT, "group")])
+def test_sigterm_prints_one_line_and_exits_143(tmp_path, slow_source, signum, target):
     """Case 2: SIGTERM to prep (or to its whole process group, as `docker stop` or a service
-    manager sends it) while workers run: one line, exit 143, no worker traceback, nothing left."""
+    manager sends it; SIGINT to the group is Ctrl-C) while workers run: one line, exit 128 + the
+    signal, no worker traceback, nothing left."""
     out = tmp_path / "out"
     proc = _start(slow_source, out)
     _wait_for_workers(proc, out)
     if target == "prep":
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
     else:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signum)
     rc, lines = _finish(proc)
-    assert rc == 143, lines
-    assert lines == ["Error: prep stopped by SIGTERM; nothing was changed"]
+    assert rc == 128 + signum, lines
+    assert lines == [f"Error: prep stopped by {signal.Signals(signum).name}; nothing was changed"]
     assert os.listdir(out) == []
     assert _group_gone(proc.pid)
 
