@@ -241,12 +241,11 @@ class Dashboard(QueryPanel, App):
         both from ``capcli.runs.run_info``, as ``capcli runs`` lists them."""
         from capcli.runs import list_runs, run_info
 
+        followed = {f.name: run_info(self.output_folder, f.name).state for f in (self.main, self.compared) if f}
+        if followed and not self.runs:  # the first time: the followed run's state before the whole list
+            self._later(self._apply_states, self.runs, followed)
         runs = list_runs(self.output_folder) if os.path.isdir(self.output_folder) else []
-        states = {run.name: run.state for run in runs}
-        for f in (self.main, self.compared):
-            if f is not None and f.name not in states:
-                states[f.name] = run_info(self.output_folder, f.name).state
-        self._later(self._apply_states, runs, states)
+        self._later(self._apply_states, runs, {**followed, **{run.name: run.state for run in runs}})
 
     def _apply_states(self, runs: list, states: dict[str, str]) -> None:
         self.runs = runs
