@@ -36,8 +36,8 @@ from capcli.data.vocab import END, PAD, START
 from capcli.errors import CheckpointError, os_error_message, shorten
 from capcli.limits import LIMITS, check_limit
 from capcli.load_failure import load_failure
-from capcli.paths import bundle_of
-from capcli.safeio import atomic_write, open_regular
+from capcli.paths import BUNDLE_FILES, bundle_of
+from capcli.safeio import atomic_write, open_regular, restore_previous
 from capcli.text import visible
 
 FORMAT = "capcli-checkpoint"
@@ -90,6 +90,7 @@ def read_checkpoint(path: str) -> Checkpoint:
         CheckpointError: missing file, unsafe or corrupt content, not a capcli checkpoint, or a
             missing or malformed field.
     """
+    restore_previous((os.path.dirname(path) or ".") if os.path.basename(path) == BUNDLE_FILES["weights"] else path)
     if bundle_of(path) is not None:
         from capcli.bundle import read_bundle
 

@@ -13,6 +13,7 @@ the next process that writes into the same folder.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import os
@@ -168,6 +169,7 @@ def atomic_folder(path: str, replaces: bool = False) -> Iterator[str]:
     if os.path.islink(path):
         raise CapcliError(f"{path} is a symbolic link; capcli does not write through links "
                           "(remove it or choose another path)")
+    restore_previous(path)  # a replacement killed half-way (without rename-exchange) left it aside
     if os.path.lexists(path) and not replaces:
         raise CapcliError(f"{path} exists; remove it or choose another path")
     folder = os.path.dirname(os.path.abspath(path))
@@ -178,14 +180,7 @@ def atomic_folder(path: str, replaces: bool = False) -> Iterator[str]:
     try:
         yield staging
         if os.path.lexists(path):
-            old = temp_path(path)
-            os.rename(path, old)  # a folder cannot be renamed over a non-empty one: swap, then remove
-            try:
-                os.rename(staging, path)
-            except BaseException:
-                os.rename(old, path)  # the previous folder stays
-                raise
-            shutil.rmtree(old)
+            _replace_folder(staging, path)
         else:
             os.rename(staging, path)
     except BaseException:
@@ -231,6 +226,59 @@ def refuse_irregular(fd: int, path: str, error: type[CapcliError] = CapcliError)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         raise error(f"{visible(path)}: not a regular file (a FIFO, device or folder); capcli reads only "
                     "regular files here (remove it or give the file itself)")
+
+
+def previous_path(path: str) -> str:
+    """Where a folder being replaced waits (where rename-exchange is missing) until its successor is in place."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.previous")
+
+
+def restore_previous(path: str) -> None:
+    """Put back the folder a replacement of ``path`` killed half-way left aside: readers and the
+    next writer find it at ``path`` again. Nothing happens when ``path`` exists."""
+    previous = previous_path(path)
+    if os.path.lexists(path) or not os.path.isdir(previous) or os.path.islink(previous):
+        return
+    with contextlib.suppress(OSError):  # a read-only folder, or another process restored it first
+        os.rename(previous, path)
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system
+    or its file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_cwd, exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), second)
+
+
+def _replace_folder(staging: str, path: str) -> None:
+    """Put the folder ``staging`` at ``path`` in place of the folder there, with no moment in
+    which ``path`` is absent for good: swapped in one step where the system can, else the old
+    folder waits under :func:`previous_path` (restored by readers and the next writer if a kill
+    comes before the new one is in place) and is removed once the new one is."""
+    if _exchange(staging, path):
+        shutil.rmtree(staging)  # now the previous folder
+        return
+    previous = previous_path(path)
+    if os.path.lexists(previous):
+        _remove(previous)  # a previous replacement's leftover: path itself is in place
+    os.rename(path, previous)  # a folder cannot be renamed over a non-empty one
+    try:
+        os.rename(staging, path)
+    except BaseException:
+        os.rename(previous, path)  # the previous folder stays
+        raise
+    shutil.rmtree(previous)
 
 
 def open_append(path: str) -> IO:

@@ -196,3 +196,42 @@ def test_sizes_in_a_bundle_config_are_bounded(run_copy, key):
     image = sorted((data / "shapes" / "images").iterdir())[0]
     line = _one_error_line(_capcli("caption", image, "-m", config_file.parent, timeout=60))
     assert key in line and "outside" in line and "config.json" in line
+
+
+# --- 5. export replaces a bundle with no moment without one -----------------------------------
+
+_KILLED_EXPORT = """
+import os, sys
+import capcli.safeio as safeio
+if sys.argv[3] == "no-exchange":
+    safeio._exchange = lambda first, second: False  # a system without rename-exchange
+real = os.rename
+def rename(src, dst, *args, **kwargs):
+    real(src, dst, *args, **kwargs)
+    if os.path.abspath(src) == os.path.abspath(sys.argv[2]):
+        os._exit(137)  # killed right after the previous bundle left its name
+os.rename = rename
+from capcli.bundle import export_bundle
+export_bundle(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("system", ["exchange", "no-exchange"])
+def test_export_killed_while_replacing_a_bundle_leaves_one_at_the_same_path(run_copy, system):
+    from capcli.checkpoint import read_checkpoint
+
+    data, out = run_copy
+    assert _capcli("export", "--output-folder", out).returncode == 0
+    bundle = out / f"BEST_{NAME}.bundle"
+    before = json.loads((bundle / "config.json").read_text())["exported_at"]
+    done = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, out / BEST, bundle, system],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 137), done.stderr
+    assert read_checkpoint(str(bundle / "model.safetensors")).source  # a reader finds it by the same path
+    assert sorted(os.listdir(bundle)) == ["README.md", "config.json", "model.safetensors", "word_map.json"]
+    image = sorted((data / "shapes" / "images").iterdir())[0]
+    assert _capcli("caption", image, "-m", bundle).returncode == 0
+    again = _capcli("export", "--output-folder", out)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((bundle / "config.json").read_text())["exported_at"] > before
+    assert [e for e in os.listdir(out) if e.startswith(".")] == []
