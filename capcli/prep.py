@@ -26,7 +26,7 @@ import numpy as np
 
 from capcli.config import PrepConfig, dataset_name_problem
 from capcli.data import shapes
-from capcli.data.generation import check_whole, file_token, new_generation, replacing_marker
+from capcli.data.generation import check_whole, file_token, new_generation, replacing_marker, tokened
 from capcli.data.hdf5 import ImageWriter
 from capcli.data.jsonfiles import write_json
 from capcli.data.karpathy import SourceImage, read_karpathy_json
@@ -337,7 +337,7 @@ def _run_prep(config: PrepConfig, progress: Progress, stop: Stop) -> PrepResult:
         files = data_file_names(config.name)
         staged = {n: os.path.join(staging, n) for key, n in files.items() if key != "MANIFEST"}
         manifest["files"] = {n: os.path.getsize(path) for n, path in staged.items()}
-        manifest["tokens"] = {n: file_token(path) for n, path in staged.items()}
+        manifest["tokens"] = {n: file_token(staged[n]) for key, n in files.items() if tokened(key)}
         write_json(os.path.join(staging, files["MANIFEST"]), manifest)
         with signals_held():
             _commit(staging, config.output_folder, files.values(), files["MANIFEST"], config.name)

@@ -212,21 +212,27 @@ def test_a_set_left_half_swapped_is_refused_by_train(tmp_path, run):
 
 
 def test_files_of_another_prep_are_refused_and_old_sets_still_read(tmp_path, run):
-    """Case 3: a word map from another build beside this build's captions and images is refused;
-    a manifest without a generation (older capcli) is still accepted."""
+    """Case 3: a word map or images of another build beside this build's files are refused; a
+    REFERENCES file edited by hand, and a manifest without a generation (older capcli), are accepted."""
     import json
     import shutil
 
     from capcli.data.hdf5 import find_prepared
     from capcli.errors import DataError
 
-    first, second = tmp_path / "a", tmp_path / "b"
+    first, second, third = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     assert run(*_shapes_args(first)).exit_code == 0
     assert run(*_shapes_args(second, "--seed", 7)).exit_code == 0
+    shutil.copytree(first, third)
     find_prepared(str(first))
+    (first / "TRAIN_REFERENCES_shapes_5_5.json").write_text('[["a hand written reference"]]')
+    find_prepared(str(first))  # raw references people extend by hand are not checked
     shutil.copy(second / "WORDMAP_shapes_5_5.json", first / "WORDMAP_shapes_5_5.json")
-    with pytest.raises(DataError, match="was being replaced when prep stopped"):
+    with pytest.raises(DataError, match="WORDMAP_shapes_5_5.json is not from the prep that wrote the rest"):
         find_prepared(str(first))
+    shutil.copy(second / "VAL_IMAGES_shapes_5_5.hdf5", third / "VAL_IMAGES_shapes_5_5.hdf5")  # same size
+    with pytest.raises(DataError, match="VAL_IMAGES_shapes_5_5.hdf5 is not from the prep"):
+        find_prepared(str(third))
     manifest_path = second / "MANIFEST_shapes_5_5.json"
     manifest = json.loads(manifest_path.read_text())
     del manifest["generation"], manifest["tokens"]

@@ -58,7 +58,7 @@ def read_text(path: str) -> str:
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except NotRegularFile as exc:
-        raise InputError(f"{visible(path)}: {exc.kind}, not a caption file; give the file itself") from None
+        raise InputError(f"{visible(path)}: not a regular file ({exc.kind}); give the caption file itself") from None
     except IsADirectoryError:
         raise InputError(f"{path}: a folder, not a caption file") from None
     try:

@@ -5,7 +5,8 @@ attribute; the manifest, renamed into place last, records it with every file's s
 generation of an HDF5 file, the SHA-256 of a JSON file). Before the swap starts, the old manifest is
 replaced by a marker that says the set is being replaced. A reader (:func:`check_whole`, called by
 :func:`capcli.data.hdf5.find_prepared`) refuses a set that still has the marker (prep stopped while
-swapping) or whose files differ from what its manifest records. Sets from older versions, whose
+swapping) or whose word map, captions or images differ from what its manifest records (REFERENCES
+files are raw text people extend by hand: not checked). Sets from older versions, whose
 manifest has no generation, and sets without a manifest (the tutorial's) are accepted as they are.
 """
 
@@ -52,25 +53,28 @@ def file_token(path: str) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def _mismatch(folder: str, manifest: dict) -> str | None:
-    """What differs from the manifest, or None where every file it lists is the one it recorded.
-    A file that is gone is left to the readers (a set without its REFERENCES files still trains;
-    a missing split is refused by its own reader)."""
+def tokened(role: str) -> bool:
+    """Whether prep records a token for the file of ``role`` (``WORDMAP``, ``TRAIN_IMAGES``...): the
+    files that must come from one build. Not REFERENCES: raw text that people extend by hand."""
+    return not role.endswith("_REFERENCES") and role != "MANIFEST"
+
+
+def _foreign(folder: str, manifest: dict) -> str | None:
+    """The first file whose token differs from the one the manifest records, or None. A file that
+    is gone or cannot be read (a torn HDF5 file) is left to its reader, which names the damage."""
     tokens = manifest.get("tokens", {})
-    if not isinstance(tokens, dict) or not isinstance(manifest.get("files", {}), dict):
-        return "its manifest has no file list"
-    for name, size in manifest.get("files", {}).items():
+    if not isinstance(tokens, dict):
+        return "its manifest"
+    for name, token in tokens.items():
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             continue
-        if os.path.getsize(path) != size:
-            return f"{visible(name)} is not the file its manifest lists"
         try:
-            same = name not in tokens or file_token(path) == tokens[name]
-        except (OSError, ValueError):
-            same = False
-        if not same:
-            return f"{visible(name)} is from another prep"
+            actual = file_token(path)
+        except (OSError, ValueError, KeyError):
+            continue
+        if actual != token:
+            return name
     return None
 
 
@@ -86,13 +90,13 @@ def check_whole(folder: str, name: str, manifest_path: str) -> None:
     manifest = read_json(manifest_path, DataError)
     if not isinstance(manifest, dict):
         raise DataError(f"{visible(manifest_path)}: expected a JSON object; run capcli prep --force again")
+    where = visible(os.path.join(folder, ""))
     if manifest.get(REPLACING):
-        problem = "its manifest is the marker written before the swap"
-    elif manifest.get("generation") is None:
+        raise DataError(f"{where}: prepared data {visible(name)} was being replaced when prep stopped; "
+                        "run capcli prep --force again")
+    if manifest.get("generation") is None:
         return  # a set from a version without generations
-    else:
-        problem = _mismatch(folder, manifest)
-        if problem is None:
-            return
-    raise DataError(f"{visible(os.path.join(folder, ''))}: prepared data {visible(name)} was being replaced when "
-                    f"prep stopped ({problem}); run capcli prep --force again")
+    foreign = _foreign(folder, manifest)
+    if foreign is not None:
+        raise DataError(f"{where}: {visible(foreign)} is not from the prep that wrote the rest of {visible(name)} "
+                        "(another build's, or changed since); run capcli prep --force again")
