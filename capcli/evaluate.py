@@ -33,6 +33,7 @@ from capcli.errors import DataError
 from capcli.paths import checkpoint_stem, evaluation_file, results_file
 from capcli.progress import SILENT, Progress
 from capcli.scores import METRIC_KEYS, PYTHON_METRICS, all_scores
+from capcli.text import visible
 
 SCORE_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "cider_d", "rouge_l", "meteor", "spice")  # table order
 METRICS = tuple(METRIC_KEYS)  # capcli evaluate --metrics choices
@@ -113,6 +114,9 @@ def run_evaluate(captioner: Captioner, data_folder: str, name: str | None, split
     start = time.monotonic()
     split = split.upper()
     prepared = find_prepared(data_folder, name or captioner.checkpoint.data.name or None)
+    if prepared.word_map() != captioner.word_map:  # its ids would mean other words: scores of nothing
+        raise DataError(f"{visible(prepared.name)}'s vocabulary ({prepared.path('WORDMAP')}) differs from the "
+                        f"model's ({visible(captioner.path)}); evaluate on the data the model was trained on")
     if not os.path.exists(prepared.path("IMAGES", split)):
         raise DataError(f"{prepared.path('IMAGES', split)}: no {split.lower()} split in {prepared.folder}")
     images = Images(prepared.path("IMAGES", split), "images", max_images)
@@ -124,7 +128,7 @@ def run_evaluate(captioner: Captioner, data_folder: str, name: str | None, split
     scores, notes, setup = score_all(references.captions, hypotheses, list(metrics or METRICS))
     ids = _image_ids(prepared, split, len(images))
     os.makedirs(output_folder, exist_ok=True)
-    stem = f"{checkpoint_stem(captioner.path)}_{split.lower()}"  # another model's evaluation never overwrites this one
+    stem = _stem(captioner, prepared.name, split)
     results_paths = {}
     for k in beams:
         results_paths[k] = results_file(output_folder, stem, k)
@@ -139,6 +143,14 @@ def run_evaluate(captioner: Captioner, data_folder: str, name: str | None, split
     return EvaluateResult(prepared.name, split.lower(), len(images), scores, captions, reference_texts, ids, json_path,
                           results_paths, time.monotonic() - start, notes, setup.version if setup.java else None,
                           content)
+
+
+def _stem(captioner: Captioner, data_name: str, split: str) -> str:
+    """``{model}_{split}``, or ``{model}_{data}_{split}`` on data other than the model's own: another
+    model's evaluation, or one on other data, never overwrites this one."""
+    own = captioner.checkpoint.data.name
+    data = "" if own is None or data_name == own else f"_{data_name}"
+    return f"{checkpoint_stem(captioner.path)}{data}_{split.lower()}"
 
 
 def _report(captioner: Captioner, prepared: PreparedData, split: str, images: int, beams: list[int],

@@ -235,3 +235,48 @@ def test_export_killed_while_replacing_a_bundle_leaves_one_at_the_same_path(run_
     assert again.returncode == 0, again.stderr
     assert json.loads((bundle / "config.json").read_text())["exported_at"] > before
     assert [e for e in os.listdir(out) if e.startswith(".")] == []
+
+
+# --- 6. evaluate on other data -------------------------------------------------------------------
+
+
+def _renamed_data(data, folder, name: str):
+    """A copy of the prepared data set under another name (same images and vocabulary)."""
+    folder.mkdir()
+    for entry in os.listdir(data):
+        if entry.endswith((".hdf5", ".json")) and not entry.startswith("FEATURES_"):
+            shutil.copy(data / entry, folder / entry.replace(NAME, name))
+    manifest = folder / f"MANIFEST_{name}.json"
+    manifest.write_text(manifest.read_text().replace(f'"name": "{NAME}"', f'"name": "{name}"'))
+    return folder
+
+
+def _evaluate(run, data, out, name):
+    return run("evaluate", "--data-folder", data, "--name", name, "--output-folder", out, "-m", out / BEST,
+               "--precision", "fp32", "--beam", "1", "--metrics", "bleu")
+
+
+def test_evaluate_refuses_data_with_another_vocabulary(run_copy, run, tmp_path):
+    data, out = run_copy
+    other = _renamed_data(data, tmp_path / "other", "other_5_1")
+    word_map = json.loads((other / "WORDMAP_other_5_1.json").read_text())
+    first, second = sorted(w for w in word_map if not w.startswith("<"))[:2]
+    word_map[first], word_map[second] = word_map[second], word_map[first]
+    (other / "WORDMAP_other_5_1.json").write_text(json.dumps(word_map))
+    result = _evaluate(run, other, out, "other_5_1")
+    assert result.exit_code == 1, result.output
+    assert "vocabulary" in result.output and "other_5_1" in result.output and BEST in result.output
+    assert not [e for e in os.listdir(out) if e.startswith("evaluation_")]
+
+
+def test_evaluations_of_other_data_never_overwrite_the_models_own(run_copy, run, tmp_path):
+    data, out = run_copy
+    own = _evaluate(run, data, out, NAME)
+    assert own.exit_code == 0, own.output
+    own_file = out / f"evaluation_BEST_{NAME}_test.json"
+    before = own_file.read_text()
+    other = _evaluate(run, _renamed_data(data, tmp_path / "other", "other_5_1"), out, "other_5_1")
+    assert other.exit_code == 0, other.output
+    assert own_file.read_text() == before
+    report = json.loads((out / f"evaluation_BEST_{NAME}_other_5_1_test.json").read_text())
+    assert report["data"]["name"] == "other_5_1"
