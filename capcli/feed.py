@@ -185,18 +185,21 @@ def read_feed(path: str) -> list[dict]:
     return scan_feed(path)[0]
 
 
-def marked_lines(path: str) -> list[dict]:
-    """The valid start, epoch and end lines of a feed, in order: found by a byte search of each
-    chunk, so that only they are parsed (a few per epoch), never the step or heartbeat lines."""
+def marked_lines(path: str, offset: int = 0) -> tuple[list[dict], int]:
+    """The valid start, epoch and end lines of a feed from byte ``offset`` on, in order, and the
+    offset just after the last complete line: found by a byte search of each chunk, so that only
+    they are parsed (a few per epoch), never the step or heartbeat lines."""
     found = []
     with open(path, "rb") as f:
-        for block, _ in _blocks(f):
+        f.seek(offset)
+        for block, end in _blocks(f):
+            offset = end
             spans: dict[int, int] = {}
             for match in _MARKED.finditer(block):
                 start = block.rfind(b"\n", 0, match.start()) + 1
                 spans[start] = block.find(b"\n", match.end())
             found += parse_lines([block[s:e] for s, e in sorted(spans.items())])[0]
-    return found
+    return found, offset
 
 
 def last_line(path: str, size: int = TAIL_BYTES) -> dict | None:

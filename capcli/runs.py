@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -323,6 +324,26 @@ def _data_name(output_folder: str, name: str, summary: RunSummary) -> str:
     return saved_data_name(config_file(output_folder, name)) or name
 
 
+_SCANS: dict[str, tuple[tuple[int, int], int, Summarizer]] = {}  # path → (identity, bytes scanned, summary)
+_SCANS_LOCK = threading.Lock()
+
+
+def _marked_summary(path: str) -> RunSummary:
+    """The summary of a feed's start, epoch and end lines; a process that asks again (the
+    dashboard, every few seconds) only scans the bytes appended since (a replaced or shorter file
+    is scanned again)."""
+    stat = os.stat(path)
+    identity = (stat.st_dev, stat.st_ino)
+    with _SCANS_LOCK:
+        known, offset, summarizer = _SCANS.get(path, (None, 0, None))
+        if summarizer is None or known != identity or stat.st_size < offset:
+            offset, summarizer = 0, Summarizer()
+        lines, offset = marked_lines(path, offset)
+        summarizer.add_all(lines)
+        _SCANS[path] = (identity, offset, summarizer)
+        return summarizer.summary()
+
+
 def run_info(output_folder: str, name: str, path: str | None = None, now: float | None = None) -> RunInfo:
     """The :class:`RunInfo` of run ``name`` (its feed: ``path``, by default the folder's): the one
     place a run's state, epochs and best scores are worked out (``capcli runs``, ``capcli metrics``
@@ -331,7 +352,7 @@ def run_info(output_folder: str, name: str, path: str | None = None, now: float 
     end lines of the rest (``feed.marked_lines``: a byte search; step lines are never parsed)."""
     path = path or feed_file(output_folder, name)
     exists = os.path.exists(path)
-    summary = summarize(marked_lines(path)) if exists else RunSummary()
+    summary = _marked_summary(path) if exists else RunSummary()
     last = last_line(path) if exists else None
     stage = last.get("stage") if last else summary.stage
     ended = summary.ended if last is None else (last.get("reason") or "ended") if last.get("event") == "end" else None

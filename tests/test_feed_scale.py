@@ -111,6 +111,22 @@ def test_metrics_summary_and_bounded_series(big_feed, run):
     assert len(s.series["bleu4"]) == len(s.series["val_loss"]) == len(s.series["train_loss"]) == EPOCHS  # all kept
 
 
+def test_run_info_asked_again_reads_only_what_was_appended(tmp_path, monkeypatch):
+    path = tmp_path / "metrics_grow.jsonl"
+    write_feed(str(path), steps=3_000, epochs=3, end=None)
+    assert run_info(str(tmp_path), "grow").epochs_done == 3
+    calls = _counting_parses(monkeypatch)
+    with open(path, "ab") as f:  # a fourth epoch and the end
+        f.write(_line(time=time.time(), event="epoch", split="val", epoch=4, step=4_000, bleu4=0.9, cider_d=2.0,
+                      improved=True) + b"\n")
+        f.write(_line(time=time.time(), event="end", epoch=4, reason="completed") + b"\n")
+    info = run_info(str(tmp_path), "grow")
+    assert (info.epochs_done, info.best_bleu4, info.state) == (4, 0.9, "finished") and calls[0] <= 3
+    write_feed(str(path), steps=300, epochs=1, end=None)  # replaced by a shorter feed: read again
+    info = run_info(str(tmp_path), "grow")
+    assert (info.epochs_done, info.best_bleu4, info.state) == (1, _bleu(1), "crashed")
+
+
 def test_step_series_of_a_short_run_is_kept_whole():
     lines = [{"time": float(i), "stage": "train", "event": "step", "step": i, "loss": 1.0 / i} for i in range(1, 301)]
     assert summarize(lines).series["step_loss"] == [(i, 1.0 / i) for i in range(1, 301)]
