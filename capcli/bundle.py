@@ -44,7 +44,7 @@ from capcli.checkpoint import (
 )
 from capcli.checkpoint_meta import best_scores
 from capcli.config import A2CConfig, TrainConfig
-from capcli.data.jsonfiles import read_json, write_json
+from capcli.data.jsonfiles import MAX_DEPTH, read_json, write_json
 from capcli.data.vocab import END, PAD, START, UNK
 from capcli.errors import CheckpointError, InputError, first_line, shorten
 from capcli.model_card import card_text, checkpoint_evaluations
@@ -133,7 +133,7 @@ def _previous_bundle(target: str) -> bool:
     if not regular or not set(entries) <= set(BUNDLE_FILES.values()) or BUNDLE_FILES["config"] not in entries:
         raise CheckpointError(refuse)
     try:
-        config = read_json(bundle_file(target, "config"), CheckpointError)
+        config = read_json(bundle_file(target, "config"), CheckpointError, MAX_DEPTH)
     except CheckpointError:
         config = None  # a torn previous bundle is still ours to replace when it says so
     if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
@@ -202,7 +202,7 @@ def read_bundle(path: str) -> Checkpoint:
     if not os.path.lexists(config_file):
         raise CheckpointError(f"{folder}: not a capcli checkpoint or bundle (a folder without "
                               f"{BUNDLE_FILES['config']})")
-    config = read_json(config_file, CheckpointError)
+    config = read_json(config_file, CheckpointError, MAX_DEPTH)
     if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
         raise CheckpointError(f"{config_file}: not a capcli bundle's config (no format marker {BUNDLE_FORMAT!r})")
     if not isinstance(config.get("version"), int) or config["version"] > BUNDLE_VERSION:
@@ -213,7 +213,7 @@ def read_bundle(path: str) -> Checkpoint:
             raise CheckpointError(f"{config_file}: no {key} (a torn or hand-edited bundle)")
     model_config = model_config_from(config_file, config["model_config"])
     word_map_file = bundle_file(folder, "word_map")
-    word_map = read_json(word_map_file, CheckpointError)
+    word_map = read_json(word_map_file, CheckpointError, MAX_DEPTH)
     validate_word_map(word_map_file, word_map, model_config.vocab_size)
     sizes = {k: positive_whole(config_file, k, config[k]) for k in ("image_size", "max_len")}
     if config["stage"] not in ("train", "a2c"):

@@ -35,7 +35,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from capcli.config import name_problem
-from capcli.data.jsonfiles import read_json, write_json
+from capcli.data.jsonfiles import MAX_DEPTH, read_json, write_json
 from capcli.errors import CapcliError
 from capcli.paths import checkpoint_meta_file
 
@@ -101,7 +101,7 @@ def read_meta(path: str) -> dict | None:
         checkpoint = os.stat(path)
         if checkpoint.st_mtime > os.path.getmtime(meta_path):
             return None
-        meta = read_json(meta_path)
+        meta = read_json(meta_path, max_depth=MAX_DEPTH)
     except (OSError, CapcliError):  # absent, unreadable, not UTF-8, not JSON, too deep, a FIFO
         return None
     if not isinstance(meta, dict) or meta.get("version") != META_VERSION:

@@ -10,7 +10,7 @@ import os
 from datetime import datetime, timezone
 
 from capcli.config import MONITOR_LABELS
-from capcli.data.jsonfiles import read_json
+from capcli.data.jsonfiles import MAX_DEPTH, read_json
 from capcli.errors import CapcliError
 from capcli.paths import checkpoint_stem, evaluation_files
 
@@ -25,7 +25,7 @@ def checkpoint_evaluations(checkpoint: str) -> list[dict]:
     found = []
     for path in evaluation_files(folder, checkpoint_stem(checkpoint)):
         try:
-            report = read_json(path)
+            report = read_json(path, max_depth=MAX_DEPTH)
         except (OSError, CapcliError):  # unreadable, malformed, too deep, a FIFO
             continue
         if isinstance(report, dict) and report.get("checkpoint") == os.path.abspath(checkpoint) \

@@ -38,11 +38,11 @@ def write_run_config(path: str, *args, **kwargs) -> dict:
 
 def saved_data_name(path: str) -> str | None:
     """The data name a saved configuration records (None: no file, or not one of ours)."""
-    from capcli.data.jsonfiles import read_json
+    from capcli.data.jsonfiles import MAX_DEPTH, read_json
     from capcli.errors import CapcliError
 
     try:
-        name = read_json(path).get("data", {}).get("name")
+        name = read_json(path, max_depth=MAX_DEPTH).get("data", {}).get("name")
     except (OSError, CapcliError, AttributeError):  # absent, malformed, too deep, a FIFO, not ours
         return None
     return name if isinstance(name, str) else None

@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 
+from capcli.data.jsonfiles import MAX_DEPTH, parse_json
 from capcli.errors import CapcliError
 from capcli.safeio import open_no_links, open_regular, pid_alive, refuse_irregular
 
@@ -30,8 +31,8 @@ def read_holder(path: str) -> dict | None:
     """What the lock file says about its last holder (None: empty or unreadable)."""
     try:
         with open_regular(path, text=True, links=False) as f:
-            data = json.loads(f.read() or "null")
-    except (OSError, ValueError, CapcliError):  # absent, unreadable, not JSON, a FIFO or a link
+            data = parse_json(f.read() or "null", path, max_depth=MAX_DEPTH)
+    except (OSError, ValueError, CapcliError):  # absent, unreadable, not JSON, too deep, a FIFO or a link
         return None
     return data if isinstance(data, dict) else None
 

@@ -280,3 +280,51 @@ def test_evaluations_of_other_data_never_overwrite_the_models_own(run_copy, run,
     assert own_file.read_text() == before
     report = json.loads((out / f"evaluation_BEST_{NAME}_other_5_1_test.json").read_text())
     assert report["data"]["name"] == "other_5_1"
+
+
+# --- 4. deep JSON --------------------------------------------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+NESTED = '{"a": ' * 200 + "1" + "}" * 200  # parses, but deeper than capcli's own files ever are
+
+
+@pytest.mark.parametrize("text", [DEEP, NESTED], ids=["deep", "nested"])
+def test_deep_json_in_a_bundle_config_is_one_line(run_copy, text):
+    data, out = run_copy
+    assert _capcli("export", "--output-folder", out).returncode == 0
+    bundle = out / f"BEST_{NAME}.bundle"
+    (bundle / "config.json").write_text(text)
+    image = sorted((data / "shapes" / "images").iterdir())[0]
+    line = _one_error_line(_capcli("caption", image, "-m", bundle, timeout=60))
+    assert "config.json" in line and "nested" in line
+    assert _capcli("export", "--output-folder", out).returncode == 1  # not provably a bundle: kept
+
+
+@pytest.mark.parametrize("text", [DEEP, NESTED], ids=["deep", "nested"])
+def test_deep_json_in_a_lock_a_sidecar_or_an_evaluation_reads_as_absent(run_copy, text):
+    from capcli.checkpoint import read_meta
+    from capcli.paths import checkpoint_meta_file
+    from capcli.runlock import read_holder
+
+    _, out = run_copy
+    (out / f"{NAME}.lock").write_text(text)
+    assert read_holder(str(out / f"{NAME}.lock")) is None
+    done = _capcli("runs", "--output-folder", out, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    meta_file = checkpoint_meta_file(str(out / BEST))
+    with open(meta_file, "w") as f:
+        f.write(text)
+    os.utime(meta_file, (os.stat(out / BEST).st_mtime + 1,) * 2)
+    assert read_meta(str(out / BEST)) is None
+    (out / f"evaluation_BEST_{NAME}_test.json").write_text(text)
+    done = _capcli("export", "--output-folder", out, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_read_json_refuses_deep_json_in_one_line(tmp_path):
+    from capcli.data.jsonfiles import read_json
+    from capcli.errors import InputError
+
+    (tmp_path / "deep.json").write_text(DEEP)
+    with pytest.raises(InputError, match="nested too deeply"):
+        read_json(str(tmp_path / "deep.json"))
