@@ -31,7 +31,6 @@ from capcli.data.hdf5 import ImageWriter
 from capcli.data.jsonfiles import write_json
 from capcli.data.karpathy import SourceImage, read_karpathy_json
 from capcli.data.readers import Columns
-from capcli.data.regular import open_regular_file
 from capcli.data.sources import Source, SourceOptions, read_source, suggest_dataset
 from capcli.data.transforms import ImageSkipped, load_square
 from capcli.data.vocab import build_word_map, encode
@@ -40,6 +39,7 @@ from capcli.parallel import WorkerDied, ordered_map, ordered_map_into
 from capcli.paths import SPLITS, data_file, data_file_names, shapes_source
 from capcli.prep_signals import Stop, signals_held, stopped_by_signals
 from capcli.progress import SILENT, Progress
+from capcli.safeio import open_regular
 from capcli.text import visible
 
 MANIFEST_VERSION = 2  # 2: {SPLIT}_REFERENCES files, bad_rows, captions tokenised by coco_tokenize
@@ -98,7 +98,7 @@ def _with_dataset(config: PrepConfig) -> PrepConfig:
 
 def _file_sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with open_regular_file(path) as f:
+    with open_regular(path, error=InputError) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -163,9 +163,9 @@ def _up_to_date(config: PrepConfig, fingerprint: str) -> dict | None:
     """The existing manifest when it matches ``fingerprint`` and every file it lists is intact."""
     path = data_file(config.output_folder, config.name, "MANIFEST")
     try:
-        with open_regular_file(path) as f:  # a FIFO planted there would block for ever: rebuilt instead
+        with open_regular(path) as f:  # a FIFO planted there would block for ever: rebuilt instead
             manifest = json.load(f)
-    except (OSError, ValueError, RecursionError):
+    except (OSError, ValueError, RecursionError, CapcliError):
         return None
     if not isinstance(manifest, dict) or manifest.get("fingerprint") != fingerprint:
         return None

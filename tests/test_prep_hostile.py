@@ -373,21 +373,6 @@ def test_a_fifo_given_as_a_caption_file_is_one_line_error(tmp_path, flag):
     assert rc == 1 and len(lines) == 1 and "FIFO" in lines[0] and str(fifo) in lines[0], lines
 
 
-def test_open_regular_file_refuses_a_fifo_without_blocking(tmp_path):
-    """Case 7: the check is on the opened descriptor (no window between a check and the open);
-    a FIFO is refused at once, a folder too, and a regular file reads as usual."""
-    from capcli.data.regular import NotRegularFile, open_regular_file
-
-    os.mkfifo(tmp_path / "fifo")
-    with pytest.raises(NotRegularFile, match="a FIFO"):
-        open_regular_file(str(tmp_path / "fifo"))
-    with pytest.raises(NotRegularFile, match="a folder"):
-        open_regular_file(str(tmp_path))
-    (tmp_path / "file").write_bytes(b"abc")
-    with open_regular_file(str(tmp_path / "file")) as f:
-        assert f.read() == b"abc"
-
-
 def test_a_hostile_key_in_the_one_line_error_is_escaped(tmp_path):
     """Case 5: when no row is usable, the error quotes the first bad row's reason; a JSON key
     holding an escape sequence and a line end reaches the terminal escaped, on one line."""

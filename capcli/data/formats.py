@@ -26,9 +26,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from capcli.data.regular import NotRegularFile, open_regular_file
 from capcli.errors import InputError, shorten
-from capcli.text import visible
+from capcli.safeio import open_regular
 
 KARPATHY, COCO, JSONL, FLICKR8K, RESULTS_CSV, KAGGLE, TABLE = (
     "karpathy", "coco", "jsonl", "flickr8k", "results.csv", "kaggle", "table")
@@ -53,12 +52,10 @@ def read_text(path: str) -> str:
         InputError: missing, not a regular file, not UTF-8 or binary, naming the line.
     """
     try:
-        with open_regular_file(path) as f:  # a FIFO would block for ever: refused without opening it for good
+        with open_regular(path, error=InputError) as f:  # a FIFO would block for ever: refused at once
             raw = f.read()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except NotRegularFile as exc:
-        raise InputError(f"{visible(path)}: not a regular file ({exc.kind}); give the caption file itself") from None
     except IsADirectoryError:
         raise InputError(f"{path}: a folder, not a caption file") from None
     try:

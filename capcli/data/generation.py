@@ -19,8 +19,8 @@ import secrets
 import h5py
 
 from capcli.data.jsonfiles import read_json
-from capcli.data.regular import open_regular_file
 from capcli.errors import DataError
+from capcli.safeio import open_regular
 from capcli.text import visible
 
 GENERATION_ATTR = "prep_generation"  # the HDF5 root attribute
@@ -41,13 +41,14 @@ def file_token(path: str) -> str:
 
     Raises:
         OSError: the file cannot be read.
+        DataError: it is not a regular file (a FIFO would block).
     """
     if path.endswith((".hdf5", ".h5")):
         with h5py.File(path, "r") as f:
             value = f.attrs.get(GENERATION_ATTR, "")
         return f"generation:{value.decode() if isinstance(value, bytes) else value}"
     digest = hashlib.sha256()
-    with open_regular_file(path) as f:
+    with open_regular(path, error=DataError) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return f"sha256:{digest.hexdigest()}"
@@ -71,7 +72,7 @@ def _foreign(folder: str, manifest: dict) -> str | None:
             continue
         try:
             actual = file_token(path)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, DataError):
             continue
         if actual != token:
             return name

@@ -11,7 +11,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from capcli.data.regular import NotRegularFile, open_regular_file
+from capcli.errors import InputError
+from capcli.safeio import open_regular
 
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
@@ -44,7 +45,7 @@ def load_image(path: str) -> Image.Image:
             Pillow's decompression-bomb pixel limit.
     """
     try:
-        with warnings.catch_warnings(), open_regular_file(path) as f:  # a FIFO or a device would block
+        with warnings.catch_warnings(), open_regular(path, error=InputError) as f:  # a FIFO would block
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(f) as img:
                 img.load()
@@ -52,7 +53,7 @@ def load_image(path: str) -> Image.Image:
                 return _to_rgb(img)
     except FileNotFoundError:
         raise ImageSkipped("missing file") from None
-    except NotRegularFile:
+    except InputError:  # from open_regular only
         raise ImageSkipped("not a regular file (a FIFO, device or socket); give an image file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageSkipped(f"too many pixels (over Pillow's limit of {Image.MAX_IMAGE_PIXELS})") from None
