@@ -31,7 +31,15 @@ from capcli.data.vocab import END, START, Detokenizer
 from capcli.device import resolve_device, resolve_precision
 from capcli.errors import CapcliError, CheckpointError
 from capcli.features import encode_images
-from capcli.lifecycle import A2C, Lifecycle, NonFiniteLoss, existing_checkpoint, hold_run, refuse_overwrite
+from capcli.lifecycle import (
+    A2C,
+    Lifecycle,
+    NonFiniteLoss,
+    existing_checkpoint,
+    hold_run,
+    refuse_overwrite,
+    stop_on_signals,
+)
 from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import model_from_checkpoint
 from capcli.model.decoding import banned_words, greedy
@@ -399,7 +407,7 @@ def run_a2c(config: A2CConfig, progress: Progress = SILENT, explicit: frozenset 
     Args:
         resume_args: the options as given, for the resume command an interrupted run prints.
     """
-    with contextlib.ExitStack() as hold:
+    with stop_on_signals(), contextlib.ExitStack() as hold:  # the model is built before the lock is taken
         trainer = A2CTrainer(config, progress, explicit, hold)
         trainer.run.resume_hint = resume_command("a2c", resume_args, [("--data-folder", trainer.prepared.folder),
                                                                   ("--name", trainer.prepared.name),

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from capcli.checkpoint import Checkpoint, RunState, save_checkpoint
@@ -50,9 +50,35 @@ A2C = Stage("a2c", "A2C checkpoint", "start with --checkpoint first",
             "the A2C checkpoints and the feed's a2c lines", "in A2C epoch {epoch}", truncates_own_lines=True)
 
 
-def hold_run(files: RunFiles, progress: Progress, writer: bool = True) -> contextlib.AbstractContextManager:
-    """The run's lock, for the process that writes its files (other DDP ranks hold nothing)."""
-    return run_lock(files.lock, progress.message) if writer else contextlib.nullcontext()
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Interrupted` in the block (one line, exit 128 + the signal, and
+    every ``finally`` runs: the run's lock is released), where they would otherwise end the process
+    with no word; :meth:`Lifecycle.run` replaces this with its own saving handler for the epochs.
+    SIGINT already raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame) -> None:
+        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+        raise Interrupted(f"stopped by {signal.Signals(signum).name} outside the training steps "
+                          "(while the run was starting or ending); nothing more was saved", signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def hold_run(files: RunFiles, progress: Progress, writer: bool = True) -> Iterator[None]:
+    """The run's lock, for the process that writes its files (other DDP ranks hold nothing), with
+    signals stopping the block in one line (:func:`stop_on_signals`)."""
+    with stop_on_signals(), (run_lock(files.lock, progress.message) if writer else contextlib.nullcontext()):
+        yield
 
 
 def existing_checkpoint(files: RunFiles, stage: Stage) -> str:

@@ -328,3 +328,60 @@ def test_read_json_refuses_deep_json_in_one_line(tmp_path):
     (tmp_path / "deep.json").write_text(DEEP)
     with pytest.raises(InputError, match="nested too deeply"):
         read_json(str(tmp_path / "deep.json"))
+
+
+# --- 7. lock ownership by PID and start time -----------------------------------------------------
+
+
+def _feed_and_lock(folder, name, record):
+    from capcli.feed import MetricsFeed
+
+    feed = MetricsFeed(str(folder / f"metrics_{name}.jsonl"), "train")
+    feed.write("start", epoch=0, step=0, epochs=3, run=name, data="d_5_5")
+    feed.write("step", epoch=1, step=3)
+    (folder / f"{name}.lock").write_text(json.dumps(record))
+
+
+def test_a_lock_naming_a_live_but_unrelated_pid_is_stale(tmp_path):
+    import socket
+
+    from capcli.runlock import holder_live, process_start, read_holder, run_lock
+    from capcli.runs import list_runs
+
+    host, me = socket.gethostname(), os.getpid()
+    _feed_and_lock(tmp_path, "reused", {"pid": me, "host": host, "started": 1.0, "pid_start": "another:1"})
+    _feed_and_lock(tmp_path, "mine", {"pid": me, "host": host, "started": 1.0, "pid_start": process_start(me)})
+    _feed_and_lock(tmp_path, "old", {"pid": me, "host": host, "started": 1.0})  # before pid_start: still read
+    assert read_holder(str(tmp_path / "reused.lock")) is None
+    assert read_holder(str(tmp_path / "old.lock"))["pid"] == me
+    states = {run.name: run.state for run in list_runs(str(tmp_path))}
+    assert states == {"reused": "crashed", "mine": "running", "old": "running"}
+    with run_lock(str(tmp_path / "new.lock")):
+        record = json.loads((tmp_path / "new.lock").read_text())
+        assert record["pid_start"] == process_start(me) and holder_live(record)
+
+
+# --- 8. a signal while the model is built --------------------------------------------------------
+
+
+def test_sigterm_while_the_model_is_built_is_one_line_and_frees_the_lock(trained_run, tmp_path):
+    import signal
+    import time
+
+    from tests.conftest import TINY_TRAIN, run_subprocess
+
+    data, _ = trained_run
+    out = tmp_path / "out"
+    # resnet50 takes a while to build: the signal comes before the first step
+    args = [a if a != "resnet18" else "resnet50" for a in map(str, TINY_TRAIN)]
+    proc = run_subprocess("train", "--data-folder", data, "--output-folder", out, *args, "--epochs", 1)
+    lock = out / f"{NAME}.lock"
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: stopped by SIGTERM"), stderr
+    assert lock.read_text() == ""
