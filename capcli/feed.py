@@ -34,6 +34,10 @@ live run. The events and the fields they add:
 Fields are only ever added: a reader takes a missing field as null, so feeds written before a
 field existed still read.
 
+A long run's feed holds hundreds of thousands of step lines, so readers never load it whole: they
+stream it in chunks (:func:`stream_feed`, :class:`FeedTail`), read its last line from its tail
+(:func:`last_line`) or find its few start, epoch and end lines by a byte search (:func:`marked_lines`).
+
 The file may be edited, truncated or damaged by anyone, so readers trust no line: a line that is
 not UTF-8, not JSON, not an object, or has a known field of the wrong type (:data:`FIELD_TYPES`)
 is skipped and counted, never passed on.

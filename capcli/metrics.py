@@ -188,7 +188,7 @@ def save_pngs(name: str, s: RunSummary, folder: str) -> list[str]:
     fig, axes = plt.subplots(2, 2, figsize=(14, 9))
     for ax, (title, ylabel, keys) in zip(axes.flat, CHARTS):
         draw(ax, keys, title, ylabel)
-    fig.suptitle(f"Training {name}")
+    fig.suptitle(f"Training {visible(name)}".replace("$", r"\$"))  # a "$" would start matplotlib's mathtext
     fig.tight_layout()
     written.append(save(fig, together))
     return written

@@ -103,3 +103,15 @@ def test_dashboard_shows_hostile_strings_without_exiting(tmp_path):
 
     asyncio.run(scenario())
     assert app.error_message is None
+
+
+def test_save_png_with_a_name_matplotlib_would_parse(tmp_path, run):
+    pytest.importorskip("matplotlib")
+    name = "price$x^$ \x1b]0;T\x07"  # two "$": mathtext, whose "x^" does not parse
+    (tmp_path / f"metrics_{name}.jsonl").write_text(json.dumps(
+        {**dict.fromkeys(FIELDS), "time": 1.0, "stage": "train", "event": "epoch", "split": "val", "epoch": 1,
+         "loss": 2.0, "bleu4": 0.2}) + "\n")
+    result = run("metrics", "--output-folder", tmp_path, "--save-png", "--no-charts")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output.replace(str(tmp_path), "").split("wrote")[0]
+    assert len(list(tmp_path.glob("training_visualization_*.png"))) == 1
