@@ -116,6 +116,19 @@ def open_no_links(path: str, flags: int) -> int:
         raise
 
 
+def _as_final(exc: BaseException, temp: str, path: str) -> OSError | None:
+    """``exc`` naming the final ``path`` where it names the hidden ``temp`` (or a file in it), so
+    that messages name the file the user knows; None when ``exc`` is no ``OSError`` or names
+    another file."""
+    if not isinstance(exc, OSError):
+        return None
+    name = exc.filename if isinstance(exc.filename, str) else None
+    if name is not None and name != temp and not name.startswith(temp + os.sep):
+        return None
+    text = (exc.strerror or str(exc)).replace(temp, path)  # h5py puts the name in its text
+    return OSError(exc.errno, text, path + name[len(temp):] if name is not None else path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """A fresh, empty temporary file next to ``path`` for a library that writes by name (h5py);
@@ -131,8 +144,9 @@ def atomic_path(path: str) -> Iterator[str]:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp)
-        if isinstance(exc, OSError) and exc.filename in (None, temp):  # name the file the user knows
-            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
+        renamed = _as_final(exc, temp, path)
+        if renamed is not None:
+            raise renamed from exc
         raise
 
 
@@ -183,9 +197,12 @@ def atomic_folder(path: str, replaces: bool = False) -> Iterator[str]:
             _replace_folder(staging, path)
         else:
             os.rename(staging, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(staging)
+        renamed = _as_final(exc, staging, path)
+        if renamed is not None:
+            raise renamed from exc
         raise
 
 

@@ -385,3 +385,26 @@ def test_sigterm_while_the_model_is_built_is_one_line_and_frees_the_lock(trained
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: stopped by SIGTERM"), stderr
     assert lock.read_text() == ""
+
+
+# --- 9. messages name the files the user knows -----------------------------------------------------
+
+
+def test_write_errors_name_the_final_path_not_the_hidden_temporary(tmp_path):
+    import errno
+
+    from capcli.errors import os_error_message
+    from capcli.safeio import atomic_folder, atomic_path
+
+    target = tmp_path / "model.bundle"
+    with pytest.raises(OSError) as caught:
+        with atomic_folder(str(target)) as staging:
+            open(os.path.join(staging, "missing", "config.json"), "w")
+    message = os_error_message(caught.value)
+    assert message.startswith(str(target / "missing" / "config.json")) and ".tmp" not in message
+    with pytest.raises(OSError) as caught:
+        with atomic_path(str(tmp_path / "images.hdf5")) as temp:
+            raise OSError(errno.EIO, f"Unable to synchronously create file (name = '{temp}')")
+    message = os_error_message(caught.value)
+    assert str(tmp_path / "images.hdf5") in message and ".tmp" not in message
+    assert os.listdir(tmp_path) == []
