@@ -37,7 +37,8 @@ def write_run_config(path: str, *args, **kwargs) -> dict:
 
 
 def saved_data_name(path: str) -> str | None:
-    """The data name a saved configuration records (None: no file, or not one of ours)."""
+    """The data name a saved configuration records (None: no file, not one of ours, or an unsafe name)."""
+    from capcli.config import name_problem
     from capcli.data.jsonfiles import MAX_DEPTH, read_json
     from capcli.errors import CapcliError
 
@@ -45,7 +46,7 @@ def saved_data_name(path: str) -> str | None:
         name = read_json(path, max_depth=MAX_DEPTH).get("data", {}).get("name")
     except (OSError, CapcliError, AttributeError):  # absent, malformed, too deep, a FIFO, not ours
         return None
-    return name if isinstance(name, str) else None
+    return name if isinstance(name, str) and not name_problem(name) else None  # a name is checked where read
 
 
 def preflight_checks(run_name: str | None, tensorboard: bool) -> None:
