@@ -15,7 +15,9 @@ A bundle is a folder (``BEST_x.bundle`` next to ``BEST_x.pth.tar`` by default) o
 - ``README.md``: a model card (``capcli.model_card``).
 
 It is written into a staging folder and renamed (``capcli.safeio.atomic_folder``); only a
-previous bundle is ever replaced. :func:`read_bundle` gives the :class:`Checkpoint` that
+previous bundle is ever replaced, swapped in one step so that a killed export leaves the old or
+the new one at the same path. Sizes in ``config.json`` are checked against ``capcli.limits`` and
+names against ``--run-name``'s rule before anything is built. :func:`read_bundle` gives the :class:`Checkpoint` that
 ``caption``, ``evaluate``, ``arch`` and the dashboard use, every part checked with one line naming
 the file at fault; the weights are checked against ``model_config`` where a checkpoint's are
 (``capcli.model.captioner``).

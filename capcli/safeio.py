@@ -6,8 +6,14 @@ or an existing file at that name is never opened), then renamed over the final n
 replaces a symlink at the final name instead of writing through it, and readers see the old
 file or the new one, never half of one. Appends (the metrics feed) and lock files refuse a path
 that is a symlink. A folder of files (an export bundle) is written into a fresh staging folder and
-renamed the same way. Temporary files and staging folders left by a killed writer are removed by
-the next process that writes into the same folder.
+renamed the same way; a previous folder is swapped out in one step (``renameat2`` exchange), or,
+where the system cannot, kept under a name that readers and the next writer restore, so that a
+kill never leaves neither. Temporary files and staging folders left by a killed writer are removed
+by the next process that writes into the same folder, and errors name the final path, never the
+hidden temporary one.
+
+Every file capcli reads is opened with :func:`open_regular`: a FIFO (which would block the reader
+for ever), a device or a folder is refused in one line.
 """
 
 from __future__ import annotations
