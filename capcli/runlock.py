@@ -3,8 +3,12 @@
 ``train`` and ``a2c`` hold the lock of their run (output folder + run name) while they write its
 checkpoints and feed. The lock is an ``flock`` on that file, so it is taken atomically and freed
 by the kernel when its process dies, however it dies; the file records the holder's PID, host
-and start time for the refusal message and for readers that ask whether a run is live. A file
-left by a dead holder is taken over with a note.
+and start time for the refusal message and for readers that ask whether a run is live, and the
+process's own start (``pid_start``: ``/proc/PID/stat`` field 22 and the boot's id on Linux, ``ps``
+elsewhere), so that a PID the system has since given to an unrelated process does not show a run
+that is over as running (locks written before it have none and are read as before). A file left
+by a dead holder is taken over with a note. Lock files are read as regular files only (a FIFO
+would block) and through the JSON reader's depth check.
 """
 
 from __future__ import annotations
