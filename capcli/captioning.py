@@ -144,13 +144,10 @@ def caption_files(captioner: Captioner, paths: list[str], beam_size: int = 5, le
         good, arrays = [], []
         for result in batch:
             try:
-                _refuse_irregular(result.image)  # a FIFO would block the image decoder for ever
                 arrays.append(load_square(result.image, captioner.image_size))
                 good.append(result)
             except ImageSkipped as exc:
                 result.error = f"{result.image}: {exc}"
-            except InputError as exc:
-                result.error = str(exc)
         if good:
             images = torch.from_numpy(np.stack(arrays))
             for result, decoded, array in zip(good, captioner.decode(images, beam_size, length_penalty), arrays):
@@ -162,17 +159,6 @@ def caption_files(captioner: Captioner, paths: list[str], beam_size: int = 5, le
         task.advance(len(batch))
     task.close()
     return results
-
-
-def _refuse_irregular(path: str) -> None:
-    """Raise InputError naming ``path`` if it is a FIFO, device or folder; other failures (an
-    absent file) are left to the image decoder's own message."""
-    from capcli.safeio import open_regular
-
-    try:
-        open_regular(path, error=InputError).close()
-    except OSError:
-        pass
 
 
 def original_captions(captions_file: str) -> dict[str, list[str]]:

@@ -408,12 +408,3 @@ def test_write_errors_name_the_final_path_not_the_hidden_temporary(tmp_path):
     message = os_error_message(caught.value)
     assert str(tmp_path / "images.hdf5") in message and ".tmp" not in message
     assert os.listdir(tmp_path) == []
-
-
-def test_a_fifo_given_as_an_image_is_skipped_with_its_reason(run_copy):
-    data, out = run_copy
-    image = sorted((data / "shapes" / "images").iterdir())[0]
-    _fifo(out / "photo.jpg")
-    done = _capcli("caption", out / "photo.jpg", image, "-m", out / BEST, "--no-pictures", "--json", timeout=60)
-    assert "not a regular file" in done.stdout + done.stderr and str(out / "photo.jpg") in done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
