@@ -13,6 +13,7 @@ import statistics
 import click
 
 from capcli.config import MONITOR_LABELS, is_shapes
+from capcli.text import visible
 
 
 def prep_result(result) -> None:
@@ -93,16 +94,17 @@ def captions(results, originals: dict[str, list[str]], written: dict[str, list[s
     else:
         for r in results:
             if r.error is None:
-                click.echo(f"{r.image}: {r.caption}" if several else r.caption)
+                # the words come from the model's word map, a file like any other: shown, never obeyed
+                click.echo(visible(f"{r.image}: {r.caption}" if several else r.caption))
                 for ref in originals.get(os.path.basename(r.image), []):
-                    click.echo(f"    original: {ref}")
+                    click.echo(f"    original: {visible(ref)}")
         if no_attention:
             click.echo("(the plain decoder has no attention to visualise)", err=True)
         for path in (p for paths in written.values() for p in paths):
             click.echo(f"wrote {path}", err=True)
     for r in results:
         if r.error:
-            click.echo(f"Error: {r.error}", err=True)
+            click.echo(f"Error: {visible(r.error)}", err=True)
 
 
 def evaluation(result, checkpoint: str) -> None:

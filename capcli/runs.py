@@ -37,8 +37,7 @@ from capcli.errors import InputError
 from capcli.feed import STALE_SECONDS, FeedTail, last_line, marked_lines, stream_feed, valid_line
 from capcli.paths import config_file, feed_file, feed_pattern, lock_file, run_feeds, run_name_of_feed
 from capcli.runconfig import saved_data_name
-from capcli.runlock import read_holder
-from capcli.safeio import pid_alive
+from capcli.runlock import holder_live, read_holder
 
 __all__ = ["FeedTail", "RunInfo", "RunSummary", "Summarizer", "find_feed", "list_runs", "read_summary",
            "run_info", "run_state", "summarize"]
@@ -305,7 +304,7 @@ def _state(output_folder: str, name: str, ended: str | None, last_time: float | 
         if holder.get("host") not in (None, socket.gethostname()):  # no pid to ask: the heartbeat says
             fresh = last_time is not None and now - last_time <= STALE_SECONDS
             return "running" if fresh else "crashed"
-        return "running" if pid_alive(pid) else "crashed"
+        return "running" if holder_live(holder) else "crashed"
     if ended is None:
         return "crashed"
     return "finished" if ended == "completed" else "stopped"

@@ -115,3 +115,17 @@ def test_save_png_with_a_name_matplotlib_would_parse(tmp_path, run):
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output.replace(str(tmp_path), "").split("wrote")[0]
     assert len(list(tmp_path.glob("training_visualization_*.png"))) == 1
+
+
+def test_captions_from_a_hostile_word_map_are_shown_not_obeyed(capsys):
+    from capcli import render
+    from capcli.captioning import CaptionResult
+
+    words = ["a", "dog\x1b]52;c;aGk=\x07", "\x1b[2J", "runs\nfast"]
+    results = [CaptionResult("x.jpg", words=words, score=-1.0), CaptionResult("y\x1b]0;T\x07.jpg", error="bad\x1b[2J")]
+    render.captions(results, {"x.jpg": ["an\x1b[31m original"]}, {}, as_json=False, no_attention=False)
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err
+    assert out.splitlines() == ["x.jpg: a dog\\x1b]52;c;aGk=\\x07 \\x1b[2J runs\\x0afast",
+                                "    original: an\\x1b[31m original"]
+    assert err.splitlines() == ["Error: bad\\x1b[2J"]

@@ -55,6 +55,7 @@ def _references(out, name):
     ("Two kids; one can't swim ... ", "two kids one ca n't swim"),
     ("It\u2019s a T-shirt \u2014 $5 & 20%?", "it 's a t-shirt $ 5 & 20 %"),
     ("  [Three]   {cats} `on` ''a'' mat: ", "three cats on a mat"),
+    ("A dog\x1b]0;T\x07 runs\x1b[2J \u202efast", "a dog 0 t runs 2j fast"),  # control characters never words
 ])
 def test_coco_tokenize(raw, tokens):
     assert coco_tokenize(raw) == tokens.split()

@@ -130,6 +130,11 @@ def test_given_weights_file(torch_home, tmp_path, monkeypatch):
     with pytest.raises(CapcliError) as exc_info:
         load_pretrained(encoder, str(tmp_path / "absent.pth"))
     assert str(tmp_path / "absent.pth") in _one_line(exc_info)
+    fifo = tmp_path / "weights.fifo"
+    os.mkfifo(fifo)  # opened plainly, a FIFO blocks until a writer comes: for ever
+    with pytest.raises(CapcliError) as exc_info:
+        load_pretrained(encoder, str(fifo))
+    assert str(fifo) in _one_line(exc_info) and "not a regular file" in _one_line(exc_info)
     assert not torch_home.exists()  # a given file never touches the hub cache
 
 

@@ -33,7 +33,8 @@ def coco_tokenize(text: str) -> list[str]:
     the punctuation tokens. This does the same without Java: lower-case; numbers ("3.5", "1,000"),
     hyphenated words and words with an inner apostrophe stay whole; the clitics n't 's 're 've 'll
     'd 'm are split off ("dog's" -> "dog 's"); every other symbol is a token of its own ("$", "%",
-    "&"); tokens made only of quotes, brackets or . ? ! , : ; - are dropped. Curly quotes and dashes
+    "&"); tokens made only of quotes, brackets or . ? ! , : ; - are dropped, and so are control
+    characters (an escape sequence in a caption file never becomes a word). Curly quotes and dashes
     count as their plain forms. Every caption capcli reads from a raw text goes through here, for
     training and as an evaluation reference.
 
@@ -43,7 +44,7 @@ def coco_tokenize(text: str) -> list[str]:
     """
     tokens = []
     for token in _TOKEN.findall(text.translate(_NORMALISE).lower()):
-        if all(ch in _DROPPED for ch in token):
+        if all(ch in _DROPPED for ch in token) or not token.isprintable():  # punctuation; ESC and other controls
             continue
         clitic = _CLITIC.search(token)
         if clitic:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from capcli.errors import CapcliError, first_line, os_error_message
+from capcli.safeio import open_regular
 from capcli.torch_compat import import_torchvision
 
 SMALL = "resnet-small"  # no ImageNet weights: for small images trained from scratch (the shapes set)
@@ -181,10 +182,13 @@ def load_pretrained(encoder: Encoder, weights_file: str | None = None, progress:
 
 
 def _load_file(path: str) -> dict:
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise CapcliError(f"pretrained weights not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:  # a FIFO or a folder: one line, never a hang
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except CapcliError:
+        raise
     except Exception as exc:  # a corrupt or unsafe file: report it, never run it
         raise CapcliError(f"{path}: not a loadable weights file ({type(exc).__name__})") from None
 
