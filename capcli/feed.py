@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from capcli import safeio
+from capcli.errors import InputError
 
 FIELDS = ("time", "stage", "event", "split", "epoch", "step", "loss", "top5", "bleu4", "lr")
 
@@ -157,6 +158,11 @@ def _blocks(f, max_bytes: int | None = None) -> Iterator[tuple[bytes, int]]:
         yield block, base + read - len(partial)
 
 
+def _open(path: str):
+    """A feed for reading, if it is a regular file: a FIFO at its name is one line, never a hang."""
+    return safeio.open_regular(path, error=InputError)
+
+
 def _split(block: bytes) -> list[bytes]:
     return block.split(b"\n")[:-1]
 
@@ -169,7 +175,7 @@ def parse_lines(raws) -> tuple[list[dict], int]:
 
 def stream_feed(path: str) -> Iterator[tuple[list[dict], int]]:
     """A feed's valid complete lines a chunk at a time, each with the count of invalid lines in it."""
-    with open(path, "rb") as f:
+    with _open(path) as f:
         for block, _ in _blocks(f):
             yield parse_lines(_split(block))
 
@@ -194,7 +200,7 @@ def marked_lines(path: str, offset: int = 0) -> tuple[list[dict], int]:
     offset just after the last complete line: found by a byte search of each chunk, so that only
     they are parsed (a few per epoch), never the step or heartbeat lines."""
     found = []
-    with open(path, "rb") as f:
+    with _open(path) as f:
         f.seek(offset)
         for block, end in _blocks(f):
             offset = end
@@ -209,7 +215,7 @@ def marked_lines(path: str, offset: int = 0) -> tuple[list[dict], int]:
 def last_line(path: str, size: int = TAIL_BYTES) -> dict | None:
     """The last valid complete line within the last ``size`` bytes of a feed (parsed from the end
     back: as a rule only the very last line is), or None."""
-    with open(path, "rb") as f:
+    with _open(path) as f:
         end = f.seek(0, os.SEEK_END)
         start = max(0, end - size)
         f.seek(start)
@@ -262,7 +268,7 @@ class FeedTail:
         return self._read() if stat.st_size > self.offset else iter(())
 
     def _read(self) -> Iterator[list[dict]]:
-        with open(self.path, "rb") as f:
+        with _open(self.path) as f:
             start = f.seek(self.offset)
             for block, end in _blocks(f, self.max_bytes):
                 lines, bad = parse_lines(_split(block))

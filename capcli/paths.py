@@ -92,8 +92,9 @@ def feed_pattern(output_folder: str) -> str:
 
 
 def run_feeds(output_folder: str) -> dict[str, str]:
-    """Run name → path of its feed in ``output_folder``, by name."""
-    return {run_name_of_feed(p): p for p in sorted(glob.glob(feed_pattern(output_folder)))}
+    """Run name → path of its feed in ``output_folder``, by name (regular files only: a FIFO or a
+    folder by that name is not a run's feed)."""
+    return {run_name_of_feed(p): p for p in sorted(glob.glob(feed_pattern(output_folder))) if os.path.isfile(p)}
 
 
 def run_name_of_feed(path: str) -> str:

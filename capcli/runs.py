@@ -33,6 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
+from capcli import safeio
 from capcli.errors import InputError
 from capcli.feed import STALE_SECONDS, FeedTail, last_line, marked_lines, stream_feed, valid_line
 from capcli.paths import config_file, feed_file, feed_pattern, lock_file, run_feeds, run_name_of_feed
@@ -54,6 +55,8 @@ def find_feed(output_folder: str, name: str | None = None) -> str:
     if name is not None:
         if name in feeds:
             return feeds[name]
+        if os.path.exists(feed_file(output_folder, name)):  # a FIFO or a folder: say so, never open it
+            safeio.open_regular(feed_file(output_folder, name), error=InputError).close()
         raise InputError(f"no run named {name!r} in {output_folder} (runs there: {', '.join(feeds) or 'none'})")
     if len(feeds) == 1:
         return next(iter(feeds.values()))

@@ -102,6 +102,22 @@ def test_metrics_command_skips_and_counts_hostile_lines(tmp_path, run):
     assert result.exit_code == 0 and "skipped" not in result.output and "0.2000 at epoch 2" in result.output
 
 
+def test_a_fifo_feed_hangs_neither_runs_nor_metrics(tmp_path):
+    from tests.conftest import run_subprocess
+
+    _write_feed(tmp_path)
+    os.mkfifo(tmp_path / "metrics_fifo.jsonl")  # opened plainly, a FIFO blocks until a writer comes
+    listing = run_subprocess("runs", "--output-folder", tmp_path)
+    out, err = listing.communicate(timeout=60)
+    assert listing.returncode == 0, err
+    assert [row.split()[0] for row in out.splitlines()[1:]] == [NAME]  # a FIFO is no run's feed
+    metrics = run_subprocess("metrics", "--output-folder", tmp_path, "--name", "fifo", "--no-charts")
+    out, err = metrics.communicate(timeout=60)
+    assert metrics.returncode == 1 and out == ""
+    assert err.splitlines() == [f"Error: {tmp_path / 'metrics_fifo.jsonl'}: not a regular file (a FIFO, device or "
+                                "folder); capcli reads only regular files here (remove it or give the file itself)"]
+
+
 def test_read_feed_and_summarize(tmp_path):
     path = _write_feed(tmp_path, partial=b"[1")
     lines, skipped = scan_feed(path)
