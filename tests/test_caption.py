@@ -107,7 +107,9 @@ def test_missing_foreign_and_ambiguous_checkpoints(trained, run, tmp_path):
 
 
 def test_evaluate_table_files_and_agreement_with_caption(trained, run, tmp_path):
-    data, out = trained
+    data, shared = trained
+    out = tmp_path / "out"  # evaluate writes beside the model: a copy, the session's fixture stays as trained
+    shutil.copytree(shared, out)
     result = run("evaluate", "--data-folder", data, "--output-folder", out, "--beam", "1,3,5", "--precision", "fp32",
                  "--metrics", "bleu,cider,rouge")
     assert result.exit_code == 0, result.output

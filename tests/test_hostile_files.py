@@ -263,10 +263,12 @@ def test_evaluate_refuses_data_with_another_vocabulary(run_copy, run, tmp_path):
     first, second = sorted(w for w in word_map if not w.startswith("<"))[:2]
     word_map[first], word_map[second] = word_map[second], word_map[first]
     (other / "WORDMAP_other_5_1.json").write_text(json.dumps(word_map))
+    before = {e: (out / e).read_bytes() for e in os.listdir(out) if e.startswith(("evaluation_", "results_"))}
     result = _evaluate(run, other, out, "other_5_1")
     assert result.exit_code == 1, result.output
     assert "vocabulary" in result.output and "other_5_1" in result.output and BEST in result.output
-    assert not [e for e in os.listdir(out) if e.startswith("evaluation_")]
+    after = {e: (out / e).read_bytes() for e in os.listdir(out) if e.startswith(("evaluation_", "results_"))}
+    assert after == before  # nothing written, nothing overwritten
 
 
 def test_evaluations_of_other_data_never_overwrite_the_models_own(run_copy, run, tmp_path):
