@@ -44,6 +44,25 @@ def run_copy(trained_run, tmp_path):
     return data, copy
 
 
+@pytest.fixture(scope="module")
+def _exported(trained_run, tmp_path_factory):
+    """The trained run's output folder, copied once, with ``BEST_….bundle`` exported into it."""
+    _, out = trained_run
+    copy = tmp_path_factory.mktemp("exported") / "out"
+    shutil.copytree(out, copy)
+    done = _capcli("export", "--output-folder", copy, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return copy
+
+
+@pytest.fixture
+def bundle_copy(trained_run, _exported, tmp_path):
+    """(data folder, a copy of the exported run folder, its bundle): each test edits its own."""
+    copy = tmp_path / "box" / "out"
+    shutil.copytree(_exported, copy)
+    return trained_run[0], copy, copy / f"BEST_{NAME}.bundle"
+
+
 def _edit_checkpoint(path, **changes) -> None:
     raw = torch.load(path, map_location="cpu", weights_only=True)
     for key, value in changes.items():
@@ -126,11 +145,8 @@ def test_a_fifo_checkpoint_is_one_line_for_export_evaluate_and_caption(run_copy)
 
 
 @pytest.mark.parametrize("part", ["model.safetensors", "config.json", "word_map.json"])
-def test_a_fifo_in_a_bundle_is_one_line(run_copy, part):
-    data, out = run_copy
-    done = _capcli("export", "--output-folder", out, timeout=120)
-    assert done.returncode == 0, done.stderr
-    bundle = out / f"BEST_{NAME}.bundle"
+def test_a_fifo_in_a_bundle_is_one_line(bundle_copy, part):
+    data, out, bundle = bundle_copy
     _fifo(bundle / part)
     image = sorted((data / "shapes" / "images").iterdir())[0]
     _not_regular(_one_error_line(_capcli("caption", image, "-m", bundle, timeout=60)), bundle / part)
@@ -183,10 +199,9 @@ def test_sizes_in_a_checkpoint_are_bounded_before_anything_is_built(run_copy, ch
 
 
 @pytest.mark.parametrize("key", ["max_len", "image_size", "decoder_dim"])
-def test_sizes_in_a_bundle_config_are_bounded(run_copy, key):
-    data, out = run_copy
-    assert _capcli("export", "--output-folder", out).returncode == 0
-    config_file = out / f"BEST_{NAME}.bundle" / "config.json"
+def test_sizes_in_a_bundle_config_are_bounded(bundle_copy, key):
+    data, out, bundle = bundle_copy
+    config_file = bundle / "config.json"
     config = json.loads(config_file.read_text())
     if key == "decoder_dim":
         config["model_config"][key] = 10**9
@@ -217,12 +232,10 @@ export_bundle(sys.argv[1])
 
 
 @pytest.mark.parametrize("system", ["exchange", "no-exchange"])
-def test_export_killed_while_replacing_a_bundle_leaves_one_at_the_same_path(run_copy, system):
+def test_export_killed_while_replacing_a_bundle_leaves_one_at_the_same_path(bundle_copy, system):
     from capcli.checkpoint import read_checkpoint
 
-    data, out = run_copy
-    assert _capcli("export", "--output-folder", out).returncode == 0
-    bundle = out / f"BEST_{NAME}.bundle"
+    data, out, bundle = bundle_copy
     before = json.loads((bundle / "config.json").read_text())["exported_at"]
     done = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, out / BEST, bundle, system],
                           capture_output=True, text=True, timeout=120)
@@ -291,10 +304,8 @@ NESTED = '{"a": ' * 200 + "1" + "}" * 200  # parses, but deeper than capcli's ow
 
 
 @pytest.mark.parametrize("text", [DEEP, NESTED], ids=["deep", "nested"])
-def test_deep_json_in_a_bundle_config_is_one_line(run_copy, text):
-    data, out = run_copy
-    assert _capcli("export", "--output-folder", out).returncode == 0
-    bundle = out / f"BEST_{NAME}.bundle"
+def test_deep_json_in_a_bundle_config_is_one_line(bundle_copy, text):
+    data, out, bundle = bundle_copy
     (bundle / "config.json").write_text(text)
     image = sorted((data / "shapes" / "images").iterdir())[0]
     line = _one_error_line(_capcli("caption", image, "-m", bundle, timeout=60))
