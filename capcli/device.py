@@ -58,8 +58,10 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
+        elif device.type == "cpu":
             name = "bf16" if cpu_supports_bf16() else "fp32"
+        else:  # mps: the CPU's bf16 says nothing about Apple's GPU
+            name = "fp32"
     if name == "fp16" and device.type != "cuda":
         raise CapcliError(f"--precision fp16 needs a CUDA device (use bf16 or fp32 on {device.type}; "
                           "`capcli env` shows what auto picks here)")
