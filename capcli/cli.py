@@ -40,6 +40,8 @@ class CapcliGroup(click.Group):
         except Interrupted as exc:
             raise _Failure(str(exc), exc.exit_code) from None
         except CapcliError as exc:
+            if exc.ends_process_at_once:
+                _end_now(_Failure(str(exc)))
             raise _Failure(str(exc)) from None
         except OSError as exc:
             if exc.errno == errno.EPIPE:  # `capcli metrics | head`: Click ends it quietly
@@ -54,6 +56,15 @@ class CapcliGroup(click.Group):
             raise _Failure(message) from None
         finally:
             close_open_bars()  # a loop that raised leaves its bar drawn; the error gets its own line
+
+
+def _end_now(failure: _Failure) -> None:
+    """Print ``failure`` as Click would, then end the process without its teardown."""
+    close_open_bars()
+    failure.show()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(failure.exit_code)
 
 
 @click.group(cls=CapcliGroup, context_settings={"help_option_names": ["-h", "--help"],

@@ -28,7 +28,11 @@ _TIMED_OUT = ("timed out", "timeout", "watchdog")
 
 
 class RankLost(CapcliError):
-    """Another rank died or stopped answering; this one stops too."""
+    """Another rank died or stopped answering; this one stops too. The backend's threads still
+    wait on the lost peer, and their destructors abort the process at a normal exit
+    ("terminate called without an active exception", exit -6), so the process ends at once."""
+
+    ends_process_at_once = True
 
 
 @dataclass(frozen=True)

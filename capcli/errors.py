@@ -10,6 +10,10 @@ import errno
 class CapcliError(Exception):
     """A failure the user can act on; the message is shown as one line."""
 
+    # True where the process cannot end normally after it: the error boundary prints the line,
+    # flushes and ends the process at once (os._exit), skipping interpreter teardown.
+    ends_process_at_once = False
+
 
 class InputError(CapcliError):
     """A missing, unreadable or malformed input file or folder."""
