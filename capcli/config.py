@@ -12,7 +12,6 @@ from dataclasses import dataclass
 # Names the CLI offers as choices, kept here (no torch import) so `capcli --help` stays instant.
 # The model's tables (capcli.model.encoder.ENCODER_DIMS, capcli.model.captioner.DECODERS) hold
 # the same names; tests check that they agree.
-DATASETS = ("shapes", "flickr8k", "flickr30k", "coco")  # the well-known ones; `prep --dataset` takes any safe name
 ENCODER_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet-small")
 DECODER_NAMES = ("attention", "plain")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -58,8 +57,8 @@ def is_shapes(name: str) -> bool:
 
 # The shapes dataset's own defaults (any option given wins): no pretrained weights can be assumed
 # offline, so a narrow ResNet (``resnet-small``) is trained from scratch on 128-pixel images: first
-# on the kinds of object drawn (capcli/concepts.py), then with the decoder, one caption of each image a
-# step, from those that name every object with its size (capcli/content.py: complete_rows). Figures
+# on the kinds of object drawn (capcli/training/concepts.py), then with the decoder, one caption of each image a
+# step, from those that name every object with its size (capcli/evaluation/content.py: complete_rows). Figures
 # and how to reproduce them: docs/performance.md.
 SHAPES_IMAGE_SIZE = 128
 SHAPES_IMAGES = 10_000  # prep's default: enough scenes for an encoder trained from scratch to tell the shapes apart

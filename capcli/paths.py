@@ -155,11 +155,6 @@ def bundle_of(path: str) -> str | None:
     return None
 
 
-def bundle_folders(output_folder: str) -> list[str]:
-    """Every ``*.bundle`` folder in ``output_folder``, sorted by name (the dashboard lists them)."""
-    return sorted(p for p in glob.glob(_in(output_folder, f"*{BUNDLE_EXT}")) if os.path.isdir(p))
-
-
 def evaluation_files(output_folder: str, stem: str) -> list[str]:
     """The ``evaluation_{stem}_{split}.json`` files of one model in ``output_folder``, sorted."""
     return sorted(glob.glob(_in(glob.escape(output_folder), f"evaluation_{glob.escape(stem)}_*.json")))

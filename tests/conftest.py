@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from capcli.cli import cli
+from capcli.cli.commands import cli
 
 
 def write_image(path, colour=(200, 30, 30), size=(24, 16), fmt=None) -> str:
@@ -67,7 +67,7 @@ TINY_TRAIN = ("--encoder", "resnet18", "--embed-dim", 16, "--attention-dim", 16,
 def data(tmp_path_factory):
     """A prepared 40-image shapes set (32 px, every word kept), one per test module."""
     from capcli.config import PrepConfig
-    from capcli.prep import run_prep
+    from capcli.data.prep import run_prep
 
     folder = tmp_path_factory.mktemp("data")
     run_prep(PrepConfig(output_folder=str(folder), num_images=40, image_size=32, min_word_freq=1, workers=1))
@@ -79,7 +79,7 @@ def trained_run(tmp_path_factory):
     """(data folder, output folder holding BEST_shapes_5_1.pth.tar) after one epoch on 40 tiny
     shapes images. Tests must not change these folders (copy them first)."""
     from capcli.config import PrepConfig
-    from capcli.prep import run_prep
+    from capcli.data.prep import run_prep
 
     root = tmp_path_factory.mktemp("trained")
     data, out = root / "data", root / "out"

@@ -8,17 +8,17 @@ import shutil
 import pytest
 import torch
 
-from capcli.a2c import (
+from capcli.data.vocab import Detokenizer
+from capcli.runs.feed import read_feed
+from capcli.runs.summary import summarize
+from capcli.store.checkpoint import load_checkpoint
+from capcli.training.a2c import (
     a2c_losses,
     clip_rewards,
     discounted_returns,
     entropy_weight_at,
     step_mask,
 )
-from capcli.checkpoint import load_checkpoint
-from capcli.data.vocab import Detokenizer
-from capcli.feed import read_feed
-from capcli.runs import summarize
 
 NAME = "shapes_5_1"
 
@@ -66,7 +66,7 @@ def test_special_tokens_removed_before_scoring():
     words = Detokenizer(word_map)  # what A2C turns sampled ids into before scoring
     assert words([4, 1, 2, 5, 1, 0]) == ["a", "red"]  # up to <end>, no <start>/<pad>
     assert words([1, 0, 2]) == ["a", "red"]
-    from capcli.a2c import Rewarder
+    from capcli.training.a2c import Rewarder
 
     refs = [[["a", "red", "circle", "on", "a", "mat"]]]
     bleu = Rewarder("bleu4", refs)
@@ -113,10 +113,10 @@ def test_resume_continues_with_critic_and_optimizers(workdir, run, monkeypatch):
     assert _a2c(run, data, out, "--epochs", 1, "--reward", "bleu4", "--temperature", 0.7).exit_code == 0
     first = load_checkpoint(str(out / f"A2C_{NAME}.pth.tar"))
     assert first["epoch"] == 1 and first["actor_optimizer"]["state"]
-    import capcli.a2c
+    import capcli.training.a2c
 
     seen = {}
-    original = capcli.a2c.A2CTrainer._epoch
+    original = capcli.training.a2c.A2CTrainer._epoch
 
     def spy(self, epoch):
         if "critic" not in seen:
@@ -125,7 +125,7 @@ def test_resume_continues_with_critic_and_optimizers(workdir, run, monkeypatch):
             seen["epoch"] = epoch
         return original(self, epoch)
 
-    monkeypatch.setattr(capcli.a2c.A2CTrainer, "_epoch", spy)
+    monkeypatch.setattr(capcli.training.a2c.A2CTrainer, "_epoch", spy)
     result = run("a2c", "--resume", "--data-folder", data, "--output-folder", out, "--epochs", 2,
                  "--batch-size", 8, "--precision", "fp32", "--max-len", 8)
     assert result.exit_code == 0, result.output
@@ -170,10 +170,10 @@ def test_nan_loss_stops_and_keeps_checkpoint(workdir, run, monkeypatch):
     data, out = workdir
     assert _a2c(run, data, out, "--epochs", 1).exit_code == 0
     before = open(out / f"A2C_{NAME}.pth.tar", "rb").read()
-    import capcli.a2c
+    import capcli.training.a2c
 
-    real = capcli.a2c.a2c_losses
-    monkeypatch.setattr(capcli.a2c, "a2c_losses",
+    real = capcli.training.a2c.a2c_losses
+    monkeypatch.setattr(capcli.training.a2c, "a2c_losses",
                         lambda *a, **k: (real(*a, **k)[0] * float("nan"), *real(*a, **k)[1:]))
     result = _a2c(run, data, out, "--epochs", 2, "--resume")
     assert result.exit_code == 1
@@ -238,8 +238,8 @@ def test_resume_with_epochs_already_done_touches_nothing(workdir, run, tmp_path)
 
 
 def test_a_shapes_model_takes_its_own_defaults_unless_told(workdir, run):
-    from capcli.checkpoint import load_checkpoint
     from capcli.config import SHAPES_A2C_DEFAULTS
+    from capcli.store.checkpoint import load_checkpoint
 
     data, out = workdir
     result = _a2c(run, data, out, "--run-name", "own")

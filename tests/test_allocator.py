@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 # faults of the second allocation
 REUSE = """
 import resource
-from capcli.allocator import keep_freed_memory
+from capcli.runtime.allocator import keep_freed_memory
 print(keep_freed_memory())
 block = bytearray(16 << 20)
 del block
@@ -53,7 +53,7 @@ def test_malloc_environment_and_preloaded_allocators_are_left_alone():
 # what the CLI does once the device is known: tune for this device, print whether malloc was tuned
 FOR_DEVICE = """
 import sys
-from capcli.allocator import tune_for_device
+from capcli.runtime.allocator import tune_for_device
 print(tune_for_device(sys.argv[1]))
 """
 

@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-from capcli import demo_plan
 from capcli.config import SHAPES_TRAIN_DEFAULTS
-from capcli.device import resolve_precision
+from capcli.demo.pipeline import plan as demo_plan
+from capcli.runtime.device import resolve_precision
 
 FP32 = resolve_precision("fp32", torch.device("cpu"))
 
@@ -61,7 +61,7 @@ def test_demo_runs_every_stage_and_can_run_again(tmp_path, run, monkeypatch):
     assert "capcli caption" in out and "Next, try:" in out
     assert (tmp_path / "model_outputs" / "evaluation_BEST_shapes_5_5_test.json").exists()
     first = json.load(open(tmp_path / "model_outputs" / "evaluation_BEST_shapes_5_5_test.json"))
-    from capcli.checkpoint import load_checkpoint
+    from capcli.store.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(str(tmp_path / "model_outputs" / "BEST_shapes_5_5.pth.tar"))
     model = ckpt["model_config"]
@@ -105,7 +105,7 @@ def test_bench_unknown_subset(run):
 
 
 def test_caption_comparison_counts_differing_images_and_their_score_gap():
-    from capcli.bench import compare_captions
+    from capcli.runtime.bench import compare_captions
 
     batched = [([5, 6], -3.0), ([7], -1.25), ([8, 9], -2.0)]
     single = [([5, 6], -3.0), ([4], -1.0), ([9, 8], -2.5)]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from capcli.data.hdf5 import find_prepared
 from capcli.data.vocab import Detokenizer
-from capcli.scores import all_scores
+from capcli.evaluation.scores import all_scores
 
 NAME = "shapes_5_1"
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from capcli.checkpoint import load_checkpoint
+from capcli.store.checkpoint import load_checkpoint
 from tests.conftest import write_image
 
 NAME = "shapes_5_1"

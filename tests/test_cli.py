@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import pytest
 
-from capcli.cli import cli
+from capcli.cli.commands import cli
 
 
 def test_top_level_help_lists_commands_and_an_example(run):
@@ -38,10 +38,10 @@ def test_every_command_has_help_with_example_and_defaults(run, name):
 
 
 def test_choices_are_the_models_own_names():
-    from capcli import device
     from capcli.config import DECODER_NAMES, ENCODER_NAMES, PRECISIONS
     from capcli.model.captioner import DECODERS as MODEL_DECODERS
     from capcli.model.encoder import ENCODER_DIMS
+    from capcli.runtime import device
 
     assert ENCODER_NAMES == tuple(ENCODER_DIMS)
     assert DECODER_NAMES == tuple(MODEL_DECODERS)
@@ -53,9 +53,9 @@ def test_choices_are_the_models_own_names():
 
 
 def test_option_defaults_are_the_configs_defaults():
-    from capcli.a2c import A2CConfig
+    from capcli.cli.options import default
     from capcli.config import ModelConfig, PrepConfig, TrainConfig
-    from capcli.options import default
+    from capcli.training.a2c import A2CConfig
 
     checked = 0
     for command, config in (("train", TrainConfig), ("train", ModelConfig), ("a2c", A2CConfig), ("prep", PrepConfig)):

@@ -1,4 +1,4 @@
-"""Object pretraining (capcli.concepts) and --captions-per-step: targets from the generator's record,
+"""Object pretraining (capcli.training.concepts) and --captions-per-step: targets from the generator's record,
 a loss that falls, the trainer running it once on a new run only, and the caption sampling."""
 
 import os
@@ -6,15 +6,15 @@ import os
 import pytest
 import torch
 
-from capcli import content
-from capcli.concepts import object_targets, pretrain_encoder
 from capcli.config import TrainConfig
 from capcli.data.datasets import pick_captions
 from capcli.data.hdf5 import find_prepared
-from capcli.device import resolve_precision
 from capcli.errors import InputError
+from capcli.evaluation import content
 from capcli.model.encoder import Encoder
-from capcli.samples import image_names
+from capcli.runtime.device import resolve_precision
+from capcli.training.concepts import object_targets, pretrain_encoder
+from capcli.training.samples import image_names
 
 
 def test_targets_are_the_kinds_of_object_each_training_image_holds(data):

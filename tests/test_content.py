@@ -1,12 +1,12 @@
-"""Content accuracy on shapes (capcli.content): the parser on the generator's templates and on wrong captions."""
+"""Content accuracy on shapes (evaluation.content): the parser on the generator's templates and on wrong captions."""
 
 import random
 
 import numpy as np
 import pytest
 
-from capcli import content
 from capcli.data import shapes
+from capcli.evaluation import content
 
 RED_CIRCLE = frozenset({("small", "red", "circle")})
 TWO = frozenset({("large", "blue", "square"), ("small", "red", "circle")})
@@ -110,7 +110,7 @@ def test_complete_rows_keep_only_captions_naming_every_object_with_its_size(data
     from capcli.data.hdf5 import find_prepared
     from capcli.data.vocab import Detokenizer
     from capcli.errors import InputError
-    from capcli.samples import image_names
+    from capcli.training.samples import image_names
 
     prepared = find_prepared(str(data), None)
     rows, lengths = prepared.captions("TRAIN")

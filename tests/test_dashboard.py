@@ -16,7 +16,7 @@ import torch
 
 from capcli.dashboard.app import HELP, Dashboard, HelpScreen, downsample
 from capcli.paths import lock_file
-from capcli.runs import FeedTail
+from capcli.runs.summary import FeedTail
 
 NAME = "shapes_5_1"
 

@@ -251,15 +251,15 @@ def test_dashboard_with_two_runs_in_a_terminal(tmp_path):
 
 
 def test_checkpoint_rows_from_the_sidecar_without_loading(run_copy, monkeypatch):
-    import capcli.checkpoint
-    from capcli.checkpoint import read_meta
+    import capcli.store.checkpoint
     from capcli.paths import checkpoint_meta_file
+    from capcli.store.sidecar import read_meta
 
     _, folder = run_copy
     best, latest = folder / f"BEST_{NAME}.pth.tar", folder / f"checkpoint_{NAME}.pth.tar"
     meta = read_meta(str(best))
     assert meta is not None and read_meta(str(latest)) is not None
-    real_load, loads = capcli.checkpoint.load_checkpoint, []
+    real_load, loads = capcli.store.checkpoint.load_checkpoint, []
 
     def counting_load(path):
         loads.append(os.path.basename(path))
@@ -268,7 +268,7 @@ def test_checkpoint_rows_from_the_sidecar_without_loading(run_copy, monkeypatch)
         return real_load(path)
 
     sidecars_only = True
-    monkeypatch.setattr(capcli.checkpoint, "load_checkpoint", counting_load)
+    monkeypatch.setattr(capcli.store.checkpoint, "load_checkpoint", counting_load)
 
     async def scenario():
         nonlocal sidecars_only

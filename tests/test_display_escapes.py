@@ -13,7 +13,7 @@ import pytest
 
 from capcli.dashboard.app import Dashboard, RunsScreen
 from capcli.dashboard.panels import literal
-from capcli.feed import FIELDS
+from capcli.runs.feed import FIELDS
 from tests.test_dashboard import _text, _until
 from tests.test_terminal import run_in_terminal
 
@@ -118,8 +118,8 @@ def test_save_png_with_a_name_matplotlib_would_parse(tmp_path, run):
 
 
 def test_captions_from_a_hostile_word_map_are_shown_not_obeyed(capsys):
-    from capcli import render
-    from capcli.captioning import CaptionResult
+    from capcli.cli import render
+    from capcli.inference.captioning import CaptionResult
 
     words = ["a", "dog\x1b]52;c;aGk=\x07", "\x1b[2J", "runs\nfast"]
     results = [CaptionResult("x.jpg", words=words, score=-1.0), CaptionResult("y\x1b]0;T\x07.jpg", error="bad\x1b[2J")]

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from capcli import __version__
-from capcli.cli_env import size
-from capcli.torch_compat import TORCH_FLOOR, TORCH_NEWEST_TESTED, torch_tested
+from capcli.cli.env import size
+from capcli.runtime.torch_compat import TORCH_FLOOR, TORCH_NEWEST_TESTED, torch_tested
 from tests.test_env_failures import mount_tmpfs  # noqa: F401 (a fixture: a real small tmpfs)
 from tests.test_terminal import COLUMNS, run_in_terminal
 
@@ -116,7 +116,7 @@ def test_a_folder_not_made_yet_is_measured_at_its_parent(run, tmp_path):
 
 def test_a_small_dev_shm_gets_a_note(run, monkeypatch, mount_tmpfs):  # noqa: F811
     shm = mount_tmpfs("64m")  # what Docker gives a container without --shm-size
-    monkeypatch.setattr("capcli.parallel.SHM_FOLDER", str(shm))
+    monkeypatch.setattr("capcli.runtime.parallel.SHM_FOLDER", str(shm))
     report = env_json(run)
     assert report["shm"]["total_bytes"] == 64 << 20 and report["shm"]["free_bytes"] == df(shm, "avail")
     assert [note for note in report["notes"] if note.startswith(f"{shm} has under 1 GiB free")]
@@ -124,7 +124,7 @@ def test_a_small_dev_shm_gets_a_note(run, monkeypatch, mount_tmpfs):  # noqa: F8
 
 
 def test_no_dev_shm_reads_absent(run, monkeypatch, tmp_path):
-    monkeypatch.setattr("capcli.parallel.SHM_FOLDER", str(tmp_path / "shm"))
+    monkeypatch.setattr("capcli.runtime.parallel.SHM_FOLDER", str(tmp_path / "shm"))
     report = env_json(run)
     assert report["shm"] == {"folder": str(tmp_path / "shm"), "measured": None, "exists": False,
                              "total_bytes": None, "free_bytes": None}

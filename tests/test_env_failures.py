@@ -17,7 +17,7 @@ import sys
 import pytest
 import torch
 
-from capcli.checkpoint import load_checkpoint
+from capcli.store.checkpoint import load_checkpoint
 from tests.conftest import TINY_TRAIN, karpathy_entry, write_image, write_karpathy
 
 PREP = ("prep", "--image-size", 32, "--min-word-freq", 1, "--workers", 2)
@@ -168,7 +168,7 @@ def test_a_fifo_given_as_an_image_is_refused_without_hanging(trained_run, tmp_pa
 def test_a_fifo_in_a_caption_file_is_skipped_with_its_reason(tmp_path):
     from capcli.config import PrepConfig
     from capcli.data.jsonfiles import read_json
-    from capcli.prep import run_prep
+    from capcli.data.prep import run_prep
 
     folder = tmp_path / "images"
     splits = ["train", "train", "train", "val", "test"]
@@ -232,7 +232,7 @@ def test_hdf5_on_a_full_disk_with_small_writes_never_crashes_the_interpreter(mou
 def test_running_out_of_memory_in_training_is_one_line(data, tmp_path, run, monkeypatch, error, said):
     """A batch too large for the GPU (or the machine): one line that says what to change, exit 1;
     the run's lock is released."""
-    from capcli.train import Trainer
+    from capcli.training.train import Trainer
 
     def too_big(self, *batch):
         raise error

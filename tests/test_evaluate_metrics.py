@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from capcli import java_metrics
 from capcli.data.hdf5 import CAPTION_ROWS, RAW_REFERENCES, find_prepared
 from capcli.data.vocab import Detokenizer
+from capcli.evaluation import java_metrics
 from capcli.paths import references_file
 
 NAME = "shapes_5_1"
@@ -184,7 +184,7 @@ def test_meteor_for_real_and_spice_in_one_line(evaluated, run, monkeypatch):
 
 
 def test_validation_scores_against_the_val_references_file(data, tmp_path, run, monkeypatch):
-    from capcli import train
+    from capcli.training import train
     from tests.conftest import TINY_TRAIN
 
     data_copy = tmp_path / "data"  # with the shapes set's record (dataset_shapes.json): --complete-captions reads it

@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from capcli.checkpoint import read_checkpoint, read_meta
 from capcli.paths import BUNDLE_FILES, checkpoint_meta_file
+from capcli.store.files import read_checkpoint
+from capcli.store.sidecar import read_meta
 from tests.test_terminal import run_in_terminal
 
 NAME = "shapes_5_1"
@@ -214,8 +215,8 @@ def test_export_refuses_links_and_what_is_not_a_bundle(exported, tmp_path, run):
 
 
 def test_a_bundle_never_resumes_and_loads_as_a_checkpoint(exported, run, tmp_path):
-    from capcli.captioning import load_captioner
     from capcli.dashboard.checkpoints import read_checkpoint_info
+    from capcli.inference.captioning import load_captioner
 
     data, out, _ = exported
     line = _one_error_line(run("train", "--data-folder", data, "--output-folder", tmp_path, "--checkpoint",

@@ -15,8 +15,8 @@ from textual.worker import WorkerFailed
 
 from capcli.dashboard.app import ERROR_LOG, Dashboard
 from capcli.errors import CapcliError
-from capcli.feed import FIELDS, MetricsFeed, read_feed, scan_feed
-from capcli.runs import FeedTail, summarize
+from capcli.runs.feed import FIELDS, MetricsFeed, read_feed, scan_feed
+from capcli.runs.summary import FeedTail, summarize
 
 NAME = "hostile_5_1"
 

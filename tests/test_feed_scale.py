@@ -16,12 +16,11 @@ import time
 import plotext
 import pytest
 
-from capcli import feed
 from capcli.dashboard.app import Dashboard
 from capcli.dashboard.charts import STEP_LOSS, VAL_SCORES, draw_chart
-from capcli.metrics import nice_ticks, terminal_charts
 from capcli.paths import lock_file
-from capcli.runs import MAX_STEP_BUCKETS, list_runs, read_summary, run_info, summarize
+from capcli.runs.metrics import nice_ticks, terminal_charts
+from capcli.runs.summary import MAX_STEP_BUCKETS, feed, list_runs, read_summary, run_info, summarize
 from tests.test_dashboard import _text, _until
 
 STEPS, EPOCHS = 300_000, 30

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from capcli.checkpoint import load_checkpoint
+from capcli.store.checkpoint import load_checkpoint
 from tests.test_train import TINY
 
 pytestmark = [pytest.mark.gpu,

@@ -91,8 +91,8 @@ def test_a_checkpoint_name_never_leads_a2c_out_of_the_output_folder(run_copy, tm
 
 
 def test_a_sidecar_with_an_unsafe_run_name_is_not_trusted(run_copy):
-    from capcli.checkpoint import read_meta
     from capcli.paths import checkpoint_meta_file
+    from capcli.store.sidecar import read_meta
 
     _, out = run_copy
     meta_file = checkpoint_meta_file(str(out / BEST))
@@ -161,9 +161,9 @@ def test_a_fifo_evaluation_file_does_not_hang_export(run_copy):
 
 
 def test_a_fifo_sidecar_or_lock_reads_as_absent(run_copy):
-    from capcli.checkpoint import read_meta
     from capcli.paths import checkpoint_meta_file
-    from capcli.runlock import read_holder
+    from capcli.runs.lock import read_holder
+    from capcli.store.sidecar import read_meta
 
     _, out = run_copy
     _fifo(checkpoint_meta_file(str(out / BEST)))
@@ -226,14 +226,14 @@ def rename(src, dst, *args, **kwargs):
     if os.path.abspath(src) == os.path.abspath(sys.argv[2]):
         os._exit(137)  # killed right after the previous bundle left its name
 os.rename = rename
-from capcli.bundle import export_bundle
+from capcli.store.bundle import export_bundle
 export_bundle(sys.argv[1])
 """
 
 
 @pytest.mark.parametrize("system", ["exchange", "no-exchange"])
 def test_export_killed_while_replacing_a_bundle_leaves_one_at_the_same_path(bundle_copy, system):
-    from capcli.checkpoint import read_checkpoint
+    from capcli.store.files import read_checkpoint
 
     data, out, bundle = bundle_copy
     before = json.loads((bundle / "config.json").read_text())["exported_at"]
@@ -315,9 +315,9 @@ def test_deep_json_in_a_bundle_config_is_one_line(bundle_copy, text):
 
 @pytest.mark.parametrize("text", [DEEP, NESTED], ids=["deep", "nested"])
 def test_deep_json_in_a_lock_a_sidecar_or_an_evaluation_reads_as_absent(run_copy, text):
-    from capcli.checkpoint import read_meta
     from capcli.paths import checkpoint_meta_file
-    from capcli.runlock import read_holder
+    from capcli.runs.lock import read_holder
+    from capcli.store.sidecar import read_meta
 
     _, out = run_copy
     (out / f"{NAME}.lock").write_text(text)
@@ -347,7 +347,7 @@ def test_read_json_refuses_deep_json_in_one_line(tmp_path):
 
 
 def _feed_and_lock(folder, name, record):
-    from capcli.feed import MetricsFeed
+    from capcli.runs.feed import MetricsFeed
 
     feed = MetricsFeed(str(folder / f"metrics_{name}.jsonl"), "train")
     feed.write("start", epoch=0, step=0, epochs=3, run=name, data="d_5_5")
@@ -358,8 +358,8 @@ def _feed_and_lock(folder, name, record):
 def test_a_lock_naming_a_live_but_unrelated_pid_is_stale(tmp_path):
     import socket
 
-    from capcli.runlock import holder_live, process_start, read_holder, run_lock
-    from capcli.runs import list_runs
+    from capcli.runs.lock import holder_live, process_start, read_holder, run_lock
+    from capcli.runs.summary import list_runs
 
     host, me = socket.gethostname(), os.getpid()
     _feed_and_lock(tmp_path, "reused", {"pid": me, "host": host, "started": 1.0, "pid_start": "another:1"})

@@ -14,7 +14,7 @@ import torch
 
 from capcli.config import ModelConfig
 from capcli.model.captioner import build_model
-from capcli.runs import summarize
+from capcli.runs.summary import summarize
 from tests.test_train import TINY
 
 NAME = "shapes_5_1"
@@ -25,9 +25,9 @@ def run_folder(tmp_path_factory):
     """A real 3-epoch run on a tiny shapes set (its feed is what the tests read)."""
     from click.testing import CliRunner
 
-    from capcli.cli import cli
+    from capcli.cli.commands import cli
     from capcli.config import PrepConfig
-    from capcli.prep import run_prep
+    from capcli.data.prep import run_prep
 
     root = tmp_path_factory.mktemp("metrics")
     run_prep(PrepConfig(output_folder=str(root / "data"), num_images=40, image_size=32, min_word_freq=1))

@@ -8,12 +8,14 @@ import json
 
 import pytest
 
-from capcli.checkpoint import Checkpoint, TrainState, read_checkpoint
 from capcli.config import ModelConfig, TrainConfig
-from capcli.feed import read_feed
-from capcli.metrics import CHARTS, summary_text
-from capcli.runs import summarize
-from capcli.selection import best_figures, record_epoch
+from capcli.runs.feed import read_feed
+from capcli.runs.metrics import CHARTS, summary_text
+from capcli.runs.summary import summarize
+from capcli.store.checkpoint import Checkpoint, TrainState
+from capcli.store.files import read_checkpoint
+from capcli.store.sidecar import best_figures
+from capcli.training.selection import record_epoch
 from tests.conftest import TINY_TRAIN
 
 NAME = "shapes_5_1"
@@ -104,7 +106,7 @@ def test_train_on_cider_and_resume_keeps_it(data, tmp_path, run):
 def test_early_stopping_and_decay_follow_the_monitor(data, tmp_path, run, monkeypatch):
     """CIDEr-D that never improves after epoch 1 (BLEU-4 that always does): with --monitor cider
     the learning rate halves each epoch and the run stops after --patience-stop epochs."""
-    from capcli.train import Trainer
+    from capcli.training.train import Trainer
 
     scores = iter([(0.1, 2.0), (0.2, 1.0), (0.3, 0.5), (0.4, 0.2)])
 

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from capcli import parallel
+from capcli.runtime import parallel
 
 
 def _fill(item: int, out: np.ndarray) -> int:

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from skimage.transform import pyramid_expand
 
-from capcli.captioning import CaptionResult, caption_files, load_captioner
 from capcli.config import SHAPES_TRAIN_DEFAULTS
-from capcli.heatmap import ColourScale, legend, upsample_attention
-from capcli.pictures import PANEL, attention_picture, word_panels
+from capcli.inference.captioning import CaptionResult, caption_files, load_captioner
+from capcli.inference.heatmap import ColourScale, legend, upsample_attention
+from capcli.inference.pictures import PANEL, attention_picture, word_panels
 
 NAME = "shapes_5_1"
 WHITE = np.array([255, 255, 255])
@@ -126,7 +126,7 @@ def test_header_and_legend_around_the_panels(captioned, tmp_path):
 
 
 def test_score_note():
-    from capcli.pictures import score_note
+    from capcli.inference.pictures import score_note
 
     done = CaptionResult("x/dog.jpg", ["a", "dog"], -3.0, True)
     assert score_note(done) == "dog.jpg    log-probability -3.00, -1.00 per word (<end> included)"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from capcli import parallel
+from capcli.runtime import parallel
 from tests.conftest import run_subprocess
 
 PROGRESS = re.compile(r"^(generating shapes|prep (TRAIN|VAL|TEST)): \d+")
@@ -178,7 +178,7 @@ def replace(src, dst):
             os.kill(os.getpid(), signal.SIGKILL)
 os.replace = replace
 sys.argv = ["capcli", *sys.argv[1:]]
-from capcli.cli import main
+from capcli.cli.commands import main
 main()
 """
 

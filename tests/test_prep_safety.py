@@ -19,8 +19,8 @@ FINAL_PREFIXES = ("WORDMAP_", "TRAIN_", "VAL_", "TEST_", "MANIFEST_")
 def shapes_source(tmp_path_factory):
     """A 600-image shapes set in Karpathy format, used as a 'real' dataset by the tests."""
     from capcli.config import PrepConfig
-    from capcli.prep import _generate_shapes
-    from capcli.progress import SILENT
+    from capcli.data.prep import _generate_shapes
+    from capcli.runtime.progress import SILENT
 
     folder = tmp_path_factory.mktemp("src")
     json_path, images = _generate_shapes(PrepConfig(output_folder=str(folder), num_images=600), 2, SILENT)

@@ -24,7 +24,7 @@ def default_prep(tmp_path_factory):
     """`capcli prep` with no option but a small --num-images, run in an empty working directory."""
     from click.testing import CliRunner
 
-    from capcli.cli import cli
+    from capcli.cli.commands import cli
 
     cwd = tmp_path_factory.mktemp("default")
     old = os.getcwd()
@@ -75,7 +75,7 @@ def test_default_prep_writes_the_seed_file_set(default_prep):
 
 
 def test_prep_makes_shapes_images_by_default():
-    from capcli.cli import cli
+    from capcli.cli.commands import cli
 
     [option] = [p for p in cli.commands["prep"].params if p.name == "num_images"]
     assert option.default == SHAPES_IMAGES

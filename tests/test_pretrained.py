@@ -12,7 +12,7 @@ import torch
 from capcli.errors import CapcliError
 from capcli.model import encoder as encoder_module
 from capcli.model.encoder import Encoder, hub_weights_path, load_pretrained
-from capcli.torch_compat import import_torchvision
+from capcli.runtime.torch_compat import import_torchvision
 
 torchvision = import_torchvision()  # also where its compiled operators do not load (a CPU torch)
 

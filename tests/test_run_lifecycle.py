@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from capcli.checkpoint import load_checkpoint
-from capcli.feed import read_feed
+from capcli.runs.feed import read_feed
+from capcli.store.checkpoint import load_checkpoint
 from tests.conftest import TINY_TRAIN, run_subprocess
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  train loss (\d+\.\d{3}) top-5 (\d+\.\d) \| val loss (\d+\.\d{3}) "
@@ -155,7 +155,7 @@ def test_resume_with_epochs_already_done_changes_nothing(data, tmp_path, run):
 def real_data(tmp_path_factory):
     """A tiny Flickr8k-style set (Karpathy JSON + JPEG folder): a real dataset, not shapes."""
     from capcli.config import PrepConfig
-    from capcli.prep import run_prep
+    from capcli.data.prep import run_prep
     from tests.conftest import distinct_colour, karpathy_entry, write_image, write_karpathy
 
     root = tmp_path_factory.mktemp("flickr")
@@ -194,7 +194,7 @@ def test_pretrained_downloads_into_torch_home_and_trains(real_data, tmp_path, ru
 
     import torch
 
-    from capcli.torch_compat import import_torchvision
+    from capcli.runtime.torch_compat import import_torchvision
 
     torchvision = import_torchvision()
     served = tmp_path / "served" / "resnet18.pth"

@@ -16,10 +16,10 @@ import time
 import pytest
 import torch
 
-from capcli.checkpoint import load_checkpoint
-from capcli.cli_runs import ago, runs_table
-from capcli.feed import STALE_SECONDS, Heartbeat, MetricsFeed, read_feed, samples_of, valid_line
-from capcli.runs import RunInfo, list_runs, read_summary, run_state
+from capcli.cli.runs import ago, runs_table
+from capcli.runs.feed import STALE_SECONDS, Heartbeat, MetricsFeed, read_feed, samples_of, valid_line
+from capcli.runs.summary import RunInfo, list_runs, read_summary, run_state
+from capcli.store.checkpoint import load_checkpoint
 from tests.conftest import TINY_TRAIN, run_subprocess
 from tests.test_terminal import run_in_terminal
 

@@ -124,7 +124,7 @@ def test_train_overwrite_replaces_links_at_checkpoints_summaries_and_temps(train
     result = run("train", "--data-folder", data, "--output-folder", out, *TINY_TRAIN, "--epochs", 1, "--overwrite")
     assert result.exit_code == 0, result.output
     traps.check(finals + summaries + features)
-    from capcli.checkpoint import load_checkpoint
+    from capcli.store.checkpoint import load_checkpoint
 
     assert load_checkpoint(finals[1])["epoch"] == 1
     with h5py.File(features[0], "r") as f:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from capcli.scores import all_scores, cider_d, corpus_bleu, rouge_l
+from capcli.evaluation.scores import all_scores, cider_d, corpus_bleu, rouge_l
 
 
 def _w(text):

@@ -1,11 +1,11 @@
-"""capcli.scores against pycocoevalcap's own BLEU, ROUGE-L and CIDEr(-D) scorers (pure Python, the
+"""capcli.evaluation.scores against pycocoevalcap's own BLEU, ROUGE-L and CIDEr(-D) scorers (pure Python, the
 ``test`` extra) on a few hundred random corpora: the same numbers to 1e-6."""
 
 import random
 
 import pytest
 
-from capcli.scores import bleu, cider_d, rouge_l
+from capcli.evaluation.scores import bleu, cider_d, rouge_l
 
 pytest.importorskip("pycocoevalcap")
 from pycocoevalcap.bleu.bleu import Bleu  # noqa: E402

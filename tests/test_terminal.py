@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from capcli.progress import TerminalProgress, close_open_bars
+from capcli.runtime.progress import TerminalProgress, close_open_bars
 from tests.conftest import TINY_TRAIN
 
 COLUMNS, ROWS = 80, 24

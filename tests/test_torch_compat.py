@@ -1,4 +1,4 @@
-"""capcli.torch_compat and capcli.device on other torches and CPUs than this one: the version
+"""capcli.runtime.torch_compat and capcli.runtime.device on other torches and CPUs than this one: the version
 range, a torchvision built for another torch, a torchvision whose compiled operators do not load,
 the CPU's instruction sets under torch's overrides, and Apple's GPU (faked: none here)."""
 
@@ -14,10 +14,10 @@ import pytest
 import torch
 from packaging.requirements import Requirement
 
-from capcli import device as device_module
-from capcli import torch_compat
-from capcli.device import resolve_device, resolve_precision
 from capcli.errors import CapcliError
+from capcli.runtime import device as device_module
+from capcli.runtime import torch_compat
+from capcli.runtime.device import resolve_device, resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ def fail(path):
     raise OSError("simulated: libtorch_cuda.so: cannot open shared object file")
 torch.ops.load_library = fail  # what a CUDA torchvision meets beside a CPU-only torch
 logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="%(message)s")
-from capcli.torch_compat import import_torchvision
+from capcli.runtime.torch_compat import import_torchvision
 torchvision = import_torchvision()
 print(torchvision.extension._has_ops(), torchvision.models.resnet18().eval()(torch.zeros(1, 3, 32, 32)).shape)
 """
@@ -109,7 +109,7 @@ def test_native_bf16_is_used_only_where_torch_and_onednn_may_use_it(monkeypatch)
 
 
 def test_aten_cpu_capability_lowers_what_capcli_reads():
-    code = ("from capcli.torch_compat import cpu_capability, cpu_supports_bf16, cpu_has_amx; "
+    code = ("from capcli.runtime.torch_compat import cpu_capability, cpu_supports_bf16, cpu_has_amx; "
             "print(cpu_capability(), cpu_supports_bf16(), cpu_has_amx())")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -147,7 +147,7 @@ def test_auto_picks_apples_gpu_where_torch_reports_it(monkeypatch):
 def test_on_macos_an_operator_apples_gpu_lacks_falls_back_to_the_cpu():
     code = ("import os, sys; sys.platform = 'darwin'; sys.argv = ['capcli', '--version']\n"
             "os.environ.pop('PYTORCH_ENABLE_MPS_FALLBACK', None)\n"
-            "from capcli import cli\n"
+            "from capcli.cli import commands as cli\n"
             "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
             "print(os.environ.get('PYTORCH_ENABLE_MPS_FALLBACK'), 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -157,7 +157,7 @@ def test_on_macos_an_operator_apples_gpu_lacks_falls_back_to_the_cpu():
 def test_torchvision_first_imported_on_the_meta_device_imports():
     """Checkpoints are built on the meta device first; on torch 2.6 torchvision's import (through
     torch._dynamo's) fails there unless it runs on the CPU."""
-    code = ("import torch\nfrom capcli.torch_compat import import_torchvision\n"
+    code = ("import torch\nfrom capcli.runtime.torch_compat import import_torchvision\n"
             "with torch.device('meta'):\n    print(import_torchvision().models.resnet18().fc.weight.device)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

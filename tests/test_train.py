@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from capcli.checkpoint import load_checkpoint
-from capcli.feed import FIELDS, read_feed
+from capcli.runs.feed import FIELDS, read_feed
+from capcli.store.checkpoint import load_checkpoint
 from tests.conftest import run_subprocess
 
 TINY = ("--encoder", "resnet18", "--embed-dim", 16, "--attention-dim", 16, "--decoder-dim", 32,
@@ -135,7 +135,7 @@ def test_malicious_checkpoint_is_refused(data, tmp_path, run):
 def test_pretrained_from_torch_home(tmp_path, monkeypatch):
     from capcli.errors import CapcliError
     from capcli.model.encoder import Encoder, hub_weights_path, load_pretrained
-    from capcli.torch_compat import import_torchvision
+    from capcli.runtime.torch_compat import import_torchvision
 
     torchvision = import_torchvision()
 
@@ -204,10 +204,10 @@ def test_nan_loss_stops_and_keeps_checkpoint(data, tmp_path, run, monkeypatch):
     out = tmp_path / "out"
     assert run(*train_args(data, out, "--epochs", 1)).exit_code == 0
     before = open(out / "checkpoint_shapes_5_1.pth.tar", "rb").read()
-    import capcli.train
+    import capcli.training.train
 
-    real = capcli.train.caption_loss
-    monkeypatch.setattr(capcli.train, "caption_loss",
+    real = capcli.training.train.caption_loss
+    monkeypatch.setattr(capcli.training.train, "caption_loss",
                         lambda *a, **k: (real(*a, **k)[0] * float("nan"), real(*a, **k)[1]))
     result = run(*train_args(data, out, "--epochs", 2, "--resume"))
     assert result.exit_code == 1

@@ -15,8 +15,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from capcli.checkpoint import load_checkpoint, read_checkpoint
-from capcli.feed import read_feed
+from capcli.runs.feed import read_feed
+from capcli.store.checkpoint import load_checkpoint
+from capcli.store.files import read_checkpoint
 from tests.test_train import TINY
 
 NAME = "shapes_5_1"
@@ -24,8 +25,8 @@ ONE_IMAGE_A_STEP = ("--batch-size", 5)  # 5 captions: one image a step; validati
 # Runs `capcli train` unchanged, then saves each rank's step count and final decoder weights.
 WRAPPER = """
 import sys, torch
-import capcli.train as train
-from capcli.cli import main
+import capcli.training.train as train
+from capcli.cli.commands import main
 
 out = sys.argv[1]
 step, fit, steps = train.Trainer.train_step, train.Trainer.fit, []
@@ -47,7 +48,7 @@ main()
 def odd_data(tmp_path_factory):
     """A prepared 61-image shapes set: 49 training images (odd, so 2 ranks need padding), 6 validation."""
     from capcli.config import PrepConfig
-    from capcli.prep import run_prep
+    from capcli.data.prep import run_prep
 
     folder = tmp_path_factory.mktemp("odd")
     run_prep(PrepConfig(output_folder=str(folder), num_images=61, image_size=32, min_word_freq=1, workers=1))
@@ -61,10 +62,10 @@ def _train_args(data, out, *extra):
 def _single_process_validation(data, out, tmp_path) -> tuple[float, float, float, float]:
     """Validation loss, top-5, BLEU-4 and CIDEr-D of the run's checkpoint, computed by this one process."""
     from capcli.data.hdf5 import find_prepared
-    from capcli.distributed import DistInfo
     from capcli.paths import train_files
-    from capcli.progress import SILENT
-    from capcli.train import Trainer
+    from capcli.runtime.distributed import DistInfo
+    from capcli.runtime.progress import SILENT
+    from capcli.training.train import Trainer
 
     ckpt = read_checkpoint(str(out / f"checkpoint_{NAME}.pth.tar"))
     prepared = find_prepared(str(data))
@@ -181,7 +182,7 @@ def test_sigterm_to_one_rank_stops_both_after_one_save(odd_data, tmp_path):
 
 
 def test_shares_pad_by_repeating_so_every_rank_gets_as_many():
-    from capcli.distributed import DistInfo, my_batches, padded_share, rounds
+    from capcli.runtime.distributed import DistInfo, my_batches, padded_share, rounds
 
     order = list(range(49))
     shares = [padded_share(order, DistInfo(rank, 2)) for rank in range(2)]
@@ -194,8 +195,8 @@ def test_shares_pad_by_repeating_so_every_rank_gets_as_many():
 
 @pytest.mark.parametrize("value", ["soon", "0", "-5", "inf"])
 def test_a_bad_timeout_is_one_line(monkeypatch, value):
-    from capcli.distributed import TIMEOUT_VARIABLE, dist_timeout
     from capcli.errors import CapcliError
+    from capcli.runtime.distributed import TIMEOUT_VARIABLE, dist_timeout
 
     monkeypatch.setenv(TIMEOUT_VARIABLE, value)
     with pytest.raises(CapcliError, match=TIMEOUT_VARIABLE):

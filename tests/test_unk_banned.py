@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from capcli.a2c import A2CTrainer
-from capcli.captioning import Captioner
+from capcli.inference.captioning import Captioner
 from capcli.model.decoder import AttentionDecoder, PlainDecoder
 from capcli.model.decoding import banned_words, beam_search, greedy
+from capcli.training.a2c import A2CTrainer
 
 WORDS = ["a", "red", "circle", "blue", "square"]
 WORD_MAP = {"<pad>": 0, **{w: i + 1 for i, w in enumerate(WORDS)}, "<unk>": 6, "<start>": 7, "<end>": 8}

@@ -41,7 +41,7 @@ from capcli.dashboard.widgets import (
     write_error_log,
 )
 from capcli.paths import feed_pattern, run_feeds
-from capcli.runs import RunSummary
+from capcli.runs.summary import RunSummary
 from capcli.text import visible
 
 __all__ = ["ERROR_LOG", "HELP", "WIDE", "Dashboard", "HelpScreen", "downsample"]
@@ -77,7 +77,7 @@ class Dashboard(QueryPanel, App):
         self.checkpoint_seconds, self.state_seconds = checkpoint_seconds, state_seconds
         self.main: Follower | None = None  # the followed run (None until a feed is found)
         self.compared: Follower | None = None  # the run whose validation curves are laid over
-        self.runs: list = []  # capcli.runs.RunInfo of every run in the folder
+        self.runs: list = []  # capcli.runs.summary.RunInfo of every run in the folder
         self.chart_key = "1"
         self._init_queries()
         self.error_message: str | None = None  # set by an unexpected error: one line, where its traceback is
@@ -238,8 +238,8 @@ class Dashboard(QueryPanel, App):
     @work(thread=True, exclusive=True, group="states")
     def poll_states(self) -> None:
         """The run list and the state (running, finished, stopped, crashed) of the followed runs:
-        both from ``capcli.runs.run_info``, as ``capcli runs`` lists them."""
-        from capcli.runs import list_runs, run_info
+        both from ``capcli.runs.summary.run_info``, as ``capcli runs`` lists them."""
+        from capcli.runs.summary import list_runs, run_info
 
         followed = {f.name: run_info(self.output_folder, f.name).state for f in (self.main, self.compared) if f}
         if followed and not self.runs:  # the first time: the followed run's state before the whole list

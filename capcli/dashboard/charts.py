@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capcli.metrics import CHARTS as METRIC_CHARTS
-from capcli.metrics import set_ticks
-from capcli.runs import MAX_STEP_BUCKETS, RunSummary
+from capcli.runs.metrics import CHARTS as METRIC_CHARTS
+from capcli.runs.metrics import set_ticks
+from capcli.runs.summary import MAX_STEP_BUCKETS, RunSummary
 from capcli.text import visible
 
 MAX_POINTS = 2 * MAX_STEP_BUCKETS + 2  # a per-step series whole: its buckets' lows and highs, drawn as they are

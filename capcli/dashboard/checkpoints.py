@@ -1,6 +1,6 @@
 """The dashboard's checkpoint rows: what it shows of each checkpoint in the run folder.
 
-A checkpoint's metadata sidecar (``capcli.checkpoint.read_meta``: a few hundred bytes of JSON
+A checkpoint's metadata sidecar (``capcli.store.checkpoint.read_meta``: a few hundred bytes of JSON
 written with every save) is all a row needs; only a checkpoint without one (written before
 sidecars existed, or whose sidecar is torn) is loaded whole, as before.
 """
@@ -33,7 +33,7 @@ def read_checkpoint_info(path: str, mtime: float) -> CheckpointInfo:
         CheckpointError: no sidecar and the checkpoint cannot be read.
         OSError: the file went away.
     """
-    from capcli.checkpoint import read_meta
+    from capcli.store.sidecar import read_meta
 
     size = os.path.getsize(path)
     meta = read_meta(path)
@@ -46,7 +46,8 @@ def read_checkpoint_info(path: str, mtime: float) -> CheckpointInfo:
 
 
 def _from_checkpoint(path: str, mtime: float, size: int) -> CheckpointInfo:
-    from capcli.checkpoint import A2CState, read_checkpoint
+    from capcli.store.checkpoint import A2CState
+    from capcli.store.files import read_checkpoint
 
     ckpt = read_checkpoint(path)
     state = ckpt.state

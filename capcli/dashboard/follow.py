@@ -13,9 +13,9 @@ import math
 import threading
 from dataclasses import dataclass
 
-from capcli.feed import samples_of
 from capcli.paths import feed_file
-from capcli.runs import FeedTail, RunSummary, Summarizer
+from capcli.runs.feed import samples_of
+from capcli.runs.summary import FeedTail, RunSummary, Summarizer
 
 READ_BYTES = 8 << 20  # at most this much a poll: a long feed shows while it is read, a chunk at a time
 STEP_FIELDS = ("pairs_per_s", "images_per_s", "data_wait", "mem_mb", "peak_mem_mb")
@@ -59,7 +59,7 @@ def read_samples(line: dict) -> list[Sample]:
 class Follower:
     """The state of one followed run (the run the dashboard shows, or the one compared with it).
 
-    The feed is read once, as it grows (``FeedTail``), into a :class:`~capcli.runs.Summarizer`
+    The feed is read once, as it grows (``FeedTail``), into a :class:`~capcli.runs.summary.Summarizer`
     whose series are bounded; no line is kept."""
 
     def __init__(self, output_folder: str, name: str) -> None:
@@ -73,7 +73,7 @@ class Follower:
         self.step: dict[str, float | None] = dict.fromkeys(STEP_FIELDS)
         self.samples: list[Sample] = []
         self.samples_epoch: int | None = None
-        self.state: str | None = None  # running / finished / stopped / crashed, from capcli.runs.run_info
+        self.state: str | None = None  # running / finished / stopped / crashed, from capcli.runs.summary.run_info
 
     @property
     def path(self) -> str:

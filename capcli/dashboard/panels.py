@@ -7,8 +7,8 @@ import time
 
 from capcli.dashboard.checkpoints import CheckpointInfo
 from capcli.dashboard.follow import Follower, Sample
-from capcli.metrics import best_label, best_text
 from capcli.paths import checkpoint_stem
+from capcli.runs.metrics import best_label, best_text
 from capcli.text import visible
 
 NONE = "—"
@@ -55,7 +55,7 @@ def _state_text(f: Follower, age: float, stale_seconds: float) -> tuple[str, boo
         elif f.state == "running" and age > stale_seconds:
             text += f", no line for {age_text(age)}"
         return text, f.state == "running"
-    return "…", False  # not known yet: capcli.runs.run_info says (never a guess from the feed alone)
+    return "…", False  # not known yet: capcli.runs.summary.run_info says (never a guess from the feed alone)
 
 
 def run_text(f: Follower, total: int | None, compared: str | None = None, stale_seconds: float = 120.0,

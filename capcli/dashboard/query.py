@@ -134,7 +134,7 @@ class QueryPanel:
 
     @work(thread=True, group="caption")
     def caption_query(self, number: int, image: str, checkpoint: str, beam: int) -> None:
-        from capcli.captioning import caption_files, load_captioner
+        from capcli.inference.captioning import caption_files, load_captioner
 
         try:
             mtime = os.path.getmtime(checkpoint)

@@ -48,7 +48,7 @@ def heatmap_text(pixels: np.ndarray, weights, width: int, height: int, strength:
     with upper half-blocks (foreground = top pixel, background = bottom pixel)."""
     from PIL import Image
 
-    from capcli.heatmap import heat_colours, per_word_fractions, upsample_attention
+    from capcli.inference.heatmap import heat_colours, per_word_fractions, upsample_attention
 
     rows = height * 2
     base = np.asarray(Image.fromarray(pixels).resize((width, rows), Image.BILINEAR), dtype=np.float32)

@@ -38,7 +38,6 @@ _RELATION_WORDS = {
     "above": ("above",),
     "below": ("below",),
 }
-_INVERSE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 _PICTURE_WORDS = ("image", "picture")
 _BACKGROUND_WORDS = ("textured",)
 

@@ -11,7 +11,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
-SPECIAL_TOKENS = (PAD, UNK, START, END)
 
 # Tokens of a raw caption, after lower-casing: numbers with inner points or commas ("3.5", "1,000"),
 # words (letters and digits, joined by inner hyphens or apostrophes: "t-shirt", "o'clock"), or any
@@ -52,11 +51,6 @@ def coco_tokenize(text: str) -> list[str]:
         else:
             tokens.append(token)
     return tokens
-
-
-def tokenize(text: str) -> list[str]:
-    """The tokens of a raw caption: :func:`coco_tokenize` (the one way capcli tokenises raw text)."""
-    return coco_tokenize(text)
 
 
 def build_word_map(captions: Iterable[Sequence[str]], min_word_freq: int) -> dict[str, int]:

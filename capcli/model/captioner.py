@@ -1,13 +1,12 @@
-"""Building the encoder and decoder from a :class:`~capcli.config.ModelConfig` or a checkpoint.
+"""Building the encoder and decoder from a :class:`~capcli.config.ModelConfig`, empty or with saved
+weights.
 
-A checkpoint's weights are checked against its architecture on the meta device before anything is
+Saved weights are checked against the architecture on the meta device before anything is
 allocated, so a hand-edited or foreign file gives one sentence naming the weight at fault, never a
-PyTorch error (its other fields are checked by ``capcli.checkpoint``).
+PyTorch error (the file's other fields are checked where it is read, in ``capcli.store``).
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,9 +14,6 @@ from capcli.config import ModelConfig
 from capcli.errors import CapcliError, CheckpointError, shorten
 from capcli.model.decoder import AttentionDecoder, PlainDecoder
 from capcli.model.encoder import Encoder
-
-if TYPE_CHECKING:
-    from capcli.checkpoint import Checkpoint
 
 DECODERS = {"attention": AttentionDecoder, "plain": PlainDecoder}
 
@@ -33,19 +29,20 @@ def build_model(config: ModelConfig) -> tuple[Encoder, AttentionDecoder | PlainD
     return encoder, decoder
 
 
-def model_from_checkpoint(checkpoint: Checkpoint) -> tuple[Encoder, AttentionDecoder | PlainDecoder]:
-    """The model saved in ``checkpoint`` (its fields already checked by ``Checkpoint.from_dict``), on the CPU.
+def model_from_weights(config: ModelConfig, encoder_state: object, decoder_state: object,
+                       path: str) -> tuple[Encoder, AttentionDecoder | PlainDecoder]:
+    """The model ``config`` describes with the saved weights loaded, on the CPU (``path``: the file
+    they came from, for messages).
 
     Raises:
         CheckpointError: an architecture that cannot be built, or weights that do not fit it.
     """
-    path, config = checkpoint.path, checkpoint.model_config
     try:
         with torch.device("meta"):  # shapes only, no memory: a hand-edited size is caught before it is allocated
             shapes = build_model(config)
     except CapcliError as exc:
         raise CheckpointError(f"{path}: model_config: {exc}") from None
-    weights = (checkpoint.encoder, checkpoint.decoder)
+    weights = (encoder_state, decoder_state)
     for part, module, state in zip(("encoder", "decoder"), shapes, weights):
         _check_weights(path, part, module, state)
     encoder, decoder = build_model(config)

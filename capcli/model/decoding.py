@@ -6,7 +6,7 @@ image's beam shrinks by as many) and drops the rows of images that are done, so 
 step follows the number of live beams. No image's beams depend on another's, so results equal
 decoding each image alone, up to the rounding of matrix kernels chosen by row count (see
 docs/performance.md). Greedy decoding is beam search with one beam. (Sampling for
-reinforcement learning, which needs gradients, lives in ``capcli.a2c``.)
+reinforcement learning, which needs gradients, lives in ``capcli.training.a2c``.)
 """
 
 from __future__ import annotations

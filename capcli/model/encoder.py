@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from capcli.errors import CapcliError, first_line, os_error_message
+from capcli.runtime.torch_compat import import_torchvision
 from capcli.safeio import open_regular
-from capcli.torch_compat import import_torchvision
 
 SMALL = "resnet-small"  # no ImageNet weights: for small images trained from scratch (the shapes set)
 ENCODER_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048, SMALL: 128}

@@ -3,7 +3,7 @@
 The ResNet runs as oneDNN convolutions with BatchNorm folded into their weights, ReLU fused into
 each convolution and relu(conv + shortcut) into each block's last one, instead of a separate
 pass over memory for every BatchNorm, ReLU and addition. oneDNN's fused convolution is a private
-torch operator, reached through :func:`capcli.torch_compat.fused_convolution`.
+torch operator, reached through :func:`capcli.runtime.torch_compat.fused_convolution`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from capcli.torch_compat import fused_convolution, tensor_version
+from capcli.runtime.torch_compat import fused_convolution, tensor_version
 
 FUSED_DTYPES = (torch.float32, torch.bfloat16)
 

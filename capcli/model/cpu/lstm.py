@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from capcli.torch_compat import tensor_version
+from capcli.runtime.torch_compat import tensor_version
 
 
 class TableCell:

@@ -1,0 +1,389 @@
+"""The checkpoint: a typed record of a run (:class:`Checkpoint`), and the only place that calls
+``torch.save`` / ``torch.load``.
+
+On disk a checkpoint is one flat dict of state dicts and plain Python data (no pickled classes,
+numpy scalars or paths) with a format marker and version, written to a fresh temporary file,
+fsynced and renamed (``capcli.safeio``), and always read with ``weights_only=True`` so that a
+checkpoint file can never run code. A file that does not load gets one sentence of capcli's own
+(``capcli.store.load_failure``); a field that is missing or of the wrong type gets one naming it.
+
+Format version 1 (every released capcli): ``kind`` (train or a2c), ``model_config``,
+``train_config``, ``a2c_config``, ``word_map``, ``data`` (folder, name), ``image_size``,
+``max_len``, ``run`` (the run's name; absent before --run-name), the run state's fields
+(:class:`TrainState` / :class:`A2CState`), ``encoder`` and
+``decoder`` weights, the optimiser, critic and scaler state dicts, and ``saved_at``.
+
+``capcli.store.files`` saves a checkpoint with its metadata sidecar and reads a checkpoint or,
+in its place, an inference bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from capcli.config import A2CConfig, ModelConfig, TrainConfig, name_problem
+from capcli.data.vocab import END, PAD, START
+from capcli.errors import CheckpointError, os_error_message, shorten
+from capcli.limits import LIMITS, check_limit
+from capcli.safeio import atomic_write, open_regular, restore_previous
+from capcli.store.load_failure import load_failure
+from capcli.text import visible
+
+FORMAT = "capcli-checkpoint"
+VERSION = 1
+
+
+class _KeepWriteError:
+    """The file ``torch.save`` writes through. PyTorch's zip writer turns a failed write (a full
+    disk) into an opaque ``RuntimeError`` ("enforce fail ... unexpected pos"); the first
+    ``OSError`` is kept here so that the user is told what happened."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def write_checkpoint(path: str, checkpoint: Checkpoint) -> None:
+    """Atomically write ``checkpoint`` to ``path`` (without its sidecar: ``store.files.save_checkpoint``).
+
+    Raises:
+        OSError: the write failed (a full disk); ``path`` keeps its previous content.
+    """
+    with atomic_write(path, sync=True) as f:
+        out = _KeepWriteError(f)
+        try:
+            torch.save({"format": FORMAT, "version": VERSION, **checkpoint.to_dict()}, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
+
+
+def read_checkpoint_file(path: str) -> Checkpoint:
+    """Read the capcli checkpoint file ``path`` safely, every field checked (see
+    :meth:`Checkpoint.from_dict`); a replacement cut short is restored first.
+
+    Raises:
+        CheckpointError: missing file, unsafe or corrupt content, not a capcli checkpoint, or a
+            missing or malformed field.
+    """
+    restore_previous(path)
+    return Checkpoint.from_dict(path, load_checkpoint(path))
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a capcli checkpoint file safely, as the dict it holds (its format marker checked).
+
+    Raises:
+        CheckpointError: missing file, unsafe or corrupt content, or not a capcli checkpoint.
+    """
+    try:
+        file = open_regular(path, error=CheckpointError)  # a FIFO would block torch.load for ever
+    except FileNotFoundError:
+        raise CheckpointError(f"{visible(path)}: no such checkpoint") from None
+    except OSError as exc:
+        raise CheckpointError(os_error_message(_with_filename(exc, path))) from None
+    try:
+        with file, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols on its way to failing
+            data = torch.load(file, map_location="cpu", weights_only=True)
+    except OSError as exc:  # unreadable (permissions), not unparsable
+        raise CheckpointError(os_error_message(_with_filename(exc, path))) from None
+    except Exception as exc:  # the unpickler's refusal or a parse failure: many types, long texts
+        raise CheckpointError(f"{path}: {load_failure(path, exc)}") from None
+    _check_format(path, data)
+    return data
+
+
+def _with_filename(exc: OSError, path: str) -> OSError:
+    return exc if exc.filename is not None else OSError(exc.errno, exc.strerror or str(exc), path)
+
+
+def _check_format(path: str, data: object) -> None:
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a capcli checkpoint (it holds a {type(data).__name__}, "
+                              "not capcli's dictionary)")
+    if data.get("format") != FORMAT:
+        if data and all(isinstance(v, torch.Tensor) for v in data.values()):
+            what = "a bare state dict"
+        else:
+            what = f"keys {', '.join(shorten(k) for k in list(data)[:5])}" if data else "an empty dictionary"
+        raise CheckpointError(f"{path}: not a capcli checkpoint (a PyTorch file without capcli's format "
+                              f"marker: {what})")
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{path}: not a capcli checkpoint (format version {shorten(repr(version))})")
+    if version > VERSION:
+        raise CheckpointError(f"{path}: written by a newer capcli (format {version}); upgrade capcli")
+
+
+# --- the typed checkpoint ----------------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    """Where a run is, as train and a2c both count it."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps in all
+    epoch_step: int = 0  # steps of the epoch in progress (a resumed run skips them)
+    best_epoch: int = 0
+
+
+@dataclass
+class TrainState(RunState):
+    best_bleu4: float = 0.0  # the validation BLEU-4 of the best epoch
+    since_improvement: int = 0
+    bleu_history: list[float] = field(default_factory=list)
+    history: dict[str, list[float]] = field(default_factory=dict)  # train_loss, val_cider_d...: one per epoch
+    best_score: float = 0.0  # the best epoch's score on the run's --monitor (BLEU-4 before it existed)
+
+
+@dataclass
+class A2CState(RunState):
+    best_score: float = -math.inf
+    history: list[dict] = field(default_factory=list)  # one dict of figures per epoch
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """The prepared data a model was trained on."""
+
+    folder: str | None = None
+    name: str | None = None
+
+
+_MODEL_FIELDS = ("model_config", "encoder", "decoder", "word_map")
+_STATE_DICTS = ("decoder_optimizer", "encoder_optimizer", "critic", "actor_optimizer", "critic_optimizer", "scaler")
+# what resuming each stage needs besides the model (a2c keeps default counts when they are missing)
+_SINCE_MONITOR = ("best_score",)  # older checkpoints lack it and still resume
+_RESUME_NEEDS = {"train": (*(f.name for f in dataclasses.fields(TrainState) if f.name not in _SINCE_MONITOR),
+                           "decoder_optimizer"),
+                 "a2c": ("critic", "actor_optimizer", "critic_optimizer")}
+
+
+@dataclass
+class Checkpoint:
+    """One saved run: the model, the data it knows, the run's state and the optimisers' states."""
+
+    kind: str  # "train" or "a2c"
+    model_config: ModelConfig
+    word_map: dict[str, int]
+    encoder: dict  # weights (state dicts)
+    decoder: dict
+    state: TrainState | A2CState
+    image_size: int = 256
+    max_len: int = 50
+    data: DataRef = DataRef()
+    run: str | None = None  # the run's name (--run-name; checkpoints from before it: the data's name)
+    train_config: TrainConfig | None = None  # of the training run (an A2C checkpoint keeps its model's)
+    a2c_config: A2CConfig | None = None
+    decoder_optimizer: dict | None = None  # train
+    encoder_optimizer: dict | None = None  # train, with a trained encoder
+    critic: dict | None = None  # a2c
+    actor_optimizer: dict | None = None
+    critic_optimizer: dict | None = None
+    scaler: dict | None = None
+    saved_at: float | None = None
+    # not saved: where it was read from, and what it lacks for resuming (see check_resumable)
+    path: str = ""
+    source: str = ""  # read from a bundle: the checkpoint it was exported from
+    absent: frozenset[str] = frozenset()
+    malformed: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        """The flat layout of format version 1."""
+        return {
+            "kind": self.kind, "model_config": asdict(self.model_config),
+            "train_config": asdict(self.train_config) if self.train_config else None,
+            "a2c_config": asdict(self.a2c_config) if self.a2c_config else None,
+            "word_map": dict(self.word_map), "data": asdict(self.data), "image_size": self.image_size,
+            "max_len": self.max_len, "run": self.run, **asdict(self.state), "encoder": self.encoder,
+            "decoder": self.decoder,
+            **{k: getattr(self, k) for k in _STATE_DICTS}, "saved_at": self.saved_at,
+        }
+
+    @classmethod
+    def from_dict(cls, path: str, raw: dict) -> Checkpoint:
+        """The checkpoint ``raw`` (loaded from ``path``), its model fields checked. A missing or
+        malformed run-state field is only recorded: the model still captions, and
+        :meth:`check_resumable` names it when a run tries to continue from it.
+
+        Raises:
+            CheckpointError: not a model checkpoint, or a malformed ``model_config``, word map,
+                ``image_size`` or ``max_len``, naming the field.
+        """
+        missing = [k for k in _MODEL_FIELDS if k not in raw]
+        if missing:
+            raise CheckpointError(f"{path}: not a captioning model checkpoint (missing {', '.join(missing)})")
+        config = model_config_from(path, raw["model_config"])
+        validate_word_map(path, raw["word_map"], config.vocab_size)
+        sizes = {key: positive_whole(path, key, raw.get(key, default))
+                 for key, default in (("image_size", 256), ("max_len", 50))}
+        kind = raw.get("kind", "train")
+        if kind not in ("train", "a2c"):
+            raise CheckpointError(f"{path}: kind is {shorten(repr(kind))}, expected train or a2c")
+        state, absent, malformed = _run_state(A2CState if kind == "a2c" else TrainState, raw)
+        if isinstance(state, TrainState) and "best_score" in absent:
+            state.best_score = state.best_bleu4  # runs from before --monitor selected on BLEU-4
+        state_dicts = {}
+        for key in _STATE_DICTS:
+            if isinstance(raw.get(key), dict):
+                state_dicts[key] = raw[key]
+            elif raw.get(key) is None:
+                absent.add(key)
+            else:
+                malformed.append(f"{key} is not a state dict")
+        return cls(kind, config, dict(raw["word_map"]), raw["encoder"], raw["decoder"], state, **sizes,
+                   data=data_ref(path, raw.get("data")), run=safe_name(path, "run", raw.get("run")),
+                   train_config=options_from(TrainConfig, raw.get("train_config"), path),
+                   a2c_config=options_from(A2CConfig, raw.get("a2c_config"), path), **state_dicts,
+                   saved_at=raw.get("saved_at"), path=path, absent=frozenset(absent), malformed=tuple(malformed))
+
+    def check_resumable(self, stage: str) -> None:
+        """Raise unless ``capcli {stage} --resume`` can continue from this checkpoint.
+
+        Raises:
+            CheckpointError: another stage's checkpoint, or one naming what it lacks.
+        """
+        if self.source:
+            raise CheckpointError(f"{self.path}: an exported bundle holds no optimiser state and cannot be resumed; "
+                                  f"resume from the checkpoint it came from ({self.source})")
+        if stage == "train" and self.kind != "train":
+            raise CheckpointError(f"{self.path}: a {self.kind} checkpoint; `capcli train` continues training "
+                                  "checkpoints (`capcli a2c --resume` continues A2C runs)")
+        missing = [k for k in _RESUME_NEEDS[stage] if k in self.absent]
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + list(self.malformed)
+        if stage == "a2c" and not problems and self.kind != "a2c":
+            problems = ["not an A2C checkpoint"]
+        if problems:
+            what = "training" if stage == "train" else "A2C"
+            raise CheckpointError(f"{self.path}: cannot resume {what} from it ({'; '.join(problems)})")
+
+
+_STATE_TYPES = {"int": ((int,), "count"), "float": ((int, float), "number"), "list": ((list,), "list"),
+                "dict": ((dict,), "mapping")}
+
+
+def _run_state(cls: type, raw: dict) -> tuple[RunState, set[str], list[str]]:
+    """The run state in ``raw`` (defaults for what is missing), the fields missing, and the wrong ones."""
+    values, absent, malformed = {}, set(), []
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            absent.add(f.name)
+            continue
+        value = raw[f.name]
+        types, what = _STATE_TYPES[f.type.split("[")[0]]
+        if not isinstance(value, types) or isinstance(value, bool) or (what == "count" and value < 0):
+            malformed.append(f"{f.name} is not a {what}")
+        else:
+            values[f.name] = value
+    return cls(**values), absent, malformed
+
+
+def options_from(cls: type, raw: object, path: str = ""):
+    """A saved options dict as its config class, fields it no longer has left out, its batch size
+    within :data:`capcli.limits.LIMITS` (a resumed run uses it).
+
+    Raises:
+        CheckpointError: a batch size that is not a whole number within its limit.
+    """
+    if not isinstance(raw, dict):
+        return None
+    known = {f.name for f in dataclasses.fields(cls)}
+    if "batch_size" in raw:
+        positive_whole(path, "batch_size", raw["batch_size"])
+    return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def safe_name(path: str, key: str, value: object) -> str | None:
+    """A run or data set name read from a file, checked as ``--run-name`` is: it becomes part of the
+    names of files capcli writes, so no path separator, ``..`` or control character (None: absent).
+
+    Raises:
+        CheckpointError: a name that is not safe.
+    """
+    if not isinstance(value, str) or value == "":
+        return None
+    if name_problem(value) is not None:
+        raise CheckpointError(f"{path}: {key} {visible(shorten(repr(value)))} is not a safe name (letters, digits, "
+                              "'-', '_' and '.', not starting with '.'); a hand-edited or foreign file")
+    return value
+
+
+def data_ref(path: str, raw: object) -> DataRef:
+    """The ``data`` field (folder, name) of a checkpoint or bundle, its name checked (:func:`safe_name`)."""
+    data = raw if isinstance(raw, dict) else {}
+    folder = data.get("folder") if isinstance(data.get("folder"), str) else None
+    return DataRef(folder, safe_name(path, "data name", data.get("name")))
+
+
+def positive_whole(path: str, key: str, value: object) -> int:
+    """``value``, a whole number within :data:`capcli.limits.LIMITS` when ``key`` is there."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CheckpointError(f"{path}: {key} is {shorten(repr(value))}, not a positive whole number")
+    return check_limit(path, key, value) if key in LIMITS else value
+
+
+_FIELD_TYPES = {"int": int, "str": str, "float": (int, float), "bool": bool}  # ModelConfig's annotations
+_POSITIVE = ("vocab_size", "embed_dim", "attention_dim", "decoder_dim", "encoded_size")
+
+
+def _of_type(value: object, annotation: str) -> bool:
+    expected = _FIELD_TYPES.get(annotation)
+    if expected is None:
+        return True
+    return isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+
+
+def model_config_from(path: str, raw: object) -> ModelConfig:
+    """``raw`` as a :class:`ModelConfig`, every field of the right type and range."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: model_config is a {type(raw).__name__}, not a mapping of fields")
+    fields = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+    unknown = [shorten(k) for k in raw if k not in fields]
+    if unknown:
+        raise CheckpointError(f"{path}: model_config has unknown field(s) {', '.join(unknown)} "
+                              "(written by a newer capcli, or edited)")
+    if "vocab_size" not in raw:
+        raise CheckpointError(f"{path}: model_config has no vocab_size")
+    for name, value in raw.items():
+        if not _of_type(value, fields[name]):
+            raise CheckpointError(f"{path}: model_config field {name} is {type(value).__name__} "
+                                  f"{shorten(repr(value))}, expected {fields[name]}")
+        if name in _POSITIVE and value < 1:
+            raise CheckpointError(f"{path}: model_config field {name} is {value}, expected a positive number")
+        if name in LIMITS:  # checked before anything is built from it (10^9: a storage-size error)
+            check_limit(path, name, value)
+    if not 0 <= raw.get("dropout", 0.0) < 1:
+        raise CheckpointError(f"{path}: model_config field dropout is {raw['dropout']}, expected 0 <= dropout < 1")
+    return ModelConfig(**raw)
+
+
+def validate_word_map(path: str, word_map: object, vocab_size: int) -> None:
+    """A mapping of words to ids below ``vocab_size`` holding ``<start>``, ``<end>`` and ``<pad>``."""
+    if not isinstance(word_map, dict) or not word_map:
+        raise CheckpointError(f"{path}: the word map is not a mapping of words to ids")
+    for token in (START, END, PAD):
+        if token not in word_map:
+            raise CheckpointError(f"{path}: word map has no {token} (a hand-edited or foreign checkpoint)")
+    for word, index in word_map.items():
+        if not isinstance(word, str) or not isinstance(index, int) or isinstance(index, bool) \
+                or not 0 <= index < vocab_size:
+            raise CheckpointError(f"{path}: word map entry {shorten(repr(word))}: {shorten(repr(index))} is not "
+                                  f"a word with an id below vocab_size {vocab_size}")
