@@ -11,7 +11,7 @@ DEMO_ARGS ?=
 OTHER_TORCH := torch==2.13.0 torchvision==0.28.0
 OTHER_VENV := .venv-torch2.13
 
-.PHONY: demo test test-other-torch install lint clean gpu-check
+.PHONY: demo test test-other-torch install lint docs clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ gpu-check: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check capcli tests
+
+# docs/reference.md from the commands' own --help (tests/test_reference.py checks it is current).
+docs: $(VENV)/.installed
+	$(BIN)/python -m capcli.cli.reference > docs/reference.md
 
 clean:
 	rm -rf $(VENV) $(OTHER_VENV) build *.egg-info

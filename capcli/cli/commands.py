@@ -89,7 +89,7 @@ def prep_command(dataset: str | None, **params) -> None:
     """Prepare a dataset: word map, HDF5 images, encoded captions, every image's reference
     captions and a manifest.
 
-    The caption file's format is told from its content (README: "Preparing data"). Raw captions
+    The caption file's format is told from its content (docs/data.md). Raw captions
     are tokenised as the COCO caption evaluation does (lower case, punctuation dropped). Rows that
     cannot be used are skipped and listed with their file and line. Without a split in the file,
     images are split deterministically by a hash of their names (--val-fraction, --test-fraction).

@@ -1,6 +1,6 @@
 """Telling a caption file's format from its content, and reading the file as text.
 
-The formats (the readers are in :mod:`capcli.data.readers`, the table for users in the README):
+The formats (the readers are in :mod:`capcli.data.readers`, the table for users in docs/data.md):
 
 ============  ===================================================================================
 karpathy      a JSON object whose ``images`` hold ``filename``, ``split`` and ``sentences``

@@ -320,7 +320,7 @@ def _notes(torch: TorchInfo, java_found: Java, shm: Space) -> tuple[str, ...]:
     notes = []
     if torch.import_error:
         notes.append(f"torch does not import ({torch.import_error}); reinstall torch and torchvision "
-                     "(README: \"Install torch for the box's CUDA driver\")")
+                     "(docs/gpu-box.md: \"Install torch for the box's CUDA driver\")")
     elif torch.tested is False:
         notes.append(f"torch {torch.version} is outside the range capcli is tested on ({torch.tested_range})")
     if torch.torchvision_problem not in (None, UNKNOWN):

@@ -22,7 +22,7 @@ import torch
 
 from capcli.errors import CapcliError
 
-TORCH_FLOOR = (2, 6)  # the oldest release capcli was tested on (README: Requirements)
+TORCH_FLOOR = (2, 6)  # the oldest release capcli was tested on (docs/gpu-box.md: Requirements)
 TORCH_NEWEST_TESTED = (2, 14)
 TORCHVISION_OFFSET = 15  # torchvision 0.(n + 15) is built for torch 2.n (0.29 for 2.14, 0.24 for 2.9)
 # oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) under which it has no native bf16 instructions
