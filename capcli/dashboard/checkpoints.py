@@ -1,6 +1,6 @@
 """The dashboard's checkpoint rows: what it shows of each checkpoint in the run folder.
 
-A checkpoint's metadata sidecar (``capcli.store.checkpoint.read_meta``: a few hundred bytes of JSON
+A checkpoint's metadata sidecar (``capcli.store.sidecar.read_meta``: a few hundred bytes of JSON
 written with every save) is all a row needs; only a checkpoint without one (written before
 sidecars existed, or whose sidecar is torn) is loaded whole, as before.
 """
@@ -46,19 +46,12 @@ def read_checkpoint_info(path: str, mtime: float) -> CheckpointInfo:
 
 
 def _from_checkpoint(path: str, mtime: float, size: int) -> CheckpointInfo:
-    from capcli.store.checkpoint import A2CState
     from capcli.store.files import read_checkpoint
+    from capcli.store.sidecar import best_scores
 
     ckpt = read_checkpoint(path)
-    state = ckpt.state
-    if isinstance(state, A2CState):
-        best = state.history[state.best_epoch - 1] if 0 < state.best_epoch <= len(state.history) else {}
-        best = best if isinstance(best, dict) else {}
-        bleu, cider = best.get("val_bleu4"), best.get("val_cider_d")
-        total = ckpt.a2c_config.epochs if ckpt.a2c_config else None
-    else:
-        bleu = state.best_bleu4 if state.best_epoch else None
-        ciders = state.history.get("val_cider_d") or []
-        cider = ciders[state.best_epoch - 1] if 0 < state.best_epoch <= len(ciders) else None
-        total = ckpt.train_config.epochs if ckpt.train_config else None
-    return CheckpointInfo(path, ckpt.kind, state.epoch, number(bleu), number(cider), total, mtime, size)
+    scores = best_scores(ckpt)  # the figures its sidecar would hold
+    options = ckpt.a2c_config if ckpt.kind == "a2c" else ckpt.train_config
+    total = options.epochs if options else None
+    return CheckpointInfo(path, ckpt.kind, ckpt.state.epoch, number(scores["best_bleu4"]),
+                          number(scores["best_cider_d"]), total, mtime, size)

@@ -50,6 +50,7 @@ from capcli.store.checkpoint import (
     read_checkpoint_file,
     validate_word_map,
 )
+from capcli.store.epochs import epoch_records
 from capcli.store.model_card import card_text, checkpoint_evaluations
 from capcli.store.sidecar import best_scores
 
@@ -154,14 +155,7 @@ def _write_weights(path: str, weights: dict[str, torch.Tensor]) -> None:
 
 def _validation(ckpt: Checkpoint) -> list[dict]:
     """Each epoch's validation BLEU-4 and CIDEr-D (None where it was not measured)."""
-    state = ckpt.state
-    if isinstance(state, A2CState):
-        return [{"epoch": h.get("epoch"), "bleu4": h.get("val_bleu4"), "cider_d": h.get("val_cider_d")}
-                for h in state.history if isinstance(h, dict)]
-    ciders = state.history.get("val_cider_d", [])
-    first = len(state.bleu_history) - len(ciders)  # runs from before CIDEr-D was measured have fewer
-    return [{"epoch": i + 1, "bleu4": b, "cider_d": ciders[i - first] if i >= first else None}
-            for i, b in enumerate(state.bleu_history)]
+    return [{"epoch": r.epoch, "bleu4": r.val_bleu4, "cider_d": r.val_cider_d} for r in epoch_records(ckpt.state)]
 
 
 def bundle_config(ckpt: Checkpoint, weights: dict[str, torch.Tensor]) -> dict:

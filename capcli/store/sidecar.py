@@ -38,6 +38,7 @@ from capcli.config import name_problem
 from capcli.data.jsonfiles import MAX_DEPTH, read_json, write_json
 from capcli.errors import CapcliError
 from capcli.paths import checkpoint_meta_file
+from capcli.store.epochs import best_record, epoch_records
 
 if TYPE_CHECKING:
     from capcli.store.checkpoint import Checkpoint, TrainState
@@ -59,10 +60,9 @@ def _finite(value: object) -> float | None:
 
 def best_figures(state: TrainState, monitor: str) -> dict:
     """The best epoch's validation scores and the score that picked it (the feed's end line)."""
-    ciders = state.history.get("val_cider_d", [])
-    first = state.epoch - len(ciders)  # a run from before CIDEr-D was measured has fewer of them than epochs
-    cider = ciders[state.best_epoch - 1 - first] if state.best_epoch > first else None
-    return {"bleu4": state.best_bleu4, "cider_d": cider, "monitor": monitor, "best_score": state.best_score}
+    best = best_record(epoch_records(state), state.best_epoch)
+    return {"bleu4": state.best_bleu4, "cider_d": best.val_cider_d if best else None, "monitor": monitor,
+            "best_score": state.best_score}
 
 
 def best_scores(ckpt: Checkpoint) -> dict:
@@ -70,8 +70,8 @@ def best_scores(ckpt: Checkpoint) -> dict:
     state = ckpt.state
     if ckpt.kind == "a2c":
         monitor = "bleu4" if ckpt.a2c_config and ckpt.a2c_config.reward == "bleu4" else "cider"
-        best = next((h for h in state.history if isinstance(h, dict) and h.get("epoch") == state.best_epoch), {})
-        bleu4, cider = best.get("val_bleu4"), best.get("val_cider_d")
+        best = best_record(epoch_records(state), state.best_epoch)
+        bleu4, cider = (best.val_bleu4, best.val_cider_d) if best else (None, None)
     else:
         monitor = ckpt.train_config.monitor if ckpt.train_config else "bleu4"
         figures = best_figures(state, monitor)
