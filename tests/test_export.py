@@ -316,3 +316,17 @@ def test_a_stale_staging_folder_is_removed(tmp_path):
         open(os.path.join(staging, "half"), "w").close()
         raise RuntimeError("killed halfway")
     assert sorted(os.listdir(tmp_path)) == ["x.bundle.keep"]  # neither a half bundle nor its staging folder
+
+
+def test_a_given_output_folder_is_where_the_bundle_goes(exported, tmp_path):
+    """`export -m CHECKPOINT --output-folder X` writes X/{name}.bundle, as every command writes into
+    its --output-folder; without --output-folder the bundle stays next to its checkpoint."""
+    runs, ship = tmp_path / "runs", tmp_path / "ship"
+    runs.mkdir()
+    shutil.copy(exported[1] / BEST, runs / BEST)
+    done = _capcli("export", "-m", runs / BEST, "--output-folder", ship)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(ship / BUNDLE)) == sorted(BUNDLE_FILES.values()) and os.listdir(runs) == [BEST]
+    done = _capcli("export", "-m", runs / BEST)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(runs)) == sorted([BEST, BUNDLE])

@@ -3,18 +3,24 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from capcli.cli import options, render
+from capcli.cli.options import option_given
 
 
 @click.command("export")
 @options.model_option("Checkpoint to export (train or A2C) [default: the only BEST_*.pth.tar in --output-folder].")
 @click.option("-o", "--output", default=None, type=click.Path(),
-              help="The bundle folder to write [default: the checkpoint's name with .bundle instead of .pth.tar]. "
-                   "Only a previous bundle there is replaced.")
-@options.output_folder_option("The run folder whose BEST checkpoint is exported when -m is not given.")
-def export_command(model: str | None, output: str | None, output_folder: str) -> None:
+              help="The bundle folder to write [default: the checkpoint's name with .bundle instead of .pth.tar, "
+                   "in --output-folder when given, else next to the checkpoint]. Only a previous bundle there "
+                   "is replaced.")
+@options.output_folder_option("The run folder whose BEST checkpoint is exported when -m is not given, and "
+                              "where the bundle is written.")
+@click.pass_context
+def export_command(ctx: click.Context, model: str | None, output: str | None, output_folder: str) -> None:
     """Export a checkpoint as an inference bundle: the weights as safetensors (no optimiser state),
     the word map, config.json and a model card (README.md) with the run's scores.
 
@@ -25,9 +31,14 @@ def export_command(model: str | None, output: str | None, output_folder: str) ->
     Example:
       capcli export                                   # model_outputs/BEST_shapes_5_5.bundle
       capcli export -m model_outputs/BEST_A2C_flickr8k_5_5.pth.tar -o ship/flickr8k
+      capcli export -m runs/BEST_coco_5_3.pth.tar --output-folder ship   # ship/BEST_coco_5_3.bundle
       capcli caption photo.jpg -m model_outputs/BEST_shapes_5_5.bundle
     """
     from capcli.inference.captioning import find_best_checkpoint
+    from capcli.paths import bundle_folder
     from capcli.store.bundle import export_bundle
 
-    render.export_result(export_bundle(model or find_best_checkpoint(output_folder), output))
+    checkpoint = model or find_best_checkpoint(output_folder)
+    if output is None and option_given(ctx, "output_folder"):  # every command writes into its --output-folder
+        output = os.path.join(output_folder, os.path.basename(bundle_folder(checkpoint)))
+    render.export_result(export_bundle(checkpoint, output))
