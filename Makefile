@@ -55,7 +55,7 @@ gpu-check: $(VENV)/.installed-test
 	rm -rf gpu-check && mkdir gpu-check && \
 	$(BIN)/python -c "import json, torch; print(json.dumps({'gpu': torch.cuda.get_device_name(), 'torch': torch.__version__, 'cuda': torch.version.cuda}))" > gpu-check/device.json && \
 	CAPCLI_GPU_CHECK_OUT=gpu-check $(BIN)/python -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py && \
-	$(BIN)/capcli bench --device cuda --quick --json gpu-check/bench.json
+	$(BIN)/capcli bench --device cuda --quick --json-file gpu-check/bench.json
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check capcli tests

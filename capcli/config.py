@@ -109,7 +109,7 @@ class PrepConfig:
 
     @property
     def caption_files(self) -> tuple[str, ...]:
-        """Every caption file given, ``--json`` and ``--csv`` first."""
+        """Every caption file given (``json_path`` and ``csv_path``, set by callers of old, first)."""
         return tuple(p for p in (self.json_path, self.csv_path, *self.captions) if p)
 
     @property

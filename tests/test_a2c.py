@@ -202,7 +202,7 @@ def test_sigterm_saves_and_names_resume(workdir):
     assert "Traceback" not in stderr
     hint = stderr.strip().splitlines()[-1].split("continue with: ", 1)[1]
     assert hint.startswith("capcli a2c ") and hint.endswith(" --resume") and "--checkpoint" not in hint
-    assert f"--data-folder {data}" in hint and f"--name {NAME}" in hint and "--epochs 500" in hint
+    assert f"--data-folder {data}" in hint and f"--data-name {NAME}" in hint and "--epochs 500" in hint
     saved = load_checkpoint(str(checkpoint))
     assert saved["epoch"] >= 1 and saved["kind"] == "a2c"
 

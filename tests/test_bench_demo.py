@@ -79,7 +79,7 @@ def test_demo_runs_every_stage_and_can_run_again(tmp_path, run, monkeypatch):
 
 def test_bench_prep_and_caption_subset(tmp_path, run):
     report_path = tmp_path / "bench.json"
-    result = run("bench", "--quick", "--only", "prep", "--only", "caption", "--json", report_path,
+    result = run("bench", "--quick", "--only", "prep", "--only", "caption", "--json-file", report_path,
                  "--device", "cpu")
     assert result.exit_code == 0, result.output
     report = json.load(open(report_path))

@@ -110,7 +110,7 @@ def test_evaluate_table_files_and_agreement_with_caption(trained, run, tmp_path)
     data, shared = trained
     out = tmp_path / "out"  # evaluate writes beside the model: a copy, the session's fixture stays as trained
     shutil.copytree(shared, out)
-    result = run("evaluate", "--data-folder", data, "--output-folder", out, "--beam", "1,3,5", "--precision", "fp32",
+    result = run("evaluate", "--data-folder", data, "--output-folder", out, "--beams", "1,3,5", "--precision", "fp32",
                  "--metrics", "bleu,cider,rouge")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -145,7 +145,7 @@ def test_evaluate_table_files_and_agreement_with_caption(trained, run, tmp_path)
 
 def test_evaluate_bad_input(trained, run, tmp_path):
     data, out = trained
-    assert run("evaluate", "--data-folder", data, "--output-folder", out, "--beam", "0").exit_code == 2
+    assert run("evaluate", "--data-folder", data, "--output-folder", out, "--beams", "0").exit_code == 2
     result = run("evaluate", "--data-folder", tmp_path / "nothing", "--output-folder", out)
     assert result.exit_code == 1 and "no such folder" in result.output
 

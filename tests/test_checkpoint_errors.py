@@ -108,7 +108,7 @@ def test_caption_and_evaluate_give_one_sentence(case, bad_checkpoints, trained_r
     path, words = paths[case]
     data, _ = trained_run
     image = write_image(tmp_path / "photo.png")
-    for args in (("caption", image, "-m", path), ("evaluate", "-m", path, "--data-folder", data, "--beam", "1")):
+    for args in (("caption", image, "-m", path), ("evaluate", "-m", path, "--data-folder", data, "--beams", "1")):
         line = _one_error_line(run(*args, "--output-folder", tmp_path / "out"))
         assert str(path) in line and words in line, line
         assert ("unsafe" in line) == case.startswith("unsafe"), line

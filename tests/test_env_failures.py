@@ -148,7 +148,7 @@ def test_prep_refuses_a_source_without_validation_images(tmp_path, run):
     for i in range(6):
         write_image(folder / f"{i}.jpg", (40 * i, 20, 20))
     source = write_karpathy(tmp_path / "dataset_flickr8k.json", "flickr8k", entries)
-    result = run("prep", "--json", source, "--image-folder", folder, "--output-folder", tmp_path / "out",
+    result = run("prep", "--captions", source, "--image-folder", folder, "--output-folder", tmp_path / "out",
                  "--min-word-freq", 1, "--workers", 1)
     assert result.exit_code == 1
     assert "no usable validation image" in one_error_line(result.output)
@@ -186,7 +186,7 @@ def test_a_fifo_in_a_caption_file_is_skipped_with_its_reason(tmp_path):
     assert "not a regular file" in manifest["skipped"][0]["reason"]
 
 
-@pytest.mark.parametrize("option, name", [("--json", "dataset_flickr8k.json"), ("--csv", "results.csv")])
+@pytest.mark.parametrize("option, name", [("--captions", "dataset_flickr8k.json"), ("--captions", "results.csv")])
 def test_a_fifo_given_as_a_caption_file_is_refused_without_hanging(tmp_path, option, name):
     fifo = tmp_path / name
     os.mkfifo(fifo)

@@ -47,7 +47,7 @@ def test_scores_against_raw_references_equal_pycocoevalcap(evaluated, run):
     from pycocoevalcap.rouge.rouge import Rouge
 
     data, model, out, references = evaluated
-    result = _evaluate(run, data, model, out, "--beam", "1,3", "--metrics", "bleu,rouge,cider",
+    result = _evaluate(run, data, model, out, "--beams", "1,3", "--metrics", "bleu,rouge,cider",
                        "--length-penalty", "0.5")
     assert result.exit_code == 0, result.output
     assert "METEOR" not in result.output and "java" not in result.output.lower()  # not asked for: no line
@@ -78,7 +78,7 @@ def test_old_prepared_folder_scores_against_caption_rows(trained_run, run, tmp_p
     old = tmp_path / "data"  # as prepared before REFERENCES files
     shutil.copytree(data, old, ignore=shutil.ignore_patterns("images", "*_REFERENCES_*"))
     assert not os.path.exists(references_file(str(old), NAME, "TEST"))
-    result = _evaluate(run, old, str(out / f"BEST_{NAME}.pth.tar"), tmp_path / "eval", "--beam", "1",
+    result = _evaluate(run, old, str(out / f"BEST_{NAME}.pth.tar"), tmp_path / "eval", "--beams", "1",
                        "--metrics", "bleu,cider")
     assert result.exit_code == 0, result.output
     report = json.load(open(tmp_path / "eval" / f"evaluation_BEST_{NAME}_test.json"))
@@ -104,7 +104,7 @@ def test_missing_java_and_missing_extra_are_one_line_each(evaluated, run, monkey
     monkeypatch.setenv("PATH", str(empty))
     monkeypatch.delenv("JAVA_HOME", raising=False)
     monkeypatch.setattr(java_metrics, "coco_installed", lambda: True)
-    result = _evaluate(run, data, model, out, "--beam", "1")  # default: every metric that can run
+    result = _evaluate(run, data, model, out, "--beams", "1")  # default: every metric that can run
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if "not run" in line]
     assert notes == ["METEOR and SPICE not run: no java on PATH or in JAVA_HOME "
@@ -114,7 +114,7 @@ def test_missing_java_and_missing_extra_are_one_line_each(evaluated, run, monkey
     assert report["metrics"]["ran"] == ["bleu", "rouge", "cider"] and set(report["metrics"]["not_run"]) == {
         "meteor", "spice"}
     monkeypatch.setattr(java_metrics, "coco_installed", lambda: False)
-    result = _evaluate(run, data, model, out, "--beam", "1", "--metrics", "meteor,bleu")
+    result = _evaluate(run, data, model, out, "--beams", "1", "--metrics", "meteor,bleu")
     assert result.exit_code == 0 and "BLEU4" in result.output
     assert [line for line in result.output.splitlines() if "not run" in line] == [
         "METEOR not run: pycocoevalcap is not installed (pip install 'capcli[coco]')"]
@@ -158,7 +158,7 @@ def test_meteor_for_real_and_spice_in_one_line(evaluated, run, monkeypatch):
 
     monkeypatch.setattr(get_stanford_models, "urlretrieve", offline)  # never a 1 GB download from a test
     data, model, out, references = evaluated
-    result = _evaluate(run, data, model, out, "--beam", "1", "--metrics", "bleu,meteor,spice")
+    result = _evaluate(run, data, model, out, "--beams", "1", "--metrics", "bleu,meteor,spice")
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     report = json.load(open(out / f"evaluation_BEST_{NAME}_test.json"))

@@ -130,7 +130,7 @@ def test_evaluate_scores_equal_and_the_card_shows_them(exported, run):
     scores = {}
     for model, stem in ((BEST, f"BEST_{NAME}"), (BUNDLE, f"BEST_{NAME}_bundle")):  # one evaluation file each
         result = run("evaluate", "-m", out / model, "--data-folder", data, "--output-folder", out, "--split", "test",
-                     "--beam", "1,2", "--metrics", "bleu,rouge,cider")
+                     "--beams", "1,2", "--metrics", "bleu,rouge,cider")
         assert result.exit_code == 0, result.output
         scores[model] = json.loads((out / f"evaluation_{stem}_test.json").read_text())["scores"]
     assert scores[BEST] == scores[BUNDLE] and set(scores[BEST]) == {"1", "2"}

@@ -111,7 +111,7 @@ def test_a_fifo_feed_hangs_neither_runs_nor_metrics(tmp_path):
     out, err = listing.communicate(timeout=60)
     assert listing.returncode == 0, err
     assert [row.split()[0] for row in out.splitlines()[1:]] == [NAME]  # a FIFO is no run's feed
-    metrics = run_subprocess("metrics", "--output-folder", tmp_path, "--name", "fifo", "--no-charts")
+    metrics = run_subprocess("metrics", "--output-folder", tmp_path, "--run-name", "fifo", "--no-charts")
     out, err = metrics.communicate(timeout=60)
     assert metrics.returncode == 1 and out == ""
     assert err.splitlines() == [f"Error: {tmp_path / 'metrics_fifo.jsonl'}: not a regular file (a FIFO, device or "

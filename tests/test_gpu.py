@@ -77,7 +77,7 @@ def test_caption_and_evaluate_on_the_gpu(trained_run, tmp_path, run):
     gpu = run("caption", str(image), "-m", best, "--device", "cuda", "--precision", "fp32", "--output-folder", out)
     assert gpu.exit_code == 0 and cpu.exit_code == 0, gpu.output
     assert gpu.output.strip().splitlines()[0] == cpu.output.strip().splitlines()[0]
-    result = run("evaluate", "-m", best, "--data-folder", data, "--beam", "1,3", "--device", "cuda",
+    result = run("evaluate", "-m", best, "--data-folder", data, "--beams", "1,3", "--device", "cuda",
                  "--output-folder", out)
     assert result.exit_code == 0, result.output
     assert "BLEU-4" in result.output

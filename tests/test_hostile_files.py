@@ -179,7 +179,7 @@ def test_evaluate_caps_the_beam_like_caption(run, tmp_path):
     from capcli.limits import LIMITS
 
     top = LIMITS["beam"].maximum
-    for command in (("evaluate", "--data-folder", tmp_path / "none", "--beam", f"1,{top + 1}"),
+    for command in (("evaluate", "--data-folder", tmp_path / "none", "--beams", f"1,{top + 1}"),
                     ("caption", tmp_path / "none.png", "--beam", top + 1)):
         result = run(*command, "-m", tmp_path / "none.pth.tar")
         assert result.exit_code == 2, result.output
@@ -265,8 +265,8 @@ def _renamed_data(data, folder, name: str):
 
 
 def _evaluate(run, data, out, name):
-    return run("evaluate", "--data-folder", data, "--name", name, "--output-folder", out, "-m", out / BEST,
-               "--precision", "fp32", "--beam", "1", "--metrics", "bleu")
+    return run("evaluate", "--data-folder", data, "--data-name", name, "--output-folder", out, "-m", out / BEST,
+               "--precision", "fp32", "--beams", "1", "--metrics", "bleu")
 
 
 def test_evaluate_refuses_data_with_another_vocabulary(run_copy, run, tmp_path):

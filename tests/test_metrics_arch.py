@@ -122,7 +122,7 @@ def test_save_png_and_missing_matplotlib(run_folder, run, tmp_path, monkeypatch)
 def test_missing_folder_and_unknown_name(run_folder, run, tmp_path):
     result = run("metrics", "--output-folder", tmp_path / "nope")
     assert result.exit_code == 1 and "no such run folder" in result.output
-    result = run("metrics", "--output-folder", run_folder, "--name", "flickr8k_5_5")
+    result = run("metrics", "--output-folder", run_folder, "--run-name", "flickr8k_5_5")
     assert result.exit_code == 1 and NAME in result.output  # lists the runs that exist
     assert len(result.output.strip().splitlines()) == 1
 

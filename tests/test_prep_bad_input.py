@@ -64,7 +64,7 @@ def test_bad_images_are_skipped_and_odd_ones_converted(tmp_path, run):
     entries.append(karpathy_entry("v.jpg", "val", [["long"] * 60]))  # no caption short enough
     path = write_karpathy(tmp_path / "dataset_flickr8k.json", "flickr8k", entries)
     out = tmp_path / "out"
-    result = run("prep", "--json", path, "--image-folder", folder, "--output-folder", out,
+    result = run("prep", "--captions", path, "--image-folder", folder, "--output-folder", out,
                  "--min-word-freq", 1, "--image-size", 32, "--workers", 2)
     assert result.exit_code == 0, result.output
     assert "6 image(s) skipped" in result.output
@@ -105,14 +105,14 @@ def test_malformed_json_is_one_line_error_and_writes_nothing(tmp_path, run):
     write_image(tmp_path / "images" / "a.jpg")
     path = tmp_path / "dataset_flickr8k.json"
     path.write_text('{"images": [\n  {"filename": "a.jpg", "split": "train",\n   "sentences": [}\n]}\n')
-    _prep_fails_cleanly(run, tmp_path, "--json", path, str(path), "line 3")
+    _prep_fails_cleanly(run, tmp_path, "--captions", path, str(path), "line 3")
 
 
 def test_structurally_wrong_json_names_the_entry(tmp_path, run):
     write_image(tmp_path / "images" / "a.jpg")
     path = write_karpathy(tmp_path / "dataset_flickr8k.json", "flickr8k",
                           [karpathy_entry("a.jpg", "train", [["x"]]), {"filename": "b.jpg", "split": "banana"}])
-    _prep_fails_cleanly(run, tmp_path, "--json", path, "images[1]", "banana")
+    _prep_fails_cleanly(run, tmp_path, "--captions", path, "images[1]", "banana")
 
 
 def test_a_malformed_csv_row_is_skipped_and_named(tmp_path, run):
@@ -124,7 +124,7 @@ def test_a_malformed_csv_row_is_skipped_and_named(tmp_path, run):
     path = tmp_path / "results.csv"
     path.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    result = run("prep", "--csv", path, "--image-folder", tmp_path / "images", "--output-folder", out,
+    result = run("prep", "--captions", path, "--image-folder", tmp_path / "images", "--output-folder", out,
                  "--val-fraction", 0.2, "--test-fraction", 0.2, "--image-size", 16, "--min-word-freq", 1)
     assert result.exit_code == 0, result.output
     assert f"skipped {path}: line 4: expected 'image_name| comment_number| comment'" in result.output
@@ -138,14 +138,14 @@ def test_a_results_csv_without_its_header_is_one_line_error(tmp_path, run):
     write_image(tmp_path / "images" / "1.jpg")
     path = tmp_path / "results.csv"
     path.write_text("1.jpg| 0| a dog\n1.jpg| 1| a cat\n")
-    _prep_fails_cleanly(run, tmp_path, "--csv", path, f"{path}: line 1: no image column")
+    _prep_fails_cleanly(run, tmp_path, "--captions", path, f"{path}: line 1: no image column")
 
 
 def test_missing_inputs_are_one_line_errors(tmp_path, run):
-    result = run("prep", "--json", tmp_path / "nope.json", "--image-folder", tmp_path, "--dataset", "coco",
+    result = run("prep", "--captions", tmp_path / "nope.json", "--image-folder", tmp_path, "--dataset", "coco",
                  "--output-folder", tmp_path / "o")
     assert result.exit_code == 1 and "nope.json: no such file" in result.output
     result = run("prep", "--dataset", "flickr8k", "--output-folder", tmp_path / "o")
-    assert result.exit_code == 1 and "--json" in result.output
-    result = run("prep", "--csv", tmp_path / "r.csv", "--image-folder", tmp_path / "none")
+    assert result.exit_code == 1 and "needs its caption file: --captions FILE" in result.output
+    result = run("prep", "--captions", tmp_path / "r.csv", "--image-folder", tmp_path / "none")
     assert result.exit_code == 1 and "no such image folder" in result.output

@@ -261,7 +261,7 @@ def test_format_comes_from_the_content_not_the_name(tmp_path, run, coco, flickr8
     token, folder, _ = flickr8k
     renamed = tmp_path / "tokens.csv"
     renamed.write_text(token.read_text())
-    _prep(run, tmp_path / "b", "--csv", renamed, "--image-folder", folder, "--dataset", "f8k")
+    _prep(run, tmp_path / "b", "--captions", renamed, "--image-folder", folder, "--dataset", "f8k")
     assert _manifest(tmp_path / "b", "f8k_5_1")["format"] == "flickr8k"
 
 
@@ -277,7 +277,7 @@ def test_a_dataset_name_from_the_file_must_be_safe_too(tmp_path, run):
     path = tmp_path / "captions.json"
     path.write_text(json.dumps({"dataset": "../../escape", "images": [
         {"filename": "a.jpg", "split": "train", "sentences": [{"tokens": ["a", "dog"]}]}]}))
-    result = run("prep", "--json", path, "--image-folder", tmp_path / "images", "--output-folder", tmp_path / "o")
+    result = run("prep", "--captions", path, "--image-folder", tmp_path / "images", "--output-folder", tmp_path / "o")
     assert result.exit_code == 1 and "not a safe dataset name" in result.output and "--dataset NAME" in result.output
     assert not (tmp_path / "escape_5_5").exists() and not (tmp_path / "o").exists()
 
@@ -338,10 +338,10 @@ def test_bad_files_are_one_line_errors_and_keep_what_was_prepared(tmp_path, run)
 
 def _train_and_evaluate(run, data, models, name):
     tiny = [str(a) for a in TINY_TRAIN]
-    result = run("train", "--data-folder", data, "--output-folder", models, "--name", name, *tiny,
+    result = run("train", "--data-folder", data, "--output-folder", models, "--data-name", name, *tiny,
                  "--no-pretrained", "--epochs", 1)
     assert result.exit_code == 0, result.output
-    result = run("evaluate", "-m", models / f"BEST_{name}.pth.tar", "--data-folder", data, "--beam", "1",
+    result = run("evaluate", "-m", models / f"BEST_{name}.pth.tar", "--data-folder", data, "--beams", "1",
                  "--output-folder", models, "--device", "cpu")
     assert result.exit_code == 0, result.output
     evaluation = json.load(open(models / f"evaluation_BEST_{name}_test.json"))

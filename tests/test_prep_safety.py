@@ -29,7 +29,7 @@ def shapes_source(tmp_path_factory):
 
 def _prep_args(source, out, *extra):
     json_path, images = source
-    return ("prep", "--dataset", "flickr8k", "--json", json_path, "--image-folder", images,
+    return ("prep", "--dataset", "flickr8k", "--captions", json_path, "--image-folder", images,
             "--output-folder", out, "--workers", 1, *extra)
 
 

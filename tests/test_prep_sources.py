@@ -65,7 +65,7 @@ def test_flickr_karpathy_json(tmp_path, run, dataset):
     splits = ["train"] * 5 + ["val", "val", "test"]
     path, folder, captions, colours = _karpathy_dataset(tmp_path, dataset, splits)
     out = tmp_path / "out"
-    result = run("prep", "--json", path, "--image-folder", folder, "--output-folder", out,
+    result = run("prep", "--captions", path, "--image-folder", folder, "--output-folder", out,
                  "--min-word-freq", 1, "--image-size", 32, "--workers", 2)
     assert result.exit_code == 0, result.output
     manifest = check_alignment(out, f"{dataset}_5_1", captions, colours, 5, 50)
@@ -77,7 +77,7 @@ def test_coco_with_filepath_subfolders_and_restval(tmp_path, run):
     filepaths = ["train2014", "train2014", "val2014", "val2014", "val2014", "val2014", "val2014"]
     path, folder, captions, colours = _karpathy_dataset(tmp_path, "coco", splits, filepaths)
     out = tmp_path / "out"
-    result = run("prep", "--dataset", "coco", "--json", path, "--image-folder", folder,
+    result = run("prep", "--dataset", "coco", "--captions", path, "--image-folder", folder,
                  "--output-folder", out, "--min-word-freq", 1, "--image-size", 32, "--captions-per-image", 3)
     assert result.exit_code == 0, result.output
     manifest = check_alignment(out, "coco_3_1", captions, colours, 3, 50)
@@ -90,7 +90,7 @@ def test_dataset_name_comes_from_the_json(tmp_path, run):
     path, folder, _, _ = _karpathy_dataset(tmp_path, "flickr8k", ["train", "val", "test"])
     renamed = tmp_path / "captions.json"
     renamed.write_text(open(path).read())
-    result = run("prep", "--json", renamed, "--image-folder", folder, "--output-folder", tmp_path / "o",
+    result = run("prep", "--captions", renamed, "--image-folder", folder, "--output-folder", tmp_path / "o",
                  "--min-word-freq", 1, "--image-size", 32)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o" / "WORDMAP_flickr8k_5_1.json").exists()
@@ -127,7 +127,7 @@ def _write_results_csv(tmp_path):
 def test_results_csv_split_by_image(tmp_path, run):
     path, folder, captions, colours = _write_results_csv(tmp_path)
     out = tmp_path / "out"
-    result = run("prep", "--csv", path, "--image-folder", folder, "--output-folder", out,
+    result = run("prep", "--captions", path, "--image-folder", folder, "--output-folder", out,
                  "--min-word-freq", 1, "--max-len", 8, "--image-size", 32,
                  "--val-fraction", 0.2, "--test-fraction", 0.2)
     assert result.exit_code == 0, result.output
@@ -157,7 +157,7 @@ def test_csv_split_is_deterministic_and_row_order_free(tmp_path, run):
     splits = []
     for i, csv_path in enumerate((path, shuffled)):
         out = tmp_path / f"o{i}"
-        assert run("prep", "--csv", csv_path, "--image-folder", folder, "--output-folder", out,
+        assert run("prep", "--captions", csv_path, "--image-folder", folder, "--output-folder", out,
                    "--max-len", 8, "--image-size", 16).exit_code == 0
         manifest = json.load(open(out / "MANIFEST_flickr30k_5_5.json"))
         splits.append({s: sorted(e["source"] for e in manifest["images"][s]) for s in SPLITS})

@@ -95,7 +95,7 @@ def test_evaluate_json_replaces_links_and_old_partial_names(trained_run, run, tm
         traps.plant(path)
         traps.plant(path + ".partial")  # the fixed name write_json used to open
     stale, live = _stale_and_live_temps(out, os.path.basename(finals[0]))
-    result = run("evaluate", "-m", model_out / f"BEST_{NAME}.pth.tar", "--data-folder", data, "--beam", 1,
+    result = run("evaluate", "-m", model_out / f"BEST_{NAME}.pth.tar", "--data-folder", data, "--beams", 1,
                  "--output-folder", out)
     assert result.exit_code == 0, result.output
     traps.check(finals)
@@ -167,8 +167,8 @@ def test_prep_never_opens_an_image_named_outside_the_image_folder(run, tmp_path)
                 karpathy_entry("outside.jpg", "val", [["a", "secret"]], filepath=str(tmp_path))]
     source = write_karpathy(tmp_path / "dataset_flickr8k.json", "flickr8k", entries + climbing)
     out = tmp_path / "out"
-    result = run("prep", "--dataset", "flickr8k", "--json", source, "--image-folder", folder, "--output-folder", out,
-                 "--min-word-freq", 1, "--image-size", 32, "--workers", 1)
+    result = run("prep", "--dataset", "flickr8k", "--captions", source, "--image-folder", folder,
+                 "--output-folder", out, "--min-word-freq", 1, "--image-size", 32, "--workers", 1)
     assert result.exit_code == 0, result.output
     with open(out / "MANIFEST_flickr8k_5_1.json") as f:
         manifest = json.load(f)

@@ -161,7 +161,7 @@ def test_caption_in_a_terminal(terminal_run, tmp_path):
 def test_evaluate_in_a_terminal(terminal_run, tmp_path):
     data, out = terminal_run
     rc, output = run_in_terminal("evaluate", "-m", out / f"BEST_{NAME}.pth.tar", "--data-folder", data,
-                                 "--beam", 1, "--output-folder", tmp_path, cwd=tmp_path)
+                                 "--beams", 1, "--output-folder", tmp_path, cwd=tmp_path)
     assert_ran_with_bars(rc, output)
 
 

@@ -16,7 +16,7 @@ import click
 
 from capcli import __version__
 from capcli.cli import env as cli_env
-from capcli.cli import options, render
+from capcli.cli import options, renamed, render
 from capcli.cli import runs as cli_runs
 from capcli.cli.export import export_command
 from capcli.cli.options import option_given
@@ -36,6 +36,10 @@ class CapcliGroup(click.Group):
     """The one error boundary: service errors and failures of the machine (a full disk, a
     read-only folder, memory running out) become one line and exit code 1; an interrupt exits
     128 + the signal."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        return name, command, renamed.rewrite(name, rest)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -79,7 +83,7 @@ def cli() -> None:
     \b
     Example:
       capcli prep                      # build the shapes dataset into data_output/
-      capcli prep --json dataset_flickr8k.json --image-folder Flicker8k_Dataset
+      capcli prep --captions dataset_flickr8k.json --image-folder Flicker8k_Dataset
     """
 
 
@@ -97,7 +101,7 @@ def prep_command(dataset: str | None, **params) -> None:
     \b
     Example:
       capcli prep                                  # synthetic shapes, no download
-      capcli prep --json data/dataset_flickr8k.json --image-folder data/Flicker8k_Dataset
+      capcli prep --captions data/dataset_flickr8k.json --image-folder data/Flicker8k_Dataset
       capcli prep --captions Flickr8k_text/Flickr8k.token.txt --image-folder Flicker8k_Dataset
       capcli prep --captions annotations/captions_train2014.json \\
                   --captions annotations/captions_val2014.json --image-folder coco
@@ -109,7 +113,7 @@ def prep_command(dataset: str | None, **params) -> None:
 
     params["captions"], params["split_lists"] = tuple(params["captions"]), tuple(params["split_lists"])
     if params["image_size"] is None:
-        given = params["json_path"] or params["csv_path"] or params["captions"]
+        given = params["captions"]
         params["image_size"] = SHAPES_IMAGE_SIZE if dataset == "shapes" or not (dataset or given) else 256
     render.prep_result(run_prep(PrepConfig(dataset=dataset, **params), TerminalProgress()))
 
@@ -199,7 +203,7 @@ def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | 
 @cli.command("evaluate")
 @options.model_option()
 @options.data_folder_option("Folder of prepared data.")
-@options.name_option("Prepared data set name [default: the one the model was trained on].")
+@options.data_name_option("Prepared data set name [default: the one the model was trained on].")
 @options.split_option
 @options.beams_option
 @options.metrics_option
@@ -215,8 +219,8 @@ def evaluate_command(model: str | None, data_folder: str, name: str | None, spli
 
     \b
     Example:
-      capcli evaluate --split test --beam 1,3,5
-      capcli evaluate -m model_outputs/BEST_A2C_shapes_5_5.pth.tar --beam 3 --metrics bleu,cider
+      capcli evaluate --split test --beams 1,3,5
+      capcli evaluate -m model_outputs/BEST_A2C_shapes_5_5.pth.tar --beams 3 --metrics bleu,cider
     """
     from capcli.evaluation.evaluate import run_evaluate
     from capcli.inference.captioning import load_model
@@ -285,7 +289,7 @@ def a2c_command(ctx: click.Context, no_entropy_annealing: bool, **params) -> Non
 
 @cli.command("metrics")
 @options.output_folder_option("The run folder (where `capcli train` wrote).")
-@options.name_option()
+@options.followed_run_option("Run name, e.g. flickr8k_5_5 [default: the only run there].")
 @click.option("--width", default=None, type=click.IntRange(30, 400), help="Chart width [default: the terminal's].")
 @click.option("--height", default=15, show_default=True, type=click.IntRange(8, 200), help="Chart height.")
 @click.option("--no-charts", is_flag=True, help="Only the summary.")
@@ -299,7 +303,7 @@ def metrics_command(output_folder: str, name: str | None, width: int | None, hei
     \b
     Example:
       capcli metrics
-      capcli metrics --name flickr8k_5_5 --save-png
+      capcli metrics --run-name flickr8k_5_5 --save-png
       capcli metrics | less                        # plain text when piped
     """
     from capcli.paths import run_name_of_feed
@@ -348,7 +352,7 @@ def arch_command(model: str | None, checkpoint: str | None, graph: str | None, *
 
 @cli.command("dashboard")
 @options.output_folder_option("The run folder to follow.")
-@options.name_option("Run to follow first [default: the one updated last; l lists the others].")
+@options.followed_run_option("Run to follow first [default: the one updated last; l lists the others].")
 @click.option("--poll", default=0.5, show_default=True, type=click.FloatRange(0.1, 60), help="Seconds between reads.")
 def dashboard_command(output_folder: str, name: str | None, poll: float) -> None:
     """Follow live runs in the terminal: state, throughput, charts, samples, checkpoints, captions.
@@ -358,7 +362,7 @@ def dashboard_command(output_folder: str, name: str | None, poll: float) -> None
     \b
     Example:
       capcli dashboard
-      capcli dashboard --output-folder runs/flickr8k --name flickr8k_5_5
+      capcli dashboard --output-folder runs/flickr8k --run-name flickr8k_5_5
     """
     import sys
 
@@ -374,7 +378,7 @@ def dashboard_command(output_folder: str, name: str | None, poll: float) -> None
 
 @cli.command("bench")
 @click.option("--quick", is_flag=True, help="Fewer repeats and smaller inputs (under 3 minutes on 2 cores).")
-@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+@click.option("--json-file", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Also write every figure as JSON to this file.")
 @options.device_option
 @click.option("--prep-workers", default=None, type=click.IntRange(2, 64),
@@ -387,7 +391,7 @@ def bench_command(quick: bool, json_path: str | None, device: str, prep_workers:
     \b
     Example:
       capcli bench --quick
-      capcli bench --json bench.json --device cuda
+      capcli bench --json-file bench.json --device cuda
       capcli bench --quick --only caption --only prep
     """
     from capcli.data.jsonfiles import write_json

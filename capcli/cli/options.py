@@ -138,8 +138,14 @@ def output_folder_option(help: str = "Where checkpoints, metrics and summaries a
     return from_config(TrainConfig, "--output-folder", type=click.Path(file_okay=False), help=help)
 
 
-def name_option(help: str = "Run name, e.g. flickr8k_5_5 [default: the only run there].") -> Decorator:
-    return click.option("--name", default=None, help=help)
+def data_name_option(help: str) -> Decorator:
+    """The prepared data set's name (``--name`` before 0.2: see ``cli.renamed``)."""
+    return click.option("--data-name", "name", default=None, metavar="NAME", help=help)
+
+
+def followed_run_option(help: str) -> Decorator:
+    """The run a reader shows (``--name`` before 0.2: see ``cli.renamed``)."""
+    return click.option("--run-name", "name", default=None, metavar="NAME", help=help)
 
 
 def run_name_option(help: str) -> Decorator:
@@ -180,7 +186,7 @@ prep_workers_option = click.option("--workers", default=_default_workers, show_d
                                    type=click.IntRange(1, 256), help="Image decoding processes.")
 num_images_option = from_config(PrepConfig, "--num-images", type=click.IntRange(10),
                                 help="shapes only: images in total, split 80/10/10 into train/val/test.")
-beams_option = click.option("-b", "--beam", "--beam-size", "beams", default="1,3,5", show_default=True,
+beams_option = click.option("--beams", "beams", default="1,3,5", show_default=True,
                             callback=_parse_beams, help="Comma-separated beam sizes.")
 metrics_option = click.option(
     "--metrics", default=None, callback=_parse_metrics, metavar="LIST", show_default="all that can run",
@@ -217,10 +223,6 @@ prep_options = bundle(
                       "or any CSV/TSV/JSONL with an image and a caption column (optional split column). "
                       "Repeatable: e.g. COCO's captions_train2014.json and captions_val2014.json, whose "
                       "names give their splits."),
-    click.option("--json", "json_path", type=click.Path(dir_okay=False),
-                 help="A caption file (as --captions), e.g. Karpathy's dataset_flickr8k.json."),
-    click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
-                 help="A caption file (as --captions), e.g. Flickr30k's results.csv."),
     click.option("--split-list", "split_lists", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
                  help="Image names of one split, one per line, the file's name saying which (train, val/dev, "
                       "test); repeatable. Images in no list are skipped. [default: Flickr_8k.{train,dev,test}"
@@ -261,7 +263,7 @@ def _train(*decls: str, **attrs) -> Decorator:
 
 train_options = bundle(
     data_folder_option(),
-    name_option("Prepared data set name, e.g. flickr8k_5_5 [default: the only one]."),
+    data_name_option("Prepared data set name, e.g. flickr8k_5_5 [default: the only one]."),
     output_folder_option(),
     run_name_option("The run's name, in every file it writes (checkpoint_NAME.pth.tar, metrics_NAME.jsonl...): "
                     "letters, digits, - _ . [default: the data set's name]. --resume finds the run by it."),
@@ -326,7 +328,7 @@ a2c_options = bundle(
                  help="The trained model to start from, e.g. model_outputs/BEST_shapes_5_5.pth.tar."),
     data_folder_option("Folder of prepared data [default: where the model's training data was].",
                        default=default(A2CConfig, "data_folder")),
-    name_option("Prepared data set name [default: the one the model was trained on]."),
+    data_name_option("Prepared data set name [default: the one the model was trained on]."),
     output_folder_option("Where A2C checkpoints are written and the metrics feed is appended."),
     run_name_option("The run's name, in every file it writes (A2C_NAME.pth.tar, metrics_NAME.jsonl...): "
                     "letters, digits, - _ . [default: the run that trained --checkpoint; on --resume, "

@@ -36,7 +36,7 @@ def prep_result(result) -> None:
                f"{counts} images, vocabulary {result.vocab_size} tokens, "
                f"{rows}{len(result.skipped)} image(s) skipped, peak memory {result.peak_rss_mb:.0f} MB.")
     real = not is_shapes(result.name)
-    click.echo(f"Next: capcli train --data-folder {shlex.quote(result.output_folder)} --name {result.name}"
+    click.echo(f"Next: capcli train --data-folder {shlex.quote(result.output_folder)} --data-name {result.name}"
                + (" --pretrained --output-folder model_outputs   # ImageNet weights, downloaded once" if real else ""))
 
 
@@ -147,7 +147,7 @@ def demo_result(result, data_folder: str, output_folder: str) -> None:
     image = result.captions[0].result.image if result.captions else "IMAGE.jpg"
     click.echo("\nNext, try:")
     for line in (f"capcli caption {image} --beam 10 -v --output-folder {output_folder}",
-                 f"capcli evaluate --data-folder {data_folder} --output-folder {output_folder} --beam 1,3,5",
+                 f"capcli evaluate --data-folder {data_folder} --output-folder {output_folder} --beams 1,3,5",
                  f"capcli train --data-folder {data_folder} --output-folder {output_folder} --resume --epochs 10",
                  f"capcli metrics --output-folder {output_folder}",
                  f"capcli dashboard --output-folder {output_folder}"):

@@ -231,7 +231,7 @@ def find_prepared(folder: str, name: str | None = None) -> PreparedData:
         return _whole(PreparedData(folder, names[0]))
     if not names:
         raise DataError(f"no prepared data in {folder} (run `capcli prep` first)")
-    raise DataError(f"several prepared data sets in {folder}: {', '.join(names)} (choose one with --name)")
+    raise DataError(f"several prepared data sets in {folder}: {', '.join(names)} (choose one with --data-name)")
 
 
 

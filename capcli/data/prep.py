@@ -68,12 +68,12 @@ def _check_config(config: PrepConfig) -> None:
     if problem:
         raise InputError(f"--dataset: {problem}")
     if files and not config.image_folder:
-        raise InputError("--image-folder is required with a caption file (--captions, --json or --csv)")
+        raise InputError("--image-folder is required with a caption file (--captions)")
     if config.dataset == "shapes" and files:
         raise InputError("--dataset shapes is generated; drop the caption files or name the real dataset")
     if config.dataset not in ("shapes", None) and not files:
-        raise InputError(f"--dataset {config.dataset} needs its caption file: --captions FILE (or --json FILE, "
-                         "--csv FILE) and --image-folder DIR")
+        raise InputError(f"--dataset {config.dataset} needs its caption file: --captions FILE and "
+                         "--image-folder DIR")
     if config.split_lists and not files:
         raise InputError("--split-list needs a caption file (--captions FILE)")
     if config.image_folder and not os.path.isdir(config.image_folder):

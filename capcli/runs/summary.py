@@ -63,7 +63,7 @@ def find_feed(output_folder: str, name: str | None = None) -> str:
     if not feeds:
         raise InputError(f"no {os.path.basename(feed_pattern(output_folder))} in {output_folder} "
                          "(no run has written there yet)")
-    raise InputError(f"several runs in {output_folder}: {', '.join(feeds)} (choose one with --name)")
+    raise InputError(f"several runs in {output_folder}: {', '.join(feeds)} (choose one with --run-name)")
 
 
 def _finite(value) -> bool:

@@ -111,7 +111,7 @@ def card_text(name: str, config: dict, evaluations: list[dict]) -> str:
              "## Use", "", "From the folder that holds the bundle:", "", "```",
              f"capcli caption photo.jpg -m {name} --beam 5",
              f"capcli caption photos/ -m {name}/model.safetensors --json",
-             f"capcli evaluate -m {name} --data-folder DATA_FOLDER --split test --beam 1,3,5", "```", "",
+             f"capcli evaluate -m {name} --data-folder DATA_FOLDER --split test --beams 1,3,5", "```", "",
              "The bundle holds the weights (`model.safetensors`), the word map and `config.json`, and no "
              "optimiser state: it captions exactly as its checkpoint does and cannot resume training (resume "
              "from the checkpoint).", "",

@@ -410,6 +410,6 @@ def run_a2c(config: A2CConfig, progress: Progress = SILENT, explicit: frozenset 
     with stop_on_signals(), contextlib.ExitStack() as hold:  # the model is built before the lock is taken
         trainer = A2CTrainer(config, progress, explicit, hold)
         trainer.run.resume_hint = resume_command("a2c", resume_args, [("--data-folder", trainer.prepared.folder),
-                                                                  ("--name", trainer.prepared.name),
+                                                                  ("--data-name", trainer.prepared.name),
                                                                   ("--run-name", trainer.name)])
         return trainer.fit()

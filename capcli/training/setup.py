@@ -45,7 +45,7 @@ def nothing_to_train_result(name: str, files: RunFiles, ckpt: Checkpoint | None,
 
 def preflight(config: TrainConfig) -> str | None:
     """Check what can be checked before anything is read or written (a safe ``--run-name``; with
-    ``--tensorboard``, the package) and return the prepared data to train on: ``--name``; when resuming
+    ``--tensorboard``, the package) and return the prepared data to train on: ``--data-name``; when resuming
     a named run without it, the data its saved configuration names (so ``--resume --run-name X``
     finds it among several data sets).
 

@@ -116,7 +116,7 @@ def _train(config: TrainConfig, model_options: dict, given: frozenset, progress:
         model_config = model_config_for(ckpt, model_options, given, len(word_map))
         warn_random_encoder(config, prepared.name, ckpt, progress)
         trainer = Trainer(config, model_config, prepared, word_map, files, device, dist_info, progress, ckpt)
-        trainer.run.resume_hint = resume_command("train", resume_args, [("--name", prepared.name)])
+        trainer.run.resume_hint = resume_command("train", resume_args, [("--data-name", prepared.name)])
         return trainer.fit()
 
 
