@@ -33,7 +33,7 @@ def _capcli(*args) -> str:
 def test_the_old_checkpoint_and_sidecar_read_with_their_epoch(old_run):
     ckpt = read_checkpoint(f"out/checkpoint_{RUN}.pth.tar")
     meta = read_meta(f"out/checkpoint_{RUN}.pth.tar")
-    assert ckpt.kind == "train"
+    assert ckpt.stage == "train"
     assert ckpt.state.epoch == 1 and ckpt.state.best_epoch == 1
     assert meta is not None and meta["epoch"] == 1 and meta["best_epoch"] == 1 and meta["run"] == RUN
     assert ckpt.model_config.encoder == "resnet-small" and ckpt.model_config.vocab_size == len(ckpt.word_map)

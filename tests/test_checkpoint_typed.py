@@ -61,7 +61,7 @@ def test_a_checkpoint_without_run_state_still_captions_but_does_not_resume():
     raw = {k: v for k, v in _train_checkpoint().to_dict().items()
            if k in ("model_config", "encoder", "decoder", "word_map")}  # the oldest layout: no state, no kind
     read = Checkpoint.from_dict("old.pth.tar", raw)
-    assert read.kind == "train" and read.state == TrainState() and (read.image_size, read.max_len) == (256, 50)
+    assert read.stage == "train" and read.state == TrainState() and (read.image_size, read.max_len) == (256, 50)
     with pytest.raises(CheckpointError, match=r"old.pth.tar: cannot resume training from it \(missing epoch, step"):
         read.check_resumable("train")
     assert math.isinf(A2CState().best_score)

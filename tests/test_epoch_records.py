@@ -38,10 +38,10 @@ def test_an_a2c_state_gives_the_same_records():
     assert epoch_records(TrainState(bleu_history=[float("nan")], epoch=1)) == [EpochRecord(1, None, None)]
 
 
-@pytest.mark.parametrize("kind, state, bleu, cider", [("train", BEFORE_CIDER, 0.25, 0.7), ("a2c", A2C, 0.3, 0.9)])
-def test_sidecar_dashboard_row_and_bundle_show_the_best_epochs_own_scores(tmp_path, kind, state, bleu, cider):
-    ckpt = dataclasses.replace(read_checkpoint(str(OLD)), kind=kind, state=state)
-    path = str(tmp_path / f"checkpoint_{kind}.pth.tar")
+@pytest.mark.parametrize("stage, state, bleu, cider", [("train", BEFORE_CIDER, 0.25, 0.7), ("a2c", A2C, 0.3, 0.9)])
+def test_sidecar_dashboard_row_and_bundle_show_the_best_epochs_own_scores(tmp_path, stage, state, bleu, cider):
+    ckpt = dataclasses.replace(read_checkpoint(str(OLD)), stage=stage, state=state)
+    path = str(tmp_path / f"checkpoint_{stage}.pth.tar")
     save_checkpoint(path, ckpt, run="shapes_5_1")
     meta = read_meta(path)
     assert (meta["best_epoch"], meta["best_bleu4"], meta["best_cider_d"]) == (state.best_epoch, bleu, cider)

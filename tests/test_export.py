@@ -223,7 +223,7 @@ def test_a_bundle_never_resumes_and_loads_as_a_checkpoint(exported, run, tmp_pat
                                out / BUNDLE / "model.safetensors", "--epochs", 2))
     assert "cannot be resumed" in line and os.path.abspath(out / BEST) in line
     captioner = load_captioner(str(out / BUNDLE / "model.safetensors"))
-    assert captioner.path == str(out / BUNDLE) and captioner.checkpoint.kind == "train"
+    assert captioner.path == str(out / BUNDLE) and captioner.checkpoint.stage == "train"
     info = read_checkpoint_info(str(out / BUNDLE), 0.0)  # the dashboard's checkpoint row
     ckpt = read_checkpoint(str(out / BEST))
     assert (info.epoch, info.best_bleu4, info.total_epochs) == (1, ckpt.state.bleu_history[0], 1)

@@ -17,15 +17,16 @@ commands behave, with examples, is in [commands.md](commands.md) and [data.md](d
 """
 
 
-def _help(command: click.Command, name: str, parent: click.Context | None) -> str:
-    ctx = click.Context(command, info_name=name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH)
+def _help(command: click.Command, name: str, parent: click.Context) -> str:
+    ctx = click.Context(command, info_name=name, parent=parent, terminal_width=WIDTH)
     return command.get_help(ctx)
 
 
 def reference() -> str:
     """The page's Markdown: ``capcli --help``, then each visible command's, in the group's order."""
-    root = click.Context(cli, info_name="capcli", terminal_width=WIDTH, max_content_width=WIDTH)
-    parts = [HEADER, "## capcli\n", "```text", _help(cli, "capcli", None), "```\n"]
+    # the group's own settings (-h as well as --help, 100 columns), as when a user asks for --help
+    root = click.Context(cli, info_name="capcli", terminal_width=WIDTH, **cli.context_settings)
+    parts = [HEADER, "## capcli\n", "```text", cli.get_help(root), "```\n"]
     for name in cli.list_commands(root):
         command = cli.get_command(root, name)
         if command is None or command.hidden:

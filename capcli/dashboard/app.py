@@ -262,7 +262,7 @@ class Dashboard(QueryPanel, App):
         if s.total_epochs.get(stage_kind):
             return s.total_epochs[stage_kind]
         mine = self._run_checkpoints(self.main.name)
-        infos = [c for c in self.checkpoints.values() if c.path in mine and c.kind == stage_kind and c.total_epochs]
+        infos = [c for c in self.checkpoints.values() if c.path in mine and c.stage == stage_kind and c.total_epochs]
         return max(infos, key=lambda c: c.mtime).total_epochs if infos else None
 
     def _show_run(self) -> None:

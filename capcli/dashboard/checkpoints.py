@@ -16,7 +16,7 @@ from capcli.dashboard.follow import number
 @dataclass(frozen=True)
 class CheckpointInfo:
     path: str
-    kind: str  # train or a2c
+    stage: str  # train or a2c
     epoch: int
     best_bleu4: float | None  # of the best epoch so far (for a BEST file: its own epoch)
     best_cider_d: float | None
@@ -51,7 +51,7 @@ def _from_checkpoint(path: str, mtime: float, size: int) -> CheckpointInfo:
 
     ckpt = read_checkpoint(path)
     scores = best_scores(ckpt)  # the figures its sidecar would hold
-    options = ckpt.a2c_config if ckpt.kind == "a2c" else ckpt.train_config
+    options = ckpt.a2c_config if ckpt.stage == "a2c" else ckpt.train_config
     total = options.epochs if options else None
-    return CheckpointInfo(path, ckpt.kind, ckpt.state.epoch, number(scores["best_bleu4"]),
+    return CheckpointInfo(path, ckpt.stage, ckpt.state.epoch, number(scores["best_bleu4"]),
                           number(scores["best_cider_d"]), total, mtime, size)

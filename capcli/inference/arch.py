@@ -51,7 +51,7 @@ def load_model(checkpoint: str | None, options: dict) -> tuple[nn.Module, nn.Mod
         ckpt = read_checkpoint(checkpoint)
         encoder, decoder = model_from_checkpoint(ckpt)
         fine_tune = bool(ckpt.train_config and ckpt.train_config.fine_tune_encoder)
-        if ckpt.kind == "a2c":
+        if ckpt.stage == "a2c":
             fine_tune = bool(ckpt.a2c_config and not ckpt.a2c_config.freeze_encoder)
         return encoder, decoder, ckpt.model_config, fine_tune, ckpt.image_size, checkpoint
     fine_tune = options.pop("fine_tune_encoder")

@@ -160,11 +160,11 @@ def _validation(ckpt: Checkpoint) -> list[dict]:
 
 def bundle_config(ckpt: Checkpoint, weights: dict[str, torch.Tensor]) -> dict:
     """The content of ``config.json`` for ``ckpt`` (see the module docstring)."""
-    options = ckpt.a2c_config if ckpt.kind == "a2c" else ckpt.train_config
+    options = ckpt.a2c_config if ckpt.stage == "a2c" else ckpt.train_config
     word_map = ckpt.word_map
     return {
         "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "capcli_version": __version__,
-        "exported_at": time.time(), "stage": ckpt.kind, "model_config": asdict(ckpt.model_config),
+        "exported_at": time.time(), "stage": ckpt.stage, "model_config": asdict(ckpt.model_config),
         "image_size": ckpt.image_size, "max_len": ckpt.max_len, "data": asdict(ckpt.data),
         "source": {"checkpoint": os.path.abspath(ckpt.path), "checkpoint_bytes": os.path.getsize(ckpt.path),
                    "saved_at": ckpt.saved_at},

@@ -7,7 +7,7 @@ fsynced and renamed (``capcli.safeio``), and always read with ``weights_only=Tru
 checkpoint file can never run code. A file that does not load gets one sentence of capcli's own
 (``capcli.store.load_failure``); a field that is missing or of the wrong type gets one naming it.
 
-Format version 1 (every released capcli): ``kind`` (train or a2c), ``model_config``,
+Format version 1 (every released capcli): ``kind`` (the stage: train or a2c), ``model_config``,
 ``train_config``, ``a2c_config``, ``word_map``, ``data`` (folder, name), ``image_size``,
 ``max_len``, ``run`` (the run's name; absent before --run-name), the run state's fields
 (:class:`TrainState` / :class:`A2CState`), ``encoder`` and
@@ -181,7 +181,7 @@ _RESUME_NEEDS = {"train": (*(f.name for f in dataclasses.fields(TrainState) if f
 class Checkpoint:
     """One saved run: the model, the data it knows, the run's state and the optimisers' states."""
 
-    kind: str  # "train" or "a2c"
+    stage: str  # "train" or "a2c" (the file's "kind")
     model_config: ModelConfig
     word_map: dict[str, int]
     encoder: dict  # weights (state dicts)
@@ -209,7 +209,7 @@ class Checkpoint:
     def to_dict(self) -> dict:
         """The flat layout of format version 1."""
         return {
-            "kind": self.kind, "model_config": asdict(self.model_config),
+            "kind": self.stage, "model_config": asdict(self.model_config),
             "train_config": asdict(self.train_config) if self.train_config else None,
             "a2c_config": asdict(self.a2c_config) if self.a2c_config else None,
             "word_map": dict(self.word_map), "data": asdict(self.data), "image_size": self.image_size,
@@ -235,10 +235,10 @@ class Checkpoint:
         validate_word_map(path, raw["word_map"], config.vocab_size)
         sizes = {key: positive_whole(path, key, raw.get(key, default))
                  for key, default in (("image_size", 256), ("max_len", 50))}
-        kind = raw.get("kind", "train")
-        if kind not in ("train", "a2c"):
-            raise CheckpointError(f"{path}: kind is {shorten(repr(kind))}, expected train or a2c")
-        state, absent, malformed = _run_state(A2CState if kind == "a2c" else TrainState, raw)
+        stage = raw.get("kind", "train")
+        if stage not in ("train", "a2c"):
+            raise CheckpointError(f"{path}: kind is {shorten(repr(stage))}, expected train or a2c")
+        state, absent, malformed = _run_state(A2CState if stage == "a2c" else TrainState, raw)
         if isinstance(state, TrainState) and "best_score" in absent:
             state.best_score = state.best_bleu4  # runs from before --monitor selected on BLEU-4
         state_dicts = {}
@@ -249,7 +249,7 @@ class Checkpoint:
                 absent.add(key)
             else:
                 malformed.append(f"{key} is not a state dict")
-        return cls(kind, config, dict(raw["word_map"]), raw["encoder"], raw["decoder"], state, **sizes,
+        return cls(stage, config, dict(raw["word_map"]), raw["encoder"], raw["decoder"], state, **sizes,
                    data=data_ref(path, raw.get("data")), run=safe_name(path, "run", raw.get("run")),
                    train_config=options_from(TrainConfig, raw.get("train_config"), path),
                    a2c_config=options_from(A2CConfig, raw.get("a2c_config"), path), **state_dicts,
@@ -264,12 +264,12 @@ class Checkpoint:
         if self.source:
             raise CheckpointError(f"{self.path}: an exported bundle holds no optimiser state and cannot be resumed; "
                                   f"resume from the checkpoint it came from ({self.source})")
-        if stage == "train" and self.kind != "train":
-            raise CheckpointError(f"{self.path}: a {self.kind} checkpoint; `capcli train` continues training "
+        if stage == "train" and self.stage != "train":
+            raise CheckpointError(f"{self.path}: a {self.stage} checkpoint; `capcli train` continues training "
                                   "checkpoints (`capcli a2c --resume` continues A2C runs)")
         missing = [k for k in _RESUME_NEEDS[stage] if k in self.absent]
         problems = ([f"missing {', '.join(missing)}"] if missing else []) + list(self.malformed)
-        if stage == "a2c" and not problems and self.kind != "a2c":
+        if stage == "a2c" and not problems and self.stage != "a2c":
             problems = ["not an A2C checkpoint"]
         if problems:
             what = "training" if stage == "train" else "A2C"

@@ -68,7 +68,7 @@ def best_figures(state: TrainState, monitor: str) -> dict:
 def best_scores(ckpt: Checkpoint) -> dict:
     """The best epoch's validation figures: best_epoch, best_bleu4, best_cider_d, best_score, monitor."""
     state = ckpt.state
-    if ckpt.kind == "a2c":
+    if ckpt.stage == "a2c":
         monitor = "bleu4" if ckpt.a2c_config and ckpt.a2c_config.reward == "bleu4" else "cider"
         best = best_record(epoch_records(state), state.best_epoch)
         bleu4, cider = (best.val_bleu4, best.val_cider_d) if best else (None, None)
@@ -85,7 +85,7 @@ def best_scores(ckpt: Checkpoint) -> dict:
 def checkpoint_meta(ckpt: Checkpoint, run: str, checkpoint_bytes: int) -> dict:
     """The sidecar's content for ``ckpt`` (see the module docstring)."""
     scores = best_scores(ckpt)
-    return {"version": META_VERSION, "stage": ckpt.kind, "run": run, "data": ckpt.data.name,
+    return {"version": META_VERSION, "stage": ckpt.stage, "run": run, "data": ckpt.data.name,
             "epoch": ckpt.state.epoch, "step": ckpt.state.step, "best_epoch": scores.pop("best_epoch"),
             **scores, "model_config": asdict(ckpt.model_config),
             "saved": ckpt.saved_at if ckpt.saved_at is not None else time.time(),
