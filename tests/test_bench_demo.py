@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from capcli.config import SHAPES_TRAIN_DEFAULTS
-from capcli.demo.pipeline import plan as demo_plan
+from capcli.demo import plan as demo_plan
 from capcli.runtime.device import resolve_precision
 
 FP32 = resolve_precision("fp32", torch.device("cpu"))

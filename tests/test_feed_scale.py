@@ -19,8 +19,9 @@ import pytest
 from capcli.dashboard.app import Dashboard
 from capcli.dashboard.charts import STEP_LOSS, VAL_SCORES, draw_chart
 from capcli.paths import lock_file
+from capcli.runs import feed
 from capcli.runs.metrics import nice_ticks, terminal_charts
-from capcli.runs.summary import MAX_STEP_BUCKETS, feed, list_runs, read_summary, run_info, summarize
+from capcli.runs.summary import MAX_STEP_BUCKETS, list_runs, read_summary, run_info, summarize
 from tests.test_dashboard import _text, _until
 
 STEPS, EPOCHS = 300_000, 30
