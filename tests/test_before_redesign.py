@@ -2,6 +2,7 @@
 3a39fa4) still lists, reads, captions and resumes."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,11 @@ RUN = "shapes_5_1"
 def old_run(tmp_path, monkeypatch):
     """A copy of the fixture (its paths are relative: data/ and out/), as the working folder."""
     shutil.copytree(FIXTURE, tmp_path / "run")
+    out = tmp_path / "run" / "out"
+    # a clone's files all carry its checkout time; the run wrote each sidecar after its checkpoint
+    checkpoint = out / f"checkpoint_{RUN}.pth.tar"
+    written = checkpoint.stat().st_mtime
+    os.utime(out / f"checkpoint_{RUN}.meta.json", (written + 1, written + 1))
     monkeypatch.chdir(tmp_path / "run")
     return tmp_path / "run"
 
