@@ -41,3 +41,10 @@ def test_every_command_has_its_section():
     page = PAGE.read_text(encoding="utf-8")
     assert [line[len("## capcli "):] for line in page.splitlines() if line.startswith("## capcli ")] == \
         sorted(_commands())
+
+
+@pytest.mark.parametrize("name", [None, *_commands()])
+def test_every_help_fits_an_80_column_terminal(name):
+    """Over SSH at 80 x 24 a longer example line wraps in the middle of a path."""
+    shown = CliRunner().invoke(cli, [*([name] if name else []), "--help"], terminal_width=80)
+    assert shown.exit_code == 0 and [line for line in shown.output.splitlines() if len(line) > 80] == []

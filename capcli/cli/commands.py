@@ -82,8 +82,8 @@ def cli() -> None:
 
     \b
     Example:
-      capcli prep                      # build the shapes dataset into data_output/
-      capcli prep --captions dataset_flickr8k.json --image-folder Flicker8k_Dataset
+      capcli prep                      # the shapes dataset, into data_output/
+      capcli prep --captions dataset_flickr8k.json --image-folder flickr8k/
     """
 
 
@@ -101,11 +101,13 @@ def prep_command(dataset: str | None, **params) -> None:
     \b
     Example:
       capcli prep                                  # synthetic shapes, no download
-      capcli prep --captions data/dataset_flickr8k.json --image-folder data/Flicker8k_Dataset
-      capcli prep --captions Flickr8k_text/Flickr8k.token.txt --image-folder Flicker8k_Dataset
+      capcli prep --captions data/dataset_flickr8k.json \\
+                  --image-folder data/Flicker8k_Dataset
+      capcli prep --captions Flickr8k_text/Flickr8k.token.txt \\
+                  --image-folder Flicker8k_Dataset
       capcli prep --captions annotations/captions_train2014.json \\
                   --captions annotations/captions_val2014.json --image-folder coco
-      capcli prep --captions my_captions.jsonl --dataset birds --image-folder photos
+      capcli prep --captions mine.jsonl --dataset birds --image-folder photos
     """
     from capcli.config import PrepConfig
     from capcli.data.prep import run_prep
@@ -179,7 +181,7 @@ def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | 
     Example:
       capcli caption photo.jpg --beam 10
       capcli caption -i dog.jpg -m model_outputs/BEST_flickr8k_5_5.pth.tar -v
-      capcli caption dog.jpg -v --per-word     # each word's attention on its own scale
+      capcli caption dog.jpg -v --per-word   # each word on its own scale
       capcli caption test_images/ --json
     """
     from capcli.inference.captioning import caption_files, check_word_map, expand_inputs, load_model, original_captions
@@ -220,7 +222,8 @@ def evaluate_command(model: str | None, data_folder: str, name: str | None, spli
     \b
     Example:
       capcli evaluate --split test --beams 1,3,5
-      capcli evaluate -m model_outputs/BEST_A2C_shapes_5_5.pth.tar --beams 3 --metrics bleu,cider
+      capcli evaluate -m model_outputs/BEST_A2C_shapes_5_5.pth.tar --beams 3 \\
+                      --metrics bleu,cider
     """
     from capcli.evaluation.evaluate import run_evaluate
     from capcli.inference.captioning import load_model
@@ -250,7 +253,7 @@ def demo_command(data_folder: str, output_folder: str, epochs: int | None, image
     Example:
       capcli demo
       capcli demo --epochs 8           # the shapes defaults' full run
-      capcli demo --image-size 128     # the full-size scenes, however long they take here
+      capcli demo --image-size 128     # full-size scenes, however long they take
     """
     from capcli.demo.pipeline import run_demo
     from capcli.runtime.allocator import tune_for_device
@@ -270,7 +273,8 @@ def a2c_command(ctx: click.Context, no_entropy_annealing: bool, **params) -> Non
     \b
     Example:
       capcli a2c --checkpoint model_outputs/BEST_shapes_5_5.pth.tar --epochs 5
-      capcli a2c --checkpoint model_outputs/BEST_shapes_5_5.pth.tar --reward cider --baseline greedy
+      capcli a2c --checkpoint model_outputs/BEST_shapes_5_5.pth.tar \\
+                 --reward cider --baseline greedy
       capcli a2c --resume --epochs 10
     """
     from capcli.config import A2CConfig
@@ -337,7 +341,8 @@ def arch_command(model: str | None, checkpoint: str | None, graph: str | None, *
     \b
     Example:
       capcli arch --encoder resnet50 --decoder attention --vocab-size 2600
-      capcli arch -m model_outputs/BEST_flickr8k_5_5.pth.tar --graph model_outputs/model_architecture.png
+      capcli arch -m model_outputs/BEST_flickr8k_5_5.pth.tar \\
+                  --graph model_outputs/model_architecture.png
     """
     from capcli.inference.arch import describe, load_model, render_graph, report_text
 

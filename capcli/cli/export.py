@@ -29,9 +29,10 @@ def export_command(ctx: click.Context, model: str | None, output: str | None, ou
 
     \b
     Example:
-      capcli export                                   # model_outputs/BEST_shapes_5_5.bundle
-      capcli export -m model_outputs/BEST_A2C_flickr8k_5_5.pth.tar -o ship/flickr8k
-      capcli export -m runs/BEST_coco_5_3.pth.tar --output-folder ship   # ship/BEST_coco_5_3.bundle
+      capcli export                      # model_outputs/BEST_shapes_5_5.bundle
+      capcli export -m model_outputs/BEST_A2C_flickr8k_5_5.pth.tar -o ship/f8k
+      capcli export -m runs/BEST_coco.pth.tar --output-folder ship
+                                         # ship/BEST_coco.bundle
       capcli caption photo.jpg -m model_outputs/BEST_shapes_5_5.bundle
     """
     from capcli.inference.captioning import find_best_checkpoint

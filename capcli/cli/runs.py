@@ -92,7 +92,7 @@ def runs_command(output_folder: str, as_json: bool) -> None:
     \b
     Example:
       capcli runs
-      capcli runs --output-folder runs/flickr8k --json | jq '.[] | select(.state == "crashed")'
+      capcli runs --json | jq '.[] | select(.state == "crashed")'
     """
     import os
 
