@@ -212,3 +212,22 @@ def test_pretrained_downloads_into_torch_home_and_trains(real_data, tmp_path, ru
 
     saved = load_checkpoint(str(tmp_path / "out" / "checkpoint_flickr8k_2_1.pth.tar"))
     assert saved["train_config"]["pretrained"] is True
+
+
+@pytest.mark.parametrize("command", ["train", "a2c"])
+def test_resume_takes_the_lock_before_it_reads_the_runs_checkpoint(data, tmp_path, run, command):
+    """train and a2c open a run in one order (issue 28): the lock first, then the run's own
+    checkpoint; a2c used to read its checkpoint (here: none) before it asked for the lock."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom capcli.runs.lock import run_lock\n"
+                               "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)",
+                               str(out / "mine.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run(command, "--resume", "--run-name", "mine", "--data-folder", data, "--output-folder", out)
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert result.exit_code == 1 and f"in use by PID {holder.pid}" in result.output, result.output
+    assert sorted(os.listdir(out)) == ["mine.lock"]

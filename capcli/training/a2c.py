@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from capcli.config import SHAPES_A2C_DEFAULTS, A2CConfig, is_shapes
 from capcli.data.datasets import ImageCaptions, Images
-from capcli.data.hdf5 import find_prepared, split_references
+from capcli.data.hdf5 import PreparedData, find_prepared, split_references
 from capcli.data.vocab import END, START, Detokenizer
 from capcli.errors import CapcliError, CheckpointError
 from capcli.evaluation.scores import cider_d, corpus_bleu, ngrams
@@ -44,9 +44,7 @@ from capcli.training.lifecycle import (
     A2C,
     Lifecycle,
     NonFiniteLoss,
-    existing_checkpoint,
-    hold_run,
-    refuse_overwrite,
+    open_run,
     stop_on_signals,
 )
 from capcli.training.samples import image_names, validation_samples
@@ -141,29 +139,20 @@ class A2CResult:
 class A2CTrainer:
     """One A2C run: actor, critic, their optimisers, its step and its epoch (the rest is its :class:`Lifecycle`)."""
 
-    def __init__(self, config: A2CConfig, progress: Progress = SILENT, explicit: frozenset = frozenset(),
-                 hold: contextlib.ExitStack | None = None) -> None:
+    def __init__(self, config: A2CConfig, progress: Progress, explicit: frozenset, hold: contextlib.ExitStack) -> None:
         """``explicit``: names of options the user gave; on ``--resume`` every other option comes
         from the run's checkpoint, so a resumed run keeps its reward, baseline and rates.
-        ``hold``: the run's lock is entered on it as soon as the run's name is known."""
+        ``hold``: the run's lock is taken on it as soon as the run's name is known, before the
+        run's own checkpoint is read (:func:`~capcli.training.lifecycle.open_run`)."""
         self.progress = progress
-        config, ckpt = self._source(config, explicit)
+        preflight_checks(config.run_name, config.tensorboard)  # before anything is read or written
+        config, ckpt = self._open(config, explicit, hold)
         self.config = config
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         self.model_config = ckpt.model_config
         self.encoder, self.decoder = model_from_checkpoint(ckpt)
-        self.prepared = find_prepared(config.data_folder or ckpt.data.folder or "data_output",
-                                      config.name or ckpt.data.name)
-        # the run: --run-name, else the one that trained the model (its data's name before --run-name)
-        self.name = config.run_name or ckpt.run or self.prepared.name
-        self.config = config = replace(config, run_name=self.name)
-        self.files = a2c_files(config.output_folder, self.name)
-        if hold is not None:
-            hold.enter_context(hold_run(self.files, progress))
-        if not config.resume:
-            refuse_overwrite(self.files, A2C, config.overwrite)
         self.word_map = ckpt.word_map
         if self.prepared.word_map() != self.word_map:
             raise CheckpointError(f"the checkpoint's vocabulary differs from {self.prepared.name}'s; fine-tune on the "
@@ -187,24 +176,37 @@ class A2CTrainer:
                          {"a2c_config": config, "model_config": self.model_config}, resumed=config.resume)
         self._build_data()
 
-    @staticmethod
-    def _source(config: A2CConfig, explicit: frozenset) -> tuple[A2CConfig, Checkpoint]:
-        """The run's options and the checkpoint it starts from: on ``--resume`` the run's own, its
-        saved options overridden by the ones given."""
-        preflight_checks(config.run_name, config.tensorboard)  # before anything is read or written
+    def _open(self, config: A2CConfig, explicit: frozenset, hold: contextlib.ExitStack) -> tuple[A2CConfig, Checkpoint]:
+        """Sets the run's data, name and files and opens the run (its lock on ``hold``); returns the
+        run's options and the checkpoint it starts from: on ``--resume`` the run's own (read under
+        the lock), its saved options overridden by the ones given; else ``--checkpoint``."""
         if config.resume:
             # the run: --run-name, else the data's name (found the way a new run would)
-            run = config.run_name or find_prepared(config.data_folder or "data_output", config.name).name
-            ckpt = read_checkpoint(existing_checkpoint(a2c_files(config.output_folder, run), A2C))
+            self.name = config.run_name or find_prepared(config.data_folder or "data_output", config.name).name
+            self.files = a2c_files(config.output_folder, self.name)
+            ckpt = open_run(A2C, self.files, self.progress, hold, resume=True, overwrite=config.overwrite,
+                            read=read_checkpoint)
             given = {k: getattr(config, k) for k in explicit | {"resume", "epochs"}}
-            return replace(ckpt.a2c_config or A2CConfig(), **given), ckpt
-        if not config.checkpoint:
-            raise CapcliError("give --checkpoint (a trained model, e.g. model_outputs/BEST_shapes_5_5.pth.tar) "
-                              "or --resume")
-        ckpt = read_checkpoint(config.checkpoint)
-        if is_shapes(ckpt.data.name or ""):  # a new run on a shapes model: its own defaults for what was not given
-            config = replace(config, **{k: v for k, v in SHAPES_A2C_DEFAULTS.items() if k not in explicit})
-        return config, ckpt
+            config = replace(ckpt.a2c_config or A2CConfig(), **given)
+            self.prepared = self._prepared(config, ckpt)
+        else:
+            if not config.checkpoint:
+                raise CapcliError("give --checkpoint (a trained model, e.g. model_outputs/BEST_shapes_5_5.pth.tar) "
+                                  "or --resume")
+            ckpt = read_checkpoint(config.checkpoint)  # the trained model: another run's file
+            if is_shapes(ckpt.data.name or ""):  # a new run on a shapes model: its own defaults for what was not given
+                config = replace(config, **{k: v for k, v in SHAPES_A2C_DEFAULTS.items() if k not in explicit})
+            self.prepared = self._prepared(config, ckpt)
+            # the run: --run-name, else the one that trained the model (its data's name before --run-name)
+            self.name = config.run_name or ckpt.run or self.prepared.name
+            self.files = a2c_files(config.output_folder, self.name)
+            open_run(A2C, self.files, self.progress, hold, resume=False, overwrite=config.overwrite,
+                     read=read_checkpoint)
+        return replace(config, run_name=self.name), ckpt
+
+    @staticmethod
+    def _prepared(config: A2CConfig, ckpt: Checkpoint) -> PreparedData:
+        return find_prepared(config.data_folder or ckpt.data.folder or "data_output", config.name or ckpt.data.name)
 
     def _build_optimizers(self, resumed: Checkpoint | None) -> None:
         """Actor (decoder, and the encoder with --train-encoder) and critic optimisers, the scaler
@@ -407,7 +409,7 @@ def run_a2c(config: A2CConfig, progress: Progress = SILENT, explicit: frozenset 
     Args:
         resume_args: the options as given, for the resume command an interrupted run prints.
     """
-    with stop_on_signals(), contextlib.ExitStack() as hold:  # the model is built before the lock is taken
+    with stop_on_signals(), contextlib.ExitStack() as hold:  # the run's lock, from open_run until the end
         trainer = A2CTrainer(config, progress, explicit, hold)
         trainer.run.resume_hint = resume_command("a2c", resume_args, [("--data-folder", trainer.prepared.folder),
                                                                   ("--data-name", trainer.prepared.name),

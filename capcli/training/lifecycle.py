@@ -82,6 +82,29 @@ def hold_run(files: RunFiles, progress: Progress, writer: bool = True) -> Iterat
         yield
 
 
+def open_run(stage: Stage, files: RunFiles, progress: Progress, hold: contextlib.ExitStack, *, resume: bool,
+             overwrite: bool, read: Callable[[str], Checkpoint], continue_from: str | None = None,
+             writer: bool = True) -> Checkpoint | None:
+    """The one order in which ``train`` and ``a2c`` open a run once its data and name are known:
+    take the run's lock (on ``hold``, until the run ends), then read what the run continues
+    (``continue_from``, else its own checkpoint with ``resume``: read under the lock, so that no
+    other process is writing it) or refuse to replace an existing run. Returns that checkpoint, or
+    None for a new run. The run config and the feed come after, in :class:`Lifecycle`'s owner.
+
+    Raises:
+        RunLocked: another live process holds the run.
+        CheckpointError: nothing to resume, a run that exists without --overwrite, or a
+            checkpoint ``read`` refuses.
+    """
+    hold.enter_context(hold_run(files, progress, writer))
+    if continue_from:
+        return read(continue_from)
+    if resume:
+        return read(existing_checkpoint(files, stage))
+    refuse_overwrite(files, stage, overwrite)
+    return None
+
+
 def existing_checkpoint(files: RunFiles, stage: Stage) -> str:
     """The checkpoint ``--resume`` continues.
 

@@ -14,7 +14,6 @@ from capcli.runs.log import nothing_to_train
 from capcli.runtime.progress import Progress
 from capcli.store.checkpoint import Checkpoint
 from capcli.store.files import read_checkpoint
-from capcli.training.lifecycle import TRAIN, existing_checkpoint, refuse_overwrite
 
 
 @dataclass
@@ -81,7 +80,7 @@ def model_config_for(ckpt: Checkpoint | None, options: dict, given: frozenset, v
     return saved
 
 
-def _resumable(path: str) -> Checkpoint:
+def resumable(path: str) -> Checkpoint:
     """A training checkpoint that ``train`` can continue, checked before anything is built from it."""
     from capcli.store.files import model_from_checkpoint
 
@@ -104,16 +103,6 @@ def monitor_for(config: TrainConfig, ckpt: Checkpoint | None, given: frozenset) 
         raise CheckpointError(f"--monitor {config.monitor} conflicts with the run being resumed (its BEST is picked "
                               f"on {saved}); drop --monitor or start a new run")
     return replace(config, monitor=saved)
-
-
-def resume_source(config: TrainConfig, files: RunFiles) -> Checkpoint | None:
-    """The checkpoint a run continues (``--checkpoint`` or ``--resume``), or None for a new run."""
-    if config.checkpoint:
-        return _resumable(config.checkpoint)
-    if config.resume:
-        return _resumable(existing_checkpoint(files, TRAIN))
-    refuse_overwrite(files, TRAIN, config.overwrite)
-    return None
 
 
 def dataset_defaults(prepared: PreparedData, config: TrainConfig, model_options: dict,

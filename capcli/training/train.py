@@ -10,6 +10,7 @@ With a frozen encoder the CNN features are cached on disk and the CNN never runs
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 
@@ -52,7 +53,7 @@ from capcli.store.checkpoint import Checkpoint, DataRef, TrainState
 from capcli.store.sidecar import best_figures
 from capcli.training.concepts import pretrain_encoder
 from capcli.training.features import cache_key, encode_images, encoder_fingerprint, ensure_features
-from capcli.training.lifecycle import TRAIN, Lifecycle, NonFiniteLoss, hold_run
+from capcli.training.lifecycle import TRAIN, Lifecycle, NonFiniteLoss, open_run
 from capcli.training.samples import image_names, validation_samples
 from capcli.training.selection import no_gain, record_epoch
 from capcli.training.setup import (
@@ -62,7 +63,7 @@ from capcli.training.setup import (
     monitor_for,
     nothing_to_train_result,
     preflight,
-    resume_source,
+    resumable,
     run_named,
     warn_random_encoder,
 )
@@ -107,8 +108,9 @@ def _train(config: TrainConfig, model_options: dict, given: frozenset, progress:
     files = train_files(config.output_folder, config.run_name)
     if config.epochs == 0:  # nothing can be trained: no lock, no folder, nothing written
         return nothing_to_train_result(config.run_name, files, None, config)
-    with hold_run(files, progress, dist_info.is_main):
-        ckpt = resume_source(config, files)
+    with contextlib.ExitStack() as hold:
+        ckpt = open_run(TRAIN, files, progress, hold, resume=config.resume, overwrite=config.overwrite,
+                        read=resumable, continue_from=config.checkpoint, writer=dist_info.is_main)
         config = monitor_for(config, ckpt, given)
         if config.epochs <= (ckpt.state.epoch if ckpt is not None else 0):
             return nothing_to_train_result(config.run_name, files, ckpt, config)
