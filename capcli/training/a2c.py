@@ -43,11 +43,11 @@ from capcli.training.features import encode_images
 from capcli.training.lifecycle import (
     A2C,
     Lifecycle,
-    NonFiniteLoss,
     open_run,
     stop_on_signals,
 )
 from capcli.training.samples import image_names, validation_samples
+from capcli.training.steps import epoch_seed, optimizer_step
 
 
 class Critic(nn.Module):
@@ -304,19 +304,11 @@ class A2CTrainer:
             advantages = (returns - values.detach()) * mask
         actor, critic, mean_entropy = a2c_losses(logp, entropy, values, returns, advantages, mask)
         loss = actor + self.config.value_loss_weight * critic - entropy_weight * mean_entropy
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the A2C loss became {loss.item()} at step {self.state.step + 1}; stopped "
-                                f"without saving ({self.files.checkpoint} is untouched); try a lower --actor-lr")
-        self.actor_opt.zero_grad(set_to_none=True)
-        self.critic_opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        for opt in (self.actor_opt, self.critic_opt):
-            self.scaler.unscale_(opt)
         params = [p for g in self.actor_opt.param_groups for p in g["params"]] + list(self.critic.parameters())
-        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        for opt in (self.actor_opt, self.critic_opt):
-            self.scaler.step(opt)
-        self.scaler.update()
+        optimizer_step(loss, (self.actor_opt, self.critic_opt), self.scaler,
+                       lambda: torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip),
+                       lambda value: f"the A2C loss became {value} at step {self.state.step + 1}; stopped without "
+                                     f"saving ({self.files.checkpoint} is untouched); try a lower --actor-lr")
         self.state.step += 1
         self.state.epoch_step += 1
         n = mask.sum().clamp(min=1)
@@ -358,7 +350,7 @@ class A2CTrainer:
         """One pass over the training images (the rest of it when resuming mid-epoch), then validation."""
         weight = entropy_weight_at(epoch, self.config.epochs, self.config.entropy_weight,
                                    self.config.entropy_annealing)
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))
         order = torch.randperm(len(self.train), generator=generator).tolist()
         batches = [order[i:i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
         done = self.state.epoch_step  # batches of this epoch done before an interruption

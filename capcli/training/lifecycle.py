@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from capcli.errors import CapcliError, CheckpointError, Interrupted
+from capcli.errors import CheckpointError, Interrupted
 from capcli.paths import RunFiles, run_name_of_feed
 from capcli.runs.feed import Heartbeat, MetricsFeed
 from capcli.runs.lock import run_lock
@@ -27,10 +27,6 @@ from capcli.runtime.distributed import DistInfo, barrier, max_over_ranks
 from capcli.runtime.progress import Progress
 from capcli.store.checkpoint import Checkpoint, RunState
 from capcli.store.files import save_checkpoint
-
-
-class NonFiniteLoss(CapcliError):
-    """The loss became NaN or infinite; nothing was saved."""
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from capcli.store.checkpoint import Checkpoint, DataRef, TrainState
 from capcli.store.sidecar import best_figures
 from capcli.training.concepts import pretrain_encoder
 from capcli.training.features import cache_key, encode_images, encoder_fingerprint, ensure_features
-from capcli.training.lifecycle import TRAIN, Lifecycle, NonFiniteLoss, open_run
+from capcli.training.lifecycle import TRAIN, Lifecycle, open_run
 from capcli.training.samples import image_names, validation_samples
 from capcli.training.selection import no_gain, record_epoch
 from capcli.training.setup import (
@@ -67,6 +67,7 @@ from capcli.training.setup import (
     run_named,
     warn_random_encoder,
 )
+from capcli.training.steps import epoch_seed, optimizer_step
 
 
 def run_train(config: TrainConfig, model_options: dict | None = None, given: frozenset = frozenset(),
@@ -247,7 +248,7 @@ class Trainer:
     def epoch_batches(self, epoch: int, skip_steps: int) -> list[list[int]]:
         """This rank's image batches for ``epoch``: the order is fixed by (seed, epoch), so resume redoes
         it exactly; under torchrun it is padded by repeating images so every rank has as many batches."""
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))
         order = padded_share(torch.randperm(len(self.train_rows), generator=generator).tolist(), self.dist)
         size = self.images_per_batch
         return [order[i:i + size] for i in range(skip_steps * size, len(order), size)]
@@ -270,27 +271,19 @@ class Trainer:
             logits, alphas = self.train_decoder(features, captions, lengths, self.config.teacher_forcing,
                                                 self._image_of(features, cpi))
             loss, top5 = caption_loss(logits, alphas, captions, lengths, self.config.alpha_c)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the training loss became {loss.item()} at epoch {self.state.epoch + 1} "
-                                f"step {self.state.step + 1}; stopped without saving (the last good checkpoint "
-                                f"is untouched: {self.files.checkpoint}); try a lower learning rate or "
-                                f"--precision fp32")
-        self.scaler.scale(loss).backward()
-        for o in optimizers:
-            self.scaler.unscale_(o)
-        torch.nn.utils.clip_grad_value_(self.trained_params, self.config.grad_clip)
-        for o in optimizers:
-            self.scaler.step(o)
-        self.scaler.update()
-        for o in optimizers:
-            o.zero_grad(set_to_none=True)
+        optimizer_step(loss, optimizers, self.scaler,
+                       lambda: torch.nn.utils.clip_grad_value_(self.trained_params, self.config.grad_clip),
+                       lambda value: f"the training loss became {value} at epoch {self.state.epoch + 1} step "
+                                     f"{self.state.step + 1}; stopped without saving (the last good checkpoint is "
+                                     f"untouched: {self.files.checkpoint}); try a lower learning rate or "
+                                     "--precision fp32")
         return float(loss.item()), float(top5.item())
 
     def _train_epoch(self, epoch: int) -> tuple[float, float]:
         """Train one epoch (from ``epoch_step`` when resuming mid-epoch); returns mean loss, top-5."""
         self.decoder.train()
         self.encoder.train(self.encoder_opt is not None)
-        torch.manual_seed(self.config.seed * 100_003 + epoch)
+        torch.manual_seed(epoch_seed(self.config.seed, epoch))
         skip = self.state.epoch_step
         loader = self.loader(self.train_rows, self.epoch_batches(epoch, skip))
         task = self.progress.task(f"epoch {epoch + 1}/{self.config.epochs}", len(loader), "batch")
