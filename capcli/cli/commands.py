@@ -18,6 +18,7 @@ from capcli import __version__
 from capcli.cli import env as cli_env
 from capcli.cli import options, renamed, render
 from capcli.cli import runs as cli_runs
+from capcli.cli.bench import bench_command
 from capcli.cli.export import export_command
 from capcli.cli.options import option_given
 from capcli.config import SHAPES_IMAGE_SIZE
@@ -288,7 +289,7 @@ def a2c_command(ctx: click.Context, no_entropy_annealing: bool, **params) -> Non
     if option_given(ctx, "no_entropy_annealing"):
         explicit |= {"entropy_annealing"}
     result = run_a2c(config, TerminalProgress(), explicit, options.given_args(ctx))
-    render.a2c_result(result, config)
+    render.a2c_result(result)
 
 
 @cli.command("metrics")
@@ -381,40 +382,10 @@ def dashboard_command(output_folder: str, name: str | None, poll: float) -> None
         raise CapcliError(app.error_message or f"the dashboard stopped with return code {app.return_code}")
 
 
-@cli.command("bench")
-@click.option("--quick", is_flag=True, help="Fewer repeats and smaller inputs (under 3 minutes on 2 cores).")
-@click.option("--json-file", "json_path", default=None, type=click.Path(dir_okay=False),
-              help="Also write every figure as JSON to this file.")
-@options.device_option
-@click.option("--prep-workers", default=None, type=click.IntRange(2, 64),
-              help="Worker count compared with 1 for prep [default: CPU cores, 2 to 8].")
-@click.option("--only", multiple=True, help="Run only measurements whose name contains this (repeatable).")
-def bench_command(quick: bool, json_path: str | None, device: str, prep_workers: int | None,
-                  only: tuple[str, ...]) -> None:
-    """Measure encoder, training, captioning and prep speed (medians after warm-up) and peak memory.
-
-    \b
-    Example:
-      capcli bench --quick
-      capcli bench --json-file bench.json --device cuda
-      capcli bench --quick --only caption --only prep
-    """
-    from capcli.data.jsonfiles import write_json
-    from capcli.runtime.bench import machine_info, run_bench
-    from capcli.runtime.device import resolve_device
-
-    torch_device = resolve_device(device)
-    render.bench_machine(machine_info(torch_device))
-    report = run_bench(torch_device, quick, prep_workers, only, on_row=render.bench_row)
-    render.bench_summary(report)
-    if json_path:
-        write_json(json_path, report)
-        click.echo(f"wrote {json_path}")
-
-
 cli.add_command(cli_runs.runs_command)
 cli.add_command(cli_env.env_command)
 cli.add_command(export_command)  # commands in modules of their own keep this one small
+cli.add_command(bench_command)
 
 
 def main() -> None:

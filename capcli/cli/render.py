@@ -52,14 +52,12 @@ def train_result(result) -> None:
     click.echo(f"Checkpoints: {result.checkpoint}, {result.best_checkpoint}")
 
 
-def a2c_result(result, config) -> None:
-    from capcli.runs.log import nothing_to_train
-
+def a2c_result(result) -> None:
     if result.epochs_trained == 0:
-        click.echo(f"Nothing was trained ({nothing_to_train(result.epochs_done, config.epochs)}).")
+        click.echo(f"Nothing was trained ({result.stop_reason}).")
         return
     click.echo(f"A2C on {result.name}: {result.epochs_done} epoch(s), best validation "
-               f"{'CIDEr-D' if config.reward == 'cider' else 'BLEU-4'} {result.best_score:.4f} at epoch "
+               f"{MONITOR_LABELS[result.monitor]} {result.best_score:.4f} at epoch "
                f"{result.best_epoch} ({result.seconds:.0f} s).")
     click.echo(f"Checkpoints: {result.checkpoint}, {result.best_checkpoint}")
 

@@ -25,7 +25,8 @@ from capcli.inference.captioning import CaptionResult, caption_files, load_capti
 from capcli.paths import shapes_source, train_files
 from capcli.runtime.device import resolve_device, resolve_precision
 from capcli.runtime.progress import SILENT, Progress
-from capcli.training.train import TrainResult, run_train
+from capcli.training.lifecycle import RunResult
+from capcli.training.train import run_train
 
 SHOWN, SHOWN_SEED, SHOWN_BEAM = 3, 0, 3  # test images captioned with pictures at the end
 
@@ -41,7 +42,7 @@ class DemoCaption:
 @dataclass(frozen=True)
 class DemoResult:
     prep: PrepResult
-    train: TrainResult
+    train: RunResult
     evaluation: EvaluateResult
     captions: list[DemoCaption]
     output_folder: str

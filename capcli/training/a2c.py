@@ -17,7 +17,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -33,16 +33,18 @@ from capcli.model import cpu as cpu_kernels
 from capcli.model.decoding import banned_words, greedy
 from capcli.paths import a2c_files, tensorboard_folder
 from capcli.runs.config import preflight_checks, write_run_config
-from capcli.runs.log import a2c_epoch_line, resume_command
+from capcli.runs.log import a2c_epoch_line, nothing_to_train, resume_command
 from capcli.runs.throughput import StepMeter
 from capcli.runtime.device import resolve_device, resolve_precision
 from capcli.runtime.progress import SILENT, Progress
 from capcli.store.checkpoint import A2CState, Checkpoint, DataRef
+from capcli.store.epochs import best_record, epoch_records
 from capcli.store.files import model_from_checkpoint, read_checkpoint
 from capcli.training.features import encode_images
 from capcli.training.lifecycle import (
     A2C,
     Lifecycle,
+    RunResult,
     open_run,
     stop_on_signals,
 )
@@ -122,18 +124,6 @@ class Rewarder:
 
 
 # --- the run ---------------------------------------------------------------------------------
-
-
-@dataclass
-class A2CResult:
-    name: str
-    epochs_done: int
-    best_score: float
-    best_epoch: int
-    checkpoint: str
-    best_checkpoint: str
-    seconds: float
-    epochs_trained: int = 0  # in this call: 0 when --epochs asked for nothing more
 
 
 class A2CTrainer:
@@ -338,13 +328,15 @@ class A2CTrainer:
             actor_optimizer=self.actor_opt.state_dict(), critic_optimizer=self.critic_opt.state_dict(),
             scaler=self.scaler.state_dict(), saved_at=time.time())
 
-    def fit(self) -> A2CResult:
+    def fit(self) -> RunResult:
         start, first_epoch = time.monotonic(), self.state.epoch
-        if first_epoch < self.config.epochs:  # else nothing to train: the caller says so
-            self.run.run(self.config.epochs, self._epoch)
-        return A2CResult(self.name, self.state.epoch, self.state.best_score, self.state.best_epoch,
-                         self.files.checkpoint, self.files.best, time.monotonic() - start,
-                         self.state.epoch - first_epoch)
+        reason = nothing_to_train(first_epoch, self.config.epochs)
+        if first_epoch < self.config.epochs:
+            reason = self.run.run(self.config.epochs, self._epoch)
+        best = best_record(epoch_records(self.state), self.state.best_epoch)
+        return RunResult("a2c", self.name, self.state.epoch, self.state.best_epoch, self.state.best_score,
+                         self.config.reward, (best.val_bleu4 or 0.0) if best else 0.0, self.files.checkpoint,
+                         self.files.best, reason, time.monotonic() - start, self.state.epoch - first_epoch)
 
     def _epoch(self, epoch: int) -> None:
         """One pass over the training images (the rest of it when resuming mid-epoch), then validation."""
@@ -395,7 +387,7 @@ class A2CTrainer:
 
 
 def run_a2c(config: A2CConfig, progress: Progress = SILENT, explicit: frozenset = frozenset(),
-            resume_args: Sequence[str] = ()) -> A2CResult:
+            resume_args: Sequence[str] = ()) -> RunResult:
     """Fine-tune as ``config`` says, holding the run's lock throughout.
 
     Args:

@@ -78,6 +78,25 @@ def hold_run(files: RunFiles, progress: Progress, writer: bool = True) -> Iterat
         yield
 
 
+@dataclass
+class RunResult:
+    """What a call of ``train`` or ``a2c`` did, for the command to print."""
+
+    stage: str  # train or a2c
+    name: str  # the run's
+    epochs_done: int  # in all, after this call
+    best_epoch: int
+    best_score: float  # the best epoch's score on ``monitor``
+    monitor: str  # bleu4 or cider: what picks BEST (a2c: its --reward)
+    best_bleu4: float  # the best epoch's validation BLEU-4 (train; a2c: its best score when monitor is bleu4)
+    checkpoint: str
+    best_checkpoint: str
+    stop_reason: str  # completed, early stopping's reason, or why nothing was trained
+    seconds: float
+    epochs_trained: int = 0  # in this call: 0 when --epochs asked for nothing more
+    main_rank: bool = True  # False on the other torchrun ranks, which print nothing
+
+
 def open_run(stage: Stage, files: RunFiles, progress: Progress, hold: contextlib.ExitStack, *, resume: bool,
              overwrite: bool, read: Callable[[str], Checkpoint], continue_from: str | None = None,
              writer: bool = True) -> Checkpoint | None:

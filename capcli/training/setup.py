@@ -3,7 +3,7 @@ the checkpoint it resumes, its architecture, and the warning a random encoder de
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 
 from capcli.config import ARCHITECTURE_FIELDS, SHAPES_TRAIN_DEFAULTS, ModelConfig, TrainConfig, is_shapes
 from capcli.data.hdf5 import PreparedData
@@ -14,32 +14,17 @@ from capcli.runs.log import nothing_to_train
 from capcli.runtime.progress import Progress
 from capcli.store.checkpoint import Checkpoint
 from capcli.store.files import read_checkpoint
+from capcli.training.lifecycle import RunResult
 
 
-@dataclass
-class TrainResult:
-    name: str
-    epochs_done: int
-    best_bleu4: float
-    best_epoch: int
-    checkpoint: str
-    best_checkpoint: str
-    stop_reason: str
-    seconds: float
-    epochs_trained: int = 0  # in this call: 0 when --epochs asked for nothing more
-    main_rank: bool = True  # False on the other torchrun ranks, which print nothing
-    monitor: str = "bleu4"  # the score BEST was picked on
-    best_score: float = 0.0  # the best epoch's --monitor score
-
-
-def nothing_to_train_result(name: str, files: RunFiles, ckpt: Checkpoint | None, config: TrainConfig) -> TrainResult:
+def nothing_to_train_result(name: str, files: RunFiles, ckpt: Checkpoint | None, config: TrainConfig) -> RunResult:
     """The result of a call whose --epochs asks for no more epochs than the run has: nothing is written."""
     if ckpt is None:
-        return TrainResult(name, 0, 0.0, 0, "", "", nothing_to_train(0, config.epochs), 0.0, monitor=config.monitor)
+        return RunResult("train", name, 0, 0, 0.0, config.monitor, 0.0, "", "", nothing_to_train(0, config.epochs), 0.0)
     state = ckpt.state
-    return TrainResult(name, state.epoch, float(state.best_bleu4), state.best_epoch, files.checkpoint, files.best,
-                       nothing_to_train(state.epoch, config.epochs), 0.0, monitor=config.monitor,
-                       best_score=float(state.best_score))
+    return RunResult("train", name, state.epoch, state.best_epoch, float(state.best_score), config.monitor,
+                     float(state.best_bleu4), files.checkpoint, files.best,
+                     nothing_to_train(state.epoch, config.epochs), 0.0)
 
 
 def preflight(config: TrainConfig) -> str | None:

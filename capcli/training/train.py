@@ -53,11 +53,10 @@ from capcli.store.checkpoint import Checkpoint, DataRef, TrainState
 from capcli.store.sidecar import best_figures
 from capcli.training.concepts import pretrain_encoder
 from capcli.training.features import cache_key, encode_images, encoder_fingerprint, ensure_features
-from capcli.training.lifecycle import TRAIN, Lifecycle, open_run
+from capcli.training.lifecycle import TRAIN, Lifecycle, RunResult, open_run
 from capcli.training.samples import image_names, validation_samples
 from capcli.training.selection import no_gain, record_epoch
 from capcli.training.setup import (
-    TrainResult,
     dataset_defaults,
     model_config_for,
     monitor_for,
@@ -71,7 +70,7 @@ from capcli.training.steps import epoch_seed, optimizer_step
 
 
 def run_train(config: TrainConfig, model_options: dict | None = None, given: frozenset = frozenset(),
-              progress: Progress = SILENT, resume_args: Sequence[str] = ()) -> TrainResult:
+              progress: Progress = SILENT, resume_args: Sequence[str] = ()) -> RunResult:
     """Train (or resume) as ``config`` says; under torchrun on every rank, rank 0 alone printing and writing.
 
     Args:
@@ -100,7 +99,7 @@ def run_train(config: TrainConfig, model_options: dict | None = None, given: fro
 
 
 def _train(config: TrainConfig, model_options: dict, given: frozenset, progress: Progress,
-           resume_args: Sequence[str], device: torch.device, dist_info: DistInfo) -> TrainResult:
+           resume_args: Sequence[str], device: torch.device, dist_info: DistInfo) -> RunResult:
     """The run on this rank, inside the collective-error boundary of :func:`run_train`."""
     prepared = find_prepared(config.data_folder, preflight(config))
     for split in ("TRAIN", "VAL"):  # present and whole, before anything reads or writes
@@ -400,11 +399,10 @@ class Trainer:
         train = self._train_epoch(epoch)
         return self._end_of_epoch(epoch, train, self.validate())
 
-    def fit(self) -> TrainResult:
+    def fit(self) -> RunResult:
         start, first_epoch = time.monotonic(), self.state.epoch
         reason = self.run.run(self.config.epochs, self._epoch,
                               end=lambda: best_figures(self.state, self.config.monitor))
-        return TrainResult(self.config.run_name, self.state.epoch, self.state.best_bleu4, self.state.best_epoch,
-                           self.files.checkpoint, self.files.best, reason, time.monotonic() - start,
-                           self.state.epoch - first_epoch, monitor=self.config.monitor,
-                           best_score=self.state.best_score)
+        return RunResult("train", self.config.run_name, self.state.epoch, self.state.best_epoch,
+                         self.state.best_score, self.config.monitor, self.state.best_bleu4, self.files.checkpoint,
+                         self.files.best, reason, time.monotonic() - start, self.state.epoch - first_epoch)
