@@ -4,7 +4,6 @@ has fewer CIDEr-D figures than epochs: the later epochs')."""
 
 import dataclasses
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -52,4 +51,3 @@ def test_sidecar_dashboard_row_and_bundle_show_the_best_epochs_own_scores(tmp_pa
     back = read_checkpoint(bundle)
     assert epoch_records(back.state) == epoch_records(state)
     assert best_scores(back) == best_scores(read_checkpoint(path))
-    shutil.rmtree(bundle)

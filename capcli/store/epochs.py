@@ -26,7 +26,8 @@ class EpochRecord:
     val_cider_d: float | None = None
 
 
-def _score(value: object) -> float | None:
+def finite_number(value: object) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool), else None."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     return float(value) if ok else None
 
@@ -34,14 +35,14 @@ def _score(value: object) -> float | None:
 def epoch_records(state: TrainState | A2CState) -> list[EpochRecord]:
     """Every epoch ``state`` records, in order."""
     if isinstance(state.history, list):  # a2c: one dict per epoch
-        return [EpochRecord(h["epoch"], _score(h.get("val_bleu4")), _score(h.get("val_cider_d")))
+        return [EpochRecord(h["epoch"], finite_number(h.get("val_bleu4")), finite_number(h.get("val_cider_d")))
                 for h in state.history if isinstance(h, dict) and isinstance(h.get("epoch"), int)]
     bleus = list(state.bleu_history)
     ciders = list(state.history.get("val_cider_d", []))
     first = max(len(bleus), state.epoch) - len(ciders)  # the epochs before CIDEr-D was measured
     count = max(len(bleus), len(ciders) + max(first, 0))
-    return [EpochRecord(i + 1, _score(bleus[i]) if i < len(bleus) else None,
-                        _score(ciders[i - first]) if 0 <= i - first < len(ciders) else None)
+    return [EpochRecord(i + 1, finite_number(bleus[i]) if i < len(bleus) else None,
+                        finite_number(ciders[i - first]) if 0 <= i - first < len(ciders) else None)
             for i in range(count)]
 
 

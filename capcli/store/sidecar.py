@@ -28,7 +28,6 @@ checkpoint_bytes   the checkpoint file's size
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict
@@ -38,7 +37,7 @@ from capcli.config import name_problem
 from capcli.data.jsonfiles import MAX_DEPTH, read_json, write_json
 from capcli.errors import CapcliError
 from capcli.paths import checkpoint_meta_file
-from capcli.store.epochs import best_record, epoch_records
+from capcli.store.epochs import best_record, epoch_records, finite_number
 
 if TYPE_CHECKING:
     from capcli.store.checkpoint import Checkpoint, TrainState
@@ -51,11 +50,6 @@ _FIELDS = {"version": ((int,), False), "stage": (_TEXT, False), "run": (_TEXT, F
            "best_bleu4": (_NUMBER, True), "best_cider_d": (_NUMBER, True), "best_score": (_NUMBER, True),
            "monitor": (_TEXT, False), "model_config": ((dict,), False), "saved": (_NUMBER, False),
            "checkpoint_bytes": ((int,), False)}
-
-
-def _finite(value: object) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
 
 
 def best_figures(state: TrainState, monitor: str) -> dict:
@@ -77,9 +71,9 @@ def best_scores(ckpt: Checkpoint) -> dict:
         figures = best_figures(state, monitor)
         bleu4, cider = figures["bleu4"], figures["cider_d"]
     none_yet = state.best_epoch == 0
-    return {"best_epoch": state.best_epoch, "best_bleu4": None if none_yet else _finite(bleu4),
-            "best_cider_d": None if none_yet else _finite(cider),
-            "best_score": None if none_yet else _finite(state.best_score), "monitor": monitor}
+    return {"best_epoch": state.best_epoch, "best_bleu4": None if none_yet else finite_number(bleu4),
+            "best_cider_d": None if none_yet else finite_number(cider),
+            "best_score": None if none_yet else finite_number(state.best_score), "monitor": monitor}
 
 
 def checkpoint_meta(ckpt: Checkpoint, run: str, checkpoint_bytes: int) -> dict:

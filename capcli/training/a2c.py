@@ -38,7 +38,6 @@ from capcli.runs.throughput import StepMeter
 from capcli.runtime.device import resolve_device, resolve_precision
 from capcli.runtime.progress import SILENT, Progress
 from capcli.store.checkpoint import A2CState, Checkpoint, DataRef
-from capcli.store.epochs import best_record, epoch_records
 from capcli.store.files import model_from_checkpoint, read_checkpoint
 from capcli.training.features import encode_images
 from capcli.training.lifecycle import (
@@ -333,10 +332,10 @@ class A2CTrainer:
         reason = nothing_to_train(first_epoch, self.config.epochs)
         if first_epoch < self.config.epochs:
             reason = self.run.run(self.config.epochs, self._epoch)
-        best = best_record(epoch_records(self.state), self.state.best_epoch)
-        return RunResult("a2c", self.name, self.state.epoch, self.state.best_epoch, self.state.best_score,
-                         self.config.reward, (best.val_bleu4 or 0.0) if best else 0.0, self.files.checkpoint,
-                         self.files.best, reason, time.monotonic() - start, self.state.epoch - first_epoch)
+        return RunResult("a2c", self.name, epochs_done=self.state.epoch, best_epoch=self.state.best_epoch,
+                         best_score=self.state.best_score, monitor=self.config.reward, best_bleu4=None,
+                         checkpoint=self.files.checkpoint, best_checkpoint=self.files.best, stop_reason=reason,
+                         seconds=time.monotonic() - start, epochs_trained=self.state.epoch - first_epoch)
 
     def _epoch(self, epoch: int) -> None:
         """One pass over the training images (the rest of it when resuming mid-epoch), then validation."""

@@ -88,7 +88,7 @@ class RunResult:
     best_epoch: int
     best_score: float  # the best epoch's score on ``monitor``
     monitor: str  # bleu4 or cider: what picks BEST (a2c: its --reward)
-    best_bleu4: float  # the best epoch's validation BLEU-4 (train; a2c: its best score when monitor is bleu4)
+    best_bleu4: float | None  # the best epoch's validation BLEU-4 (train; None for a2c, which reports best_score)
     checkpoint: str
     best_checkpoint: str
     stop_reason: str  # completed, early stopping's reason, or why nothing was trained

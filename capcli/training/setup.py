@@ -20,11 +20,14 @@ from capcli.training.lifecycle import RunResult
 def nothing_to_train_result(name: str, files: RunFiles, ckpt: Checkpoint | None, config: TrainConfig) -> RunResult:
     """The result of a call whose --epochs asks for no more epochs than the run has: nothing is written."""
     if ckpt is None:
-        return RunResult("train", name, 0, 0, 0.0, config.monitor, 0.0, "", "", nothing_to_train(0, config.epochs), 0.0)
+        return RunResult("train", name, epochs_done=0, best_epoch=0, best_score=0.0, monitor=config.monitor,
+                         best_bleu4=0.0, checkpoint="", best_checkpoint="",
+                         stop_reason=nothing_to_train(0, config.epochs), seconds=0.0)
     state = ckpt.state
-    return RunResult("train", name, state.epoch, state.best_epoch, float(state.best_score), config.monitor,
-                     float(state.best_bleu4), files.checkpoint, files.best,
-                     nothing_to_train(state.epoch, config.epochs), 0.0)
+    return RunResult("train", name, epochs_done=state.epoch, best_epoch=state.best_epoch,
+                     best_score=float(state.best_score), monitor=config.monitor, best_bleu4=float(state.best_bleu4),
+                     checkpoint=files.checkpoint, best_checkpoint=files.best,
+                     stop_reason=nothing_to_train(state.epoch, config.epochs), seconds=0.0)
 
 
 def preflight(config: TrainConfig) -> str | None:

@@ -403,6 +403,8 @@ class Trainer:
         start, first_epoch = time.monotonic(), self.state.epoch
         reason = self.run.run(self.config.epochs, self._epoch,
                               end=lambda: best_figures(self.state, self.config.monitor))
-        return RunResult("train", self.config.run_name, self.state.epoch, self.state.best_epoch,
-                         self.state.best_score, self.config.monitor, self.state.best_bleu4, self.files.checkpoint,
-                         self.files.best, reason, time.monotonic() - start, self.state.epoch - first_epoch)
+        return RunResult("train", self.config.run_name, epochs_done=self.state.epoch,
+                         best_epoch=self.state.best_epoch, best_score=self.state.best_score,
+                         monitor=self.config.monitor, best_bleu4=self.state.best_bleu4,
+                         checkpoint=self.files.checkpoint, best_checkpoint=self.files.best, stop_reason=reason,
+                         seconds=time.monotonic() - start, epochs_trained=self.state.epoch - first_epoch)
