@@ -13,7 +13,7 @@ from capcli.model.encoder import Encoder
 from capcli.paths import BUNDLE_FILES, bundle_of
 from capcli.safeio import restore_previous
 from capcli.store.bundle import read_bundle
-from capcli.store.checkpoint import Checkpoint, load_checkpoint, write_checkpoint
+from capcli.store.checkpoint import Checkpoint, read_checkpoint_file, write_checkpoint
 from capcli.store.sidecar import write_meta
 
 
@@ -40,7 +40,7 @@ def read_checkpoint(path: str) -> Checkpoint:
     restore_previous((os.path.dirname(path) or ".") if os.path.basename(path) == BUNDLE_FILES["weights"] else path)
     if bundle_of(path) is not None:
         return read_bundle(path)
-    return Checkpoint.from_dict(path, load_checkpoint(path))
+    return read_checkpoint_file(path)
 
 
 def model_from_checkpoint(checkpoint: Checkpoint) -> tuple[Encoder, AttentionDecoder | PlainDecoder]:
