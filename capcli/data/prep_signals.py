@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +30,11 @@ class Stop:
 @contextlib.contextmanager
 def stopped_by_signals() -> Iterator[Stop]:
     """SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (one line, exit 128 + the signal);
-    leaving the worker pool stops the workers, and the staging folder is removed."""
+    leaving the worker pool stops the workers, and the staging folder is removed.
+
+    A handler runs wherever the main thread is, and an exception raised while Python runs a weakref
+    callback or a ``__del__`` is printed as "Exception ignored" and dropped. Such an ``Interrupted``
+    is kept quiet and the stop is raised again a millisecond later (SIGALRM), outside the callback."""
     stop = Stop()
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -39,10 +44,23 @@ def stopped_by_signals() -> Iterator[Stop]:
         stop.signum = signum
         raise stop.interrupted(signum)
 
+    def again(signum, frame):
+        raise stop.interrupted(stop.signum)
+
+    def dropped(unraisable):
+        if isinstance(unraisable.exc_value, Interrupted) and stop.signum is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0.001)
+        else:
+            previous_hook(unraisable)
+
     previous = {s: signal.signal(s, handler) for s in _STOP_SIGNALS}
+    previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, again)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, dropped
     try:
         yield stop
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        sys.unraisablehook = previous_hook
         for s, old in previous.items():
             signal.signal(s, old)
 
