@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import click
 
-from capcli.cli import options, render
+from capcli.cli import command_options, render
 
 
 @click.command("bench")
-@click.option("--quick", is_flag=True, help="Fewer repeats and smaller inputs (under 3 minutes on 2 cores).")
-@click.option("--json-file", "json_path", default=None, type=click.Path(dir_okay=False),
-              help="Also write every figure as JSON to this file.")
-@options.device_option
-@click.option("--prep-workers", default=None, type=click.IntRange(2, 64),
-              help="Worker count compared with 1 for prep [default: CPU cores, 2 to 8].")
-@click.option("--only", multiple=True, help="Run only measurements whose name contains this (repeatable).")
+@command_options.bench_options
 def bench_command(quick: bool, json_path: str | None, device: str, prep_workers: int | None,
                   only: tuple[str, ...]) -> None:
     """Measure encoder, training, captioning and prep speed (medians after warm-up) and peak memory.

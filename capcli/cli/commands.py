@@ -1,6 +1,7 @@
 """The ``capcli`` command line: a Click group of thin commands.
 
-Each command parses its options (declared in :mod:`capcli.cli.options`), builds a config, calls one
+Each command parses its options (declared in :mod:`capcli.cli.options` and
+:mod:`capcli.cli.command_options`), builds a config, calls one
 service and renders the result (:mod:`capcli.cli.render`). Heavy imports (torch, h5py, textual)
 happen inside the commands so ``capcli --help`` is instant. :class:`~capcli.errors.CapcliError`
 from a service becomes a one-line error with exit code 1.
@@ -15,15 +16,14 @@ import sys
 import click
 
 from capcli import __version__
+from capcli.cli import command_options, options, renamed, render
 from capcli.cli import env as cli_env
-from capcli.cli import options, renamed, render
 from capcli.cli import runs as cli_runs
 from capcli.cli.bench import bench_command
 from capcli.cli.export import export_command
 from capcli.cli.options import option_given
 from capcli.config import SHAPES_IMAGE_SIZE
 from capcli.errors import CapcliError, Interrupted, os_error_message, out_of_memory_message
-from capcli.limits import int_range
 from capcli.runtime.progress import close_open_bars
 
 
@@ -89,7 +89,7 @@ def cli() -> None:
 
 
 @cli.command("prep")
-@options.prep_options
+@command_options.prep_options
 def prep_command(dataset: str | None, **params) -> None:
     """Prepare a dataset: word map, HDF5 images, encoded captions, every image's reference
     captions and a manifest.
@@ -122,7 +122,7 @@ def prep_command(dataset: str | None, **params) -> None:
 
 
 @cli.command("train")
-@options.train_options
+@command_options.train_options
 @click.pass_context
 def train_command(ctx: click.Context, **params) -> None:
     """Train a captioning model on prepared data (resumable).
@@ -152,23 +152,7 @@ def train_command(ctx: click.Context, **params) -> None:
 
 @cli.command("caption")
 @click.argument("images", nargs=-1, type=click.Path())
-@click.option("-i", "--img", "img", multiple=True, type=click.Path(),
-              help="An image (or folder) to caption; repeatable.")
-@options.model_option()
-@click.option("-wm", "--word-map", "--word_map", "word_map", default=None, type=click.Path(dir_okay=False),
-              help="Word map JSON (optional: the checkpoint holds its own; if given it must match).")
-@click.option("-b", "--beam-size", "--beam", "--beam_size", "beam_size", default=5, show_default=True,
-              type=int_range("beam"), help="Beam width (1: greedy).")
-@click.option("-v", "--visualize-attention", "--visualize_attention", "visualize", is_flag=True,
-              help="Also write attention_visualization.png (one panel per word, one colour scale).")
-@click.option("--per-word", is_flag=True,
-              help="Attention pictures: scale each word's map to its own min-max (default: one colour scale "
-                   "for the whole caption, 0 to its highest weight).")
-@click.option("-cj", "--captions-json", "--captions_json", "captions_json", default=None,
-              type=click.Path(dir_okay=False),
-              help="Original captions to compare with (any caption file `capcli prep` reads).")
-@click.option("--json", "as_json", is_flag=True, help='Print a JSON list of {"image", "caption", "score"}.')
-@click.option("--no-pictures", is_flag=True, help="Do not write caption_result.png.")
+@command_options.caption_options
 @options.decoding_options
 def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | None, word_map: str | None,
                     beam_size: int, length_penalty: float, visualize: bool, per_word: bool, captions_json: str | None,
@@ -204,15 +188,7 @@ def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | 
 
 
 @cli.command("evaluate")
-@options.model_option()
-@options.data_folder_option("Folder of prepared data.")
-@options.data_name_option("Prepared data set name [default: the one the model was trained on].")
-@options.split_option
-@options.beams_option
-@options.metrics_option
-@click.option("--batch-size", default=32, show_default=True, type=int_range("batch_size"), help="Images per batch.")
-@click.option("--max-images", default=0, show_default=True, type=click.IntRange(0),
-              help="Evaluate on at most this many images (0: all).")
+@command_options.evaluate_options
 @options.decoding_options
 def evaluate_command(model: str | None, data_folder: str, name: str | None, split: str, beams: list[int],
                      metrics: list[str] | None, length_penalty: float, batch_size: int, max_images: int,
@@ -237,13 +213,7 @@ def evaluate_command(model: str | None, data_folder: str, name: str | None, spli
 
 
 @cli.command("demo")
-@options.data_folder_option("Where the shapes dataset is generated and prepared.")
-@options.output_folder_option("Where the model, scores and pictures are written.")
-@options.demo_epochs_option
-@options.demo_image_size_option
-@options.num_images_option
-@options.prep_workers_option
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the training run (init, data order).")
+@command_options.demo_options
 def demo_command(data_folder: str, output_folder: str, epochs: int | None, image_size: int | None, num_images: int,
                  workers: int, seed: int) -> None:
     """Run the embedded demo end to end on the synthetic shapes dataset (no download needed):
@@ -266,7 +236,7 @@ def demo_command(data_folder: str, output_folder: str, epochs: int | None, image
 
 
 @cli.command("a2c")
-@options.a2c_options
+@command_options.a2c_options
 @click.pass_context
 def a2c_command(ctx: click.Context, no_entropy_annealing: bool, **params) -> None:
     """Fine-tune a trained model with Advantage Actor-Critic (or self-critical) reinforcement learning.
@@ -295,12 +265,7 @@ def a2c_command(ctx: click.Context, no_entropy_annealing: bool, **params) -> Non
 @cli.command("metrics")
 @options.output_folder_option("The run folder (where `capcli train` wrote).")
 @options.followed_run_option("Run name, e.g. flickr8k_5_5 [default: the only run there].")
-@click.option("--width", default=None, type=click.IntRange(30, 400), help="Chart width [default: the terminal's].")
-@click.option("--height", default=15, show_default=True, type=click.IntRange(8, 200), help="Chart height.")
-@click.option("--no-charts", is_flag=True, help="Only the summary.")
-@click.option("--save-png", is_flag=True,
-              help="Also write loss_plot_, accuracy_plot_, bleu_scores_ and training_visualization_{name}.png "
-                   "(needs matplotlib: pip install 'capcli[plots]').")
+@command_options.chart_options
 def metrics_command(output_folder: str, name: str | None, width: int | None, height: int, no_charts: bool,
                     save_png: bool) -> None:
     """Summarise a run and chart its loss, top-5 accuracy and BLEU-4 (works while it runs).
@@ -325,17 +290,7 @@ def metrics_command(output_folder: str, name: str | None, width: int | None, hei
 
 
 @cli.command("arch")
-@options.model_option("Describe the model in this checkpoint or bundle (else build one from the options below).")
-@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), hidden=True,
-              deprecated="use -m/--model", help="Old name of -m/--model.")
-@options.architecture_options
-@click.option("--vocab-size", default=2600, show_default=True, type=int_range("vocab_size", 5), help="Vocabulary size.")
-@click.option("--fine-tune-encoder", is_flag=True, help="Count ResNet stages 2-4 as trainable.")
-@click.option("--image-size", default=256, show_default=True, type=int_range("image_size", 32),
-              help="Side of the sample image (a checkpoint uses its own).")
-@click.option("--graph", default=None, type=click.Path(dir_okay=False),
-              help="Also render a diagram to this PNG, e.g. model_outputs/model_architecture.png "
-                   "(needs torchviz and Graphviz).")
+@command_options.arch_options
 def arch_command(model: str | None, checkpoint: str | None, graph: str | None, **params) -> None:
     """Show a model's layers, output shapes and parameter counts (total / trainable / frozen).
 
@@ -359,7 +314,7 @@ def arch_command(model: str | None, checkpoint: str | None, graph: str | None, *
 @cli.command("dashboard")
 @options.output_folder_option("The run folder to follow.")
 @options.followed_run_option("Run to follow first [default: the one updated last; l lists the others].")
-@click.option("--poll", default=0.5, show_default=True, type=click.FloatRange(0.1, 60), help="Seconds between reads.")
+@command_options.poll_option
 def dashboard_command(output_folder: str, name: str | None, poll: float) -> None:
     """Follow live runs in the terminal: state, throughput, charts, samples, checkpoints, captions.
 

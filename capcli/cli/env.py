@@ -155,9 +155,9 @@ def env_lines(env) -> list[str]:
 @click.command("env")
 @options.data_folder_option("Folder of prepared data, whose free space is shown (it need not exist yet).")
 @options.output_folder_option("Folder of runs, whose free space is shown (it need not exist yet).")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object: format, software, torch, accelerators, cpu, precision_auto, java, "
-                   "shm, data_folder, output_folder, weights, notes.")
+@options.json_option(
+    "Print one JSON object: format, software, torch, accelerators, cpu, precision_auto, java, "
+    "shm, data_folder, output_folder, weights, notes.")
 def env_command(data_folder: str, output_folder: str, as_json: bool) -> None:
     """Show what capcli sees on this machine: versions, GPU, CPU features, precision auto's pick,
     Java for METEOR and SPICE, room in /dev/shm and the folders, cached pretrained weights.

@@ -7,16 +7,13 @@ import os
 
 import click
 
-from capcli.cli import options, render
+from capcli.cli import command_options, options, render
 from capcli.cli.options import option_given
 
 
 @click.command("export")
 @options.model_option("Checkpoint to export (train or A2C) [default: the only BEST_*.pth.tar in --output-folder].")
-@click.option("-o", "--output", default=None, type=click.Path(),
-              help="The bundle folder to write [default: the checkpoint's name with .bundle instead of .pth.tar, "
-                   "in --output-folder when given, else next to the checkpoint]. Only a previous bundle there "
-                   "is replaced.")
+@command_options.export_output_option
 @options.output_folder_option("The run folder whose BEST checkpoint is exported when -m is not given, and "
                               "where the bundle is written.")
 @click.pass_context

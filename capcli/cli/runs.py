@@ -79,10 +79,10 @@ def runs_table(runs: list, now: float, width: int = 80) -> list[str]:
 
 @click.command("runs")
 @options.output_folder_option("The run folder to list.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON list of runs: name, data, stage, epochs_done, epochs_total, best_bleu4, "
-                   "best_cider_d, state (running, finished, stopped, crashed), last_update (unix time), feed, "
-                   "ended (the end line's reason when it is the feed's last line).")
+@options.json_option(
+    "Print a JSON list of runs: name, data, stage, epochs_done, epochs_total, best_bleu4, "
+    "best_cider_d, state (running, finished, stopped, crashed), last_update (unix time), feed, "
+    "ended (the end line's reason when it is the feed's last line).")
 def runs_command(output_folder: str, as_json: bool) -> None:
     """List the runs in a folder: data, stage, epochs, best BLEU-4 and CIDEr-D, state and last update.
 
