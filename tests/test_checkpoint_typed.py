@@ -13,6 +13,7 @@ from capcli import paths
 from capcli.config import A2CConfig, ModelConfig, TrainConfig
 from capcli.errors import CheckpointError
 from capcli.store.checkpoint import A2CState, Checkpoint, DataRef, TrainState, load_checkpoint
+from capcli.store.epochs import EpochRecord, record
 from capcli.store.files import read_checkpoint, save_checkpoint
 
 WORD_MAP = {"<pad>": 0, "<unk>": 1, "<start>": 2, "<end>": 3, "dog": 4}
@@ -20,7 +21,7 @@ WORD_MAP = {"<pad>": 0, "<unk>": 1, "<start>": 2, "<end>": 3, "dog": 4}
 
 def _train_checkpoint() -> Checkpoint:
     state = TrainState(epoch=2, step=20, epoch_step=0, best_epoch=1, best_bleu4=0.25, since_improvement=1,
-                       bleu_history=[0.25, 0.2], history={"train_loss": [3.0, 2.5]})
+                       epochs=[record(1, 0.25, 0.5, train_loss=3.0), record(2, 0.2, 0.4, train_loss=2.5)])
     return Checkpoint("train", ModelConfig(vocab_size=5, encoder="resnet18"), dict(WORD_MAP),
                       {"w": torch.ones(2)}, {"v": torch.zeros(3)}, state, 64, 20, DataRef("data", "shapes_5_1"),
                       train_config=TrainConfig(epochs=9), decoder_optimizer={"state": {}, "param_groups": []},
@@ -48,9 +49,11 @@ def test_a_saved_checkpoint_reads_back_field_for_field(tmp_path):
 def test_an_a2c_checkpoint_keeps_its_state_and_options():
     raw = _train_checkpoint().to_dict()
     raw.update(kind="a2c", a2c_config={**asdict(A2CConfig(reward="bleu4")), "gone_option": 1},
-               critic={}, actor_optimizer={}, critic_optimizer={}, best_score=0.5, history=[{"val_bleu4": 0.3}])
+               critic={}, actor_optimizer={}, critic_optimizer={}, best_score=0.5,
+               epochs=[{"epoch": 1, "val_bleu4": 0.3, "reward": 0.2}])
     read = Checkpoint.from_dict("a2c.pth.tar", raw)
-    assert isinstance(read.state, A2CState) and read.state.best_score == 0.5 and read.state.history[0]
+    assert isinstance(read.state, A2CState) and read.state.best_score == 0.5
+    assert read.state.epochs == [EpochRecord(1, 0.3, None, (("reward", 0.2),))]
     assert read.a2c_config.reward == "bleu4"  # an option this capcli no longer has is left out
     read.check_resumable("a2c")
     with pytest.raises(CheckpointError, match="a a2c checkpoint; `capcli train` continues training"):
@@ -85,7 +88,8 @@ def test_a_bad_field_is_named(edit, words):
 
 @pytest.mark.parametrize("edit, words", [
     (lambda c: c.update(epoch=-1), "epoch is not a count"),
-    (lambda c: c.update(bleu_history="none"), "bleu_history is not a list"),
+    (lambda c: c.update(epochs="none"), "epochs is not a list"),
+    (lambda c: c.update(epochs=[{"val_bleu4": 0.3}]), "epochs holds an entry without an epoch number"),
     (lambda c: c.update(decoder_optimizer=[1]), "decoder_optimizer is not a state dict"),
     (lambda c: c.update(decoder_optimizer=None), "missing decoder_optimizer"),
 ])

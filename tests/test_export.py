@@ -80,7 +80,7 @@ def test_export_writes_a_bundle_without_optimizer_state_and_reports_both_sizes(e
     assert (config["image_size"], config["max_len"], config["data"]["name"]) == (32, ckpt.max_len, NAME)
     assert config["source"]["checkpoint"] == os.path.abspath(checkpoint)
     assert config["training"]["epochs_done"] == 1 and config["training"]["best_epoch"] == 1
-    assert config["training"]["validation"][0]["bleu4"] == ckpt.state.bleu_history[0]
+    assert config["training"]["validation"][0]["bleu4"] == ckpt.state.epochs[0].val_bleu4
     assert config["tokenization"]["special"]["<start>"] == ckpt.word_map["<start>"]
     assert json.loads((bundle / "word_map.json").read_text()) == ckpt.word_map
     card = (bundle / "README.md").read_text()
@@ -226,8 +226,8 @@ def test_a_bundle_never_resumes_and_loads_as_a_checkpoint(exported, run, tmp_pat
     assert captioner.path == str(out / BUNDLE) and captioner.checkpoint.stage == "train"
     info = read_checkpoint_info(str(out / BUNDLE), 0.0)  # the dashboard's checkpoint row
     ckpt = read_checkpoint(str(out / BEST))
-    assert (info.epoch, info.best_bleu4, info.total_epochs) == (1, ckpt.state.bleu_history[0], 1)
-    assert info.best_cider_d == ckpt.state.history["val_cider_d"][0] and not info.from_sidecar
+    assert (info.epoch, info.best_bleu4, info.total_epochs) == (1, ckpt.state.epochs[0].val_bleu4, 1)
+    assert info.best_cider_d == ckpt.state.epochs[0].val_cider_d and not info.from_sidecar
     assert "total" in run("arch", "-m", out / BUNDLE).output
 
 
@@ -242,7 +242,7 @@ def test_an_a2c_checkpoint_exports_and_captions_alike(exported, run, tmp_path):
     meta = read_meta(str(a2c))
     ckpt = read_checkpoint(str(a2c))
     assert meta["stage"] == "a2c" and meta["monitor"] == "cider" and meta["epoch"] == 1
-    assert meta["best_cider_d"] == ckpt.state.history[0]["val_cider_d"] == meta["best_score"]
+    assert meta["best_cider_d"] == ckpt.state.epochs[0].val_cider_d == meta["best_score"]
     result = run("export", "-m", a2c, "-o", tmp_path / "a2c")
     assert result.exit_code == 0, result.output
     assert "critic" in result.output
@@ -265,8 +265,8 @@ def test_every_save_writes_a_sidecar_with_the_run_figures(trained_run):
         assert checkpoint_meta_file(str(checkpoint)) == str(checkpoint)[:-len(".pth.tar")] + ".meta.json"
         assert meta["version"] == 1 and meta["stage"] == "train" and meta["run"] == meta["data"] == NAME
         assert (meta["epoch"], meta["step"], meta["best_epoch"]) == (1, ckpt.state.step, 1)
-        assert meta["best_bleu4"] == ckpt.state.best_bleu4 == ckpt.state.bleu_history[0]
-        assert meta["best_cider_d"] == ckpt.state.history["val_cider_d"][0]
+        assert meta["best_bleu4"] == ckpt.state.best_bleu4 == ckpt.state.epochs[0].val_bleu4
+        assert meta["best_cider_d"] == ckpt.state.epochs[0].val_cider_d
         assert meta["best_score"] == ckpt.state.best_score and meta["monitor"] == "bleu4"
         assert meta["model_config"]["encoder"] == "resnet18" and meta["model_config"]["decoder_dim"] == 32
         assert meta["checkpoint_bytes"] == os.path.getsize(checkpoint) and meta["saved"] == ckpt.saved_at

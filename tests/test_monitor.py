@@ -13,6 +13,7 @@ from capcli.runs.feed import read_feed
 from capcli.runs.metrics import CHARTS, summary_text
 from capcli.runs.summary import summarize
 from capcli.store.checkpoint import Checkpoint, TrainState
+from capcli.store.epochs import record
 from capcli.store.files import read_checkpoint
 from capcli.store.sidecar import best_figures
 from capcli.training.selection import record_epoch
@@ -31,7 +32,8 @@ def test_the_monitored_score_picks_the_best_epoch(monitor, best):
     assert improved == [True, best == 2, False]
     assert state.best_epoch == best and state.best_bleu4 == [0.1, 0.3][best - 1]
     assert state.best_score == ([0.1, 0.3][best - 1] if monitor == "bleu4" else 0.9)
-    assert state.bleu_history == [0.1, 0.3, 0.2] and state.history["val_cider_d"] == [0.9, 0.5, 0.4]
+    assert [(r.val_bleu4, r.val_cider_d) for r in state.epochs] == [(0.1, 0.9), (0.3, 0.5), (0.2, 0.4)]
+    assert state.epochs[0].figure("train_loss") == 3.0 and state.epochs[2].figure("val_top5") == 60.0
     state.epoch = 3
     assert best_figures(state, monitor) == {"bleu4": state.best_bleu4, "cider_d": [0.9, 0.5][best - 1],
                                             "monitor": monitor, "best_score": state.best_score}
@@ -39,7 +41,7 @@ def test_the_monitored_score_picks_the_best_epoch(monitor, best):
 
 def test_a_checkpoint_from_before_monitor_resumes_on_bleu4():
     state = TrainState(epoch=2, step=20, best_epoch=1, best_bleu4=0.25, since_improvement=1,
-                       bleu_history=[0.25, 0.2], history={"train_loss": [3.0, 2.5]})
+                       epochs=[record(1, 0.25, None, train_loss=3.0), record(2, 0.2, None, train_loss=2.5)])
     raw = Checkpoint("train", ModelConfig(vocab_size=5, encoder="resnet18"), dict(WORD_MAP), {}, {}, state,
                      train_config=TrainConfig(epochs=9), decoder_optimizer={"state": {}, "param_groups": []},
                      scaler={}).to_dict()
@@ -82,7 +84,7 @@ def test_train_on_cider_and_resume_keeps_it(data, tmp_path, run):
     assert "best validation CIDEr-D" in result.output
     ckpt = read_checkpoint(str(out / f"checkpoint_{NAME}.pth.tar"))
     assert ckpt.train_config.monitor == "cider"
-    ciders = ckpt.state.history["val_cider_d"]
+    ciders = [r.val_cider_d for r in ckpt.state.epochs]
     assert len(ciders) == 2 and ckpt.state.best_score == ciders[ckpt.state.best_epoch - 1]
     vals = [x for x in read_feed(str(out / f"metrics_{NAME}.jsonl")) if x["event"] == "epoch" and x["split"] == "val"]
     assert [x["cider_d"] for x in vals] == ciders and all(x["monitor"] == "cider" for x in vals)

@@ -90,8 +90,8 @@ def test_sigkill_then_resume_has_each_epoch_once(data, tmp_path, run):
     assert steps == list(range(1, 97))  # every step of 3 × 32 logged (32 // 20 = 1), none twice
     best = load_checkpoint(str(out / "BEST_shapes_5_1.pth.tar"))
     ckpt = load_checkpoint(str(out / "checkpoint_shapes_5_1.pth.tar"))
-    assert len(ckpt["bleu_history"]) == 3 and ckpt["epoch"] == 3
-    assert best["best_bleu4"] == max(ckpt["bleu_history"])
+    assert [e["epoch"] for e in ckpt["epochs"]] == [1, 2, 3] and ckpt["epoch"] == 3
+    assert best["best_bleu4"] == max(e["val_bleu4"] for e in ckpt["epochs"])
 
 
 def test_a_new_run_never_overwrites_an_existing_one(data, tmp_path, run):

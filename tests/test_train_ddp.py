@@ -105,9 +105,10 @@ def test_two_ranks_on_49_images_step_alike_and_validate_as_one(odd_data, tmp_pat
     assert len(re.findall(r"^epoch 1/1  train loss", done.stderr, re.M)) == 1
     # rank 0 decoded validation images 0-4, rank 1 image 5; together they equal one process
     val_loss, val_top5, bleu4, cider = _single_process_validation(odd_data, out, tmp_path)
-    assert ckpt["bleu_history"] == [bleu4] and ckpt["history"]["val_cider_d"] == [cider]
-    assert ckpt["history"]["val_loss"][0] == pytest.approx(val_loss, rel=1e-6)
-    assert ckpt["history"]["val_top5"][0] == pytest.approx(val_top5, rel=1e-6)
+    [epoch] = ckpt["epochs"]
+    assert (epoch["val_bleu4"], epoch["val_cider_d"]) == (bleu4, cider)
+    assert epoch["val_loss"] == pytest.approx(val_loss, rel=1e-6)
+    assert epoch["val_top5"] == pytest.approx(val_top5, rel=1e-6)
 
 
 def _free_port() -> int:

@@ -50,7 +50,7 @@ from capcli.store.checkpoint import (
     read_checkpoint_file,
     validate_word_map,
 )
-from capcli.store.epochs import epoch_records
+from capcli.store.epochs import EpochRecord, finite_number
 from capcli.store.model_card import card_text, checkpoint_evaluations
 from capcli.store.sidecar import best_scores
 
@@ -155,7 +155,7 @@ def _write_weights(path: str, weights: dict[str, torch.Tensor]) -> None:
 
 def _validation(ckpt: Checkpoint) -> list[dict]:
     """Each epoch's validation BLEU-4 and CIDEr-D (None where it was not measured)."""
-    return [{"epoch": r.epoch, "bleu4": r.val_bleu4, "cider_d": r.val_cider_d} for r in epoch_records(ckpt.state)]
+    return [{"epoch": r.epoch, "bleu4": r.val_bleu4, "cider_d": r.val_cider_d} for r in ckpt.state.epochs]
 
 
 def bundle_config(ckpt: Checkpoint, weights: dict[str, torch.Tensor]) -> dict:
@@ -255,20 +255,12 @@ def _state(config: dict) -> TrainState | A2CState:
     training = config.get("training") if isinstance(config.get("training"), dict) else {}
     counts = {k: v for k in ("epoch", "step", "best_epoch")
               if isinstance(v := training.get("epochs_done" if k == "epoch" else k), int) and v >= 0}
-    validation = [v for v in training.get("validation") or [] if isinstance(v, dict)]
-    score = training.get("best_score")
-    score = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+    epochs = [EpochRecord.from_dict({"epoch": v.get("epoch"), "val_bleu4": v.get("bleu4"),
+                                     "val_cider_d": v.get("cider_d")})
+              for v in training.get("validation") or [] if isinstance(v, dict)]
+    epochs = [r for r in epochs if r is not None]
+    score = finite_number(training.get("best_score"))
     if config.get("stage") == "a2c":
-        history = [{"epoch": v.get("epoch"), "val_bleu4": v.get("bleu4"), "val_cider_d": v.get("cider_d")}
-                   for v in validation]
-        return A2CState(**counts, history=history, **({"best_score": score} if score is not None else {}))
-    bleus = [v.get("bleu4") for v in validation]
-    bleus = bleus if all(isinstance(b, (int, float)) for b in bleus) else []
-    best_bleu4 = training.get("best_bleu4") if isinstance(training.get("best_bleu4"), (int, float)) else 0.0
-    ciders = [v.get("cider_d") for v in validation]
-    while ciders and ciders[0] is None:  # runs from before CIDEr-D was measured: the history is the later epochs'
-        ciders.pop(0)
-    history = {"val_cider_d": ciders} if ciders and all(isinstance(c, (int, float)) for c in ciders) else {}
-    return TrainState(**counts, best_bleu4=best_bleu4, bleu_history=bleus, history=history,
+        return A2CState(**counts, epochs=epochs, **({"best_score": score} if score is not None else {}))
+    return TrainState(**counts, epochs=epochs, best_bleu4=finite_number(training.get("best_bleu4")) or 0.0,
                       best_score=score or 0.0)
-

@@ -31,6 +31,7 @@ from capcli.data.vocab import END, PAD, START
 from capcli.errors import CheckpointError, os_error_message, shorten
 from capcli.limits import LIMITS, check_limit
 from capcli.safeio import atomic_write, open_regular, restore_previous
+from capcli.store.epochs import EpochRecord, records_from_legacy
 from capcli.store.load_failure import load_failure
 from capcli.text import visible
 
@@ -137,27 +138,25 @@ def _check_format(path: str, data: object) -> None:
 
 @dataclass
 class RunState:
-    """Where a run is, as train and a2c both count it."""
+    """Where a run is, as train and a2c both count it, and its epochs so far."""
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps in all
     epoch_step: int = 0  # steps of the epoch in progress (a resumed run skips them)
     best_epoch: int = 0
+    epochs: list[EpochRecord] = field(default_factory=list)  # one per completed epoch
 
 
 @dataclass
 class TrainState(RunState):
     best_bleu4: float = 0.0  # the validation BLEU-4 of the best epoch
     since_improvement: int = 0
-    bleu_history: list[float] = field(default_factory=list)
-    history: dict[str, list[float]] = field(default_factory=dict)  # train_loss, val_cider_d...: one per epoch
     best_score: float = 0.0  # the best epoch's score on the run's --monitor (BLEU-4 before it existed)
 
 
 @dataclass
 class A2CState(RunState):
     best_score: float = -math.inf
-    history: list[dict] = field(default_factory=list)  # one dict of figures per epoch
 
 
 @dataclass(frozen=True)
@@ -213,7 +212,8 @@ class Checkpoint:
             "train_config": asdict(self.train_config) if self.train_config else None,
             "a2c_config": asdict(self.a2c_config) if self.a2c_config else None,
             "word_map": dict(self.word_map), "data": asdict(self.data), "image_size": self.image_size,
-            "max_len": self.max_len, "run": self.run, **asdict(self.state), "encoder": self.encoder,
+            "max_len": self.max_len, "run": self.run, **asdict(self.state),
+            "epochs": [r.as_dict() for r in self.state.epochs], "encoder": self.encoder,
             "decoder": self.decoder,
             **{k: getattr(self, k) for k in _STATE_DICTS}, "saved_at": self.saved_at,
         }
@@ -238,6 +238,8 @@ class Checkpoint:
         stage = raw.get("kind", "train")
         if stage not in ("train", "a2c"):
             raise CheckpointError(f"{path}: kind is {shorten(repr(stage))}, expected train or a2c")
+        if "epochs" not in raw and (legacy := records_from_legacy(stage, raw)) is not None:
+            raw = {**raw, "epochs": [r.as_dict() for r in legacy]}  # written before EpochRecord
         state, absent, malformed = _run_state(A2CState if stage == "a2c" else TrainState, raw)
         if isinstance(state, TrainState) and "best_score" in absent:
             state.best_score = state.best_bleu4  # runs from before --monitor selected on BLEU-4
@@ -291,6 +293,11 @@ def _run_state(cls: type, raw: dict) -> tuple[RunState, set[str], list[str]]:
         types, what = _STATE_TYPES[f.type.split("[")[0]]
         if not isinstance(value, types) or isinstance(value, bool) or (what == "count" and value < 0):
             malformed.append(f"{f.name} is not a {what}")
+        elif f.name == "epochs":
+            records = [EpochRecord.from_dict(r) for r in value]
+            if None in records:
+                malformed.append("epochs holds an entry without an epoch number")
+            values[f.name] = [r for r in records if r is not None]
         else:
             values[f.name] = value
     return cls(**values), absent, malformed

@@ -37,7 +37,7 @@ from capcli.config import name_problem
 from capcli.data.jsonfiles import MAX_DEPTH, read_json, write_json
 from capcli.errors import CapcliError
 from capcli.paths import checkpoint_meta_file
-from capcli.store.epochs import best_record, epoch_records, finite_number
+from capcli.store.epochs import best, finite_number
 
 if TYPE_CHECKING:
     from capcli.store.checkpoint import Checkpoint, TrainState
@@ -54,26 +54,29 @@ _FIELDS = {"version": ((int,), False), "stage": (_TEXT, False), "run": (_TEXT, F
 
 def best_figures(state: TrainState, monitor: str) -> dict:
     """The best epoch's validation scores and the score that picked it (the feed's end line)."""
-    best = best_record(epoch_records(state), state.best_epoch)
-    return {"bleu4": state.best_bleu4, "cider_d": best.val_cider_d if best else None, "monitor": monitor,
-            "best_score": state.best_score}
+    top = best(state.epochs, monitor)
+    return {"bleu4": top.val_bleu4 if top else None, "cider_d": top.val_cider_d if top else None,
+            "monitor": monitor, "best_score": state.best_score}
 
 
 def best_scores(ckpt: Checkpoint) -> dict:
-    """The best epoch's validation figures: best_epoch, best_bleu4, best_cider_d, best_score, monitor."""
+    """The best epoch's validation figures: best_epoch, best_bleu4, best_cider_d, best_score, monitor.
+    The epoch is the best of the checkpoint's epoch records under the run's monitor (a2c: its reward);
+    a checkpoint without records (a bundle from before they were kept) gives its saved counts."""
     state = ckpt.state
     if ckpt.stage == "a2c":
         monitor = "bleu4" if ckpt.a2c_config and ckpt.a2c_config.reward == "bleu4" else "cider"
-        best = best_record(epoch_records(state), state.best_epoch)
-        bleu4, cider = (best.val_bleu4, best.val_cider_d) if best else (None, None)
     else:
         monitor = ckpt.train_config.monitor if ckpt.train_config else "bleu4"
-        figures = best_figures(state, monitor)
-        bleu4, cider = figures["bleu4"], figures["cider_d"]
+    top = best(state.epochs, monitor)
+    if top is not None:
+        return {"best_epoch": top.epoch, "best_bleu4": top.val_bleu4, "best_cider_d": top.val_cider_d,
+                "best_score": top.score(monitor), "monitor": monitor}
     none_yet = state.best_epoch == 0
-    return {"best_epoch": state.best_epoch, "best_bleu4": None if none_yet else finite_number(bleu4),
-            "best_cider_d": None if none_yet else finite_number(cider),
-            "best_score": None if none_yet else finite_number(state.best_score), "monitor": monitor}
+    return {"best_epoch": state.best_epoch,
+            "best_bleu4": None if none_yet else finite_number(getattr(state, "best_bleu4", None)),
+            "best_cider_d": None, "best_score": None if none_yet else finite_number(state.best_score),
+            "monitor": monitor}
 
 
 def checkpoint_meta(ckpt: Checkpoint, run: str, checkpoint_bytes: int) -> dict:

@@ -38,6 +38,7 @@ from capcli.runs.throughput import StepMeter
 from capcli.runtime.device import resolve_device, resolve_precision
 from capcli.runtime.progress import SILENT, Progress
 from capcli.store.checkpoint import A2CState, Checkpoint, DataRef
+from capcli.store.epochs import record
 from capcli.store.files import model_from_checkpoint, read_checkpoint
 from capcli.training.features import encode_images
 from capcli.training.lifecycle import (
@@ -371,8 +372,7 @@ class A2CTrainer:
         if improved:
             self.state.best_score, self.state.best_epoch = score, epoch + 1
         self.state.epoch, self.state.epoch_step = epoch + 1, 0
-        self.state.history.append({"epoch": epoch + 1, **means, "entropy_weight": weight, "val_bleu4": bleu4,
-                                   "val_cider_d": cider})
+        self.state.epochs.append(record(epoch + 1, bleu4, cider, **means, entropy_weight=weight))
         lr = self.actor_opt.param_groups[0]["lr"]
         self.feed.write("epoch", split="train", epoch=epoch + 1, step=self.state.step, lr=lr,
                         entropy_weight=weight, **means)

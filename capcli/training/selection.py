@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from capcli.config import MONITOR_LABELS
 from capcli.store.checkpoint import TrainState
+from capcli.store.epochs import record
 
 
 def record_epoch(state: TrainState, monitor: str, epoch: int, train: tuple[float, float],
@@ -14,10 +15,8 @@ def record_epoch(state: TrainState, monitor: str, epoch: int, train: tuple[float
     """Add epoch ``epoch``'s (0-based) figures to ``state``; returns whether its ``monitor`` score
     is the best yet (the first epoch always is). Does not count epochs without gain."""
     (train_loss, train_top5), (val_loss, val_top5, bleu4, cider) = train, val
-    for key, value in (("train_loss", train_loss), ("train_top5", train_top5), ("val_loss", val_loss),
-                       ("val_top5", val_top5), ("val_cider_d", cider)):
-        state.history.setdefault(key, []).append(value)
-    state.bleu_history.append(bleu4)
+    state.epochs.append(record(epoch + 1, bleu4, cider, train_loss=train_loss, train_top5=train_top5,
+                               val_loss=val_loss, val_top5=val_top5))
     score = cider if monitor == "cider" else bleu4
     improved = score > state.best_score or state.best_epoch == 0
     if improved:

@@ -50,6 +50,7 @@ from capcli.runtime.distributed import (
 )
 from capcli.runtime.progress import SILENT, Progress
 from capcli.store.checkpoint import Checkpoint, DataRef, TrainState
+from capcli.store.epochs import figure_lists
 from capcli.store.sidecar import best_figures
 from capcli.training.concepts import pretrain_encoder
 from capcli.training.features import cache_key, encode_images, encoder_fingerprint, ensure_features
@@ -361,8 +362,8 @@ class Trainer:
             scaler=self.scaler.state_dict(), saved_at=time.time())
 
     def _write_summaries(self) -> None:
-        write_json(self.files.bleu, self.state.bleu_history)
-        write_json(self.files.metrics, self.state.history)
+        write_json(self.files.bleu, [r.val_bleu4 for r in self.state.epochs])
+        write_json(self.files.metrics, figure_lists(self.state.epochs))
 
     def _end_of_epoch(self, epoch: int, train: tuple, val: tuple) -> str | None:
         """Record the epoch, adjust the learning rate, save; returns a reason to stop or None."""
