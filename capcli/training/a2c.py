@@ -32,7 +32,7 @@ from capcli.evaluation.scores import cider_d, corpus_bleu, ngrams
 from capcli.model import cpu as cpu_kernels
 from capcli.model.decoding import banned_words, greedy
 from capcli.paths import a2c_files, tensorboard_folder
-from capcli.runs.config import preflight_checks, write_run_config
+from capcli.runs.config import preflight_checks
 from capcli.runs.log import a2c_epoch_line, nothing_to_train, resume_command
 from capcli.runs.throughput import StepMeter
 from capcli.runtime.device import resolve_device, resolve_precision
@@ -161,9 +161,8 @@ class A2CTrainer:
         if self.state.epoch >= config.epochs:
             return  # nothing to train: fit says so, and nothing (not even the feed) is touched
         self.feed = self.run.feed
-        self.run.open_feed(resumed=config.resume)  # a2c lines share the training run's feed
-        write_run_config(self.files.config, "a2c", self.name, self.prepared.folder, self.prepared.name,
-                         {"a2c_config": config, "model_config": self.model_config}, resumed=config.resume)
+        # a2c lines share the training run's feed
+        self.run.begin(config.resume, self.prepared.folder, {"a2c_config": config, "model_config": self.model_config})
         self._build_data()
 
     def _open(self, config: A2CConfig, explicit: frozenset, hold: contextlib.ExitStack) -> tuple[A2CConfig, Checkpoint]:

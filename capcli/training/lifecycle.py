@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from capcli.errors import CheckpointError, Interrupted
 from capcli.paths import RunFiles, run_name_of_feed
+from capcli.runs.config import write_run_config
 from capcli.runs.feed import Heartbeat, MetricsFeed
 from capcli.runs.lock import run_lock
 from capcli.runtime.distributed import DistInfo, barrier, max_over_ranks
@@ -104,7 +105,7 @@ def open_run(stage: Stage, files: RunFiles, progress: Progress, hold: contextlib
     take the run's lock (on ``hold``, until the run ends), then read what the run continues
     (``continue_from``, else its own checkpoint with ``resume``: read under the lock, so that no
     other process is writing it) or refuse to replace an existing run. Returns that checkpoint, or
-    None for a new run. The run config and the feed come after, in :class:`Lifecycle`'s owner.
+    None for a new run. The feed and the run config come after, in :meth:`Lifecycle.begin`.
 
     Raises:
         RunLocked: another live process holds the run.
@@ -164,9 +165,10 @@ class Lifecycle:
         self.stop_signal: int | None = None
         self._last_save = time.monotonic()
 
-    def open_feed(self, resumed: bool) -> None:
-        """Drop the feed lines of work about to be redone: all of them for a new run (the TensorBoard
-        events too, with --tensorboard)."""
+    def begin(self, resumed: bool, data_folder: str, options: dict) -> None:
+        """Start writing the run, once :func:`open_run` holds it: drop the feed lines of work about to
+        be redone (all of them for a new run, the TensorBoard events too with --tensorboard), then
+        write the run's configuration (``options``: the stage's and the model's configs)."""
         if self.feed:
             self.feed.truncate_after(self.state.step if resumed else -1,
                                      stage=self.stage.name if self.stage.truncates_own_lines else None)
@@ -175,6 +177,9 @@ class Lifecycle:
 
             self.tensorboard = TensorBoardSink(self.tensorboard_folder, self.state.step if resumed else 0)
             self.feed.listeners.append(self.tensorboard)
+        if self.feed:
+            write_run_config(self.files.config, self.stage.name, self.names["run"], data_folder, self.names["data"],
+                             options, resumed=resumed)
 
     def run(self, epochs: int, epoch: Callable[[int], str | None], end: Callable[[], dict] = dict) -> str:
         """Run ``epoch(i)`` for the epochs left up to ``epochs`` until one returns a reason to stop.

@@ -33,7 +33,6 @@ from capcli.model.decoding import banned_words, greedy
 from capcli.model.encoder import load_pretrained
 from capcli.model.loss import caption_loss
 from capcli.paths import RunFiles, tensorboard_folder, train_files
-from capcli.runs.config import write_run_config
 from capcli.runs.log import resume_command, running_figures, train_epoch_line
 from capcli.runs.throughput import StepMeter
 from capcli.runtime.device import resolve_device, resolve_precision
@@ -154,10 +153,7 @@ class Trainer:
                              tensorboard=tensorboard_folder(config.output_folder, config.run_name)
                              if config.tensorboard else None)
         self.feed = self.run.feed
-        self.run.open_feed(resumed=ckpt is not None)
-        if self.feed:
-            write_run_config(files.config, "train", config.run_name, prepared.folder, prepared.name,
-                             {"train_config": config, "model_config": model_config}, resumed=ckpt is not None)
+        self.run.begin(ckpt is not None, prepared.folder, {"train_config": config, "model_config": model_config})
         self._build_data()
 
     def _calibrate_encoder(self, images: int = 64, batch_size: int = 32) -> None:
