@@ -141,7 +141,7 @@ class TrainConfig:
     """Options of ``capcli train``."""
 
     data_folder: str = "data_output"
-    name: str | None = None
+    data_name: str | None = None  # the prepared data set (--data-name): None for the only one
     output_folder: str = "model_outputs"
     run_name: str | None = None  # every run file's name: None for the data's name
     tensorboard: bool = False  # also write the feed's scalars as TensorBoard events
@@ -182,7 +182,7 @@ class A2CConfig:
 
     checkpoint: str | None = None
     data_folder: str | None = None  # None: where the model's training data was
-    name: str | None = None
+    data_name: str | None = None  # None: the data the model was trained on
     output_folder: str = "model_outputs"
     run_name: str | None = None  # None: the trained model's run (its data's name before --run-name)
     tensorboard: bool = False

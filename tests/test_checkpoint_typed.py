@@ -12,7 +12,7 @@ import torch
 from capcli import paths
 from capcli.config import A2CConfig, ModelConfig, TrainConfig
 from capcli.errors import CheckpointError
-from capcli.store.checkpoint import A2CState, Checkpoint, DataRef, TrainState, load_checkpoint
+from capcli.store.checkpoint import A2CState, Checkpoint, DataRef, TrainState, load_checkpoint, options_from
 from capcli.store.epochs import EpochRecord, record
 from capcli.store.files import read_checkpoint, save_checkpoint
 
@@ -115,3 +115,10 @@ def test_every_run_file_name_leads_back_to_its_run(tmp_path):
     assert len(paths.best_checkpoints(str(tmp_path))) == 6 and len(paths.checkpoint_files(str(tmp_path))) == 12
     assert paths.data_file("d", "shapes_5_5", "IMAGES", "VAL") == "d/VAL_IMAGES_shapes_5_5.hdf5"
     assert paths.name_candidates("flickr8k_5_5")[1] == "flickr8k_5_cap_per_img_5_min_word_freq"
+
+
+def test_a_saved_config_from_before_data_name_keeps_its_data_set():
+    """Before 0.2 the configs called the data set `name` (the option was --name)."""
+    saved = {k: v for k, v in asdict(TrainConfig(epochs=3)).items() if k != "data_name"}
+    assert options_from(TrainConfig, {**saved, "name": "coco_5_3"}).data_name == "coco_5_3"
+    assert options_from(A2CConfig, {"name": "f8k", "data_name": "f30k"}).data_name == "f30k"

@@ -190,7 +190,7 @@ def caption_command(images: tuple[str, ...], img: tuple[str, ...], model: str | 
 @cli.command("evaluate")
 @command_options.evaluate_options
 @options.decoding_options
-def evaluate_command(model: str | None, data_folder: str, name: str | None, split: str, beams: list[int],
+def evaluate_command(model: str | None, data_folder: str, data_name: str | None, split: str, beams: list[int],
                      metrics: list[str] | None, length_penalty: float, batch_size: int, max_images: int,
                      output_folder: str, device: str, precision: str) -> None:
     """Score a model on a split per beam size: BLEU-1..4, ROUGE-L and CIDEr-D as pycocoevalcap computes
@@ -207,7 +207,7 @@ def evaluate_command(model: str | None, data_folder: str, name: str | None, spli
     from capcli.runtime.progress import TerminalProgress
 
     captioner = load_model(model, output_folder, device, precision)
-    result = run_evaluate(captioner, data_folder, name, split, beams, output_folder, length_penalty,
+    result = run_evaluate(captioner, data_folder, data_name, split, beams, output_folder, length_penalty,
                           batch_size, max_images, TerminalProgress(), metrics)
     render.evaluation(result, captioner.path)
 
@@ -264,9 +264,9 @@ def a2c_command(ctx: click.Context, no_entropy_annealing: bool, **params) -> Non
 
 @cli.command("metrics")
 @options.output_folder_option("The run folder (where `capcli train` wrote).")
-@options.followed_run_option("Run name, e.g. flickr8k_5_5 [default: the only run there].")
+@options.run_name_option("Run name, e.g. flickr8k_5_5 [default: the only run there].")
 @command_options.chart_options
-def metrics_command(output_folder: str, name: str | None, width: int | None, height: int, no_charts: bool,
+def metrics_command(output_folder: str, run_name: str | None, width: int | None, height: int, no_charts: bool,
                     save_png: bool) -> None:
     """Summarise a run and chart its loss, top-5 accuracy and BLEU-4 (works while it runs).
 
@@ -280,7 +280,7 @@ def metrics_command(output_folder: str, name: str | None, width: int | None, hei
     from capcli.runs.metrics import save_pngs
     from capcli.runs.summary import find_feed, read_summary
 
-    path = find_feed(output_folder, name)
+    path = find_feed(output_folder, run_name)
     run_name = run_name_of_feed(path)
     summary = read_summary(path)
     render.run_summary(run_name, path, summary, None if no_charts else (width, height))
@@ -313,9 +313,9 @@ def arch_command(model: str | None, checkpoint: str | None, graph: str | None, *
 
 @cli.command("dashboard")
 @options.output_folder_option("The run folder to follow.")
-@options.followed_run_option("Run to follow first [default: the one updated last; l lists the others].")
+@options.run_name_option("Run to follow first [default: the one updated last; l lists the others].")
 @command_options.poll_option
-def dashboard_command(output_folder: str, name: str | None, poll: float) -> None:
+def dashboard_command(output_folder: str, run_name: str | None, poll: float) -> None:
     """Follow live runs in the terminal: state, throughput, charts, samples, checkpoints, captions.
 
     Keyboard only (? shows the keys); readable at 80 × 24 over SSH, four charts from 120 columns.
@@ -331,7 +331,7 @@ def dashboard_command(output_folder: str, name: str | None, poll: float) -> None
         raise CapcliError("capcli dashboard needs an interactive terminal (use `capcli metrics` in scripts and pipes)")
     from capcli.dashboard.app import Dashboard
 
-    app = Dashboard(output_folder, name, poll_seconds=poll)
+    app = Dashboard(output_folder, run_name, poll_seconds=poll)
     app.run()
     if app.return_code:  # an unexpected error ended it: one line naming the log with its traceback
         raise CapcliError(app.error_message or f"the dashboard stopped with return code {app.return_code}")

@@ -113,15 +113,11 @@ def output_folder_option(help: str = "Where checkpoints, metrics and summaries a
 
 def data_name_option(help: str) -> Decorator:
     """The prepared data set's name (``--name`` before 0.2: see ``cli.renamed``)."""
-    return click.option("--data-name", "name", default=None, metavar="NAME", help=help)
-
-
-def followed_run_option(help: str) -> Decorator:
-    """The run a reader shows (``--name`` before 0.2: see ``cli.renamed``)."""
-    return click.option("--run-name", "name", default=None, metavar="NAME", help=help)
+    return click.option("--data-name", "data_name", default=None, metavar="NAME", help=help)
 
 
 def run_name_option(help: str) -> Decorator:
+    """The run a command writes (train, a2c) or shows (metrics, dashboard: ``--name`` before 0.2)."""
     return click.option("--run-name", default=None, metavar="NAME", help=help)
 
 

@@ -315,6 +315,8 @@ def options_from(cls: type, raw: object, path: str = ""):
     known = {f.name for f in dataclasses.fields(cls)}
     if "batch_size" in raw:
         positive_whole(path, "batch_size", raw["batch_size"])
+    if "name" in raw and "data_name" not in raw:  # the data set's field before 0.2
+        raw = {**raw, "data_name": raw["name"]}
     return cls(**{k: v for k, v in raw.items() if k in known})
 
 

@@ -171,7 +171,7 @@ class A2CTrainer:
         the lock), its saved options overridden by the ones given; else ``--checkpoint``."""
         if config.resume:
             # the run: --run-name, else the data's name (found the way a new run would)
-            self.name = config.run_name or find_prepared(config.data_folder or "data_output", config.name).name
+            self.name = config.run_name or find_prepared(config.data_folder or "data_output", config.data_name).name
             self.files = a2c_files(config.output_folder, self.name)
             ckpt = open_run(A2C, self.files, self.progress, hold, resume=True, overwrite=config.overwrite,
                             read=read_checkpoint)
@@ -195,7 +195,8 @@ class A2CTrainer:
 
     @staticmethod
     def _prepared(config: A2CConfig, ckpt: Checkpoint) -> PreparedData:
-        return find_prepared(config.data_folder or ckpt.data.folder or "data_output", config.name or ckpt.data.name)
+        folder = config.data_folder or ckpt.data.folder or "data_output"
+        return find_prepared(folder, config.data_name or ckpt.data.name)
 
     def _build_optimizers(self, resumed: Checkpoint | None) -> None:
         """Actor (decoder, and the encoder with --train-encoder) and critic optimisers, the scaler

@@ -41,10 +41,10 @@ def preflight(config: TrainConfig) -> str | None:
         TensorBoardMissing: ``--tensorboard`` without the tensorboard package.
     """
     preflight_checks(config.run_name, config.tensorboard)
-    if config.name is None and config.resume and config.run_name:
+    if config.data_name is None and config.resume and config.run_name:
         saved = saved_data_name(config_file(config.output_folder, config.run_name))
         return saved if saved in prepared_names(config.data_folder) else None
-    return config.name
+    return config.data_name
 
 
 def run_named(config: TrainConfig, prepared: PreparedData) -> TrainConfig:
