@@ -204,7 +204,7 @@ def test_sigterm_saves_and_names_resume(workdir):
     assert hint.startswith("capcli a2c ") and hint.endswith(" --resume") and "--checkpoint" not in hint
     assert f"--data-folder {data}" in hint and f"--data-name {NAME}" in hint and "--epochs 500" in hint
     saved = load_checkpoint(str(checkpoint))
-    assert saved["epoch"] >= 1 and saved["kind"] == "a2c"
+    assert saved["epoch"] >= 1 and saved["stage"] == "a2c"
 
 
 def test_resume_from_a_hand_edited_a2c_checkpoint_is_one_sentence(workdir, run, tmp_path):

@@ -146,7 +146,7 @@ def test_train_from_a_bad_checkpoint_gives_one_sentence(case, bad_checkpoints, t
     (lambda c: c.pop("epoch"), "missing epoch"),
     (lambda c: c.pop("decoder_optimizer"), "missing decoder_optimizer"),
     (lambda c: c.update(step="many"), "step is not a count"),
-    (lambda c: c.update(kind="a2c"), "a2c checkpoint"),
+    (lambda c: c.update(stage="a2c"), "a2c checkpoint"),
 ])
 def test_train_resume_from_a_hand_edited_run_state(edit, words, trained_run, run, tmp_path):
     data, out = trained_run

@@ -33,7 +33,7 @@ def test_a_saved_checkpoint_reads_back_field_for_field(tmp_path):
     written = _train_checkpoint()
     save_checkpoint(path, written)
     raw = load_checkpoint(path)
-    assert raw["format"] == "capcli-checkpoint" and raw["version"] == 1
+    assert raw["format"] == "capcli-checkpoint" and raw["version"] == 2
     assert raw["epoch"] == 2 and raw["best_bleu4"] == 0.25 and raw["train_config"]["epochs"] == 9  # the flat layout
     read = read_checkpoint(path)
     assert read.state == written.state and read.model_config == written.model_config
@@ -48,7 +48,7 @@ def test_a_saved_checkpoint_reads_back_field_for_field(tmp_path):
 
 def test_an_a2c_checkpoint_keeps_its_state_and_options():
     raw = _train_checkpoint().to_dict()
-    raw.update(kind="a2c", a2c_config={**asdict(A2CConfig(reward="bleu4")), "gone_option": 1},
+    raw.update(stage="a2c", a2c_config={**asdict(A2CConfig(reward="bleu4")), "gone_option": 1},
                critic={}, actor_optimizer={}, critic_optimizer={}, best_score=0.5,
                epochs=[{"epoch": 1, "val_bleu4": 0.3, "reward": 0.2}])
     read = Checkpoint.from_dict("a2c.pth.tar", raw)
@@ -73,7 +73,7 @@ def test_a_checkpoint_without_run_state_still_captions_but_does_not_resume():
 @pytest.mark.parametrize("edit, words", [
     (lambda c: c.pop("word_map"), "not a captioning model checkpoint (missing word_map)"),
     (lambda c: c.update(image_size="big"), "image_size is 'big', not a positive whole number"),
-    (lambda c: c.update(kind=3), "kind is 3, expected train or a2c"),
+    (lambda c: c.update(stage=3), "stage is 3, expected train or a2c"),
     (lambda c: c["model_config"].update(dropout=2.0), "model_config field dropout is 2.0"),
     (lambda c: c["word_map"].update(cat=99), "word map entry 'cat': 99 is not a word with an id below"),
 ])

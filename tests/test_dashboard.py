@@ -133,7 +133,8 @@ def test_caption_query_heat_map_and_errors(run_copy, tmp_path):
     async def scenario():
         app = Dashboard(str(folder), NAME, poll_seconds=0.1, checkpoint_seconds=0.5)
         async with app.run_test(size=(80, 24)) as pilot:
-            assert await _until(pilot, lambda: bool(app.checkpoints), 10)
+            query = app.caption_query  # the caption panel: its settings, the answer shown
+            assert await _until(pilot, lambda: bool(query.paths), 10)  # the checkpoints, as the panel has them
             assert f"BEST_{NAME}" in _text(app, "#settings")
             await pilot.press("i")
             app.query_one("#path").value = str(bad)
@@ -147,8 +148,8 @@ def test_caption_query_heat_map_and_errors(run_copy, tmp_path):
             await pilot.press("tab")
             assert path_box.value == image
             await pilot.press("enter")
-            assert await _until(pilot, lambda: app.caption_result is not None, 30)
-            result = app.caption_result
+            assert await _until(pilot, lambda: query.caption_result is not None, 30)
+            result = query.caption_result
             words = result.words
             assert words and result.caption.split()[0] in _text(app, "#caption")
             first = app.query_one("#heatmap").render()
@@ -161,22 +162,22 @@ def test_caption_query_heat_map_and_errors(run_copy, tmp_path):
             result.attention = peaks / peaks.sum(dim=1, keepdim=True)
             assert app.focused is None  # a caption shown: the keys are the app's, no escape needed
             await pilot.press("right")
-            assert app.word_index == 1 % len(words)
+            assert query.word_index == 1 % len(words)
             shown = [1 % len(words)]
             maps = {_colours(app.query_one("#heatmap").render())}
             for _ in range(min(len(words), 8) - 2):
                 await pilot.press("right")
-                shown.append(app.word_index)
+                shown.append(query.word_index)
                 maps.add(_colours(app.query_one("#heatmap").render()))
             assert len(maps) == len(set(shown))  # other words, other maps
-            await pilot.press("left", *["left"] * (app.word_index - 1))
-            assert app.word_index == 0
+            await pilot.press("left", *["left"] * (query.word_index - 1))
+            assert query.word_index == 0
             # a foreign checkpoint: an error notification, the app keeps working
             (folder / "foreign.pth.tar").write_text("junk")
             await pilot.press("r")
             assert await _until(pilot, lambda: any("foreign" in str(n.message) for n in app._notifications), 10)
             await pilot.press("b")
-            assert app.beam == 5
+            assert query.beam == 5
             assert app.is_running
 
     asyncio.run(scenario())
@@ -190,6 +191,7 @@ def test_layout_at_80x24_and_every_help_key(run_copy):
         app = Dashboard(str(folder), NAME, poll_seconds=0.1, checkpoint_seconds=0.5)
         async with app.run_test(size=(80, 24)) as pilot:
             assert await _until(pilot, lambda: "epoch 1" in _text(app, "#run"), 5)
+            query = app.caption_query
             for selector in ("#run", "#checkpoints", "#chart", "#query", "#path", "#caption", "#heatmap"):
                 region = app.query_one(selector).region
                 assert region.width > 0 and region.height > 0, selector
@@ -200,17 +202,17 @@ def test_layout_at_80x24_and_every_help_key(run_copy):
             # every key the help screen lists
             for key, expected in (("2", "Top-5"), ("3", "BLEU-4"), ("4", "A2C"), ("1", "Loss")):
                 await pilot.press(key)
-                assert app.chart_key == key and expected in app.query_one("#chart").border_title
+                assert app.charts.chart_key == key and expected in app.query_one("#chart").border_title
             await pilot.press("question_mark")
             assert isinstance(app.screen, HelpScreen)
             await pilot.press("escape")
             assert not isinstance(app.screen, HelpScreen)
-            beam = app.beam
+            beam = query.beam
             await pilot.press("b")
-            assert app.beam != beam
-            chosen = app.chosen
+            assert query.beam != beam
+            chosen = query.chosen
             await pilot.press("c")
-            assert app.chosen != chosen and app.chosen in app.checkpoints  # the run has 2 checkpoints
+            assert query.chosen != chosen and query.chosen in app.checkpoint_list.checkpoints  # the run has 2 checkpoints
             await pilot.press("r", "i")
             assert app.focused is app.query_one("#path")
             await pilot.press("escape")

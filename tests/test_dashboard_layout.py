@@ -85,14 +85,14 @@ def test_layouts_at_80x24_and_160x45(run_copy):
     async def scenario(size):
         app = _app(folder, NAME)
         async with app.run_test(size=size) as pilot:
-            assert await _until(pilot, lambda: "epoch 1" in _text(app, "#run") and app.checkpoints, 10)
+            assert await _until(pilot, lambda: "epoch 1" in _text(app, "#run") and app.caption_query.chosen, 10)
             for selector in ("#run", "#checkpoints", "#chart", "#query", "#path", "#caption", "#heatmap"):
                 region = app.query_one(selector).region
                 assert region.width > 0 and region.right <= size[0] and region.bottom <= size[1], selector
             await pilot.press("i")
             app.query_one("#path").value = image
             await pilot.press("enter", "escape")
-            assert await _until(pilot, lambda: app.caption_result is not None, 30)
+            assert await _until(pilot, lambda: app.caption_query.caption_result is not None, 30)
             await pilot.pause(0.2)
             heat = str(app.query_one("#heatmap").render()).splitlines()
             heat_sizes[size] = (max(map(len, heat)), len(heat))
@@ -119,7 +119,7 @@ def test_switch_runs_and_overlay_validation_curves(tmp_path):
     async def scenario():
         app = _app(tmp_path, "run_a")
         async with app.run_test(size=WIDE) as pilot:
-            assert await _until(pilot, lambda: "run_a" in _text(app, "#run") and len(app.runs) == 2)
+            assert await _until(pilot, lambda: "run_a" in _text(app, "#run") and len(app.runs_panel.runs) == 2)
             assert "run_b" in _text(app, "#runs")
             await pilot.press("l")
             assert isinstance(app.screen, RunsScreen)
@@ -223,20 +223,21 @@ def test_b_and_c_caption_again(run_copy):
     async def scenario():
         app = _app(folder, NAME)
         async with app.run_test(size=NARROW) as pilot:
-            assert await _until(pilot, lambda: len(app.checkpoints) == 2, 10)
+            query = app.caption_query
+            assert await _until(pilot, lambda: len(query.paths) == 2, 10)
             await pilot.press("b")  # no image asked about yet: nothing to caption again
-            assert app.caption_for is None and app.beam == 5
+            assert query.caption_for is None and query.beam == 5
             await pilot.press("i")
             app.query_one("#path").value = image
             await pilot.press("enter", "escape")
-            assert await _until(pilot, lambda: app.caption_for == (image, app.chosen, 5), 30)
+            assert await _until(pilot, lambda: query.caption_for == (image, query.chosen, 5), 30)
             await pilot.press("b")
-            assert await _until(pilot, lambda: app.caption_for == (image, app.chosen, 10), 30)
-            first = app.chosen
+            assert await _until(pilot, lambda: query.caption_for == (image, query.chosen, 10), 30)
+            first = query.chosen
             await pilot.press("c")
-            assert app.chosen != first
-            assert await _until(pilot, lambda: app.caption_for == (image, app.chosen, 10), 30)
-            assert app.caption_result.words and app.caption_result.words[0] in _text(app, "#caption")
+            assert query.chosen != first
+            assert await _until(pilot, lambda: query.caption_for == (image, query.chosen, 10), 30)
+            assert query.caption_result.words and query.caption_result.words[0] in _text(app, "#caption")
 
     asyncio.run(scenario())
 
@@ -274,8 +275,8 @@ def test_checkpoint_rows_from_the_sidecar_without_loading(run_copy, monkeypatch)
         nonlocal sidecars_only
         app = _app(folder, NAME)
         async with app.run_test(size=WIDE) as pilot:
-            assert await _until(pilot, lambda: len(app.checkpoints) == 2, 10)
-            assert all(c.from_sidecar for c in app.checkpoints.values()) and loads == []
+            assert await _until(pilot, lambda: len(app.checkpoint_list.checkpoints) == 2, 10)
+            assert all(c.from_sidecar for c in app.checkpoint_list.checkpoints.values()) and loads == []
             row = next(r for r in _text(app, "#checkpoints").splitlines() if f"BEST_{NAME}" in r)
             assert f"e{meta['epoch']}" in row and f"{meta['best_bleu4']:.3f}" in row
             assert f"{meta['best_cider_d']:.3f}" in row  # the wide panel has room for CIDEr-D
@@ -285,7 +286,7 @@ def test_checkpoint_rows_from_the_sidecar_without_loading(run_copy, monkeypatch)
             os.utime(latest)
             await pilot.press("r")
             assert await _until(pilot, lambda: loads == [latest.name], 10)
-            assert await _until(pilot, lambda: not app.checkpoints[str(latest)].from_sidecar, 10)
-            assert app.checkpoints[str(latest)].epoch == 1 and f"checkpoint_{NAME}" in _text(app, "#checkpoints")
+            assert await _until(pilot, lambda: not app.checkpoint_list.checkpoints[str(latest)].from_sidecar, 10)
+            assert app.checkpoint_list.checkpoints[str(latest)].epoch == 1 and f"checkpoint_{NAME}" in _text(app, "#checkpoints")
 
     asyncio.run(scenario())

@@ -27,8 +27,8 @@ A2C = {"epoch": 2, "step": 8, "best_epoch": 1, "best_score": 0.9,
 
 def _state(stage: str, old: dict) -> TrainState | A2CState:
     """The run state of a checkpoint saved in the old layout ``old``, as read today."""
-    raw = {**dataclasses.replace(read_checkpoint(str(OLD)), stage=stage).to_dict(), **old}
-    del raw["epochs"]
+    raw = {**dataclasses.replace(read_checkpoint(str(OLD)), stage=stage).to_dict(), **old, "kind": stage}
+    del raw["epochs"], raw["stage"]  # format version 1: the stage was "kind", the epochs lists
     return Checkpoint.from_dict("old.pth.tar", raw).state
 
 

@@ -7,11 +7,13 @@ fsynced and renamed (``capcli.safeio``), and always read with ``weights_only=Tru
 checkpoint file can never run code. A file that does not load gets one sentence of capcli's own
 (``capcli.store.load_failure``); a field that is missing or of the wrong type gets one naming it.
 
-Format version 1 (every released capcli): ``kind`` (the stage: train or a2c), ``model_config``,
-``train_config``, ``a2c_config``, ``word_map``, ``data`` (folder, name), ``image_size``,
-``max_len``, ``run`` (the run's name; absent before --run-name), the run state's fields
-(:class:`TrainState` / :class:`A2CState`), ``encoder`` and
-``decoder`` weights, the optimiser, critic and scaler state dicts, and ``saved_at``.
+Format version 2: ``stage`` (train or a2c), ``model_config``, ``train_config``, ``a2c_config``,
+``word_map``, ``data`` (folder, name), ``image_size``, ``max_len``, ``run`` (the run's name),
+the run state's fields (:class:`TrainState` / :class:`A2CState`) with ``epochs`` (one dict per
+epoch, :class:`~capcli.store.epochs.EpochRecord`), ``encoder`` and ``decoder`` weights, the
+optimiser, critic and scaler state dicts, and ``saved_at``. Version 1 (capcli 0.1) named the stage
+``kind`` and kept the epochs as lists (``bleu_history``, ``history``); it is read into version 2's
+shape.
 
 ``capcli.store.files`` saves a checkpoint with its metadata sidecar and reads a checkpoint or,
 in its place, an inference bundle.
@@ -36,7 +38,7 @@ from capcli.store.load_failure import load_failure
 from capcli.text import visible
 
 FORMAT = "capcli-checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 class _KeepWriteError:
@@ -180,7 +182,7 @@ _RESUME_NEEDS = {"train": (*(f.name for f in dataclasses.fields(TrainState) if f
 class Checkpoint:
     """One saved run: the model, the data it knows, the run's state and the optimisers' states."""
 
-    stage: str  # "train" or "a2c" (the file's "kind")
+    stage: str  # "train" or "a2c"
     model_config: ModelConfig
     word_map: dict[str, int]
     encoder: dict  # weights (state dicts)
@@ -206,9 +208,9 @@ class Checkpoint:
     malformed: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        """The flat layout of format version 1."""
+        """The flat layout of the format's current version."""
         return {
-            "kind": self.stage, "model_config": asdict(self.model_config),
+            "stage": self.stage, "model_config": asdict(self.model_config),
             "train_config": asdict(self.train_config) if self.train_config else None,
             "a2c_config": asdict(self.a2c_config) if self.a2c_config else None,
             "word_map": dict(self.word_map), "data": asdict(self.data), "image_size": self.image_size,
@@ -235,9 +237,9 @@ class Checkpoint:
         validate_word_map(path, raw["word_map"], config.vocab_size)
         sizes = {key: positive_whole(path, key, raw.get(key, default))
                  for key, default in (("image_size", 256), ("max_len", 50))}
-        stage = raw.get("kind", "train")
+        stage = raw.get("stage", raw.get("kind", "train"))  # "kind" in format version 1
         if stage not in ("train", "a2c"):
-            raise CheckpointError(f"{path}: kind is {shorten(repr(stage))}, expected train or a2c")
+            raise CheckpointError(f"{path}: stage is {shorten(repr(stage))}, expected train or a2c")
         if "epochs" not in raw and (legacy := records_from_legacy(stage, raw)) is not None:
             raw = {**raw, "epochs": [r.as_dict() for r in legacy]}  # written before EpochRecord
         state, absent, malformed = _run_state(A2CState if stage == "a2c" else TrainState, raw)
