@@ -300,15 +300,15 @@ def arch_command(model: str | None, checkpoint: str | None, graph: str | None, *
       capcli arch -m model_outputs/BEST_flickr8k_5_5.pth.tar \\
                   --graph model_outputs/model_architecture.png
     """
-    from capcli.inference.arch import describe, load_model, render_graph, report_text
+    from capcli.inference.arch import describe, render_graph, report_text, subject_of
 
     if model and checkpoint:
         raise click.UsageError("give -m/--model only (--checkpoint is its old name)")
-    encoder, decoder, config, fine_tune, image_size, source = load_model(model or checkpoint, dict(params))
-    report = describe(encoder, decoder, config, fine_tune, image_size, source)
+    subject = subject_of(model or checkpoint, dict(params))
+    report = describe(subject)
     click.echo(report_text(report))
     if graph:
-        click.echo(f"wrote {render_graph(encoder, decoder, report, graph)}")
+        click.echo(f"wrote {render_graph(subject, report, graph)}")
 
 
 @cli.command("dashboard")

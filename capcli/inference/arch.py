@@ -45,20 +45,32 @@ class ArchReport:
     source: str
 
 
-def load_model(checkpoint: str | None, options: dict) -> tuple[nn.Module, nn.Module, ModelConfig, bool, int, str]:
-    """(encoder, decoder, config, fine_tune, image size, source) from a checkpoint or options."""
+@dataclass
+class Subject:
+    """The model ``capcli arch`` describes, and where it came from (a checkpoint's path or "options")."""
+
+    encoder: nn.Module
+    decoder: nn.Module
+    config: ModelConfig
+    fine_tune: bool
+    image_size: int
+    source: str
+
+
+def subject_of(checkpoint: str | None, options: dict) -> Subject:
+    """The model in ``checkpoint`` (a checkpoint or bundle), else one built from ``options``."""
     if checkpoint:
         ckpt = read_checkpoint(checkpoint)
         encoder, decoder = model_from_checkpoint(ckpt)
         fine_tune = bool(ckpt.train_config and ckpt.train_config.fine_tune_encoder)
         if ckpt.stage == "a2c":
             fine_tune = bool(ckpt.a2c_config and not ckpt.a2c_config.freeze_encoder)
-        return encoder, decoder, ckpt.model_config, fine_tune, ckpt.image_size, checkpoint
+        return Subject(encoder, decoder, ckpt.model_config, fine_tune, ckpt.image_size, checkpoint)
     fine_tune = options.pop("fine_tune_encoder")
     image_size = options.pop("image_size")
     config = ModelConfig(**options)
     encoder, decoder = build_model(config)
-    return encoder, decoder, config, fine_tune, image_size, "options"
+    return Subject(encoder, decoder, config, fine_tune, image_size, "options")
 
 
 def _component(name: str) -> str:
@@ -70,10 +82,10 @@ def count(module: nn.Module) -> Counts:
     return Counts(sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad))
 
 
-def describe(encoder: nn.Module, decoder: nn.Module, config: ModelConfig, fine_tune: bool, image_size: int,
-             source: str, caption_length: int = 12) -> ArchReport:
+def describe(subject: Subject, caption_length: int = 12) -> ArchReport:
     """Run a sample image and caption through the model, recording each layer's output shape."""
-    encoder.set_fine_tune(fine_tune)
+    encoder, decoder, config, image_size = subject.encoder, subject.decoder, subject.config, subject.image_size
+    encoder.set_fine_tune(subject.fine_tune)
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = []
     stages = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")  # torchvision's names
@@ -114,7 +126,7 @@ def describe(encoder: nn.Module, decoder: nn.Module, config: ModelConfig, fine_t
               "decoder": Counts(decoder_counts.total - attention_counts.total,
                                 decoder_counts.trainable - attention_counts.trainable)}
     counts["total"] = Counts(sum(c.total for c in counts.values()), sum(c.trainable for c in counts.values()))
-    return ArchReport(config, fine_tune, image_size, caption_length, layers, counts, source)
+    return ArchReport(config, subject.fine_tune, image_size, caption_length, layers, counts, subject.source)
 
 
 def report_text(report: ArchReport) -> str:
@@ -135,7 +147,7 @@ def report_text(report: ArchReport) -> str:
     return "\n".join(lines)
 
 
-def render_graph(encoder: nn.Module, decoder: nn.Module, report: ArchReport, path: str) -> str:
+def render_graph(subject: Subject, report: ArchReport, path: str) -> str:
     """A diagram of the forward pass (torchviz + Graphviz), written to ``path`` (PNG)."""
     try:
         import graphviz  # noqa: F401
@@ -143,6 +155,7 @@ def render_graph(encoder: nn.Module, decoder: nn.Module, report: ArchReport, pat
     except ImportError:
         raise CapcliError("--graph needs torchviz and Graphviz: pip install 'capcli[graph]' and install "
                           "Graphviz (e.g. apt install graphviz)") from None
+    encoder, decoder = subject.encoder, subject.decoder
     features = encoder(torch.rand(1, 3, report.image_size, report.image_size))
     caption = torch.randint(0, report.config.vocab_size, (1, report.caption_length + 2))
     logits, _ = decoder(features, caption, torch.tensor([report.caption_length + 2]))
