@@ -212,7 +212,8 @@ def test_layout_at_80x24_and_every_help_key(run_copy):
             assert query.beam != beam
             chosen = query.chosen
             await pilot.press("c")
-            assert query.chosen != chosen and query.chosen in app.checkpoint_list.checkpoints  # the run has 2 checkpoints
+            # the run has 2 checkpoints
+            assert query.chosen != chosen and query.chosen in app.checkpoint_list.checkpoints
             await pilot.press("r", "i")
             assert app.focused is app.query_one("#path")
             await pilot.press("escape")

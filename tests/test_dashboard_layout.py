@@ -1,22 +1,26 @@
 """Dashboard 2.0 with App.run_test() at 80 × 24 and 160 × 45: the two layouts, switching and
 comparing runs, a crashed run, the step-loss chart, sample captions, b/c captioning again and
-checkpoint rows from the metadata sidecar; and `capcli dashboard` in a pseudo-terminal."""
+checkpoint rows from the metadata sidecar; the messages from a worker thread to the panels and
+an error in a panel; and `capcli dashboard` in a pseudo-terminal."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from textual_plotext import PlotextPlot
 
-from capcli.dashboard.app import Dashboard
+from capcli.dashboard.app import ERROR_LOG, Dashboard
+from capcli.dashboard.messages import RunsListed
 from capcli.dashboard.runlist import RunsScreen
 from capcli.paths import feed_file, lock_file
 from tests.test_dashboard import _text, _until
@@ -275,8 +279,9 @@ def test_checkpoint_rows_from_the_sidecar_without_loading(run_copy, monkeypatch)
         nonlocal sidecars_only
         app = _app(folder, NAME)
         async with app.run_test(size=WIDE) as pilot:
-            assert await _until(pilot, lambda: len(app.checkpoint_list.checkpoints) == 2, 10)
-            assert all(c.from_sidecar for c in app.checkpoint_list.checkpoints.values()) and loads == []
+            panel = app.checkpoint_list
+            assert await _until(pilot, lambda: len(panel.checkpoints) == 2, 10)
+            assert all(c.from_sidecar for c in panel.checkpoints.values()) and loads == []
             row = next(r for r in _text(app, "#checkpoints").splitlines() if f"BEST_{NAME}" in r)
             assert f"e{meta['epoch']}" in row and f"{meta['best_bleu4']:.3f}" in row
             assert f"{meta['best_cider_d']:.3f}" in row  # the wide panel has room for CIDEr-D
@@ -286,7 +291,52 @@ def test_checkpoint_rows_from_the_sidecar_without_loading(run_copy, monkeypatch)
             os.utime(latest)
             await pilot.press("r")
             assert await _until(pilot, lambda: loads == [latest.name], 10)
-            assert await _until(pilot, lambda: not app.checkpoint_list.checkpoints[str(latest)].from_sidecar, 10)
-            assert app.checkpoint_list.checkpoints[str(latest)].epoch == 1 and f"checkpoint_{NAME}" in _text(app, "#checkpoints")
+            assert await _until(pilot, lambda: not panel.checkpoints[str(latest)].from_sidecar, 10)
+            assert panel.checkpoints[str(latest)].epoch == 1 and f"checkpoint_{NAME}" in _text(app, "#checkpoints")
 
     asyncio.run(scenario())
+
+
+def test_a_listing_posted_from_a_thread_reaches_the_followed_run_and_both_panels(tmp_path):
+    _feed(tmp_path, "run_a", epochs=2, end="completed")
+    _feed(tmp_path, "run_b", epochs=1, end="completed")
+
+    async def scenario():
+        app = Dashboard(str(tmp_path), "run_a", poll_seconds=0.1, checkpoint_seconds=5, state_seconds=60)
+        async with app.run_test(size=WIDE) as pilot:
+            assert await _until(pilot, lambda: "finished" in _text(app, "#run") and len(app.runs_panel.runs) == 2)
+            runs = [dataclasses.replace(r, state="stopped") if r.name == "run_a" else r for r in app.runs_panel.runs]
+            # as the state worker does: post_message from another thread, the app applies it and passes it on
+            poster = threading.Thread(target=app.post_message, args=(RunsListed(runs, {"run_a": "stopped"}),))
+            poster.start()
+            poster.join()
+            assert await _until(pilot, lambda: "stopped" in _text(app, "#run"))
+            assert app.main.state == "stopped" and app.runs_panel.runs == runs
+            assert await _until(pilot, lambda: "stopped" in _text(app, "#runs"))
+            rows = _text(app, "#runs").splitlines()
+            assert "run_a  stopped" in rows[0] and "run_b  finished" in rows[1]
+
+    asyncio.run(scenario())
+
+
+def test_an_error_in_a_panel_exits_1_with_a_log_and_one_line(tmp_path, monkeypatch, capsys):
+    _feed(tmp_path, NAME, epochs=1)
+
+    def broken(*args):
+        raise KeyError("no such row")
+
+    monkeypatch.setattr("capcli.dashboard.views.run_row", broken)  # the run list panel draws its rows with it
+    app = _app(tmp_path, NAME)
+
+    async def scenario():
+        with pytest.raises(KeyError):  # run_test raises the error again, as Textual does for tests
+            async with app.run_test(size=WIDE) as pilot:
+                assert await _until(pilot, lambda: not app.is_running, 10)
+
+    asyncio.run(scenario())
+    assert app.return_code == 1
+    assert app.error_message == (f"the dashboard stopped on an unexpected error: KeyError: 'no such row' "
+                                 f"(traceback in {tmp_path / ERROR_LOG})")
+    text = (tmp_path / ERROR_LOG).read_text()
+    assert "Traceback (most recent call last)" in text and "in on_runs_listed" in text
+    assert "Traceback" not in capsys.readouterr().err  # the log has it: Textual does not print it too

@@ -4,52 +4,56 @@ caption queries with a per-word attention heat map drawn in the terminal.
 
 Under 120 columns it keeps the 80 × 24 layout (one chart at a time); from 120 columns it shows
 the run list, 2 × 2 charts, the sample captions and a caption panel whose heat map grows with it
-(``dashboard.tcss``). All file reading and inference happen in thread workers; the UI thread
-only applies results. It calls the same services as the CLI (``runs``, ``captioning``). Invalid
-feed lines are skipped by the reader (and counted in the run panel); an unexpected error
-anywhere ends the app with return code 1, its traceback in ``{output_folder}/dashboard_error.log``
-and ``error_message`` saying so in one line.
+(``dashboard.tcss``). The app composes the panels (``views``, ``charts``, ``query``) and follows
+the runs: its worker threads read the feeds, the run states and the checkpoints, and post what they
+found (``messages``); the app keeps the followed runs' figures and passes the news on to the
+panels, each of which keeps and draws what it shows. It calls the same services as the CLI
+(``runs``, ``captioning``). Invalid feed lines are skipped by the reader (and counted in the run
+panel); an unexpected error anywhere in the dashboard's code ends the app with return code 1, its
+traceback in ``{output_folder}/dashboard_error.log`` and ``error_message`` saying so in one line
+(``crash``).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from functools import partial
 
+from rich.console import Console
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Header, Input, Static
-from textual.worker import WorkerFailed
-from textual_plotext import PlotextPlot
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import Footer, Header
+from textual.worker import Worker, WorkerState
 
-from capcli.dashboard.charts import CHARTS, downsample, draw_chart, narrow_chart, wide_charts
+from capcli.dashboard.charts import CHARTS, WIDE, Charts, downsample
+from capcli.dashboard.checkpoints import CheckpointReader
+from capcli.dashboard.crash import ERROR_LOG, crash_message, guarded
 from capcli.dashboard.follow import Follower
-from capcli.dashboard.panels import RUNS_TITLE, literal, run_row, run_text, samples_text
-from capcli.dashboard.query import QueryPanel
-from capcli.dashboard.runlist import RunsScreen
-from capcli.dashboard.widgets import (
-    ERROR_LOG,
-    HELP,
-    HelpScreen,
-    PathInput,
-    PathSuggester,
-    Resized,
-    SizedContainer,
-    SizedStatic,
-    write_error_log,
+from capcli.dashboard.messages import (
+    CheckpointChosen,
+    CheckpointsListed,
+    FeedPolled,
+    FollowedChanged,
+    RunFound,
+    RunsListed,
+    RunUpdated,
 )
-from capcli.paths import feed_pattern, run_feeds
-from capcli.runs.summary import RunSummary
+from capcli.dashboard.query import CaptionQuery
+from capcli.dashboard.runlist import RunsScreen
+from capcli.dashboard.views import CheckpointList, RunPanel, RunsPanel, SamplesPanel
+from capcli.dashboard.widgets import HELP, HelpScreen
+from capcli.paths import run_feeds
 from capcli.text import visible
 
-__all__ = ["ERROR_LOG", "HELP", "WIDE", "Dashboard", "HelpScreen", "downsample"]
-
-WIDE = 120  # columns from which the wide layout shows
+__all__ = ["ERROR_LOG", "HELP", "WIDE", "Dashboard", "HelpScreen", "RunsScreen", "downsample"]
 
 
-class Dashboard(QueryPanel, App):
+class Dashboard(App):
     TITLE = "capcli dashboard"
     CSS_PATH = "dashboard.tcss"
     AUTO_FOCUS = None  # keys drive the app until the user presses i for the path box
@@ -77,102 +81,73 @@ class Dashboard(QueryPanel, App):
         self.checkpoint_seconds, self.state_seconds = checkpoint_seconds, state_seconds
         self.main: Follower | None = None  # the followed run (None until a feed is found)
         self.compared: Follower | None = None  # the run whose validation curves are laid over
-        self.runs: list = []  # capcli.runs.summary.RunInfo of every run in the folder
-        self.chart_key = "1"
-        self._init_queries()
+        self.runs_listed = False  # a listing with runs arrived: the state worker need not send the followed first
+        self.checkpoint_reader = CheckpointReader(output_folder)
+        self.panels: tuple[Widget, ...] = ()  # every panel, in compose: the app passes the news on to them
         self.error_message: str | None = None  # set by an unexpected error: one line, where its traceback is
 
-    # --- unexpected errors -----------------------------------------------------------------------
+    # --- layout ------------------------------------------------------------------------------
 
-    def _handle_exception(self, error: Exception) -> None:
-        """Textual's hook for every unhandled error (a handler, a timer, a worker). Instead of a
-        traceback of locals on the terminal: the traceback goes to a log file, ``error_message``
-        says so in one line and the app exits with return code 1."""
-        if self.error_message is None:  # the first error is the cause; any later one follows from it
-            cause = error.error if isinstance(error, WorkerFailed) else error
-            try:
-                where = f"traceback in {write_error_log(self.output_folder, cause)}"
-            except OSError as exc:
-                where = f"no log written: {exc}"
-            summary = (str(cause).strip().splitlines() or [""])[0]
-            self.error_message = (f"the dashboard stopped on an unexpected error: {type(cause).__name__}"
-                                  f"{': ' + summary if summary else ''} ({where})")
-        if self._exception is None:  # as App._handle_exception: Pilot stops waiting, run_test re-raises it
-            self._exception = error
-            self._exception_event.set()
-        self.exit(return_code=1)
+    def compose(self) -> ComposeResult:
+        self.run_panel = RunPanel(self.output_folder, self.stale_seconds, id="run")
+        self.runs_panel = RunsPanel(id="runs")
+        self.checkpoint_list = CheckpointList(id="checkpoints")
+        self.charts = Charts(id="charts")
+        self.samples = SamplesPanel(id="samples")
+        self.caption_query = CaptionQuery(self.output_folder, id="query")
+        self.panels = (self.run_panel, self.runs_panel, self.checkpoint_list, self.charts, self.samples,
+                       self.caption_query)
+        yield Header()
+        with Horizontal(id="top"):
+            yield from (self.run_panel, self.runs_panel, self.checkpoint_list)
+        with Horizontal(id="bottom"):
+            with Vertical(id="left"):
+                yield from (self.charts, self.samples)
+            yield self.caption_query
+        yield Footer()
 
-    def exit(self, result=None, return_code: int = 0, message=None) -> None:
-        """As :meth:`App.exit`, but never with return code 0 once an error happened."""
-        super().exit(result, 1 if self.error_message is not None else return_code, message)
-
-    def _later(self, callback, *args) -> None:
-        """From a worker thread: ``callback(*args)`` on the UI thread, unless the app is closing
-        (its widgets may be gone by then)."""
-        if self._open():
-            self.call_from_thread(self._unless_closing, callback, *args)
-
-    def _unless_closing(self, callback, *args) -> None:
-        if self._open():
-            callback(*args)
+    @guarded
+    def on_mount(self) -> None:
+        self.poll_feed()
+        self.poll_states()
+        self.refresh_checkpoints()
+        for seconds, job in ((self.poll_seconds, self.poll_feed), (self.state_seconds, self.poll_states),
+                             (self.checkpoint_seconds, self.refresh_checkpoints)):
+            self.set_interval(seconds, partial(self.when_open, job))
 
     def _open(self) -> bool:
         """Neither exiting (q, an error) nor shutting down."""
         return self.is_running and self.return_code is None
 
-    # --- layout ------------------------------------------------------------------------------
+    @guarded
+    def when_open(self, job) -> None:
+        """A timer's tick: ``job()`` unless the app is closing (a timer may tick while it shuts down)."""
+        if self._open():
+            job()
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        with Horizontal(id="top"):
-            yield Static("waiting for the metrics feed…", id="run")
-            yield Static("no runs yet", id="runs")
-            yield SizedStatic("no checkpoints yet", id="checkpoints")
-        with Horizontal(id="bottom"):
-            with Vertical(id="left"):
-                with SizedContainer(id="charts"):
-                    yield PlotextPlot(id="chart")
-                    for i in (2, 3, 4):
-                        yield PlotextPlot(id=f"chart{i}", classes="extra")
-                yield Static("", id="samples")
-            with Vertical(id="query"):
-                yield PathInput(placeholder="image path (i)", id="path", suggester=PathSuggester())
-                yield Static("", id="settings")
-                yield Static("type a path and press enter", id="caption")
-                yield SizedStatic("", id="heatmap")
-        yield Footer()
+    def broadcast(self, message: Message) -> None:
+        """Pass ``message`` (a dataclass that does not bubble) on to every panel: a copy each, as a
+        message belongs to one queue. A panel without a handler for it lets it go."""
+        for panel in self.panels:
+            panel.post_message(replace(message))
 
-    def on_mount(self) -> None:
-        for selector, title in (("#run", "Run"), ("#runs", RUNS_TITLE), ("#checkpoints", "Checkpoints"),
-                                ("#query", "Caption query"), ("#samples", "Sample captions")):
-            self.query_one(selector).border_title = title
-        self._show_settings()
-        self._show_samples()
-        self._draw_charts()
+    # --- the followed runs -----------------------------------------------------------------------
+
+    def follow(self, name: str) -> None:
+        """Follow run ``name`` from its first line (it stops being the compared run)."""
+        if self.main is not None and self.main.name == name:
+            return
+        self.main = Follower(self.output_folder, name)
+        if self.compared is not None and self.compared.name == name:
+            self.compared = None
+        self.followed_changed()
         self.poll_feed()
         self.poll_states()
-        self.refresh_checkpoints()
-        # a timer may tick while the app shuts down and its widgets go: each tick checks first
-        self.set_interval(self.poll_seconds, partial(self._unless_closing, self.poll_feed))
-        self.set_interval(self.state_seconds, partial(self._unless_closing, self.poll_states))
-        self.set_interval(self.checkpoint_seconds, partial(self._unless_closing, self.refresh_checkpoints))
-        # ages and staleness move with the clock
-        self.set_interval(1.0, partial(self._unless_closing, self._show_run))
 
-    @property
-    def wide(self) -> bool:
-        return self.size.width >= WIDE
+    def followed_changed(self) -> None:
+        self.broadcast(FollowedChanged(self.main, self.compared))
 
-    def on_resized(self, message: Resized) -> None:
-        """A size-dependent panel changed size: redraw what it shows."""
-        if message.widget.id == "heatmap":
-            self._draw_word()
-        elif message.widget.id == "checkpoints":
-            self._show_checkpoints()
-        elif message.widget.id == "charts":
-            self._draw_charts()  # the layout may have changed: one chart or four
-
-    # --- the feeds (worker thread reads, UI thread applies) --------------------------------------
+    # --- worker threads: read the run folder, post what they found -------------------------------
 
     def _newest_run(self) -> str | None:
         if self.run_name:
@@ -184,56 +159,23 @@ class Dashboard(QueryPanel, App):
     def poll_feed(self) -> None:
         if self.main is None:
             name = self._newest_run()
-            if name is None:
-                return
-            self._later(self._follow, name)
+            if name is not None:
+                self.post_message(RunFound(name))
             return
-        more = False
+        reads, more = [], False
         for follower in (self.main, self.compared):
             if follower is None:
                 continue
             try:
                 polled = follower.poll()
             except OSError as exc:
-                self._later(partial(self.notify, visible(f"reading the metrics feed: {exc}"), severity="error",
-                                    markup=False))
+                self.notify(visible(f"reading the metrics feed: {exc}"), severity="error", markup=False)
                 continue
             if polled is not None and follower.changed(polled):
-                self._later(self._apply_lines, follower, polled)
+                reads.append((follower, polled))
             more = more or bool(polled and polled.more)
-        if more:  # a long feed is read a bounded piece at a time: the next piece at once
-            self._later(self.poll_feed)
-
-    def _follow(self, name: str) -> None:
-        """Follow run ``name`` from its first line (it stops being the compared run)."""
-        if self.main is not None and self.main.name == name:
-            return
-        self.main = Follower(self.output_folder, name)
-        if self.compared is not None and self.compared.name == name:
-            self.compared = None
-        self.chosen = None if self.chosen not in self._run_checkpoints(name) else self.chosen
-        self._after_change()
-        self.poll_feed()
-        self.poll_states()
-
-    def _after_change(self) -> None:
-        self._show_run()
-        self._show_runs()
-        self._show_samples()
-        self._draw_charts()
-        self._apply_checkpoints(self.checkpoints)
-
-    def _apply_lines(self, follower: Follower, polled) -> None:
-        if follower is not self.main and follower is not self.compared:
-            return  # read before a switch of runs
-        if polled.reset and follower.lines:
-            self.notify(f"{visible(follower.name)}: the metrics file was truncated or replaced: starting over",
-                        severity="warning", markup=False)
-        follower.apply(polled)
-        if follower is self.main:
-            self._show_run()
-            self._show_samples()
-        self._draw_charts()
+        if reads or more:
+            self.post_message(FeedPolled(reads, more))
 
     @work(thread=True, exclusive=True, group="states")
     def poll_states(self) -> None:
@@ -242,87 +184,83 @@ class Dashboard(QueryPanel, App):
         from capcli.runs.summary import list_runs, run_info
 
         followed = {f.name: run_info(self.output_folder, f.name).state for f in (self.main, self.compared) if f}
-        if followed and not self.runs:  # the first time: the followed run's state before the whole list
-            self._later(self._apply_states, self.runs, followed)
+        if followed and not self.runs_listed:  # the first time: the followed run's state before the whole list
+            self.post_message(RunsListed([], followed))
         runs = list_runs(self.output_folder) if os.path.isdir(self.output_folder) else []
-        self._later(self._apply_states, runs, {**followed, **{run.name: run.state for run in runs}})
+        self.post_message(RunsListed(runs, {**followed, **{run.name: run.state for run in runs}}))
 
-    def _apply_states(self, runs: list, states: dict[str, str]) -> None:
-        self.runs = runs
+    @work(thread=True, group="checkpoints")
+    def refresh_checkpoints(self) -> None:
+        read = self.checkpoint_reader.read()
+        if read is None:
+            return  # the previous reading is still going
+        found, problems = read
+        for problem in problems:
+            self.notify(visible(problem), severity="error", markup=False)
+        self.post_message(CheckpointsListed(found))
+
+    # --- what they found: the app keeps the followed runs' figures, the panels the rest ---------
+
+    @guarded
+    def on_run_found(self, message: RunFound) -> None:
+        if self._open():
+            self.follow(message.name)
+
+    @guarded
+    def on_feed_polled(self, message: FeedPolled) -> None:
+        for follower, polled in message.reads:
+            if follower is not self.main and follower is not self.compared:
+                continue  # read before a switch of runs
+            if polled.reset and follower.lines:
+                self.notify(f"{visible(follower.name)}: the metrics file was truncated or replaced: starting over",
+                            severity="warning", markup=False)
+            follower.apply(polled)
+            self.broadcast(RunUpdated(follower))
+        if message.more and self._open():  # a long feed is read a bounded piece at a time: the next piece at once
+            self.poll_feed()
+
+    @guarded
+    def on_runs_listed(self, message: RunsListed) -> None:
         for follower in (self.main, self.compared):
-            if follower is not None and follower.name in states:
-                follower.state = states[follower.name]
-        self._show_run()
-        self._show_runs()
+            if follower is not None and follower.name in message.states:
+                follower.state = message.states[follower.name]
+        self.runs_listed = bool(message.runs)
+        self.broadcast(message)
 
-    def _total_epochs(self) -> int | None:
-        """From the feed's start line; for feeds without one, from the run's newest loaded checkpoint."""
-        s = self.main.summary
-        stage_kind = "a2c" if s.stage == "a2c" else "train"
-        if s.total_epochs.get(stage_kind):
-            return s.total_epochs[stage_kind]
-        mine = self._run_checkpoints(self.main.name)
-        infos = [c for c in self.checkpoints.values() if c.path in mine and c.stage == stage_kind and c.total_epochs]
-        return max(infos, key=lambda c: c.mtime).total_epochs if infos else None
+    @guarded
+    def on_checkpoints_listed(self, message: CheckpointsListed) -> None:
+        self.broadcast(message)
 
-    def _show_run(self) -> None:
-        panel = self.query_one("#run", Static)
-        f = self.main
-        if f is None or not f.exists or not f.lines:
-            panel.update(f"waiting for {literal(f.path if f else feed_pattern(self.output_folder))}…")
-            return
-        panel.update(run_text(f, self._total_epochs(), self.compared.name if self.compared else None,
-                              self.stale_seconds, panel.content_size.width or 36))
+    @guarded
+    def on_checkpoint_chosen(self, message: CheckpointChosen) -> None:
+        self.checkpoint_list.chosen = message.path
 
-    def _show_runs(self) -> None:
-        current = self.main.name if self.main else None
-        compared = self.compared.name if self.compared else None
-        rows = [run_row(r, current, compared) for r in self.runs]
-        self.query_one("#runs", Static).update("\n".join(rows) or "no runs yet")
-
-    def _show_samples(self) -> None:
-        f = self.main
-        self.query_one("#samples", Static).update(samples_text(f.samples if f else [], f and f.samples_epoch))
-
-    def _draw_charts(self) -> None:
-        summary = self.main.summary if self.main else RunSummary()
-        compared = (self.compared.name, self.compared.summary) if self.compared else None
-        if self.wide:
-            for widget, spec in zip(self.query(PlotextPlot), wide_charts(self.chart_key, summary)):
-                draw_chart(widget, spec, summary, compared)
-                widget.border_title = spec.title
-        else:
-            chart = self.query_one("#chart", PlotextPlot)
-            spec = narrow_chart(self.chart_key, summary)
-            draw_chart(chart, spec, summary, compared)
-            chart.border_title = f"Chart {self.chart_key}/{len(CHARTS)}: {spec.title}"
-
-    # --- other keys ----------------------------------------------------------------------------
+    # --- keys ----------------------------------------------------------------------------------
 
     def action_chart(self, key: str) -> None:
-        self.chart_key = key
         self.query_one("#left").remove_class("show-samples")
-        self._draw_charts()
+        self.charts.show_chart(key)
 
     def action_samples(self) -> None:
         self.query_one("#left").toggle_class("show-samples")
 
     def action_runs(self) -> None:
-        self.push_screen(RunsScreen(self.runs, self.main and self.main.name,
-                                    self.compared and self.compared.name), self._chose_run)
+        self.push_screen(RunsScreen(self.runs_panel.runs, self.main and self.main.name,
+                                    self.compared and self.compared.name), self.chose_run)
 
-    def _chose_run(self, choice: tuple[str, str] | None) -> None:
+    @guarded
+    def chose_run(self, choice: tuple[str, str] | None) -> None:
         if choice is None:
             return
         what, name = choice
         if what == "follow":
-            self._follow(name)
+            self.follow(name)
         elif what == "uncompare" or (self.main is not None and name == self.main.name):
             self.compared = None
-            self._after_change()
+            self.followed_changed()
         else:
             self.compared = Follower(self.output_folder, name)
-            self._after_change()
+            self.followed_changed()
             self.poll_feed()
             self.poll_states()
 
@@ -330,7 +268,49 @@ class Dashboard(QueryPanel, App):
         self.push_screen(HelpScreen())
 
     def action_focus_path(self) -> None:
-        self.query_one("#path", Input).focus()
+        self.caption_query.focus_path()
 
     def action_leave_path(self) -> None:
         self.set_focus(None)
+
+    def action_word(self, delta: int) -> None:
+        self.caption_query.next_word(delta)
+
+    def action_beam(self) -> None:
+        self.caption_query.next_beam()
+
+    def action_checkpoint(self) -> None:
+        self.caption_query.next_checkpoint()
+
+    def action_refresh_checkpoints(self) -> None:
+        self.checkpoint_reader.retry()  # r: try every file again
+        self.refresh_checkpoints()
+
+    # --- unexpected errors -----------------------------------------------------------------------
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:  # Textual ends the app (the workers exit on error)
+            self.crashed(event.worker.error)
+
+    async def run_action(self, action, default_namespace=None, namespaces=None) -> bool:
+        """As :meth:`App.run_action` (every key runs one); an error in the action is reported by
+        :meth:`crashed` before Textual ends the app."""
+        try:
+            return await super().run_action(action, default_namespace, namespaces)
+        except Exception as error:
+            self.crashed(error)
+            raise
+
+    def crashed(self, error: BaseException) -> None:
+        """An unexpected error (the first one is the cause; any later one follows from it): its
+        traceback to the log, ``error_message`` in one line, return code 1. Textual ends the app
+        when the error reaches it; it would print the traceback with its locals on the terminal
+        then, which the log has replaced, so its error console is silenced."""
+        if self.error_message is None:
+            self.error_message = crash_message(self.output_folder, error)
+            self.error_console = Console(stderr=True, quiet=True)
+        self.exit(return_code=1)
+
+    def exit(self, result=None, return_code: int = 0, message=None) -> None:
+        """As :meth:`App.exit`, but never with return code 0 once an error happened."""
+        super().exit(result, 1 if self.error_message is not None else return_code, message)

@@ -1,15 +1,24 @@
-"""The dashboard's charts: what each one draws, which four the wide layout shows, and drawing one
-into a ``PlotextPlot`` with a compared run's validation curves laid over it."""
+"""The dashboard's charts: what each one draws, which four the wide layout shows, drawing one
+into a ``PlotextPlot`` with a compared run's validation curves laid over it, and the
+:class:`Charts` panel."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from textual.app import ComposeResult
+from textual.containers import Container
+from textual_plotext import PlotextPlot
+
+from capcli.dashboard.crash import guarded
+from capcli.dashboard.follow import Follower
+from capcli.dashboard.messages import FollowedChanged, RunUpdated
 from capcli.runs.metrics import CHARTS as METRIC_CHARTS
 from capcli.runs.metrics import set_ticks
 from capcli.runs.summary import MAX_STEP_BUCKETS, RunSummary
 from capcli.text import visible
 
+WIDE = 120  # columns from which the wide layout shows (four charts)
 MAX_POINTS = 2 * MAX_STEP_BUCKETS + 2  # a per-step series whole: its buckets' lows and highs, drawn as they are
 
 
@@ -88,3 +97,54 @@ def draw_chart(widget, spec: ChartSpec, summary: RunSummary,
     plt.title(spec.title if curves else f"{spec.title}: no data yet")
     widget.refresh()
     return len(curves)
+
+
+class Charts(Container):
+    """The charts of the followed run, with the compared run's validation curves: the one that the
+    last chart key chose under :data:`WIDE` columns, 2 × 2 from there. Owns the runs it draws and
+    the chart key."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.chart_key = "1"
+        self.main: Follower | None = None
+        self.compared: Follower | None = None
+
+    def compose(self) -> ComposeResult:
+        yield PlotextPlot(id="chart")
+        for i in (2, 3, 4):
+            yield PlotextPlot(id=f"chart{i}", classes="extra")
+
+    @guarded
+    def on_mount(self) -> None:
+        self.draw()
+
+    @guarded
+    def on_resize(self) -> None:
+        self.draw()  # the layout may have changed: one chart or four
+
+    @guarded
+    def on_followed_changed(self, message: FollowedChanged) -> None:
+        self.main, self.compared = message.main, message.compared
+        self.draw()
+
+    @guarded
+    def on_run_updated(self, message: RunUpdated) -> None:
+        self.draw()
+
+    def show_chart(self, key: str) -> None:
+        self.chart_key = key
+        self.draw()
+
+    def draw(self) -> None:
+        summary = self.main.summary if self.main else RunSummary()
+        compared = (self.compared.name, self.compared.summary) if self.compared else None
+        if self.app.size.width >= WIDE:
+            for widget, spec in zip(self.query(PlotextPlot), wide_charts(self.chart_key, summary)):
+                draw_chart(widget, spec, summary, compared)
+                widget.border_title = spec.title
+        else:
+            chart = self.query_one("#chart", PlotextPlot)
+            spec = narrow_chart(self.chart_key, summary)
+            draw_chart(chart, spec, summary, compared)
+            chart.border_title = f"Chart {self.chart_key}/{len(CHARTS)}: {spec.title}"

@@ -1,36 +1,45 @@
-"""The dashboard's checkpoint rows and caption queries, a part of :class:`~capcli.dashboard.app.Dashboard`
-(a mixin, so that each file stays small): the rows come from the metadata sidecars (a worker
-thread reads them); a query captions an image with the chosen checkpoint and beam size in a
-worker thread, and ``b`` / ``c`` caption the last image again with the next beam size or
-checkpoint. Only the newest query's answer is shown."""
+"""The caption panel (:class:`CaptionQuery`): a query captions an image with the chosen checkpoint
+and beam size in a worker thread, and shows the caption with a per-word attention heat map;
+``b`` / ``c`` caption the last image again with the next beam size or checkpoint, ← → step through
+the words. Only the newest query's answer is shown."""
 
 from __future__ import annotations
 
 import os
-import threading
-import time
-from functools import partial
 
 from textual import work
+from textual.app import ComposeResult
+from textual.containers import Vertical
 from textual.widgets import Input, Static
 
-from capcli.dashboard.checkpoints import CheckpointInfo, read_checkpoint_info
-from capcli.dashboard.panels import caption_text, checkpoint_rows, literal
-from capcli.dashboard.widgets import heatmap_text
-from capcli.paths import a2c_files, checkpoint_files, is_best, train_files
+from capcli.dashboard.checkpoints import run_checkpoints
+from capcli.dashboard.crash import guarded
+from capcli.dashboard.messages import (
+    CaptionAnswered,
+    CaptionFailed,
+    CheckpointChosen,
+    CheckpointsListed,
+    FollowedChanged,
+    Resized,
+)
+from capcli.dashboard.panels import caption_text, literal
+from capcli.dashboard.widgets import PathInput, PathSuggester, SizedStatic, heatmap_text
+from capcli.paths import is_best
 from capcli.text import visible
 
 BEAMS = (1, 3, 5, 10)
 
 
-class QueryPanel:
-    """Checkpoints and caption queries; :class:`Dashboard` calls :meth:`_init_queries` and owns
-    ``output_folder``, ``main`` and ``_later``."""
+class CaptionQuery(Vertical):
+    """The path box, the settings (checkpoint, beam size), the caption and its heat map. Owns the
+    query settings (the checkpoint paths listed and the one chosen among them: the followed run's
+    BEST first), the last image asked about, the answer shown and the loaded models."""
 
-    def _init_queries(self) -> None:
-        self.checkpoints: dict[str, CheckpointInfo] = {}
-        self.checkpoint_lock = threading.Lock()  # one reading of the checkpoints at a time
-        self.unreadable: dict[str, float | None] = {}  # checkpoint path → mtime when it could not be read
+    def __init__(self, output_folder: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.output_folder = output_folder
+        self.paths: list[str] = []  # the checkpoints in the run folder, as listed
+        self.run_name: str | None = None  # the followed run
         self.chosen: str | None = None  # the checkpoint path queries use
         self.beam = 3
         self.query_image: str | None = None  # the last image asked about: b and c caption it again
@@ -40,88 +49,80 @@ class QueryPanel:
         self.word_index = 0
         self.captioners: dict[str, tuple[float, object]] = {}  # path → (mtime, model): one per file
 
-    # --- checkpoints ---------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield PathInput(placeholder="image path (i)", id="path", suggester=PathSuggester())
+        yield Static("", id="settings")
+        yield Static("type a path and press enter", id="caption")
+        yield SizedStatic("", id="heatmap")
 
-    @work(thread=True, group="checkpoints")
-    def refresh_checkpoints(self) -> None:
-        if not self.checkpoint_lock.acquire(blocking=False):
-            return  # the previous reading is still going (a checkpoint without sidecar takes a while)
-        try:
-            found = self._read_checkpoints()
-        finally:
-            self.checkpoint_lock.release()
-        self._later(self._apply_checkpoints, found)
+    @guarded
+    def on_mount(self) -> None:
+        self.border_title = "Caption query"
+        self.show_settings()
 
-    def _read_checkpoints(self) -> dict[str, CheckpointInfo]:
-        found = {}
-        for path in checkpoint_files(self.output_folder):
-            mtime = None
-            try:
-                mtime = os.path.getmtime(path)
-                known = self.checkpoints.get(path)
-                if self.unreadable.get(path) != mtime:  # a file that failed is tried again once rewritten
-                    found[path] = known if known and known.mtime == mtime else read_checkpoint_info(path, mtime)
-            except Exception as exc:  # a strange file is reported once, never fatal to the app
-                self.unreadable[path] = mtime
-                self._later(partial(self.notify, visible(f"{os.path.basename(path)}: {exc}"), severity="error",
-                                    markup=False))
-        return found
+    # --- the checkpoint and the beam size ------------------------------------------------------
 
-    def action_refresh_checkpoints(self) -> None:
-        self.unreadable.clear()  # r: try every file again
-        self.refresh_checkpoints()
+    @guarded
+    def on_checkpoints_listed(self, message: CheckpointsListed) -> None:
+        self.paths = list(message.found)
+        self.choose()
 
-    def _run_checkpoints(self, name: str) -> list[str]:
-        """The run's checkpoint paths, the BEST ones first (train's, then A2C's)."""
-        train, a2c = train_files(self.output_folder, name), a2c_files(self.output_folder, name)
-        return [train.best, a2c.best, train.checkpoint, a2c.checkpoint]
+    @guarded
+    def on_followed_changed(self, message: FollowedChanged) -> None:
+        name = message.main.name if message.main else None
+        if name != self.run_name:  # another run followed (not only compared): its own checkpoint first
+            self.run_name = name
+            if name is not None and self.chosen not in run_checkpoints(self.output_folder, name):
+                self.chosen = None
+        self.choose()
 
-    def _apply_checkpoints(self, found: dict[str, CheckpointInfo]) -> None:
-        self.checkpoints = found
-        if self.chosen not in found:  # nothing chosen yet, another run, or the file went away: the run's BEST
-            mine = [p for p in self._run_checkpoints(self.main.name) if p in found] if self.main else []
-            best = [p for p in found if is_best(p)]
-            self.chosen = (mine or best or list(found) or [None])[0]
+    def choose(self) -> None:
+        """Keep the chosen checkpoint while it is listed; else the followed run's BEST (or any
+        BEST, or any checkpoint), with which a caption shown is made again."""
+        if self.chosen not in self.paths:
+            mine = [p for p in run_checkpoints(self.output_folder, self.run_name)
+                    if p in self.paths] if self.run_name else []
+            best = [p for p in self.paths if is_best(p)]
+            self.chosen = (mine or best or self.paths or [None])[0]
+            self.post_message(CheckpointChosen(self.chosen))
             if self.caption_for is not None and self.chosen is not None:
-                self._query_again()  # the caption shown came from another checkpoint
-        self._show_checkpoints()
-        self._show_settings()
+                self.query_again()  # the caption shown came from another checkpoint
+        self.show_settings()
 
-    def _show_checkpoints(self) -> None:
-        panel = self.query_one("#checkpoints", Static)
-        title, rows = checkpoint_rows(list(self.checkpoints.values()), self.chosen,
-                                      panel.content_size.width or 36, time.time())
-        panel.border_title = title
-        panel.update(rows)
+    def next_checkpoint(self) -> None:
+        """Key c: query with the next checkpoint listed."""
+        paths = self.paths
+        if paths:
+            self.chosen = paths[(paths.index(self.chosen) + 1) % len(paths)] if self.chosen in paths else paths[0]
+            self.post_message(CheckpointChosen(self.chosen))
+            self.show_settings()
+            self.query_again()
 
-    def _show_settings(self) -> None:
+    def next_beam(self) -> None:
+        """Key b: query with the next beam size."""
+        self.beam = BEAMS[(BEAMS.index(self.beam) + 1) % len(BEAMS)] if self.beam in BEAMS else BEAMS[0]
+        self.show_settings()
+        self.query_again()
+
+    def show_settings(self) -> None:
         chosen = self.chosen
         self.query_one("#settings", Static).update(
             f"model {literal(os.path.basename(chosen)) if chosen else '–'}\nbeam {self.beam} (b)  model (c)")
 
-    def action_checkpoint(self) -> None:
-        paths = list(self.checkpoints)
-        if paths:
-            self.chosen = paths[(paths.index(self.chosen) + 1) % len(paths)] if self.chosen in paths else paths[0]
-            self._show_settings()
-            self._show_checkpoints()
-            self._query_again()
+    # --- queries -------------------------------------------------------------------------------
 
-    def action_beam(self) -> None:
-        self.beam = BEAMS[(BEAMS.index(self.beam) + 1) % len(BEAMS)] if self.beam in BEAMS else BEAMS[0]
-        self._show_settings()
-        self._query_again()
+    def focus_path(self) -> None:
+        self.query_one("#path", Input).focus()
 
-    # --- caption queries -----------------------------------------------------------------------
-
+    @guarded
     def on_input_submitted(self, event: Input.Submitted) -> None:
         path = event.value.strip()
         if path:
             self.query_image = os.path.expanduser(path)
-            self.set_focus(None)  # out of the box: ← → step through the words, b c l work at once
-            self._query_again()
+            self.app.set_focus(None)  # out of the box: ← → step through the words, b c l work at once
+            self.query_again()
 
-    def _query_again(self) -> None:
+    def query_again(self) -> None:
         """Caption the last image asked about with the current checkpoint and beam size."""
         if self.query_image is None:
             return
@@ -143,26 +144,40 @@ class QueryPanel:
                 self.captioners[checkpoint] = (mtime, load_captioner(checkpoint))
             result = caption_files(self.captioners[checkpoint][1], [image], beam_size=beam)[0]
         except Exception as exc:  # any failure is a notification; the app keeps running
-            self._later(self._caption_failed, number, str(exc) or type(exc).__name__)
+            self.post_message(CaptionFailed(number, str(exc) or type(exc).__name__))
             return
         if result.error:
-            self._later(self._caption_failed, number, result.error)
+            self.post_message(CaptionFailed(number, result.error))
         else:
-            self._later(self._show_caption, number, result, (image, checkpoint, beam))
+            self.post_message(CaptionAnswered(number, result, (image, checkpoint, beam)))
 
-    def _caption_failed(self, number: int, message: str) -> None:
-        if number == self.query_number:
+    @guarded
+    def on_caption_failed(self, message: CaptionFailed) -> None:
+        if message.number == self.query_number:
             self.query_one("#caption", Static).update("query failed (see the notification)")
-            self.query_one("#path", Input).focus()  # back in the box to correct the path
-        self.notify(visible(message), severity="error", timeout=8, markup=False)
+            self.focus_path()  # back in the box to correct the path
+        self.notify(visible(message.text), severity="error", timeout=8, markup=False)
 
-    def _show_caption(self, number: int, result, settings: tuple[str, str, int]) -> None:
-        if number != self.query_number:
+    @guarded
+    def on_caption_answered(self, message: CaptionAnswered) -> None:
+        if message.number != self.query_number:
             return  # an older query finished after a newer one started
-        self.caption_result, self.caption_for, self.word_index = result, settings, 0
-        self._draw_word()
+        self.caption_result, self.caption_for, self.word_index = message.result, message.settings, 0
+        self.draw_word()
 
-    def _draw_word(self) -> None:
+    # --- the caption and its heat map ----------------------------------------------------------
+
+    @guarded
+    def on_resized(self, message: Resized) -> None:
+        self.draw_word()  # the heat map's size changed
+
+    def next_word(self, delta: int) -> None:
+        """Keys ← →: the previous or next word's attention."""
+        if self.caption_result is not None and self.caption_result.words:
+            self.word_index = (self.word_index + delta) % len(self.caption_result.words)
+            self.draw_word()
+
+    def draw_word(self) -> None:
         r = self.caption_result
         if r is None:
             return
@@ -176,8 +191,3 @@ class QueryPanel:
         columns = max(heat.size.width, 8)
         # a cell holds two pixels stacked and is about twice as tall as wide: 2 columns per row is square
         heat.update(heatmap_text(r.pixels, weights, min(columns, 2 * rows), rows))
-
-    def action_word(self, delta: int) -> None:
-        if self.caption_result is not None and self.caption_result.words:
-            self.word_index = (self.word_index + delta) % len(self.caption_result.words)
-            self._draw_word()

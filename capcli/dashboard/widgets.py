@@ -1,28 +1,20 @@
-"""The dashboard's parts that are not the app: the help screen, the path box, panels that say
-when their size changes, the attention heat map in half-blocks and the error log."""
+"""The dashboard's small parts: the help screen, the path box with its completion, a panel that
+says when its size changes and the attention heat map in half-blocks."""
 
 from __future__ import annotations
 
 import glob
 import os
-import tempfile
-import time
-import traceback
 
 import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Container
-from textual.message import Message
 from textual.screen import ModalScreen
 from textual.suggester import Suggester
-from textual.widget import Widget
 from textual.widgets import Input, Static
 
-from capcli import safeio
-
-ERROR_LOG = "dashboard_error.log"
+from capcli.dashboard.messages import Resized
 
 HELP = """\
 [b]capcli dashboard — keys[/b]
@@ -67,45 +59,23 @@ def heatmap_text(pixels: np.ndarray, weights, width: int, height: int, strength:
     return text
 
 
-def write_error_log(folder: str, error: BaseException) -> str:
-    """Write the traceback of ``error`` to ``folder``/dashboard_error.log, or to a new temporary
-    file when that folder is missing or not writable; returns the file's path.
-
-    Raises:
-        OSError: not even a temporary file could be written.
-    """
-    text = f"capcli dashboard, {time.strftime('%Y-%m-%d %H:%M:%S')}\n" + "".join(traceback.format_exception(error))
-    if os.path.isdir(folder):
-        path = os.path.join(folder, ERROR_LOG)
-        try:
-            with safeio.atomic_write(path, text=True) as f:
-                f.write(text)
-            return path
-        except OSError:
-            pass  # a folder this user may only read: the temporary file below instead
-    fd, path = tempfile.mkstemp(prefix="capcli-dashboard-", suffix=".log")
-    with open(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    return path
-
-
-class Resized(Message):
-    """A :class:`SizedStatic` or :class:`SizedContainer` changed size (``widget``): what it shows
-    may depend on its size (the heat map, checkpoint names, which charts a layout has)."""
-
-    def __init__(self, widget: Widget) -> None:
-        super().__init__()
-        self.widget = widget
-
-
 class SizedStatic(Static):
+    """A panel whose parent draws it to its size: it says when that changes (:class:`Resized`)."""
+
     def on_resize(self) -> None:
         self.post_message(Resized(self))
 
 
-class SizedContainer(Container):
-    def on_resize(self) -> None:
-        self.post_message(Resized(self))
+def complete_path(value: str) -> str | None:
+    """``value`` completed to the first file system path it begins (a directory with a trailing
+    slash), as typed (``~`` stays); None when no path begins with it."""
+    if not value:
+        return None
+    matches = sorted(glob.glob(os.path.expanduser(value) + "*"))
+    if not matches:
+        return None
+    match = matches[0] + ("/" if os.path.isdir(matches[0]) else "")
+    return value + match[len(os.path.expanduser(value)):]
 
 
 class PathSuggester(Suggester):
@@ -115,23 +85,19 @@ class PathSuggester(Suggester):
         super().__init__(use_cache=False, case_sensitive=True)
 
     async def get_suggestion(self, value: str) -> str | None:
-        if not value:
-            return None
-        matches = sorted(glob.glob(os.path.expanduser(value) + "*"))
-        if not matches:
-            return None
-        match = matches[0] + ("/" if os.path.isdir(matches[0]) else "")
-        return value + match[len(os.path.expanduser(value)):]
+        return complete_path(value)
 
 
 class PathInput(Input):
-    """The image path box: Tab accepts the completion shown after the cursor."""
+    """The image path box: Tab accepts the completion shown after the cursor (the suggester's,
+    :func:`complete_path`)."""
 
     BINDINGS = [Binding("tab", "complete", "Complete", show=False)]
 
     def action_complete(self) -> None:
-        if self._suggestion and len(self._suggestion) > len(self.value):
-            self.value = self._suggestion
+        completed = complete_path(self.value)
+        if completed and len(completed) > len(self.value):
+            self.value = completed
             self.cursor_position = len(self.value)
 
 

@@ -60,7 +60,7 @@ def run_demo(data_folder: str = "data_output", output_folder: str = "model_outpu
     progress.message(plan.reason)
     prep = run_prep(PrepConfig(output_folder=data_folder, num_images=num_images, workers=workers,
                                image_size=plan.image_size), progress)
-    config = TrainConfig(data_folder=data_folder, output_folder=output_folder, name=prep.name, epochs=plan.epochs,
+    config = TrainConfig(data_folder=data_folder, output_folder=output_folder, data_name=prep.name, epochs=plan.epochs,
                          seed=seed, concept_epochs=plan.concept_epochs,
                          resume=os.path.exists(train_files(output_folder, prep.name).checkpoint))
     progress.message(f"Training {plan.epochs} epochs on {prep.name} (a small ResNet trained from scratch: first on "
