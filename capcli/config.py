@@ -10,9 +10,19 @@ import re
 from dataclasses import dataclass
 
 # Names the CLI offers as choices, kept here (no torch import) so `capcli --help` stays instant.
-# The model's tables (capcli.model.encoder.ENCODER_DIMS, capcli.model.captioner.DECODERS) hold
-# the same names; tests check that they agree.
-ENCODER_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet-small")
+# The model's tables (capcli.model.encoder.ENCODER_DIMS, capcli.model.backbones.FAMILIES,
+# capcli.model.captioner.DECODERS) hold the same names; tests check that they agree.
+RESNET_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet-small")
+TORCHVISION_ENCODERS = (  # torchvision's model names
+    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
+    "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l",
+    "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
+    "regnet_y_32gf",
+    "swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b",
+    "vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32",
+)
+ENCODER_NAMES = RESNET_ENCODERS + TORCHVISION_ENCODERS
+CLIP_PREFIX = "clip:"  # clip:ARCH or clip:ARCH:TAG, open_clip's model name and pretrained tag
 DECODER_NAMES = ("attention", "plain")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SPLITS = ("test", "val", "train")
@@ -25,6 +35,18 @@ BASELINES = ("critic", "greedy")  # capcli a2c --baseline
 # `capcli prep --dataset NAME`: the prefix of every prepared file, so letters, digits, "-", "_" and
 # "." only, and not starting with "." (no hidden files, no "..", no path separators).
 DATASET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def encoder_problem(name: str) -> str | None:
+    """Why ``name`` is no encoder capcli builds (None: it is one). A CLIP name is checked against
+    open_clip's models where the model is built."""
+    if name in ENCODER_NAMES:
+        return None
+    if name.startswith(CLIP_PREFIX) and re.fullmatch(r"[A-Za-z0-9._-]+(:[A-Za-z0-9._-]+)?", name[len(CLIP_PREFIX):]):
+        return None
+    return (f"unknown encoder {name!r}: choose a ResNet (resnet18...resnet152), a torchvision model "
+            "(convnext_tiny, efficientnet_v2_s, regnet_y_1_6gf, swin_t, vit_b_16...) or clip:ARCH "
+            "(e.g. clip:ViT-B-32); `capcli arch --help` lists them")
 
 
 def dataset_name_problem(name: str) -> str | None:
@@ -119,6 +141,18 @@ class PrepConfig:
 
 
 @dataclass(frozen=True)
+class Preprocess:
+    """How an encoder takes images in [0, 1], as its weights were trained: resized to ``resize``
+    (prepared images are square), centre-cropped to ``size``, normalised with ``mean`` and ``std``."""
+
+    size: int
+    resize: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"  # or bicubic
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Architecture; saved in every checkpoint and used to rebuild the model from it."""
 
@@ -130,7 +164,8 @@ class ModelConfig:
     decoder_dim: int = 512
     dropout: float = 0.5
     one_hot: bool = False
-    encoded_size: int = 14
+    encoded_size: int = 14  # the grid side the encoder's features are pooled to (at most)
+    preprocess: Preprocess | None = None  # None: a ResNet, which takes the prepared images as they are
 
 
 ARCHITECTURE_FIELDS = ("encoder", "decoder", "embed_dim", "attention_dim", "decoder_dim", "one_hot")
@@ -153,6 +188,7 @@ class TrainConfig:
     alpha_c: float = 1.0
     teacher_forcing: float = 1.0
     fine_tune_encoder: bool = False
+    fine_tune_depth: int | None = None  # stages / blocks trained with fine_tune_encoder (None: the encoder's default)
     pretrained: bool | None = None  # None: ImageNet weights on real data sets, none on shapes
     pretrained_weights: str | None = None
     resume: bool = False

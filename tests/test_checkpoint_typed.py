@@ -12,8 +12,9 @@ import torch
 from capcli import paths
 from capcli.config import A2CConfig, ModelConfig, TrainConfig
 from capcli.errors import CheckpointError
-from capcli.store.checkpoint import A2CState, Checkpoint, DataRef, TrainState, load_checkpoint, options_from
+from capcli.store.checkpoint import A2CState, Checkpoint, DataRef, TrainState, load_checkpoint
 from capcli.store.epochs import EpochRecord, record
+from capcli.store.fields import options_from
 from capcli.store.files import read_checkpoint, save_checkpoint
 
 WORD_MAP = {"<pad>": 0, "<unk>": 1, "<start>": 2, "<end>": 3, "dog": 4}

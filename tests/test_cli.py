@@ -37,19 +37,27 @@ def test_every_command_has_help_with_example_and_defaults(run, name):
             assert "default:" in record, f"{name} {param.opts[0]} hides its default"
 
 
-def test_choices_are_the_models_own_names():
-    from capcli.config import DECODER_NAMES, ENCODER_NAMES, PRECISIONS
+def test_choices_are_the_models_own_names(run):
+    from capcli.config import DECODER_NAMES, ENCODER_NAMES, PRECISIONS, RESNET_ENCODERS, TORCHVISION_ENCODERS
+    from capcli.model.backbones import FAMILIES
     from capcli.model.captioner import DECODERS as MODEL_DECODERS
     from capcli.model.encoder import ENCODER_DIMS
     from capcli.runtime import device
+    from capcli.runtime.torch_compat import import_torchvision
 
-    assert ENCODER_NAMES == tuple(ENCODER_DIMS)
+    assert RESNET_ENCODERS == tuple(ENCODER_DIMS) and TORCHVISION_ENCODERS == tuple(FAMILIES)
+    assert set(TORCHVISION_ENCODERS) <= set(import_torchvision().models.list_models())
+    assert ENCODER_NAMES == RESNET_ENCODERS + TORCHVISION_ENCODERS
     assert DECODER_NAMES == tuple(MODEL_DECODERS)
     assert device.PRECISIONS is PRECISIONS
     choices = {(c, p.name): tuple(p.type.choices) for c in ("train", "arch") for p in cli.commands[c].params
                if isinstance(p.type, click.Choice)}
-    assert choices[("train", "encoder")] == choices[("arch", "encoder")] == ENCODER_NAMES
     assert choices[("train", "decoder")] == choices[("arch", "decoder")] == DECODER_NAMES
+    for command in ("train", "arch"):  # an unknown name is a usage error, before anything runs
+        result = run(command, "--encoder", "vit_b_99")
+        assert result.exit_code == 2 and "unknown encoder 'vit_b_99'" in result.output
+    result = run("train", "--encoder", "clip:ViT-B-32", "--data-folder", "/nonexistent/data")
+    assert result.exit_code == 1 and "--encoder" not in result.output  # the name passed; the data did not
 
 
 def test_option_defaults_are_the_configs_defaults():

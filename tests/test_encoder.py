@@ -91,7 +91,7 @@ def test_inference_in_training_mode_or_without_fused_convolutions_is_the_eager_f
 
 def test_the_small_resnet_is_narrow_trains_whole_and_has_no_imagenet_weights():
     from capcli.errors import CapcliError
-    from capcli.model.encoder import load_pretrained
+    from capcli.model.pretrained import load_pretrained
 
     encoder = Encoder("resnet-small", encoded_size=8)
     with torch.no_grad():

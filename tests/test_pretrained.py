@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from capcli.errors import CapcliError
-from capcli.model import encoder as encoder_module
-from capcli.model.encoder import Encoder, hub_weights_path, load_pretrained
+from capcli.model import pretrained as pretrained_module
+from capcli.model.encoder import Encoder
+from capcli.model.pretrained import hub_weights_path, load_pretrained
 from capcli.runtime.torch_compat import import_torchvision
 
 torchvision = import_torchvision()  # also where its compiled operators do not load (a CPU torch)
@@ -28,7 +29,7 @@ def torch_home(tmp_path, monkeypatch):
 
 def _serve(monkeypatch, url: str) -> None:
     """Make ``url`` the address of the ImageNet weights; the download is torch.hub's own."""
-    monkeypatch.setattr(encoder_module, "imagenet_url", lambda name: url)
+    monkeypatch.setattr(pretrained_module, "imagenet_url", lambda name: url)
 
 
 def _saved_weights(folder, prefix: str | None = None) -> tuple[dict, Path]:
@@ -59,7 +60,7 @@ def _one_line(exc_info) -> str:
 
 
 def test_default_address_is_torchvisions_imagenet_weights(torch_home):
-    assert encoder_module.imagenet_url("resnet18") == torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    assert pretrained_module.imagenet_url("resnet18") == torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
     assert hub_weights_path("resnet18") == str(torch_home / "resnet18-f37072fd.pth")
 
 

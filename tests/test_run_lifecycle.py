@@ -177,7 +177,7 @@ def _real_args(data, out, *extra):
 
 def test_real_data_is_pretrained_by_default_and_offline_says_how(real_data, tmp_path, run, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
-    monkeypatch.setattr("capcli.model.encoder.imagenet_url",
+    monkeypatch.setattr("capcli.model.pretrained.imagenet_url",
                         lambda name: "http://127.0.0.1:9/models/resnet18-f37072fd.pth")
     result = run(*_real_args(real_data, tmp_path / "out"))
     assert result.exit_code == 1
@@ -204,7 +204,7 @@ def test_pretrained_downloads_into_torch_home_and_trains(real_data, tmp_path, ru
     name = f"resnet18-{hashlib.sha256(served.read_bytes()).hexdigest()[:8]}.pth"
     os.rename(served, served.with_name(name))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
-    monkeypatch.setattr("capcli.model.encoder.imagenet_url", lambda _: served.with_name(name).as_uri())
+    monkeypatch.setattr("capcli.model.pretrained.imagenet_url", lambda _: served.with_name(name).as_uri())
     result = run(*_real_args(real_data, tmp_path / "out", "--pretrained"))
     assert result.exit_code == 0, result.output
     cached = tmp_path / "th" / "hub" / "checkpoints" / name

@@ -134,13 +134,14 @@ def test_malicious_checkpoint_is_refused(data, tmp_path, run):
 
 def test_pretrained_from_torch_home(tmp_path, monkeypatch):
     from capcli.errors import CapcliError
-    from capcli.model.encoder import Encoder, hub_weights_path, load_pretrained
+    from capcli.model.encoder import Encoder
+    from capcli.model.pretrained import hub_weights_path, load_pretrained
     from capcli.runtime.torch_compat import import_torchvision
 
     torchvision = import_torchvision()
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
-    monkeypatch.setattr("capcli.model.encoder.imagenet_url",  # offline: nothing answers there
+    monkeypatch.setattr("capcli.model.pretrained.imagenet_url",  # offline: nothing answers there
                         lambda name: "http://127.0.0.1:9/models/resnet34-b627a593.pth")
     expected = hub_weights_path("resnet34")
     assert expected == str(tmp_path / "th" / "hub" / "checkpoints" / "resnet34-b627a593.pth")
@@ -159,7 +160,7 @@ def test_pretrained_from_torch_home(tmp_path, monkeypatch):
 
 def test_pretrained_missing_is_one_line_error(data, tmp_path, run, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
-    monkeypatch.setattr("capcli.model.encoder.imagenet_url",
+    monkeypatch.setattr("capcli.model.pretrained.imagenet_url",
                         lambda name: "http://127.0.0.1:9/models/resnet18-f37072fd.pth")
     result = run(*train_args(data, tmp_path / "out", "--epochs", 1, "--pretrained"))
     assert result.exit_code == 1

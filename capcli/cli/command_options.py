@@ -101,13 +101,19 @@ train_options = bundle(
     click.option("--overwrite", is_flag=True, help="Start a new run even though this run's checkpoint exists."),
     architecture_options,
     click.option("--pretrained/--no-pretrained", default=default(TrainConfig, "pretrained"),
-                 help="Start the encoder from torchvision's ImageNet weights, downloaded into $TORCH_HOME when "
-                      "not there [default: yes, except on shapes]."),
+                 help="Start the encoder from its published weights (torchvision's ImageNet weights into "
+                      "$TORCH_HOME, CLIP's through open_clip), downloaded once [default: yes, except on shapes]."),
     click.option("--pretrained-weights", type=click.Path(dir_okay=False),
-                 help="ImageNet weights file to load instead of torchvision's download (offline machines)."),
+                 help="Weights file to load instead of the download (offline machines): a state dict of the "
+                      "whole torchvision or open_clip model (.pth, or .safetensors)."),
     click.option("--fine-tune-encoder/--frozen-encoder", "--fine_tune_encoder",
                  default=default(TrainConfig, "fine_tune_encoder"),
-                 help="Train ResNet stages 2-4 too (no feature cache then) [default: frozen; trained on shapes]."),
+                 help="Train the encoder's last stages or blocks too (no feature cache then) [default: frozen; "
+                      "trained on shapes]."),
+    _train("--fine-tune-depth", type=click.IntRange(1),
+           help="With --fine-tune-encoder: how many of the encoder's last stages (ResNet, ConvNeXt, "
+                "EfficientNetV2, RegNetY, Swin, CLIP ResNet) or blocks (ViT, CLIP ViT) train [default: ResNet 3 "
+                "(stages 2-4), ViT 4, others 2]."),
     _train("--teacher-forcing", type=click.FloatRange(0, 1),
            help="Chance of feeding the true previous word (ImgCap used 0.9)."),
     from_config(ModelConfig, "--dropout", type=click.FloatRange(0, 1), help="Dropout before the output layer."),

@@ -131,6 +131,8 @@ def _weights_lines(env) -> list[str]:
         else:
             groups["cached" if found.cached else "not cached"].append(
                 f"{name} ({size(found.bytes)})" if found.cached else name)
+    if len(groups["not cached"]) > 6:  # most of the 28 torchvision encoders, on most machines
+        groups["not cached"] = [f"{len(groups['not cached'])} others (capcli train --help lists them)"]
     return [_header("pretrained weights"), _line("hub cache", weights.checkpoints),
             *(_line(state, ", ".join(names)) for state, names in groups.items() if names)]
 

@@ -17,7 +17,6 @@ import click
 
 from capcli.config import (
     DECODER_NAMES,
-    ENCODER_NAMES,
     PRECISIONS,
     ModelConfig,
     PrepConfig,
@@ -80,6 +79,15 @@ def _tune_allocator(ctx: click.Context, param: click.Parameter, device: str) -> 
     return device
 
 
+def _encoder_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from capcli.config import encoder_problem
+
+    problem = encoder_problem(value) if value is not None else None
+    if problem:
+        raise click.BadParameter(problem, ctx, param)
+    return value
+
+
 def _default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -134,7 +142,11 @@ def model_option(help: str = "Checkpoint, or a bundle of `capcli export` (its fo
 
 
 architecture_options = bundle(
-    from_config(ModelConfig, "--encoder", type=click.Choice(ENCODER_NAMES), help="ResNet encoder."),
+    from_config(ModelConfig, "--encoder", callback=_encoder_name, metavar="NAME",
+                help="Image encoder: resnet18...resnet152 (resnet-small: shapes), torchvision's convnext_tiny/small/"
+                     "base, efficientnet_v2_s/m, regnet_y_400mf...32gf, swin_t/s/b, swin_v2_t/s/b, vit_b_16, "
+                     "vit_b_32, vit_l_16, or clip:ARCH[:TAG] from open_clip (pip install 'capcli[clip]'), e.g. "
+                     "clip:ViT-B-32."),
     from_config(ModelConfig, "--decoder", type=click.Choice(DECODER_NAMES),
                 help="LSTM decoder with soft attention, or ImgCap's plain one."),
     from_config(ModelConfig, "--embed-dim", type=int_range("embed_dim"), help="Word embedding size."),

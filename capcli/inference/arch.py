@@ -10,7 +10,7 @@ from torch import nn
 
 from capcli.config import ModelConfig
 from capcli.errors import CapcliError
-from capcli.model.captioner import build_model
+from capcli.model.captioner import build_model, with_preprocess
 from capcli.safeio import atomic_write
 from capcli.store.files import model_from_checkpoint, read_checkpoint
 
@@ -68,7 +68,7 @@ def subject_of(checkpoint: str | None, options: dict) -> Subject:
         return Subject(encoder, decoder, ckpt.model_config, fine_tune, ckpt.image_size, checkpoint)
     fine_tune = options.pop("fine_tune_encoder")
     image_size = options.pop("image_size")
-    config = ModelConfig(**options)
+    config = with_preprocess(ModelConfig(**options))
     encoder, decoder = build_model(config)
     return Subject(encoder, decoder, config, fine_tune, image_size, "options")
 
@@ -88,10 +88,7 @@ def describe(subject: Subject, caption_length: int = 12) -> ArchReport:
     encoder.set_fine_tune(subject.fine_tune)
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = []
-    stages = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")  # torchvision's names
-    named: list[tuple[str, str, nn.Module]] = [("encoder", stages[int(n)] if int(n) < len(stages) else n, m)
-                                               for n, m in encoder.resnet.named_children()]
-    named.append(("encoder", "pool", encoder.pool))
+    named: list[tuple[str, str, nn.Module]] = [("encoder", n, m) for n, m in encoder.stages()]
     for n, m in decoder.named_modules():
         if n and not list(m.children()) and not isinstance(m, nn.Dropout):
             named.append((_component(n), n, m))

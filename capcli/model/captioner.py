@@ -8,18 +8,46 @@ PyTorch error (the file's other fields are checked where it is read, in ``capcli
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from capcli.config import ModelConfig
+from capcli.config import ModelConfig, Preprocess, encoder_problem
 from capcli.errors import CapcliError, CheckpointError, shorten
+from capcli.model import backbones, clip
 from capcli.model.decoder import AttentionDecoder, PlainDecoder
-from capcli.model.encoder import Encoder
+from capcli.model.encoder import ENCODER_DIMS, Encoder
+from capcli.model.grid import GridEncoder
 
 DECODERS = {"attention": AttentionDecoder, "plain": PlainDecoder}
 
 
-def build_model(config: ModelConfig) -> tuple[Encoder, AttentionDecoder | PlainDecoder]:
-    encoder = Encoder(config.encoder, config.encoded_size)
+def preprocess_for(encoder: str) -> Preprocess | None:
+    """The input encoder ``encoder``'s weights expect (None: a ResNet takes the prepared images)."""
+    if encoder in ENCODER_DIMS:
+        return None
+    return clip.clip_preprocess(encoder) if clip.is_clip(encoder) else backbones.torchvision_preprocess(encoder)
+
+
+def with_preprocess(config: ModelConfig) -> ModelConfig:
+    """``config`` with its encoder's input recorded (a new model's; a saved one keeps its own)."""
+    return config if config.preprocess is not None else replace(config, preprocess=preprocess_for(config.encoder))
+
+
+def build_encoder(config: ModelConfig) -> Encoder | GridEncoder:
+    """The encoder ``config`` names: a ResNet, a torchvision model or a CLIP tower, as a feature grid."""
+    problem = encoder_problem(config.encoder)
+    if problem:
+        raise CapcliError(problem)
+    if config.encoder in ENCODER_DIMS:
+        return Encoder(config.encoder, config.encoded_size)
+    build = clip.build_backbone if clip.is_clip(config.encoder) else backbones.build_backbone
+    preprocess = config.preprocess or preprocess_for(config.encoder)
+    return GridEncoder(config.encoder, build(config.encoder), preprocess, config.encoded_size)
+
+
+def build_model(config: ModelConfig) -> tuple[Encoder | GridEncoder, AttentionDecoder | PlainDecoder]:
+    encoder = build_encoder(config)
     if config.decoder not in DECODERS:
         raise CapcliError(f"unknown decoder {config.decoder!r} (choose from {', '.join(DECODERS)})")
     decoder = DECODERS[config.decoder](

@@ -69,21 +69,27 @@ def _median_time(fn: Callable[[], object], warmup: int, repeats: int, device: to
 # --- measurements (each runs in its own process) -------------------------------------------
 
 
-def _bench_encoder(device: torch.device, precision: str, quick: bool) -> dict:
+def _bench_encoder(device: torch.device, precision: str, quick: bool, name: str = "resnet34") -> dict:
+    from capcli.config import ModelConfig
     from capcli.model import cpu as cpu_kernels
-    from capcli.model.encoder import Encoder
+    from capcli.model.captioner import build_encoder, with_preprocess
     from capcli.runtime.device import resolve_precision
     from capcli.training.features import encode_images
 
     torch.manual_seed(0)
-    encoder = Encoder("resnet34").to(device).eval()
+    encoder = build_encoder(with_preprocess(ModelConfig(vocab_size=VOCAB, encoder=name))).to(device).eval()
     cpu_kernels.enable(device, encoder)
-    batch = 32
+    batch = 32 if name == "resnet34" else 8
     images = torch.randint(0, 256, (batch, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     prec = resolve_precision(precision, device)
     times = _median_time(lambda: encode_images(encoder, images, device, prec), 1, 3 if quick else 5, device)
+    preprocess = getattr(encoder, "preprocess", None)
+    size = preprocess.size if preprocess else IMAGE_SIZE
+    cache_kib = encoder.grid ** 2 * encoder.dim * 2 / 1024  # float16 features per image
     return {"value": batch / statistics.median(times), "unit": "images/s", "times": times,
-            "detail": f"resnet34, {IMAGE_SIZE}×{IMAGE_SIZE}, batch {batch}"}
+            "params_m": sum(p.numel() for p in encoder.parameters()) / 1e6, "grid": [encoder.grid, encoder.dim],
+            "cache_kib_per_image": cache_kib,
+            "detail": f"{name}, {size}×{size} input, grid {encoder.grid}×{encoder.grid}×{encoder.dim}, batch {batch}"}
 
 
 def _synthetic_prepared(folder: str, images: dict[str, int]) -> None:
@@ -312,14 +318,23 @@ def plan(device: torch.device, quick: bool, prep_workers: int) -> list[tuple[str
     """(row name, measurement kind, arguments) in the order they run."""
     dev = str(device)
     rows = [(f"encoder {p}", "encoder", (dev, p, quick)) for p in precisions(device)]
+    best = "bf16" if "bf16" in precisions(device) else precisions(device)[-1]
+    rows += [(f"encoder {name} {best}", "encoder", (dev, best, quick, name)) for name in family_encoders()]
     for p in precisions(device):
         for mode in ("raw", "cached", "finetune"):
             rows.append((f"train {mode} {p}", "train", (dev, p, quick, mode)))
-    best = "bf16" if "bf16" in precisions(device) else precisions(device)[-1]
     rows += [(f"caption beam5 batched {best}", "beam", (dev, best, quick, True)),
              (f"caption beam5 single {best}", "beam", (dev, best, quick, False))]
     rows += [("prep 1 worker", "prep", (1, quick)), (f"prep {prep_workers} workers", "prep", (prep_workers, quick))]
     return rows
+
+
+def family_encoders() -> list[str]:
+    """One encoder per family after ResNet (the smallest), CLIP where open_clip is installed."""
+    import importlib.util
+
+    names = ["convnext_tiny", "efficientnet_v2_s", "regnet_y_1_6gf", "swin_t", "vit_b_16"]
+    return names + (["clip:ViT-B-32"] if importlib.util.find_spec("open_clip") else [])
 
 
 def compare_captions(batched: list[tuple[list[int], float]], single: list[tuple[list[int], float]]) -> dict:

@@ -295,14 +295,16 @@ def space(folder: str, parent_if_missing: bool = True) -> Space:
 
 
 def weights(soft: Probe) -> Weights:
-    """Torch's hub cache and, per torchvision ResNet capcli knows, whether its ImageNet weights are in it."""
+    """Torch's hub cache and, per torchvision encoder capcli knows, whether its ImageNet weights are in it
+    (CLIP's weights live in open_clip's own cache)."""
     def encoders() -> list[str]:
-        from capcli.model.encoder import ENCODER_DIMS, SMALL
+        from capcli.config import ENCODER_NAMES
+        from capcli.model.encoder import SMALL
 
-        return [name for name in ENCODER_DIMS if name != SMALL]
+        return [name for name in ENCODER_NAMES if name != SMALL]
 
     def cached(name: str) -> CachedWeights:
-        from capcli.model.encoder import hub_weights_path
+        from capcli.model.pretrained import hub_weights_path
 
         path = hub_weights_path(name)
         there = os.path.isfile(path)

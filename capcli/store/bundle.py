@@ -39,18 +39,9 @@ from capcli.data.vocab import END, PAD, START, UNK
 from capcli.errors import CheckpointError, InputError, first_line, shorten
 from capcli.paths import BUNDLE_FILES, bundle_file, bundle_folder, bundle_of
 from capcli.safeio import atomic_folder, atomic_write, open_regular
-from capcli.store.checkpoint import (
-    A2CState,
-    Checkpoint,
-    TrainState,
-    data_ref,
-    model_config_from,
-    options_from,
-    positive_whole,
-    read_checkpoint_file,
-    validate_word_map,
-)
+from capcli.store.checkpoint import A2CState, Checkpoint, TrainState, read_checkpoint_file
 from capcli.store.epochs import EpochRecord, finite_number
+from capcli.store.fields import data_ref, model_config_from, options_from, positive_whole, validate_word_map
 from capcli.store.model_card import card_text, checkpoint_evaluations
 from capcli.store.sidecar import best_scores
 

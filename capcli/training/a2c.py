@@ -147,7 +147,8 @@ class A2CTrainer:
         if self.prepared.word_map() != self.word_map:
             raise CheckpointError(f"the checkpoint's vocabulary differs from {self.prepared.name}'s; fine-tune on the "
                                   "data the model was trained on")
-        self.encoder.set_fine_tune(not config.freeze_encoder)
+        depth = ckpt.train_config.fine_tune_depth if ckpt.train_config else None  # the stages its training tuned
+        self.encoder.set_fine_tune(not config.freeze_encoder, depth)
         self.critic = Critic(self.model_config.decoder_dim)
         for m in (self.encoder, self.decoder, self.critic):
             m.to(self.device)

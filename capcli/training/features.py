@@ -2,7 +2,8 @@
 
 With a frozen encoder the CNN output of an image never changes, so it is computed once per split
 and reused by later epochs and later runs. The file name carries a key made from the encoder's
-name, weights and the image size, so other weights or sizes get a cache of their own. Under
+name, weights, grid and input preparation (its input size) and the image size, so other weights or
+sizes get a cache of their own. Under
 torchrun every rank encodes its share of the batches and rank 0 alone writes the file.
 """
 
@@ -25,7 +26,8 @@ from capcli.runtime.progress import Progress
 
 def encoder_fingerprint(encoder) -> str:
     """A digest of the encoder's architecture and weights (hash once per run: it reads every weight)."""
-    digest = hashlib.sha256(f"{encoder.name}:{encoder.pool.output_size}".encode())
+    preprocess = getattr(encoder, "preprocess", None)  # a ResNet takes the images as prepared
+    digest = hashlib.sha256(f"{encoder.name}:{encoder.grid}:{preprocess}".encode())
     for name, tensor in encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -55,7 +57,7 @@ def _encoded_rounds(encoder, images: Images, device: torch.device, precision: Pr
     """For each round, on rank 0, (first image, float16 features) of the batch each rank encoded
     (batch k is rank k % world's); None on the other ranks. Every rank must exhaust it."""
     count = -(-len(images) // batch_size)
-    size, dim = encoder.pool.output_size[0], encoder.dim
+    size, dim = encoder.grid, encoder.dim
     loader = iter(DataLoader(images, batch_sampler=[range(k * batch_size, min((k + 1) * batch_size, len(images)))
                                                     for k in my_batches(count, ranks)]))
     for step in range(rounds(count, ranks)):
@@ -92,7 +94,7 @@ def ensure_features(encoder, prepared: PreparedData, split: str, key: str, devic
         return path
     task = progress.task(f"caching {split} features", len(images), "img")
     with atomic_hdf5(path) as (f, guard):
-        size, dim = encoder.pool.output_size[0], encoder.dim
+        size, dim = encoder.grid, encoder.dim
         data = f.create_dataset("features", (len(images), size, size, dim), dtype="float16",
                                 chunks=(1, size, size, dim))
         for parts in batches:

@@ -8,6 +8,7 @@ from dataclasses import fields, replace
 from capcli.config import ARCHITECTURE_FIELDS, SHAPES_TRAIN_DEFAULTS, ModelConfig, TrainConfig, is_shapes
 from capcli.data.hdf5 import PreparedData
 from capcli.errors import CheckpointError
+from capcli.model.captioner import with_preprocess
 from capcli.paths import RunFiles, config_file, prepared_names
 from capcli.runs.config import preflight_checks, saved_data_name
 from capcli.runs.log import nothing_to_train
@@ -55,7 +56,7 @@ def run_named(config: TrainConfig, prepared: PreparedData) -> TrainConfig:
 def model_config_for(ckpt: Checkpoint | None, options: dict, given: frozenset, vocab_size: int) -> ModelConfig:
     """The checkpoint's architecture on resume (a given option that conflicts with it is an error)."""
     if ckpt is None:
-        return ModelConfig(vocab_size=vocab_size, **options)
+        return with_preprocess(ModelConfig(vocab_size=vocab_size, **options))
     saved = ckpt.model_config
     for field in ARCHITECTURE_FIELDS:
         if field in given and options.get(field) != getattr(saved, field):
@@ -79,7 +80,8 @@ def resumable(path: str) -> Checkpoint:
 
 
 def monitor_for(config: TrainConfig, ckpt: Checkpoint | None, given: frozenset) -> TrainConfig:
-    """A resumed run keeps the --monitor it selects BEST on (runs from before --monitor: bleu4).
+    """A resumed run keeps the --monitor it selects BEST on (runs from before --monitor: bleu4), and
+    the --fine-tune-depth it tuned with unless another is given.
 
     Raises:
         CheckpointError: ``--monitor`` given with another score than the resumed run's.
@@ -90,7 +92,9 @@ def monitor_for(config: TrainConfig, ckpt: Checkpoint | None, given: frozenset) 
     if "monitor" in given and config.monitor != saved:
         raise CheckpointError(f"--monitor {config.monitor} conflicts with the run being resumed (its BEST is picked "
                               f"on {saved}); drop --monitor or start a new run")
-    return replace(config, monitor=saved)
+    depth = config.fine_tune_depth if "fine_tune_depth" in given or not ckpt.train_config \
+        else ckpt.train_config.fine_tune_depth
+    return replace(config, monitor=saved, fine_tune_depth=depth)
 
 
 def dataset_defaults(prepared: PreparedData, config: TrainConfig, model_options: dict,

@@ -23,15 +23,15 @@ from capcli.data.datasets import ImageCaptions, Images, pick_captions
 from capcli.data.hdf5 import PreparedData, find_prepared, split_references
 from capcli.data.jsonfiles import write_json
 from capcli.data.vocab import END, START, Detokenizer
-from capcli.errors import CapcliError, DataError
+from capcli.errors import CapcliError, CheckpointError, DataError
 from capcli.evaluation.content import complete_rows, split_drawn
 from capcli.evaluation.content import score as content_score
 from capcli.evaluation.scores import bleu, cider_d
 from capcli.model import cpu as cpu_kernels
 from capcli.model.captioner import build_model
 from capcli.model.decoding import banned_words, greedy
-from capcli.model.encoder import load_pretrained
 from capcli.model.loss import caption_loss
+from capcli.model.pretrained import load_pretrained
 from capcli.paths import RunFiles, tensorboard_folder, train_files
 from capcli.runs.log import resume_command, running_figures, train_epoch_line
 from capcli.runs.throughput import StepMeter
@@ -138,7 +138,7 @@ class Trainer:
         if ckpt is not None:
             self.encoder.load_state_dict(ckpt.encoder)
             self.decoder.load_state_dict(ckpt.decoder)
-        self.encoder.set_fine_tune(config.fine_tune_encoder)
+        self.encoder.set_fine_tune(config.fine_tune_encoder, config.fine_tune_depth)
         self.encoder.to(device)
         self.decoder.to(device)
         cpu_kernels.enable(device, self.encoder, self.decoder, compiled=config.compile)
@@ -174,7 +174,11 @@ class Trainer:
         if ckpt is not None:
             self.decoder_opt.load_state_dict(ckpt.decoder_optimizer)
             if self.encoder_opt is not None and ckpt.encoder_optimizer:
-                self.encoder_opt.load_state_dict(ckpt.encoder_optimizer)
+                try:
+                    self.encoder_opt.load_state_dict(ckpt.encoder_optimizer)
+                except ValueError:  # its parameter groups hold another number of weights
+                    raise CheckpointError(f"{ckpt.path}: the run tuned another part of the encoder; resume with "
+                                          "its own --fine-tune-depth, or start a new run") from None
             if ckpt.scaler:
                 self.scaler.load_state_dict(ckpt.scaler)
         self.train_decoder = self.decoder

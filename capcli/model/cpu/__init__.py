@@ -58,7 +58,7 @@ def enable(device: torch.device, encoder=None, decoder=None, compiled: bool = Fa
         return False
     from capcli.model.cpu import selfcheck
 
-    if encoder is not None:
+    if encoder is not None and hasattr(encoder, "resnet"):  # the fused encoder is a ResNet's
         encoder.kernels = EncoderKernels() if _trusted("fused encoder", selfcheck.encoder_problem) else None
     if decoder is not None and not compiled:
         trusted = _trusted("attention and cell", lambda: selfcheck.decoder_problem(DecoderKernels))
