@@ -74,6 +74,8 @@ def test_legend_ticks_and_colour_bar():
     assert [label for _, label in ticks] == ["0.00", "0.02", "0.04"]
     assert ticks[0][0] == 0 and all(0 <= position <= 1 for position, _ in ticks)
     assert ColourScale(high=0.3).ticks()[-1][1] == "0.3"
+    assert ColourScale.for_maps([np.zeros((4, 4))], 49).title == \
+        "attention weight per encoder cell (7 x 7 cells), one scale for all words"
     per_word = ColourScale(high=0.041, per_word=True)
     assert [label for _, label in per_word.ticks() if label] == ["word's min", "word's max"]
     assert "own min-max" in per_word.title and "one scale" in scale.title

@@ -89,12 +89,15 @@ class ColourScale:
 
     high: float
     per_word: bool = False
+    side: int | None = None  # the encoder's grid: side × side cells
 
     @classmethod
     def for_maps(cls, maps: list[np.ndarray], num_pixels: int, per_word: bool = False) -> ColourScale:
         """The scale for one caption's upsampled maps of attention over ``num_pixels`` encoder
         pixels: 0 .. their highest value, or 4 × the uniform weight 1 / ``num_pixels`` if higher."""
-        return cls(max([_LEAST_TOP / num_pixels] + [float(m.max()) for m in maps]), per_word)
+        side = math.isqrt(num_pixels)
+        return cls(max([_LEAST_TOP / num_pixels] + [float(m.max()) for m in maps]), per_word,
+                   side if side * side == num_pixels else None)
 
     def fractions(self, heat: np.ndarray) -> np.ndarray:
         """Values → positions on the ramp, [0, 1]."""
@@ -104,9 +107,10 @@ class ColourScale:
 
     @property
     def title(self) -> str:
+        cells = f" ({self.side} x {self.side} cells)" if self.side else ""  # the legend font may lack ×
         if self.per_word:
-            return "attention, each word scaled to its own min-max"
-        return "attention weight per encoder cell, one scale for all words"
+            return f"attention over the encoder's grid{cells}, each word scaled to its own min-max"
+        return f"attention weight per encoder cell{cells}, one scale for all words"
 
     def ticks(self) -> list[tuple[float, str]]:
         """(position on the ramp, label) for the legend."""
@@ -155,6 +159,7 @@ def legend(scale: ColourScale, width: int, size: int = 14) -> Image.Image:
     it and the scale's title above."""
     text_font, bar_height, margin = font(size), 16, 36
     bar_width = width - 2 * margin
+    width = max(width, margin + math.ceil(text_font.getlength(scale.title)) + 8)  # the title whole
     picture = Image.new("RGB", (width, size * 2 + bar_height + 24), _BACKGROUND)
     draw = ImageDraw.Draw(picture)
     draw.text((margin, 2), scale.title, fill=_TEXT, font=text_font)

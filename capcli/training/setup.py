@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
-from capcli.config import ARCHITECTURE_FIELDS, SHAPES_TRAIN_DEFAULTS, ModelConfig, TrainConfig, is_shapes
+from capcli.config import (
+    ARCHITECTURE_FIELDS,
+    RESNET_ENCODERS,
+    SHAPES_TRAIN_DEFAULTS,
+    ModelConfig,
+    TrainConfig,
+    is_shapes,
+)
 from capcli.data.hdf5 import PreparedData
 from capcli.errors import CheckpointError
 from capcli.model.captioner import with_preprocess
@@ -100,7 +107,8 @@ def monitor_for(config: TrainConfig, ckpt: Checkpoint | None, given: frozenset) 
 def dataset_defaults(prepared: PreparedData, config: TrainConfig, model_options: dict,
                       given: frozenset) -> tuple[TrainConfig, dict]:
     """The shapes data set trains with ``SHAPES_TRAIN_DEFAULTS`` (see config.py) for every option
-    not in ``given``; other data sets keep the options as they are. The encoder starts from
+    not in ``given`` (an encoder after ResNet keeps its own grid); other data sets keep the options
+    as they are. The encoder starts from
     ImageNet weights unless told otherwise, except on shapes (synthetic scenes, nothing to download)."""
     shapes = is_shapes(prepared.name)
     if config.pretrained is None:
@@ -108,6 +116,8 @@ def dataset_defaults(prepared: PreparedData, config: TrainConfig, model_options:
     if not shapes:
         return config, model_options
     defaults = {k: v for k, v in SHAPES_TRAIN_DEFAULTS.items() if k not in given}
+    if model_options.get("encoder") not in (None, *RESNET_ENCODERS):  # a grid of its own: not pooled to 8
+        defaults.pop("encoded_size", None)
     model_fields = {f.name for f in fields(ModelConfig)}
     config = replace(config, **{k: v for k, v in defaults.items() if k not in model_fields})
     return config, {**model_options, **{k: v for k, v in defaults.items() if k in model_fields}}
