@@ -151,3 +151,15 @@ def test_clip_names_and_weights_files(tmp_path):
     encoder = _encoder("clip:RN50")
     load_pretrained(encoder, str(path))
     torch.testing.assert_close(encoder.backbone.visual.layer4[0].conv1.weight, model.visual.layer4[0].conv1.weight)
+
+
+def test_arch_shows_a_new_encoders_parts_and_input(run):
+    result = run("arch", "--encoder", "convnext_tiny", "--vocab-size", 50, "--fine-tune-encoder")
+    assert result.exit_code == 0, result.output
+    assert "Encoder input: resized to 236 (bilinear), centre 224×224, mean 0.485, 0.456, 0.406" in result.output
+    assert any(line.split()[:2] == ["encoder", "features.7"] and "1×768×7×7" in line
+               for line in result.output.splitlines())
+    trainable = next(line for line in result.output.splitlines() if line.startswith("encoder ")
+                     and line.split()[1].replace(",", "").isdigit())
+    total, tuned, _ = (int(x.replace(",", "")) for x in trainable.split()[1:])
+    assert 0 < tuned < total  # the last two of its four stages

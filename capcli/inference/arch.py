@@ -128,11 +128,16 @@ def describe(subject: Subject, caption_length: int = 12) -> ArchReport:
 
 def report_text(report: ArchReport) -> str:
     c = report.config
-    lines = [f"Model ({report.source}): {c.encoder} encoder ({'stages 2-4 trained' if report.fine_tune else 'frozen'})"
+    lines = [f"Model ({report.source}): {c.encoder} encoder ({'last stages trained' if report.fine_tune else 'frozen'})"
              f" + {c.decoder} decoder, vocabulary {c.vocab_size}, embed {c.embed_dim}"
              f"{' (one-hot)' if c.one_hot else ''}, attention {c.attention_dim}, LSTM {c.decoder_dim}",
              f"Sample: 1 image {report.image_size}×{report.image_size}, 1 caption of {report.caption_length} words "
-             "(decoder shapes are per word)", ""]
+             "(decoder shapes are per word)"]
+    if c.preprocess is not None:
+        p = c.preprocess
+        lines.append(f"Encoder input: resized to {p.resize} ({p.interpolation}), centre {p.size}×{p.size}, "
+                     f"mean {', '.join(f'{m:.3f}' for m in p.mean)}, std {', '.join(f'{v:.3f}' for v in p.std)}")
+    lines.append("")
     header = f"{'component':<10} {'layer':<26} {'type':<18} {'output shape':<22} {'params':>12}"
     lines += [header, "-" * len(header)]
     for layer in report.layers:
