@@ -163,3 +163,40 @@ def test_arch_shows_a_new_encoders_parts_and_input(run):
                      and line.split()[1].replace(",", "").isdigit())
     total, tuned, _ = (int(x.replace(",", "")) for x in trainable.split()[1:])
     assert 0 < tuned < total  # the last two of its four stages
+
+
+def test_a_new_familys_weights_come_through_torch_hub_hash_checked(tmp_path, monkeypatch):
+    """torchvision's weights API names the file; torch.hub downloads it once (file:// here) and
+    checks the SHA-256 prefix in its name."""
+    import hashlib
+
+    from capcli.model import pretrained
+
+    assert pretrained.imagenet_url("swin_t") == torchvision_weights("swin_t").url
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    torch.manual_seed(3)
+    model = torchvision_model("regnet_y_400mf")
+    raw = tmp_path / "raw.pth"
+    torch.save(model.state_dict(), raw)
+    good = raw.rename(tmp_path / f"regnet_y_400mf-{hashlib.sha256(raw.read_bytes()).hexdigest()[:8]}.pth")
+    monkeypatch.setattr(pretrained, "imagenet_url", lambda name: good.as_uri())
+    encoder = _encoder("regnet_y_400mf")
+    path = load_pretrained(encoder, progress=False)
+    assert path == str(tmp_path / "torch_home" / "hub" / "checkpoints" / good.name)
+    torch.testing.assert_close(encoder.backbone.stem[0].weight, model.stem[0].weight)
+    bad = tmp_path / "served" / "regnet_y_400mf-00000000.pth"
+    bad.parent.mkdir()
+    bad.write_bytes(good.read_bytes())
+    monkeypatch.setattr(pretrained, "imagenet_url", lambda name: bad.as_uri())
+    with pytest.raises(CapcliError, match="download rejected"):
+        load_pretrained(encoder, progress=False)
+
+
+def test_clip_without_its_extra_is_one_line_naming_it(monkeypatch, run):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # as if not installed: importing it fails
+    result = run("arch", "--encoder", "clip:ViT-B-32", "--vocab-size", 20)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == \
+        "Error: CLIP encoders need open_clip: pip install 'capcli[clip]'"

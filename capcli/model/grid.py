@@ -106,6 +106,8 @@ def recalibrate(owner: nn.Module, inputs: Iterable[torch.Tensor], network: nn.Mo
     """Measure every BatchNorm's running mean and variance in ``owner`` by running ``network`` on
     ``inputs`` in training mode (a plain average over all of them); weights are not changed."""
     norms = [m for m in owner.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not norms:  # a transformer: nothing to measure
+        return
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
