@@ -31,8 +31,9 @@ def _weights_file(name: str, folder) -> str:
     """The whole model's weights, as torchvision or open_clip would give them (random here)."""
     torch.manual_seed(0)
     if name.startswith("clip:"):
-        open_clip = pytest.importorskip("open_clip")
-        model = open_clip.create_model(name.split(":")[1], pretrained=None)
+        from capcli.model.clip import open_clip
+
+        model = open_clip().create_model(name.split(":")[1], pretrained=None)
     else:
         from capcli.model.backbones import torchvision_model
 

@@ -119,7 +119,6 @@ def test_encoder_names():
 
 
 def test_clip_vit_tokens_lie_on_their_grid_with_clips_own_normalisation():
-    pytest.importorskip("open_clip")
     encoder = _encoder("clip:ViT-B-32")
     assert encoder.preprocess.mean == (0.48145466, 0.4578275, 0.40821073)
     assert encoder.preprocess.interpolation == "bicubic" and encoder.preprocess.size == 224
@@ -130,14 +129,12 @@ def test_clip_vit_tokens_lie_on_their_grid_with_clips_own_normalisation():
 
 
 def test_clip_resnet_gives_its_last_stage_before_attention_pooling():
-    pytest.importorskip("open_clip")
     encoder = _encoder("clip:RN50")
     assert encoder.infer(torch.rand(1, 3, 64, 64)).shape == (1, 7, 7, 2048)
 
 
 def test_clip_names_and_weights_files(tmp_path):
-    open_clip = pytest.importorskip("open_clip")
-    from capcli.model.clip import parse
+    from capcli.model.clip import open_clip, parse
 
     assert parse("clip:ViT-B-32") == ("ViT-B-32", "openai")
     with pytest.raises(CapcliError, match="no weights tagged 'nope'"):
@@ -145,7 +142,7 @@ def test_clip_names_and_weights_files(tmp_path):
     with pytest.raises(CapcliError, match="unknown CLIP model 'ViT-Q-1'"):
         parse("clip:ViT-Q-1")
     torch.manual_seed(2)
-    model = open_clip.create_model("RN50", pretrained=None)
+    model = open_clip().create_model("RN50", pretrained=None)
     path = tmp_path / "rn50.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)  # a training checkpoint
     encoder = _encoder("clip:RN50")

@@ -18,6 +18,7 @@ from torch import nn
 from capcli.config import CLIP_PREFIX, Preprocess
 from capcli.errors import CapcliError
 from capcli.model.grid import Backbone, Unit
+from capcli.runtime.torch_compat import import_torchvision
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's, open_clip's default
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -25,6 +26,7 @@ _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def open_clip():
     """The open_clip package, or one line naming the extra that installs it."""
+    import_torchvision()  # first, as capcli imports it: open_clip imports torchvision too
     try:
         import open_clip as package
     except ImportError:
