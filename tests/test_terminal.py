@@ -150,6 +150,22 @@ def test_a2c_in_a_terminal(terminal_run, tmp_path):
     assert_ran_with_bars(rc, output)
 
 
+def test_train_and_caption_with_a_modern_encoder_in_a_terminal(terminal_run, tmp_path):
+    """A torchvision ConvNeXt (issue 29): its feature cache and epoch bars, then captions with its
+    7 x 7 attention picture."""
+    data, _ = terminal_run
+    rc, output = run_in_terminal("train", "--data-folder", data, "--output-folder", tmp_path, "--encoder",
+                                 "convnext_tiny", "--no-pretrained", "--frozen-encoder", "--epochs", 1,
+                                 "--batch-size", 16, "--embed-dim", 16, "--attention-dim", 16, "--decoder-dim", 32,
+                                 cwd=tmp_path)
+    assert_ran_with_bars(rc, output)
+    image = sorted((data / "shapes" / "images").iterdir())[0]
+    rc, output = run_in_terminal("caption", image, "-v", "-m", tmp_path / f"BEST_{NAME}.pth.tar", "--output-folder",
+                                 tmp_path / "pictures", cwd=tmp_path)
+    assert_ran_with_bars(rc, output)
+    assert (tmp_path / "pictures" / "attention_visualization.png").is_file()
+
+
 def test_caption_in_a_terminal(terminal_run, tmp_path):
     data, out = terminal_run
     image = sorted((data / "shapes" / "images").iterdir())[0]
