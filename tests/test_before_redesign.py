@@ -65,3 +65,16 @@ def test_the_old_run_resumes_for_a_second_epoch(old_run):
     assert after[:len(before)] == before  # the old feed is kept, the new epoch appended
     assert [line["epoch"] for line in after if line["event"] == "epoch" and line["split"] == "val"] == [1, 2]
     assert read_meta(f"out/checkpoint_{RUN}.pth.tar")["epoch"] == 2
+
+
+def test_the_old_runs_feature_cache_keeps_its_key():
+    """A ResNet's feature-cache key is what the old code named its cache files (encoders with an
+    input preparation of their own, issue 29, add it to theirs): a resumed old run reuses its cache."""
+    from capcli.store.files import model_from_checkpoint
+    from capcli.training.features import cache_key, encoder_fingerprint
+
+    ckpt = read_checkpoint(str(FIXTURE / "out" / "checkpoint_shapes_5_1.pth.tar"))
+    encoder, _ = model_from_checkpoint(ckpt)
+    key = cache_key(encoder_fingerprint(encoder), ckpt.image_size)
+    assert {p.name for p in (FIXTURE / "data").glob("FEATURES_*")} == \
+        {f"FEATURES_{split}_shapes_5_1_{key}.hdf5" for split in ("TRAIN", "VAL")}

@@ -26,8 +26,9 @@ from capcli.runtime.progress import Progress
 
 def encoder_fingerprint(encoder) -> str:
     """A digest of the encoder's architecture and weights (hash once per run: it reads every weight)."""
-    preprocess = getattr(encoder, "preprocess", None)  # a ResNet takes the images as prepared
-    digest = hashlib.sha256(f"{encoder.name}:{encoder.grid}:{preprocess}".encode())
+    preprocess = getattr(encoder, "preprocess", None)  # None: a ResNet, whose key is as it always was
+    grid = (encoder.grid, encoder.grid)
+    digest = hashlib.sha256(f"{encoder.name}:{grid}{f':{preprocess}' if preprocess else ''}".encode())
     for name, tensor in encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
