@@ -14,7 +14,9 @@ import time
 import pytest
 import torch
 
-from capcli.dashboard.app import HELP, Dashboard, HelpScreen, downsample
+from capcli.dashboard.app import Dashboard
+from capcli.dashboard.charts import downsample
+from capcli.dashboard.widgets import HELP, HelpScreen
 from capcli.paths import lock_file
 from capcli.runs.summary import FeedTail
 

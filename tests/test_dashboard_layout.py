@@ -19,7 +19,8 @@ import time
 import pytest
 from textual_plotext import PlotextPlot
 
-from capcli.dashboard.app import ERROR_LOG, Dashboard
+from capcli.dashboard.app import Dashboard
+from capcli.dashboard.crash import ERROR_LOG
 from capcli.dashboard.messages import RunsListed
 from capcli.dashboard.runlist import RunsScreen
 from capcli.paths import feed_file, lock_file

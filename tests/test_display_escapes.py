@@ -11,8 +11,9 @@ import re
 
 import pytest
 
-from capcli.dashboard.app import Dashboard, RunsScreen
+from capcli.dashboard.app import Dashboard
 from capcli.dashboard.panels import literal
+from capcli.dashboard.runlist import RunsScreen
 from capcli.runs.feed import FIELDS
 from tests.test_dashboard import _text, _until
 from tests.test_terminal import run_in_terminal

@@ -13,7 +13,8 @@ import os
 import pytest
 from textual.worker import WorkerFailed
 
-from capcli.dashboard.app import ERROR_LOG, Dashboard
+from capcli.dashboard.app import Dashboard
+from capcli.dashboard.crash import ERROR_LOG
 from capcli.errors import CapcliError
 from capcli.runs.feed import FIELDS, MetricsFeed, read_feed, scan_feed
 from capcli.runs.summary import FeedTail, summarize

@@ -9,6 +9,7 @@ from capcli.cli.options import (
     Decorator,
     architecture_options,
     bundle,
+    checked_by,
     data_folder_option,
     data_name_option,
     default,
@@ -23,21 +24,21 @@ from capcli.cli.options import (
     run_options,
     tensorboard_option,
 )
-from capcli.config import BASELINES, MONITORS, REWARDS, SPLITS, A2CConfig, ModelConfig, PrepConfig, TrainConfig
+from capcli.config import (
+    BASELINES,
+    MONITORS,
+    REWARDS,
+    SPLITS,
+    A2CConfig,
+    ModelConfig,
+    PrepConfig,
+    TrainConfig,
+    dataset_name_problem,
+)
 from capcli.limits import LIMITS, int_range
 
-
-def _dataset_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from capcli.config import dataset_name_problem
-
-    problem = dataset_name_problem(value) if value is not None else None
-    if problem:
-        raise click.BadParameter(problem, ctx, param)
-    return value
-
-
 prep_options = bundle(
-    click.option("--dataset", default=None, callback=_dataset_name, metavar="NAME",
+    click.option("--dataset", default=None, callback=checked_by(dataset_name_problem), metavar="NAME",
                  help="Dataset name, the start of every prepared file's name: letters, digits, - _ . "
                       "[default: shapes without a caption file; else the file's own: a Karpathy file's "
                       "'dataset', coco, flickr8k, flickr30k, or the file's name]."),

@@ -21,6 +21,7 @@ from capcli.config import (
     ModelConfig,
     PrepConfig,
     TrainConfig,
+    encoder_problem,
 )
 from capcli.limits import int_range
 
@@ -79,13 +80,14 @@ def _tune_allocator(ctx: click.Context, param: click.Parameter, device: str) -> 
     return device
 
 
-def _encoder_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from capcli.config import encoder_problem
-
-    problem = encoder_problem(value) if value is not None else None
-    if problem:
-        raise click.BadParameter(problem, ctx, param)
-    return value
+def checked_by(problem: Callable[[str], str | None]) -> Callable:
+    """An option callback refusing a value ``problem`` finds fault with (its words as the usage error)."""
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        found = problem(value) if value is not None else None
+        if found:
+            raise click.BadParameter(found, ctx, param)
+        return value
+    return check
 
 
 def _default_workers() -> int:
@@ -142,7 +144,7 @@ def model_option(help: str = "Checkpoint, or a bundle of `capcli export` (its fo
 
 
 architecture_options = bundle(
-    from_config(ModelConfig, "--encoder", callback=_encoder_name, metavar="NAME",
+    from_config(ModelConfig, "--encoder", callback=checked_by(encoder_problem), metavar="NAME",
                 help="Image encoder: resnet18...resnet152 (resnet-small: shapes), torchvision's convnext_tiny/small/"
                      "base, efficientnet_v2_s/m, regnet_y_400mf...32gf, swin_t/s/b, swin_v2_t/s/b, vit_b_16, "
                      "vit_b_32, vit_l_16, or clip:ARCH[:TAG] from open_clip (pip install 'capcli[clip]'), e.g. "

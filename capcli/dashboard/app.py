@@ -30,9 +30,9 @@ from textual.widget import Widget
 from textual.widgets import Footer, Header
 from textual.worker import Worker, WorkerState
 
-from capcli.dashboard.charts import CHARTS, WIDE, Charts, downsample
+from capcli.dashboard.charts import CHARTS, WIDE, Charts
 from capcli.dashboard.checkpoints import CheckpointReader
-from capcli.dashboard.crash import ERROR_LOG, crash_message, guarded
+from capcli.dashboard.crash import crash_message, guarded
 from capcli.dashboard.follow import Follower
 from capcli.dashboard.messages import (
     CheckpointChosen,
@@ -46,11 +46,9 @@ from capcli.dashboard.messages import (
 from capcli.dashboard.query import CaptionQuery
 from capcli.dashboard.runlist import RunsScreen
 from capcli.dashboard.views import CheckpointList, RunPanel, RunsPanel, SamplesPanel
-from capcli.dashboard.widgets import HELP, HelpScreen
+from capcli.dashboard.widgets import HelpScreen
 from capcli.paths import run_feeds
 from capcli.text import visible
-
-__all__ = ["ERROR_LOG", "HELP", "WIDE", "Dashboard", "HelpScreen", "RunsScreen", "downsample"]
 
 
 class Dashboard(App):

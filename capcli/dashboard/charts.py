@@ -11,8 +11,7 @@ from textual.containers import Container
 from textual_plotext import PlotextPlot
 
 from capcli.dashboard.crash import guarded
-from capcli.dashboard.follow import Follower
-from capcli.dashboard.messages import FollowedChanged, RunUpdated
+from capcli.dashboard.views import FollowsRuns
 from capcli.runs.metrics import CHARTS as METRIC_CHARTS
 from capcli.runs.metrics import set_ticks
 from capcli.runs.summary import MAX_STEP_BUCKETS, RunSummary
@@ -99,16 +98,13 @@ def draw_chart(widget, spec: ChartSpec, summary: RunSummary,
     return len(curves)
 
 
-class Charts(Container):
+class Charts(FollowsRuns, Container):
     """The charts of the followed run, with the compared run's validation curves: the one that the
-    last chart key chose under :data:`WIDE` columns, 2 × 2 from there. Owns the runs it draws and
-    the chart key."""
+    last chart key chose under :data:`WIDE` columns, 2 × 2 from there. Owns the chart key."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.chart_key = "1"
-        self.main: Follower | None = None
-        self.compared: Follower | None = None
 
     def compose(self) -> ComposeResult:
         yield PlotextPlot(id="chart")
@@ -117,26 +113,17 @@ class Charts(Container):
 
     @guarded
     def on_mount(self) -> None:
-        self.draw()
+        self.show()
 
     @guarded
     def on_resize(self) -> None:
-        self.draw()  # the layout may have changed: one chart or four
-
-    @guarded
-    def on_followed_changed(self, message: FollowedChanged) -> None:
-        self.main, self.compared = message.main, message.compared
-        self.draw()
-
-    @guarded
-    def on_run_updated(self, message: RunUpdated) -> None:
-        self.draw()
+        self.show()  # the layout may have changed: one chart or four
 
     def show_chart(self, key: str) -> None:
         self.chart_key = key
-        self.draw()
+        self.show()
 
-    def draw(self) -> None:
+    def show(self) -> None:
         summary = self.main.summary if self.main else RunSummary()
         compared = (self.compared.name, self.compared.summary) if self.compared else None
         if self.app.size.width >= WIDE:

@@ -35,6 +35,8 @@ class CaptionQuery(Vertical):
     query settings (the checkpoint paths listed and the one chosen among them: the followed run's
     BEST first), the last image asked about, the answer shown and the loaded models."""
 
+    BORDER_TITLE = "Caption query"
+
     def __init__(self, output_folder: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.output_folder = output_folder
@@ -57,7 +59,6 @@ class CaptionQuery(Vertical):
 
     @guarded
     def on_mount(self) -> None:
-        self.border_title = "Caption query"
         self.show_settings()
 
     # --- the checkpoint and the beam size ------------------------------------------------------

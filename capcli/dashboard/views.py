@@ -17,26 +17,15 @@ from capcli.dashboard.panels import RUNS_TITLE, checkpoint_rows, literal, run_ro
 from capcli.paths import feed_pattern
 
 
-class RunPanel(Static):
-    """The followed run: name, stage, state, epoch, best scores, throughput, ETA (``run_text``).
-    Owns the followed and compared runs and the checkpoints that give a feed without a start line
-    its number of epochs; redraws every second, as ages and staleness move with the clock."""
+class FollowsRuns:
+    """A panel that shows the followed run (and the compared one): it keeps both from
+    :class:`FollowedChanged` and draws itself again (``show``) when they change or take new figures."""
 
-    def __init__(self, output_folder: str, stale_seconds: float, **kwargs) -> None:
-        super().__init__("waiting for the metrics feed…", **kwargs)
-        self.output_folder, self.stale_seconds = output_folder, stale_seconds
-        self.main: Follower | None = None
-        self.compared: Follower | None = None
-        self.checkpoints: dict[str, CheckpointInfo] = {}
+    main: Follower | None = None
+    compared: Follower | None = None
 
-    @guarded
-    def on_mount(self) -> None:
-        self.border_title = "Run"
-        self.set_interval(1.0, self.tick)
-
-    @guarded
-    def tick(self) -> None:
-        self.show()
+    def show(self) -> None:
+        raise NotImplementedError
 
     @guarded
     def on_followed_changed(self, message: FollowedChanged) -> None:
@@ -45,8 +34,29 @@ class RunPanel(Static):
 
     @guarded
     def on_run_updated(self, message: RunUpdated) -> None:
-        if message.follower is self.main:
+        if message.follower is self.main or message.follower is self.compared:
             self.show()
+
+
+class RunPanel(FollowsRuns, Static):
+    """The followed run: name, stage, state, epoch, best scores, throughput, ETA (``run_text``).
+    Owns the followed and compared runs and the checkpoints that give a feed without a start line
+    its number of epochs; redraws every second, as ages and staleness move with the clock."""
+
+    BORDER_TITLE = "Run"
+
+    def __init__(self, output_folder: str, stale_seconds: float, **kwargs) -> None:
+        super().__init__("waiting for the metrics feed…", **kwargs)
+        self.output_folder, self.stale_seconds = output_folder, stale_seconds
+        self.checkpoints: dict[str, CheckpointInfo] = {}
+
+    @guarded
+    def on_mount(self) -> None:
+        self.set_interval(1.0, self.tick)
+
+    @guarded
+    def tick(self) -> None:
+        self.show()
 
     @guarded
     def on_runs_listed(self, message: RunsListed) -> None:
@@ -75,57 +85,38 @@ class RunPanel(Static):
                              self.stale_seconds, self.content_size.width or 36))
 
 
-class RunsPanel(Static):
-    """Every run in the folder with its state (shown from 120 columns; key l lists them too).
-    Owns the latest listing and the names of the followed and compared runs."""
+class RunsPanel(FollowsRuns, Static):
+    """Every run in the folder with its state (shown from 120 columns; key l lists them too),
+    marking the followed and compared runs. Owns the latest listing."""
+
+    BORDER_TITLE = RUNS_TITLE
 
     def __init__(self, **kwargs) -> None:
         super().__init__("no runs yet", **kwargs)
         self.runs: list = []  # capcli.runs.summary.RunInfo of every run in the folder
-        self.current: str | None = None
-        self.compared: str | None = None
-
-    @guarded
-    def on_mount(self) -> None:
-        self.border_title = RUNS_TITLE
 
     @guarded
     def on_runs_listed(self, message: RunsListed) -> None:
         self.runs = message.runs
         self.show()
 
-    @guarded
-    def on_followed_changed(self, message: FollowedChanged) -> None:
-        self.current = message.main.name if message.main else None
-        self.compared = message.compared.name if message.compared else None
-        self.show()
-
     def show(self) -> None:
-        rows = [run_row(r, self.current, self.compared) for r in self.runs]
+        current, compared = (f.name if f else None for f in (self.main, self.compared))
+        rows = [run_row(r, current, compared) for r in self.runs]
         self.update("\n".join(rows) or "no runs yet")
 
 
-class SamplesPanel(Static):
-    """The validation samples of the followed run's latest epoch. Owns the followed run."""
+class SamplesPanel(FollowsRuns, Static):
+    """The validation samples of the followed run's latest epoch."""
+
+    BORDER_TITLE = "Sample captions"
 
     def __init__(self, **kwargs) -> None:
         super().__init__("", **kwargs)
-        self.main: Follower | None = None
 
     @guarded
     def on_mount(self) -> None:
-        self.border_title = "Sample captions"
         self.show()
-
-    @guarded
-    def on_followed_changed(self, message: FollowedChanged) -> None:
-        self.main = message.main
-        self.show()
-
-    @guarded
-    def on_run_updated(self, message: RunUpdated) -> None:
-        if message.follower is self.main:
-            self.show()
 
     def show(self) -> None:
         f = self.main
@@ -136,15 +127,12 @@ class CheckpointList(Static):
     """A row per checkpoint in the run folder, ``▸`` marking the one the caption panel uses
     (``chosen``, which the app sets). Owns the rows; names are cut to the panel's width."""
 
+    BORDER_TITLE = "Checkpoints"
     chosen: var[str | None] = var(None)
 
     def __init__(self, **kwargs) -> None:
         super().__init__("no checkpoints yet", **kwargs)
         self.checkpoints: dict[str, CheckpointInfo] = {}
-
-    @guarded
-    def on_mount(self) -> None:
-        self.border_title = "Checkpoints"
 
     @guarded
     def on_checkpoints_listed(self, message: CheckpointsListed) -> None:

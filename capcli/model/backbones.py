@@ -19,9 +19,6 @@ from capcli.runtime.torch_compat import import_torchvision
 # encoder name → family (torchvision's model names start with their family's)
 FAMILIES = {name: next(f for f in ("convnext", "efficientnet_v2", "regnet_y", "swin", "vit") if name.startswith(f))
             for name in TORCHVISION_ENCODERS}
-# what each family keeps of torchvision's model (the rest is the classifier)
-_PARTS = {"convnext": ("features",), "efficientnet_v2": ("features",), "regnet_y": ("stem", "trunk_output"),
-          "swin": ("features", "norm"), "vit": ("conv_proj", "class_token", "encoder")}
 
 
 def torchvision_model(name: str) -> nn.Module:
@@ -36,8 +33,8 @@ def torchvision_model(name: str) -> nn.Module:
 
 
 def classifier_free(name: str, state: dict) -> dict:
-    """The entries of a state dict of torchvision's model ``name`` that a backbone keeps."""
-    parts = _PARTS[FAMILIES[name]]
+    """The entries of a state dict of torchvision's model ``name`` that its backbone keeps."""
+    parts = _BACKBONES[FAMILIES[name]].parts
     return {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}
 
 
@@ -54,21 +51,31 @@ def torchvision_preprocess(name: str) -> Preprocess:
 
 
 def build_backbone(name: str) -> Backbone:
-    family = FAMILIES[name]
-    model = torchvision_model(name)
-    return {"convnext": ConvNeXt, "efficientnet_v2": EfficientNetV2, "regnet_y": RegNetY, "swin": Swin,
-            "vit": ViT}[family](model)
+    return _BACKBONES[FAMILIES[name]](torchvision_model(name))
 
 
-class _Features(Backbone):
-    """A network whose ``features`` give (batch, C, H, W) at stride 32."""
+class TorchvisionBackbone(Backbone):
+    """torchvision's model without its classifier: the ``parts`` it keeps, under their own names."""
 
+    parts: tuple[str, ...]
     stride, default_depth = 32, 2
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.features = model.features
-        self.dim = model.classifier[-1].in_features
+        for part in self.parts:
+            setattr(self, part, getattr(model, part))
+        self.dim = self.width(model)
+
+    @staticmethod
+    def width(model: nn.Module) -> int:
+        """The channels of the grid: what the classifier takes."""
+        return model.classifier[-1].in_features
+
+
+class _Features(TorchvisionBackbone):
+    """A network whose ``features`` give (batch, C, H, W) at stride 32."""
+
+    parts = ("features",)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).permute(0, 2, 3, 1)
@@ -87,13 +94,12 @@ class EfficientNetV2(_Features):
         return [[m] for m in self.features.children()]
 
 
-class RegNetY(Backbone):
-    stride, default_depth = 32, 2
+class RegNetY(TorchvisionBackbone):
+    parts = ("stem", "trunk_output")
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.stem, self.trunk_output = model.stem, model.trunk_output
-        self.dim = model.fc.in_features
+    @staticmethod
+    def width(model: nn.Module) -> int:
+        return model.fc.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk_output(self.stem(x)).permute(0, 2, 3, 1)
@@ -102,15 +108,14 @@ class RegNetY(Backbone):
         return [[self.stem], *([m] for m in self.trunk_output.children())]
 
 
-class Swin(Backbone):
+class Swin(TorchvisionBackbone):
     """Swin's ``features`` already give (batch, H, W, C); ``norm`` is its last LayerNorm."""
 
-    stride, default_depth = 32, 2
+    parts = ("features", "norm")
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.features, self.norm = model.features, model.norm
-        self.dim = model.head.in_features
+    @staticmethod
+    def width(model: nn.Module) -> int:
+        return model.head.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.features(x))
@@ -124,15 +129,19 @@ class Swin(Backbone):
         return units
 
 
-class ViT(Backbone):
+class ViT(TorchvisionBackbone):
     """The patch tokens of the last encoder block, laid back on their grid (class token dropped)."""
 
+    parts = ("conv_proj", "class_token", "encoder")
     default_depth = 4
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.conv_proj, self.class_token, self.encoder = model.conv_proj, model.class_token, model.encoder
-        self.dim, self.stride = model.hidden_dim, model.patch_size
+        super().__init__(model)
+        self.stride = model.patch_size
+
+    @staticmethod
+    def width(model: nn.Module) -> int:
+        return model.hidden_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         patches = self.conv_proj(x)  # (batch, C, h, w)
@@ -149,3 +158,7 @@ class ViT(Backbone):
     def stages(self) -> list[tuple[str, nn.Module]]:
         return [("conv_proj", self.conv_proj), *((f"encoder.{n}", m) for n, m in self.encoder.layers.named_children()),
                 ("encoder.ln", self.encoder.ln)]
+
+
+_BACKBONES: dict[str, type[TorchvisionBackbone]] = {"convnext": ConvNeXt, "efficientnet_v2": EfficientNetV2,
+                                                    "regnet_y": RegNetY, "swin": Swin, "vit": ViT}

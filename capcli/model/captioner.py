@@ -42,8 +42,7 @@ def build_encoder(config: ModelConfig) -> Encoder | GridEncoder:
     if config.encoder in ENCODER_DIMS:
         return Encoder(config.encoder, config.encoded_size)
     build = clip.build_backbone if clip.is_clip(config.encoder) else backbones.build_backbone
-    preprocess = config.preprocess or preprocess_for(config.encoder)
-    return GridEncoder(config.encoder, build(config.encoder), preprocess, config.encoded_size)
+    return GridEncoder(config.encoder, build(config.encoder), with_preprocess(config).preprocess, config.encoded_size)
 
 
 def build_model(config: ModelConfig) -> tuple[Encoder | GridEncoder, AttentionDecoder | PlainDecoder]:

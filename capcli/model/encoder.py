@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from capcli.errors import CapcliError
-from capcli.model.grid import recalibrate
+from capcli.model.grid import recalibrate, train_only
 from capcli.runtime.torch_compat import import_torchvision
 
 SMALL = "resnet-small"  # no ImageNet weights: for small images trained from scratch (the shapes set)
@@ -41,6 +41,7 @@ class Encoder(nn.Module):
         self.resnet = nn.Sequential(*layers).to(memory_format=torch.channels_last)
         self.pool = nn.AdaptiveAvgPool2d((encoded_size, encoded_size))
         self.grid = encoded_size  # the feature grid's side (the seed's 14: a ResNet's map is pooled to it)
+        self.preprocess = None  # it takes the prepared images as they are (the others: capcli.model.grid)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.set_fine_tune(False)
@@ -50,14 +51,9 @@ class Encoder(nn.Module):
         """Freeze everything; with ``fine_tune`` train the last ``depth`` stages: by default stages
         2–4 (the seed's choice), or the whole of ``resnet-small``, which has no pretrained stem to
         keep."""
-        for p in self.parameters():
-            p.requires_grad = False
-        if fine_tune:
-            children = list(self.resnet.children())  # conv1 bn1 relu maxpool, then the stages
-            first = 0 if self.name == SMALL and depth is None else len(children) - min(depth or 3, len(children) - 4)
-            for stage in children[first:]:
-                for p in stage.parameters():
-                    p.requires_grad = True
+        children = list(self.resnet.children())  # conv1 bn1 relu maxpool, then the stages
+        trained = children if self.name == SMALL and depth is None else children[4:][-(depth or 3):]
+        train_only(self, trained if fine_tune else [])
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         return ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)

@@ -38,9 +38,11 @@ class Backbone(nn.Module):
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         """Named parts in order, a Sequential's children one by one (``capcli arch``)."""
-        return [(f"{name}.{n}", m) if isinstance(part, nn.Sequential) else (name, part)
-                for name, part in self.named_children()
-                for n, m in (part.named_children() if isinstance(part, nn.Sequential) else [("", part)])]
+        named = []
+        for name, part in self.named_children():
+            children = part.named_children() if isinstance(part, nn.Sequential) else ()
+            named += [(f"{name}.{n}", m) for n, m in children] or [(name, part)]
+        return named
 
 
 class GridEncoder(nn.Module):
@@ -58,14 +60,8 @@ class GridEncoder(nn.Module):
 
     def set_fine_tune(self, fine_tune: bool, depth: int | None = None) -> None:
         """Freeze everything; with ``fine_tune`` train the last ``depth`` units (default: the backbone's)."""
-        for p in self.parameters():
-            p.requires_grad = False
-        if fine_tune:
-            units = self.backbone.units()
-            for unit in units[len(units) - min(depth or self.backbone.default_depth, len(units)):]:
-                for module in unit:
-                    for p in module.parameters():
-                        p.requires_grad = True
+        units = self.backbone.units()[-(depth or self.backbone.default_depth):] if fine_tune else []
+        train_only(self, [module for unit in units for module in unit])
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] (batch, 3, S, S) → the encoder's normalised input: resized to
@@ -99,6 +95,15 @@ class GridEncoder(nn.Module):
         """Re-estimate BatchNorm statistics from ``batches`` (for random weights; see
         :meth:`capcli.model.encoder.Encoder.calibrate_batchnorm`)."""
         recalibrate(self, (self.prepare(images) for images in batches), self.backbone)
+
+
+def train_only(owner: nn.Module, modules: Iterable[nn.Module]) -> None:
+    """Freeze every weight of ``owner`` but those of ``modules``."""
+    for p in owner.parameters():
+        p.requires_grad = False
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad = True
 
 
 @torch.no_grad()

@@ -81,10 +81,7 @@ def load_pretrained(encoder: Encoder, weights_file: str | None = None, progress:
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     resnet = torchvision_resnet(encoder.name)(weights=None)
     del resnet.fc
-    try:
-        resnet.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CapcliError(f"{path}: weights do not fit {encoder.name}: {str(exc).splitlines()[0]}") from None
+    _fit(resnet, state, path, encoder.name)
     encoder.resnet.load_state_dict(nn.Sequential(*list(resnet.children())[:-1]).state_dict())
     return path
 

@@ -83,8 +83,7 @@ def _bench_encoder(device: torch.device, precision: str, quick: bool, name: str 
     images = torch.randint(0, 256, (batch, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     prec = resolve_precision(precision, device)
     times = _median_time(lambda: encode_images(encoder, images, device, prec), 1, 3 if quick else 5, device)
-    preprocess = getattr(encoder, "preprocess", None)
-    size = preprocess.size if preprocess else IMAGE_SIZE
+    size = encoder.preprocess.size if encoder.preprocess else IMAGE_SIZE
     cache_kib = encoder.grid ** 2 * encoder.dim * 2 / 1024  # float16 features per image
     return {"value": batch / statistics.median(times), "unit": "images/s", "times": times,
             "params_m": sum(p.numel() for p in encoder.parameters()) / 1e6, "grid": [encoder.grid, encoder.dim],

@@ -59,8 +59,7 @@ class EpochRecord:
 
 def record(epoch: int, bleu4: float, cider: float, **figures: float) -> EpochRecord:
     """The record of epoch ``epoch`` (1-based) with its validation scores and other figures."""
-    return EpochRecord(epoch, finite_number(bleu4), finite_number(cider),
-                       tuple(sorted((k, finite_number(v)) for k, v in figures.items())))
+    return EpochRecord.from_dict({"epoch": epoch, "val_bleu4": bleu4, "val_cider_d": cider, **figures})
 
 
 def best(records: list[EpochRecord], monitor: str) -> EpochRecord | None:

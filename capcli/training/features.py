@@ -26,9 +26,10 @@ from capcli.runtime.progress import Progress
 
 def encoder_fingerprint(encoder) -> str:
     """A digest of the encoder's architecture and weights (hash once per run: it reads every weight)."""
-    preprocess = getattr(encoder, "preprocess", None)  # None: a ResNet, whose key is as it always was
-    grid = (encoder.grid, encoder.grid)
-    digest = hashlib.sha256(f"{encoder.name}:{grid}{f':{preprocess}' if preprocess else ''}".encode())
+    key = f"{encoder.name}:{(encoder.grid, encoder.grid)}"
+    if encoder.preprocess is not None:  # a ResNet's key (none) is as it always was
+        key += f":{encoder.preprocess}"
+    digest = hashlib.sha256(key.encode())
     for name, tensor in encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -86,7 +86,7 @@ def resumable(path: str) -> Checkpoint:
     return ckpt
 
 
-def monitor_for(config: TrainConfig, ckpt: Checkpoint | None, given: frozenset) -> TrainConfig:
+def kept_on_resume(config: TrainConfig, ckpt: Checkpoint | None, given: frozenset) -> TrainConfig:
     """A resumed run keeps the --monitor it selects BEST on (runs from before --monitor: bleu4), and
     the --fine-tune-depth it tuned with unless another is given.
 

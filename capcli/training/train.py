@@ -58,8 +58,8 @@ from capcli.training.samples import image_names, validation_samples
 from capcli.training.selection import no_gain, record_epoch
 from capcli.training.setup import (
     dataset_defaults,
+    kept_on_resume,
     model_config_for,
-    monitor_for,
     nothing_to_train_result,
     preflight,
     resumable,
@@ -111,7 +111,7 @@ def _train(config: TrainConfig, model_options: dict, given: frozenset, progress:
     with contextlib.ExitStack() as hold:
         ckpt = open_run(TRAIN, files, progress, hold, resume=config.resume, overwrite=config.overwrite,
                         read=resumable, continue_from=config.checkpoint, writer=dist_info.is_main)
-        config = monitor_for(config, ckpt, given)
+        config = kept_on_resume(config, ckpt, given)
         if config.epochs <= (ckpt.state.epoch if ckpt is not None else 0):
             return nothing_to_train_result(config.run_name, files, ckpt, config)
         word_map = prepared.word_map()
